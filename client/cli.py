@@ -1,0 +1,54 @@
+"""``fl-client``: take part in a federated job from inside an organisation's network."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from fedsilo.client.config import ClientConfig
+from fedsilo.client.session import FederationClient
+from fedsilo.common.cli import ArgumentParser, add_config_flag, flag_values, run_cli
+from fedsilo.common.logging import LEVELS, configure_logging, get_logger
+from fedsilo.common.settings import load_config
+
+PROG = "fl-client"
+
+
+def build_parser() -> ArgumentParser:
+    """Return the fl-client argument parser; every flag maps to a ClientConfig field."""
+    parser = ArgumentParser(
+        prog=PROG,
+        description="Join a federated job: dial the server, train on local data, send updates. "
+        "Each flag can also be set as FEDSILO_<NAME> or in --config.",
+        argument_default=argparse.SUPPRESS,
+    )
+    add_config_flag(parser)
+    parser.add_argument("--server", help="server address HOST:PORT (port = port_base + job id)")
+    parser.add_argument("--name", help="stable name of this client (default: host name)")
+    parser.add_argument("--job-id", type=int, help="job to join; the server refuses another")
+    parser.add_argument("--data", type=Path, help="local data folder, for tasks that read files")
+    parser.add_argument("--partition", type=int,
+                        help="shard of a built-in dataset (default: the assigned client id)")
+    parser.add_argument("--connect-timeout", type=float,
+                        help="seconds to keep retrying an unreachable server (default 60)")
+    parser.add_argument("--log-level", choices=LEVELS, help="default info")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of ``fl-client``."""
+    args = build_parser().parse_args(argv)
+
+    def body() -> int:
+        config = load_config(ClientConfig, flag_values(args), args.config)
+        configure_logging(config.log_level)
+        FederationClient(config, get_logger()).run()
+        return 0
+
+    return run_cli(PROG, body)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

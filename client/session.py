@@ -1,0 +1,319 @@
+"""The client's side of the Session stream: join, then per round receive, train, upload.
+
+The client only dials out. One bidirectional stream carries the whole session; what the client
+sends goes through an outbox that the stream's request iterator drains, so an upload is framed
+lazily, one chunk at a time, straight from the model's own tensors.
+"""
+
+from __future__ import annotations
+
+import queue
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import grpc
+import structlog
+import torch
+from google.protobuf import json_format
+
+from fedsilo.client.config import ClientConfig
+from fedsilo.common import codec
+from fedsilo.common.errors import CodecError, ConnectError, FedsiloError, JobAbortedError
+from fedsilo.common.proto import federation_pb2 as pb
+from fedsilo.common.task import LocalData, Task, TrainConfig, load_task
+from fedsilo.common.wire import (
+    CLIENT_CHUNKS,
+    PROTOCOL_VERSION,
+    SESSION_METHOD_PATH,
+    Outbound,
+    channel_options,
+    serialize,
+    tensor_stream_frames,
+)
+
+# Reconnect backoff of the channel while it waits for the server (grpc's own, with jitter).
+_BACKOFF_OPTIONS = [
+    ("grpc.initial_reconnect_backoff_ms", 250),
+    ("grpc.min_reconnect_backoff_ms", 250),
+    ("grpc.max_reconnect_backoff_ms", 5000),
+]
+_HANDSHAKE_CHUNK_LIMIT = 64 << 20  # message cap before INIT_CONFIG tells the job's chunk size
+
+
+class _Close:
+    """Marker that ends the request stream."""
+
+
+_CLOSE = _Close()
+
+
+class ServerRefusedError(FedsiloError):
+    """The server answered with an Error message."""
+
+
+@dataclass
+class _Incoming:
+    """A model being received: what it is for, and its decoder."""
+
+    kind: str  # "sync_model" or "evaluate"
+    round: int
+    train: pb.TrainConfig | None
+    decoder: codec.TensorStreamDecoder
+
+
+class FederationClient:
+    """Runs one client session against one server until FINISH, ABORT or an error."""
+
+    def __init__(self, config: ClientConfig, log: structlog.typing.FilteringBoundLogger) -> None:
+        self.config = config
+        self.log = log.bind(client=config.name)
+        self._outbox: queue.SimpleQueue[Outbound | Iterator[bytes] | _Close] = queue.SimpleQueue()
+        self.client_id: int | None = None
+        self.job: pb.JobConfig | None = None
+        self.task: Task | None = None
+        self.model: torch.nn.Module | None = None
+        self.data: LocalData | None = None
+        self._incoming: _Incoming | None = None
+        self.rounds_done = 0
+
+    # ------------------------------------------------------------------ top level
+
+    def run(self) -> None:
+        """Connect, take part until the job finishes; raise a FedsiloError otherwise."""
+        channel = connect(self.config.server, self.config.connect_timeout)
+        try:
+            call = channel.stream_stream(
+                SESSION_METHOD_PATH,
+                request_serializer=serialize,
+                response_deserializer=pb.ServerMessage.FromString,
+            )(self._requests())
+            hello = pb.Hello(protocol_version=PROTOCOL_VERSION, client_name=self.config.name)
+            if self.config.job_id is not None:
+                hello.job_id = self.config.job_id
+            self._send(pb.ClientMessage(hello=hello))
+            try:
+                for message in call:
+                    if self._handle(message):
+                        return
+            except grpc.RpcError as exc:
+                raise ConnectError(
+                    f"lost the connection to {self.config.server}: "
+                    f"{exc.code().name}: {exc.details()}"  # type: ignore[attr-defined]
+                ) from exc
+            raise ConnectError(f"the server at {self.config.server} closed the session early")
+        finally:
+            self._outbox.put(_CLOSE)
+            channel.close()
+
+    # ------------------------------------------------------------------ dispatch
+
+    def _handle(self, message: pb.ServerMessage) -> bool:
+        """Handle one server message; return True when the session is over."""
+        kind = message.WhichOneof("body")
+        if kind == "init_config":
+            self._on_init(message.init_config)
+        elif kind == "sync_model":
+            self._begin_model(kind, message.sync_model.round, message.sync_model.train,
+                              message.sync_model.model)
+        elif kind == "evaluate":
+            self._begin_model(kind, message.evaluate.round, None, message.evaluate.model)
+        elif kind == "chunk":
+            self._on_chunk(message.chunk)
+        elif kind == "trailer":
+            self._on_trailer(message.trailer)
+        elif kind == "finish":
+            self.log.info("job_finished", rounds=message.finish.rounds_completed)
+            return True
+        elif kind == "abort":
+            raise JobAbortedError(f"the server aborted the job: {message.abort.reason}")
+        elif kind == "error":
+            raise ServerRefusedError(
+                f"the server refused: {pb.ErrorCode.Name(message.error.code)}: "
+                f"{message.error.message}"
+            )
+        elif kind == "heartbeat":
+            pass
+        else:
+            self._protocol_violation(f"unexpected message {kind!r}")
+        return False
+
+    def _on_init(self, init: pb.InitConfig) -> None:
+        if self.job is not None:
+            self._protocol_violation("second InitConfig")
+        self.client_id = init.client_id
+        self.job = init.job
+        self.log = self.log.bind(job_id=init.job.job_id, client_id=init.client_id)
+        options: dict[str, Any] = json_format.MessageToDict(init.job.task_options)
+        self.task = load_task(init.job.task, options)
+        self.model = self.task.build_model(init.job.seed)
+        partition = self.config.partition if self.config.partition is not None else init.client_id
+        self.data = self.task.load_data(partition, init.job.seed, self.config.data)
+        self.log.info("joined", task=init.job.task, partition=partition,
+                      train_examples=self.data.train_examples,
+                      test_examples=self.data.test_examples)
+        self._send(
+            pb.ClientMessage(
+                ready=pb.Ready(
+                    train_examples=self.data.train_examples,
+                    test_examples=self.data.test_examples,
+                )
+            )
+        )
+
+    def _begin_model(
+        self, kind: str, round_number: int, train: pb.TrainConfig | None,
+        header: pb.TensorStreamHeader,
+    ) -> None:
+        if self.model is None or self.job is None or self._incoming is not None:
+            self._protocol_violation(f"{kind} at the wrong time")
+        assert self.model is not None and self.job is not None
+        state = self.model.state_dict()
+        expected = codec.specs_of(state)
+        try:
+            specs = codec.specs_from_header(header, sum(s.nbytes for s in expected))
+            codec.check_specs_match(specs, expected)
+        except CodecError as exc:
+            self._protocol_violation(f"model from the server does not fit the task: {exc}")
+        self._incoming = _Incoming(
+            kind=kind,
+            round=round_number,
+            train=train,
+            decoder=codec.TensorStreamDecoder(
+                specs, into=_decodable(state), max_chunk_size=self.job.chunk_size
+            ),
+        )
+
+    def _on_chunk(self, chunk: pb.TensorChunk) -> None:
+        if self._incoming is None:
+            self._protocol_violation("tensor chunk outside a model stream")
+        assert self._incoming is not None
+        try:
+            self._incoming.decoder.feed(chunk.data)
+        except CodecError as exc:
+            self._protocol_violation(f"bad model stream: {exc}")
+
+    def _on_trailer(self, trailer: pb.TensorStreamTrailer) -> None:
+        incoming = self._incoming
+        if incoming is None:
+            self._protocol_violation("trailer outside a model stream")
+        assert incoming is not None and self.model is not None
+        self._incoming = None
+        try:
+            tensors = incoming.decoder.finish(trailer.checksum)
+        except CodecError as exc:
+            self._protocol_violation(f"bad model stream: {exc}")
+        _load_if_copied(self.model, tensors)
+        if incoming.kind == "sync_model":
+            assert incoming.train is not None
+            self._train_and_upload(incoming.round, incoming.train)
+        else:
+            self._evaluate_final(incoming.round)
+
+    # ------------------------------------------------------------------ work
+
+    def _train_and_upload(self, round_number: int, train: pb.TrainConfig) -> None:
+        assert self.task is not None and self.model is not None and self.data is not None
+        assert self.job is not None
+        log = self.log.bind(round=round_number)
+        evaluation = self.task.evaluate(self.model, self.data)
+        started = time.monotonic()
+        result = self.task.train(
+            self.model,
+            self.data,
+            TrainConfig(
+                local_epochs=train.local_epochs,
+                batch_size=train.batch_size,
+                learning_rate=train.learning_rate,
+                seed=train.seed,
+            ),
+        )
+        seconds = time.monotonic() - started
+        state = self.model.state_dict()
+        send = pb.ClientMessage(
+            send_model=pb.SendModel(
+                round=round_number,
+                train_examples=result.examples,
+                metrics=pb.LocalMetrics(
+                    train_loss=result.loss,
+                    train_seconds=seconds,
+                    evaluation=_evaluation(evaluation),
+                ),
+                update=codec.header_of(codec.specs_of(state)),
+            )
+        )
+        encoder = codec.TensorStreamEncoder(list(state.values()), self.job.chunk_size)
+        self._outbox.put(tensor_stream_frames(send, encoder, CLIENT_CHUNKS, _client_trailer))
+        self.rounds_done += 1
+        log.info("update_sent", train_loss=round(result.loss, 5), train_seconds=round(seconds, 3),
+                 eval_accuracy=round(evaluation.accuracy, 5))
+
+    def _evaluate_final(self, round_number: int) -> None:
+        assert self.task is not None and self.model is not None and self.data is not None
+        evaluation = self.task.evaluate(self.model, self.data)
+        self._send(
+            pb.ClientMessage(
+                eval_result=pb.EvalResult(round=round_number, evaluation=_evaluation(evaluation))
+            )
+        )
+        self.log.info("final_evaluation_sent", round=round_number,
+                      accuracy=round(evaluation.accuracy, 5), loss=round(evaluation.loss, 5))
+
+    # ------------------------------------------------------------------ plumbing
+
+    def _send(self, message: Outbound) -> None:
+        self._outbox.put(message)
+
+    def _requests(self) -> Iterator[Outbound]:
+        while True:
+            item = self._outbox.get()
+            if isinstance(item, _Close):
+                return
+            if isinstance(item, Iterator):
+                yield from item
+            else:
+                yield item
+
+    def _protocol_violation(self, reason: str) -> None:
+        self._send(pb.ClientMessage(error=pb.Error(code=pb.ILLEGAL_MESSAGE, message=reason)))
+        raise ServerRefusedError(f"protocol error from the server: {reason}")
+
+
+def connect(address: str, timeout: float) -> grpc.Channel:
+    """Open a channel to ``address`` and wait (grpc retries with backoff) until it is ready."""
+    channel = grpc.insecure_channel(
+        address, options=[*channel_options(_HANDSHAKE_CHUNK_LIMIT), *_BACKOFF_OPTIONS]
+    )
+    try:
+        grpc.channel_ready_future(channel).result(timeout=timeout)
+    except grpc.FutureTimeoutError as exc:
+        channel.close()
+        raise ConnectError(
+            f"cannot reach the server at {address} within {timeout:g}s "
+            f"(--connect-timeout); is fl-server running there with that job's port?"
+        ) from exc
+    return channel
+
+
+def _decodable(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor] | None:
+    """Return the model's own tensors if chunks can be written into them in place."""
+    if all(t.device.type == "cpu" and t.is_contiguous() for t in state.values()):
+        return state
+    return None
+
+
+def _load_if_copied(model: torch.nn.Module, tensors: dict[str, torch.Tensor]) -> None:
+    state = model.state_dict()
+    if any(state[name].data_ptr() != tensor.data_ptr() for name, tensor in tensors.items()):
+        model.load_state_dict(tensors)
+
+
+def _evaluation(evaluation: Any) -> pb.Evaluation:
+    return pb.Evaluation(
+        examples=evaluation.examples, loss=evaluation.loss, accuracy=evaluation.accuracy
+    )
+
+
+def _client_trailer(checksum: int) -> pb.ClientMessage:
+    return pb.ClientMessage(trailer=pb.TensorStreamTrailer(checksum=checksum))

@@ -1,0 +1,1 @@
+"""Shared by the server and the client: wire contract, tensor codec, config, logging, tasks."""

@@ -1,0 +1,42 @@
+"""What both daemons' command lines share: flag parsing into config values, one-line errors."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any, NoReturn
+
+from fedsilo.common.errors import FedsiloError
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse that exits 2 with one line (no usage dump) on a bad flag."""
+
+    def error(self, message: str) -> NoReturn:
+        """Print ``prog: error: message`` and exit 2."""
+        self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
+
+
+def flag_values(namespace: argparse.Namespace, exclude: Sequence[str] = ("config",)) -> dict[str, Any]:
+    """Return the flags the user actually gave (parsers use default=SUPPRESS)."""
+    return {key: value for key, value in vars(namespace).items() if key not in exclude}
+
+
+def add_config_flag(parser: argparse.ArgumentParser) -> None:
+    """Add ``--config FILE`` (TOML or YAML holding the same settings as the flags)."""
+    parser.add_argument("--config", type=Path, default=None, metavar="FILE",
+                        help="TOML or YAML file with settings; flags and FEDSILO_* env win")
+
+
+def run_cli(prog: str, body: Callable[[], int]) -> int:
+    """Run ``body``; turn a FedsiloError into one stderr line and its exit code."""
+    try:
+        return body()
+    except FedsiloError as exc:
+        print(f"{prog}: error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        print(f"{prog}: interrupted", file=sys.stderr)
+        return 130

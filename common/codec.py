@@ -1,0 +1,308 @@
+"""The tensor wire codec: state dicts to chunked raw bytes and back, with no pickle anywhere.
+
+A tensor stream is a header (name, dtype, shape, byte length of each tensor), then the raw
+little-endian bytes of all tensors back to back, cut into chunks of at most ``chunk_size`` bytes
+(a chunk may span tensor boundaries), then a trailer holding the xxh3-64 checksum of those bytes.
+
+Encoding never copies a contiguous CPU tensor: chunks are memoryviews into the tensors' storage.
+Decoding validates the header against the model it is meant for before a byte is used, then
+copies each chunk straight into preallocated tensors.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import xxhash
+
+from fedsilo.common.errors import CodecError
+from fedsilo.common.proto import federation_pb2 as pb
+
+DEFAULT_CHUNK_SIZE = 1 << 20
+
+# Every dtype that round-trips; the wire name is torch's own name without "torch.".
+_DTYPE_NAMES = [
+    "bool",
+    "uint8",
+    "int8",
+    "int16",
+    "int32",
+    "int64",
+    "uint16",
+    "uint32",
+    "uint64",
+    "float16",
+    "bfloat16",
+    "float32",
+    "float64",
+    "complex64",
+    "complex128",
+    "float8_e4m3fn",
+    "float8_e5m2",
+]
+DTYPES: dict[str, torch.dtype] = {
+    name: getattr(torch, name) for name in _DTYPE_NAMES if hasattr(torch, name)
+}
+_DTYPE_TO_NAME = {dtype: name for name, dtype in DTYPES.items()}
+
+if sys.byteorder != "little":  # pragma: no cover - no big-endian host runs torch wheels today
+    raise ImportError("fedsilo's tensor codec assumes a little-endian host")
+
+
+@dataclass(frozen=True)
+class TensorSpec:
+    """Name, dtype and shape of one tensor of a model."""
+
+    name: str
+    dtype: torch.dtype
+    shape: tuple[int, ...]
+
+    @property
+    def numel(self) -> int:
+        """Number of elements."""
+        count = 1
+        for dim in self.shape:
+            count *= dim
+        return count
+
+    @property
+    def nbytes(self) -> int:
+        """Raw byte length on the wire."""
+        return self.numel * self.dtype.itemsize
+
+
+def dtype_name(dtype: torch.dtype) -> str:
+    """Return the wire name of a torch dtype, or raise CodecError for one the codec lacks."""
+    try:
+        return _DTYPE_TO_NAME[dtype]
+    except KeyError:
+        raise CodecError(f"dtype {dtype} is not supported on the wire") from None
+
+
+def specs_of(state: Mapping[str, torch.Tensor]) -> list[TensorSpec]:
+    """Describe a state dict, in its own order."""
+    specs = []
+    for name, tensor in state.items():
+        dtype_name(tensor.dtype)
+        specs.append(TensorSpec(name, tensor.dtype, tuple(tensor.shape)))
+    return specs
+
+
+def header_of(specs: Sequence[TensorSpec]) -> pb.TensorStreamHeader:
+    """Build the wire header for a list of specs."""
+    header = pb.TensorStreamHeader(total_bytes=sum(spec.nbytes for spec in specs))
+    for spec in specs:
+        header.tensors.add(
+            name=spec.name, dtype=dtype_name(spec.dtype), shape=spec.shape, nbytes=spec.nbytes
+        )
+    return header
+
+
+def specs_from_header(header: pb.TensorStreamHeader, max_total_bytes: int) -> list[TensorSpec]:
+    """Parse and check a wire header on its own: known dtypes, consistent byte counts."""
+    specs: list[TensorSpec] = []
+    seen: set[str] = set()
+    total = 0
+    for wire in header.tensors:
+        if wire.dtype not in DTYPES:
+            raise CodecError(f"tensor {wire.name!r}: unknown dtype {wire.dtype!r}")
+        if wire.name in seen:
+            raise CodecError(f"tensor {wire.name!r} appears twice in the header")
+        seen.add(wire.name)
+        spec = TensorSpec(wire.name, DTYPES[wire.dtype], tuple(int(d) for d in wire.shape))
+        if spec.nbytes != wire.nbytes:
+            raise CodecError(
+                f"tensor {wire.name!r}: header says {wire.nbytes} bytes, "
+                f"{wire.dtype}{list(spec.shape)} needs {spec.nbytes}"
+            )
+        total += spec.nbytes
+        if total > max_total_bytes:
+            raise CodecError(f"header declares more than the limit of {max_total_bytes} bytes")
+        specs.append(spec)
+    if total != header.total_bytes:
+        raise CodecError(f"header total_bytes {header.total_bytes} != sum of tensors {total}")
+    return specs
+
+
+def check_specs_match(received: Sequence[TensorSpec], expected: Sequence[TensorSpec]) -> None:
+    """Raise CodecError unless the received specs equal the model's, tensor by tensor, in order."""
+    if len(received) != len(expected):
+        raise CodecError(f"header has {len(received)} tensors, the model has {len(expected)}")
+    for got, want in zip(received, expected, strict=True):
+        if got != want:
+            raise CodecError(
+                f"tensor {got.name!r} {dtype_name(got.dtype)}{list(got.shape)} does not match "
+                f"the model's {want.name!r} {dtype_name(want.dtype)}{list(want.shape)}"
+            )
+
+
+def _byte_view(tensor: torch.Tensor) -> np.ndarray:
+    """Return a flat uint8 numpy view sharing the tensor's memory (tensor must be contiguous CPU)."""
+    return tensor.reshape(-1).view(torch.uint8).numpy()
+
+
+def _wire_ready(tensor: torch.Tensor) -> torch.Tensor:
+    """Return the tensor detached, on the CPU and contiguous, copying only when needed."""
+    tensor = tensor.detach()
+    if tensor.device.type != "cpu":
+        tensor = tensor.cpu()
+    if tensor.is_conj():
+        tensor = tensor.resolve_conj()
+    if tensor.is_neg():
+        tensor = tensor.resolve_neg()
+    return tensor.contiguous()
+
+
+class TensorStreamEncoder:
+    """Cut a sequence of tensors into chunks of raw bytes and checksum them.
+
+    Iterate to get the chunks, each a list of memoryviews (one chunk may span tensors);
+    ``checksum`` is valid once iteration has finished.
+    """
+
+    def __init__(self, tensors: Sequence[torch.Tensor], chunk_size: int = DEFAULT_CHUNK_SIZE):
+        if chunk_size <= 0:
+            raise ValueError("chunk_size must be positive")
+        self._tensors = [_wire_ready(t) for t in tensors]
+        self._chunk_size = chunk_size
+        self._hash = xxhash.xxh3_64()
+        self._done = False
+
+    @property
+    def total_bytes(self) -> int:
+        """Total number of raw bytes the chunks carry."""
+        return sum(t.numel() * t.element_size() for t in self._tensors)
+
+    @property
+    def checksum(self) -> int:
+        """The xxh3-64 of every byte yielded; only valid after the last chunk."""
+        if not self._done:
+            raise RuntimeError("checksum read before the stream was fully encoded")
+        return int(self._hash.intdigest())
+
+    def __iter__(self) -> Iterator[list[memoryview]]:
+        parts: list[memoryview] = []
+        room = self._chunk_size
+        for tensor in self._tensors:
+            view = memoryview(_byte_view(tensor))
+            offset = 0
+            while offset < len(view):
+                take = min(room, len(view) - offset)
+                part = view[offset : offset + take]
+                self._hash.update(part)
+                parts.append(part)
+                offset += take
+                room -= take
+                if room == 0:
+                    yield parts
+                    parts, room = [], self._chunk_size
+        if parts:
+            yield parts
+        self._done = True
+
+
+class TensorStreamDecoder:
+    """Receive the chunks of one tensor stream into preallocated tensors.
+
+    ``into`` gives the destination tensors (e.g. a model's own state dict, decoded in place);
+    without it, fresh tensors are allocated once from the specs. Every chunk is bounds-checked
+    against the header before it is copied; ``finish`` checks length and checksum.
+    """
+
+    def __init__(
+        self,
+        specs: Sequence[TensorSpec],
+        into: Mapping[str, torch.Tensor] | None = None,
+        max_chunk_size: int = DEFAULT_CHUNK_SIZE,
+    ) -> None:
+        self.specs = list(specs)
+        self.tensors: dict[str, torch.Tensor] = {}
+        for spec in self.specs:
+            if into is not None:
+                target = into[spec.name]
+                if not (target.device.type == "cpu" and target.is_contiguous()):
+                    raise ValueError(f"tensor {spec.name!r} is not a contiguous CPU tensor")
+                if (target.dtype, tuple(target.shape)) != (spec.dtype, spec.shape):
+                    raise ValueError(f"tensor {spec.name!r} does not match its spec")
+            else:
+                target = torch.empty(spec.shape, dtype=spec.dtype)
+            self.tensors[spec.name] = target
+        self._views = [_byte_view(self.tensors[spec.name]) for spec in self.specs]
+        self._index = 0  # tensor being filled
+        self._offset = 0  # bytes filled in that tensor
+        self.received_bytes = 0
+        self.total_bytes = sum(spec.nbytes for spec in self.specs)
+        self._max_chunk_size = max_chunk_size
+        self._hash = xxhash.xxh3_64()
+
+    @property
+    def complete(self) -> bool:
+        """Whether every declared byte has arrived."""
+        return self.received_bytes == self.total_bytes
+
+    def feed(self, chunk: bytes) -> None:
+        """Copy one chunk into place; raise CodecError if it is oversized or overflows."""
+        size = len(chunk)
+        if size > self._max_chunk_size:
+            raise CodecError(f"chunk of {size} bytes exceeds the chunk size {self._max_chunk_size}")
+        if size == 0:
+            raise CodecError("empty chunk")
+        if self.received_bytes + size > self.total_bytes:
+            raise CodecError(
+                f"chunks carry more than the {self.total_bytes} bytes the header declared"
+            )
+        self._hash.update(chunk)
+        source = np.frombuffer(chunk, dtype=np.uint8)
+        position = 0
+        while position < size:
+            view = self._views[self._index]
+            take = min(len(view) - self._offset, size - position)  # 0 for an empty tensor
+            view[self._offset : self._offset + take] = source[position : position + take]
+            position += take
+            self._offset += take
+            if self._offset == len(view):
+                self._index += 1
+                self._offset = 0
+        self.received_bytes += size
+
+    def finish(self, checksum: int) -> dict[str, torch.Tensor]:
+        """Check the stream is complete and intact; return the decoded tensors by name."""
+        if not self.complete:
+            raise CodecError(
+                f"stream ended after {self.received_bytes} of {self.total_bytes} bytes"
+            )
+        if int(self._hash.intdigest()) != checksum:
+            raise CodecError("checksum mismatch: the tensor stream was corrupted")
+        return self.tensors
+
+
+def encode_state(
+    state: Mapping[str, torch.Tensor], chunk_size: int = DEFAULT_CHUNK_SIZE
+) -> tuple[pb.TensorStreamHeader, list[bytes], int]:
+    """Encode a whole state dict in memory: (header, chunks, checksum). For tests and tools."""
+    header = header_of(specs_of(state))
+    encoder = TensorStreamEncoder(list(state.values()), chunk_size)
+    chunks = [b"".join(parts) for parts in encoder]
+    return header, chunks, encoder.checksum
+
+
+def decode_state(
+    header: pb.TensorStreamHeader,
+    chunks: Sequence[bytes],
+    checksum: int,
+    expected: Sequence[TensorSpec] | None = None,
+    max_chunk_size: int = DEFAULT_CHUNK_SIZE,
+    max_total_bytes: int = 1 << 40,
+) -> dict[str, torch.Tensor]:
+    """Decode a whole stream held in memory, checking it against ``expected`` when given."""
+    specs = specs_from_header(header, max_total_bytes)
+    if expected is not None:
+        check_specs_match(specs, expected)
+    decoder = TensorStreamDecoder(specs, max_chunk_size=max_chunk_size)
+    for chunk in chunks:
+        decoder.feed(chunk)
+    return decoder.finish(checksum)

@@ -1,0 +1,61 @@
+"""Every error fedsilo raises on purpose, in one hierarchy.
+
+    FedsiloError                  base; the CLIs turn it into one line and an exit code
+    ├── ConfigError               bad flag, env var or config file value (exit 2)
+    ├── PortInUseError            the job's port is taken (exit 2)
+    ├── TaskLoadError             --task names nothing loadable (exit 2)
+    ├── CodecError                a tensor stream that disagrees with its header or the model
+    ├── ProtocolError             a message that is illegal now; carries the wire ErrorCode
+    ├── ConnectError              the server could not be reached in the allowed time
+    └── JobAbortedError           the job ended without finishing its rounds
+
+Low-level exceptions (grpc, OSError, pydantic) are translated into these once, at the module
+that meets them, with ``raise ... from exc``.
+"""
+
+from __future__ import annotations
+
+
+class FedsiloError(Exception):
+    """Base of every fedsilo error; ``exit_code`` is what a CLI exits with."""
+
+    exit_code: int = 1
+
+
+class ConfigError(FedsiloError):
+    """A configuration value is missing or invalid."""
+
+    exit_code = 2
+
+
+class PortInUseError(FedsiloError):
+    """The port a job needs is already bound by another process."""
+
+    exit_code = 2
+
+
+class TaskLoadError(FedsiloError):
+    """A task name or ``package.module:Name`` could not be resolved."""
+
+    exit_code = 2
+
+
+class CodecError(FedsiloError):
+    """A tensor stream is malformed or does not match the model it is meant for."""
+
+
+class ProtocolError(FedsiloError):
+    """A peer sent a message that is not legal in the current state."""
+
+    def __init__(self, code: int, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+
+class ConnectError(FedsiloError):
+    """The server could not be reached within the allowed time."""
+
+
+class JobAbortedError(FedsiloError):
+    """The job stopped before completing its rounds."""

@@ -1,0 +1,44 @@
+"""One place to configure structlog for both daemons.
+
+Lines go to stderr: JSON objects when stderr is not a terminal (for log shippers), readable
+key=value lines on a terminal. Context such as job_id, round and client_id is bound on loggers
+(``log.bind(...)``) where it becomes known, so every line carries it without repeating it.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from typing import Any
+
+import structlog
+
+LEVELS = ("debug", "info", "warning", "error")
+
+
+def configure_logging(level: str = "info", json: bool | None = None) -> None:
+    """Route structlog to stderr at ``level``; JSON unless stderr is a TTY (or ``json`` says)."""
+    as_json = not sys.stderr.isatty() if json is None else json
+    renderer: Any = (
+        structlog.processors.JSONRenderer()
+        if as_json
+        else structlog.dev.ConsoleRenderer(colors=sys.stderr.isatty())
+    )
+    structlog.configure(
+        processors=[
+            structlog.contextvars.merge_contextvars,
+            structlog.processors.add_log_level,
+            structlog.processors.TimeStamper(fmt="iso", utc=True),
+            structlog.processors.dict_tracebacks if as_json else structlog.dev.set_exc_info,
+            renderer,
+        ],
+        wrapper_class=structlog.make_filtering_bound_logger(getattr(logging, level.upper())),
+        logger_factory=structlog.PrintLoggerFactory(file=sys.stderr),
+        cache_logger_on_first_use=True,
+    )
+
+
+def get_logger(**context: Any) -> structlog.typing.FilteringBoundLogger:
+    """Return a logger with ``context`` bound (e.g. ``job_id=7``)."""
+    logger: structlog.typing.FilteringBoundLogger = structlog.get_logger().bind(**context)
+    return logger

@@ -1,0 +1,244 @@
+from google.protobuf import struct_pb2 as _struct_pb2
+from google.protobuf.internal import containers as _containers
+from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
+from google.protobuf import descriptor as _descriptor
+from google.protobuf import message as _message
+from collections.abc import Iterable as _Iterable, Mapping as _Mapping
+from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
+
+DESCRIPTOR: _descriptor.FileDescriptor
+
+class ErrorCode(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    ERROR_CODE_UNSPECIFIED: _ClassVar[ErrorCode]
+    MALFORMED_MESSAGE: _ClassVar[ErrorCode]
+    PROTOCOL_VERSION_MISMATCH: _ClassVar[ErrorCode]
+    WRONG_JOB: _ClassVar[ErrorCode]
+    UNKNOWN_CLIENT: _ClassVar[ErrorCode]
+    ILLEGAL_MESSAGE: _ClassVar[ErrorCode]
+    DUPLICATE_HELLO: _ClassVar[ErrorCode]
+    WRONG_ROUND: _ClassVar[ErrorCode]
+    BAD_TENSOR_STREAM: _ClassVar[ErrorCode]
+    NAME_IN_USE: _ClassVar[ErrorCode]
+    INTERNAL: _ClassVar[ErrorCode]
+ERROR_CODE_UNSPECIFIED: ErrorCode
+MALFORMED_MESSAGE: ErrorCode
+PROTOCOL_VERSION_MISMATCH: ErrorCode
+WRONG_JOB: ErrorCode
+UNKNOWN_CLIENT: ErrorCode
+ILLEGAL_MESSAGE: ErrorCode
+DUPLICATE_HELLO: ErrorCode
+WRONG_ROUND: ErrorCode
+BAD_TENSOR_STREAM: ErrorCode
+NAME_IN_USE: ErrorCode
+INTERNAL: ErrorCode
+
+class ClientMessage(_message.Message):
+    __slots__ = ("hello", "ready", "send_model", "chunk", "trailer", "eval_result", "heartbeat", "error")
+    HELLO_FIELD_NUMBER: _ClassVar[int]
+    READY_FIELD_NUMBER: _ClassVar[int]
+    SEND_MODEL_FIELD_NUMBER: _ClassVar[int]
+    CHUNK_FIELD_NUMBER: _ClassVar[int]
+    TRAILER_FIELD_NUMBER: _ClassVar[int]
+    EVAL_RESULT_FIELD_NUMBER: _ClassVar[int]
+    HEARTBEAT_FIELD_NUMBER: _ClassVar[int]
+    ERROR_FIELD_NUMBER: _ClassVar[int]
+    hello: Hello
+    ready: Ready
+    send_model: SendModel
+    chunk: TensorChunk
+    trailer: TensorStreamTrailer
+    eval_result: EvalResult
+    heartbeat: Heartbeat
+    error: Error
+    def __init__(self, hello: _Optional[_Union[Hello, _Mapping]] = ..., ready: _Optional[_Union[Ready, _Mapping]] = ..., send_model: _Optional[_Union[SendModel, _Mapping]] = ..., chunk: _Optional[_Union[TensorChunk, _Mapping]] = ..., trailer: _Optional[_Union[TensorStreamTrailer, _Mapping]] = ..., eval_result: _Optional[_Union[EvalResult, _Mapping]] = ..., heartbeat: _Optional[_Union[Heartbeat, _Mapping]] = ..., error: _Optional[_Union[Error, _Mapping]] = ...) -> None: ...
+
+class ServerMessage(_message.Message):
+    __slots__ = ("init_config", "sync_model", "chunk", "trailer", "evaluate", "finish", "abort", "heartbeat", "error")
+    INIT_CONFIG_FIELD_NUMBER: _ClassVar[int]
+    SYNC_MODEL_FIELD_NUMBER: _ClassVar[int]
+    CHUNK_FIELD_NUMBER: _ClassVar[int]
+    TRAILER_FIELD_NUMBER: _ClassVar[int]
+    EVALUATE_FIELD_NUMBER: _ClassVar[int]
+    FINISH_FIELD_NUMBER: _ClassVar[int]
+    ABORT_FIELD_NUMBER: _ClassVar[int]
+    HEARTBEAT_FIELD_NUMBER: _ClassVar[int]
+    ERROR_FIELD_NUMBER: _ClassVar[int]
+    init_config: InitConfig
+    sync_model: SyncModel
+    chunk: TensorChunk
+    trailer: TensorStreamTrailer
+    evaluate: Evaluate
+    finish: Finish
+    abort: Abort
+    heartbeat: Heartbeat
+    error: Error
+    def __init__(self, init_config: _Optional[_Union[InitConfig, _Mapping]] = ..., sync_model: _Optional[_Union[SyncModel, _Mapping]] = ..., chunk: _Optional[_Union[TensorChunk, _Mapping]] = ..., trailer: _Optional[_Union[TensorStreamTrailer, _Mapping]] = ..., evaluate: _Optional[_Union[Evaluate, _Mapping]] = ..., finish: _Optional[_Union[Finish, _Mapping]] = ..., abort: _Optional[_Union[Abort, _Mapping]] = ..., heartbeat: _Optional[_Union[Heartbeat, _Mapping]] = ..., error: _Optional[_Union[Error, _Mapping]] = ...) -> None: ...
+
+class Hello(_message.Message):
+    __slots__ = ("protocol_version", "job_id", "client_name")
+    PROTOCOL_VERSION_FIELD_NUMBER: _ClassVar[int]
+    JOB_ID_FIELD_NUMBER: _ClassVar[int]
+    CLIENT_NAME_FIELD_NUMBER: _ClassVar[int]
+    protocol_version: int
+    job_id: int
+    client_name: str
+    def __init__(self, protocol_version: _Optional[int] = ..., job_id: _Optional[int] = ..., client_name: _Optional[str] = ...) -> None: ...
+
+class InitConfig(_message.Message):
+    __slots__ = ("client_id", "job")
+    CLIENT_ID_FIELD_NUMBER: _ClassVar[int]
+    JOB_FIELD_NUMBER: _ClassVar[int]
+    client_id: int
+    job: JobConfig
+    def __init__(self, client_id: _Optional[int] = ..., job: _Optional[_Union[JobConfig, _Mapping]] = ...) -> None: ...
+
+class JobConfig(_message.Message):
+    __slots__ = ("job_id", "task", "task_options", "seed", "rounds", "chunk_size")
+    JOB_ID_FIELD_NUMBER: _ClassVar[int]
+    TASK_FIELD_NUMBER: _ClassVar[int]
+    TASK_OPTIONS_FIELD_NUMBER: _ClassVar[int]
+    SEED_FIELD_NUMBER: _ClassVar[int]
+    ROUNDS_FIELD_NUMBER: _ClassVar[int]
+    CHUNK_SIZE_FIELD_NUMBER: _ClassVar[int]
+    job_id: int
+    task: str
+    task_options: _struct_pb2.Struct
+    seed: int
+    rounds: int
+    chunk_size: int
+    def __init__(self, job_id: _Optional[int] = ..., task: _Optional[str] = ..., task_options: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., seed: _Optional[int] = ..., rounds: _Optional[int] = ..., chunk_size: _Optional[int] = ...) -> None: ...
+
+class Ready(_message.Message):
+    __slots__ = ("train_examples", "test_examples")
+    TRAIN_EXAMPLES_FIELD_NUMBER: _ClassVar[int]
+    TEST_EXAMPLES_FIELD_NUMBER: _ClassVar[int]
+    train_examples: int
+    test_examples: int
+    def __init__(self, train_examples: _Optional[int] = ..., test_examples: _Optional[int] = ...) -> None: ...
+
+class TrainConfig(_message.Message):
+    __slots__ = ("local_epochs", "batch_size", "learning_rate", "seed")
+    LOCAL_EPOCHS_FIELD_NUMBER: _ClassVar[int]
+    BATCH_SIZE_FIELD_NUMBER: _ClassVar[int]
+    LEARNING_RATE_FIELD_NUMBER: _ClassVar[int]
+    SEED_FIELD_NUMBER: _ClassVar[int]
+    local_epochs: int
+    batch_size: int
+    learning_rate: float
+    seed: int
+    def __init__(self, local_epochs: _Optional[int] = ..., batch_size: _Optional[int] = ..., learning_rate: _Optional[float] = ..., seed: _Optional[int] = ...) -> None: ...
+
+class SyncModel(_message.Message):
+    __slots__ = ("round", "train", "model")
+    ROUND_FIELD_NUMBER: _ClassVar[int]
+    TRAIN_FIELD_NUMBER: _ClassVar[int]
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    round: int
+    train: TrainConfig
+    model: TensorStreamHeader
+    def __init__(self, round: _Optional[int] = ..., train: _Optional[_Union[TrainConfig, _Mapping]] = ..., model: _Optional[_Union[TensorStreamHeader, _Mapping]] = ...) -> None: ...
+
+class SendModel(_message.Message):
+    __slots__ = ("round", "train_examples", "metrics", "update")
+    ROUND_FIELD_NUMBER: _ClassVar[int]
+    TRAIN_EXAMPLES_FIELD_NUMBER: _ClassVar[int]
+    METRICS_FIELD_NUMBER: _ClassVar[int]
+    UPDATE_FIELD_NUMBER: _ClassVar[int]
+    round: int
+    train_examples: int
+    metrics: LocalMetrics
+    update: TensorStreamHeader
+    def __init__(self, round: _Optional[int] = ..., train_examples: _Optional[int] = ..., metrics: _Optional[_Union[LocalMetrics, _Mapping]] = ..., update: _Optional[_Union[TensorStreamHeader, _Mapping]] = ...) -> None: ...
+
+class Evaluate(_message.Message):
+    __slots__ = ("round", "model")
+    ROUND_FIELD_NUMBER: _ClassVar[int]
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    round: int
+    model: TensorStreamHeader
+    def __init__(self, round: _Optional[int] = ..., model: _Optional[_Union[TensorStreamHeader, _Mapping]] = ...) -> None: ...
+
+class EvalResult(_message.Message):
+    __slots__ = ("round", "evaluation")
+    ROUND_FIELD_NUMBER: _ClassVar[int]
+    EVALUATION_FIELD_NUMBER: _ClassVar[int]
+    round: int
+    evaluation: Evaluation
+    def __init__(self, round: _Optional[int] = ..., evaluation: _Optional[_Union[Evaluation, _Mapping]] = ...) -> None: ...
+
+class LocalMetrics(_message.Message):
+    __slots__ = ("train_loss", "train_seconds", "evaluation")
+    TRAIN_LOSS_FIELD_NUMBER: _ClassVar[int]
+    TRAIN_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    EVALUATION_FIELD_NUMBER: _ClassVar[int]
+    train_loss: float
+    train_seconds: float
+    evaluation: Evaluation
+    def __init__(self, train_loss: _Optional[float] = ..., train_seconds: _Optional[float] = ..., evaluation: _Optional[_Union[Evaluation, _Mapping]] = ...) -> None: ...
+
+class Evaluation(_message.Message):
+    __slots__ = ("examples", "loss", "accuracy")
+    EXAMPLES_FIELD_NUMBER: _ClassVar[int]
+    LOSS_FIELD_NUMBER: _ClassVar[int]
+    ACCURACY_FIELD_NUMBER: _ClassVar[int]
+    examples: int
+    loss: float
+    accuracy: float
+    def __init__(self, examples: _Optional[int] = ..., loss: _Optional[float] = ..., accuracy: _Optional[float] = ...) -> None: ...
+
+class Finish(_message.Message):
+    __slots__ = ("rounds_completed",)
+    ROUNDS_COMPLETED_FIELD_NUMBER: _ClassVar[int]
+    rounds_completed: int
+    def __init__(self, rounds_completed: _Optional[int] = ...) -> None: ...
+
+class Abort(_message.Message):
+    __slots__ = ("reason",)
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    reason: str
+    def __init__(self, reason: _Optional[str] = ...) -> None: ...
+
+class Heartbeat(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class TensorSpec(_message.Message):
+    __slots__ = ("name", "dtype", "shape", "nbytes")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    DTYPE_FIELD_NUMBER: _ClassVar[int]
+    SHAPE_FIELD_NUMBER: _ClassVar[int]
+    NBYTES_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    dtype: str
+    shape: _containers.RepeatedScalarFieldContainer[int]
+    nbytes: int
+    def __init__(self, name: _Optional[str] = ..., dtype: _Optional[str] = ..., shape: _Optional[_Iterable[int]] = ..., nbytes: _Optional[int] = ...) -> None: ...
+
+class TensorStreamHeader(_message.Message):
+    __slots__ = ("tensors", "total_bytes")
+    TENSORS_FIELD_NUMBER: _ClassVar[int]
+    TOTAL_BYTES_FIELD_NUMBER: _ClassVar[int]
+    tensors: _containers.RepeatedCompositeFieldContainer[TensorSpec]
+    total_bytes: int
+    def __init__(self, tensors: _Optional[_Iterable[_Union[TensorSpec, _Mapping]]] = ..., total_bytes: _Optional[int] = ...) -> None: ...
+
+class TensorChunk(_message.Message):
+    __slots__ = ("data",)
+    DATA_FIELD_NUMBER: _ClassVar[int]
+    data: bytes
+    def __init__(self, data: _Optional[bytes] = ...) -> None: ...
+
+class TensorStreamTrailer(_message.Message):
+    __slots__ = ("checksum",)
+    CHECKSUM_FIELD_NUMBER: _ClassVar[int]
+    checksum: int
+    def __init__(self, checksum: _Optional[int] = ...) -> None: ...
+
+class Error(_message.Message):
+    __slots__ = ("code", "message")
+    CODE_FIELD_NUMBER: _ClassVar[int]
+    MESSAGE_FIELD_NUMBER: _ClassVar[int]
+    code: ErrorCode
+    message: str
+    def __init__(self, code: _Optional[_Union[ErrorCode, str]] = ..., message: _Optional[str] = ...) -> None: ...

@@ -1,0 +1,1 @@
+"""Built-in tasks: usable with no user code and no downloads."""

@@ -1,0 +1,127 @@
+"""How protobuf messages meet gRPC: the Session method, (de)serializers and prebuilt frames.
+
+Both daemons register the one Session method by hand (instead of generated grpc stubs) so that
+they can send *pre-serialized* frames: the server serializes a round's model once and hands the
+same bytes to every client's stream, and tensor chunks are framed straight from memoryviews.
+Names and field numbers all come from the generated descriptors, so the .proto stays the source.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from typing import Generic, TypeVar
+
+from google.protobuf.message import DecodeError, Message
+
+from fedsilo.common.codec import TensorStreamEncoder
+from fedsilo.common.proto import federation_pb2 as pb
+
+PROTOCOL_VERSION = 1
+
+_SERVICE = pb.DESCRIPTOR.services_by_name["Federation"]
+SERVICE_NAME: str = _SERVICE.full_name
+SESSION_METHOD_NAME: str = _SERVICE.methods_by_name["Session"].name
+SESSION_METHOD_PATH = f"/{SERVICE_NAME}/{SESSION_METHOD_NAME}"
+
+# Room for everything in a message besides a chunk's raw bytes (headers of big models, metrics).
+MESSAGE_OVERHEAD_BYTES = 4 << 20
+
+_LEN = 2  # protobuf wire type of length-delimited fields
+_CHUNK_DATA_FIELD = pb.TensorChunk.DESCRIPTOR.fields_by_name["data"].number
+
+
+def _varint(value: int) -> bytes:
+    out = bytearray()
+    while True:
+        byte = value & 0x7F
+        value >>= 7
+        if value:
+            out.append(byte | 0x80)
+        else:
+            out.append(byte)
+            return bytes(out)
+
+
+def _tag(field_number: int) -> bytes:
+    return _varint((field_number << 3) | _LEN)
+
+
+@dataclass(frozen=True)
+class ChunkFramer:
+    """Writes the wire form of ``Envelope{chunk: TensorChunk{data}}`` without building objects.
+
+    Building a protobuf object per chunk costs a copy and a Python object; this writes the same
+    bytes the protobuf library would, with one copy of the data.
+    """
+
+    envelope_field: int
+
+    def frame(self, parts: Sequence[memoryview | bytes]) -> bytes:
+        """Return the serialized envelope carrying the concatenation of ``parts`` as one chunk."""
+        size = sum(len(part) for part in parts)
+        inner_prefix = _tag(_CHUNK_DATA_FIELD) + _varint(size)
+        outer_prefix = _tag(self.envelope_field) + _varint(len(inner_prefix) + size)
+        return b"".join([outer_prefix, inner_prefix, *parts])
+
+
+SERVER_CHUNKS = ChunkFramer(pb.ServerMessage.DESCRIPTOR.fields_by_name["chunk"].number)
+CLIENT_CHUNKS = ChunkFramer(pb.ClientMessage.DESCRIPTOR.fields_by_name["chunk"].number)
+
+Outbound = Message | bytes
+"""What a stream may send: a message, or bytes that are already one serialized message."""
+
+
+def serialize(message: Outbound) -> bytes:
+    """Serialize a message; pass prebuilt frames through untouched."""
+    if isinstance(message, bytes):
+        return message
+    return message.SerializeToString()
+
+
+M = TypeVar("M", bound=Message)
+
+
+@dataclass(frozen=True)
+class Inbound(Generic[M]):
+    """A received message with its size on the wire; ``message`` is None when it did not parse."""
+
+    message: M | None
+    nbytes: int
+
+
+def tolerant_deserializer(message_type: type[M]) -> Callable[[bytes], Inbound[M]]:
+    """Return a deserializer that never raises, so garbage can be answered with an Error."""
+
+    def deserialize(raw: bytes) -> Inbound[M]:
+        try:
+            return Inbound(message_type.FromString(raw), len(raw))
+        except (DecodeError, RuntimeError, ValueError):
+            return Inbound(None, len(raw))
+
+    return deserialize
+
+
+def tensor_stream_frames(
+    header_message: Message,
+    encoder: TensorStreamEncoder,
+    framer: ChunkFramer,
+    trailer_of: Callable[[int], Message],
+) -> Iterator[bytes]:
+    """Yield the serialized frames of a whole tensor stream: header message, chunks, trailer.
+
+    Lazy, so an upload holds one chunk in flight, never a second copy of the model.
+    """
+    yield serialize(header_message)
+    for parts in encoder:
+        yield framer.frame(parts)
+    yield serialize(trailer_of(encoder.checksum))
+
+
+def channel_options(chunk_size: int) -> list[tuple[str, int]]:
+    """Return the gRPC options both daemons use: message caps sized to the chunk size."""
+    limit = chunk_size + MESSAGE_OVERHEAD_BYTES
+    return [
+        ("grpc.max_send_message_length", limit),
+        ("grpc.max_receive_message_length", limit),
+    ]

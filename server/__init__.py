@@ -1,0 +1,1 @@
+"""The fl-server daemon: gRPC service, job state machine, strategies, run files."""

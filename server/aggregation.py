@@ -1,0 +1,101 @@
+"""Fold a round's updates in client-id order, whatever order they arrive in.
+
+An update that completes before its turn waits in its own buffer; the moment every lower client
+id is either folded or dropped, it is folded into the running sum and freed. The result is
+therefore bit-identical to folding in sorted order, and memory holds one running sum plus the
+updates that wait for their turn. Not thread-safe: the job calls it under its lock.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+
+import torch
+
+from fedsilo.server.strategies import fedavg
+
+
+@dataclass
+class _Waiting:
+    weight: float
+    tensors: Mapping[str, torch.Tensor]
+
+
+@dataclass
+class OrderedFold:
+    """Running example-weighted sum of one round's updates, folded in client-id order."""
+
+    expected: list[int]
+    like: Mapping[str, torch.Tensor]
+    folded: list[int] = field(default_factory=list)
+    dropped: list[int] = field(default_factory=list)
+    total_weight: float = 0.0
+
+    def __post_init__(self) -> None:
+        self.expected = sorted(set(self.expected))
+        self._next = 0
+        self._waiting: dict[int, _Waiting] = {}
+        self._dropped_set: set[int] = set()
+        self._sum: fedavg.State | None = None
+
+    def is_open_for(self, client_id: int) -> bool:
+        """Whether this round still takes an update from ``client_id``."""
+        return (
+            client_id in self.expected
+            and client_id not in self._waiting
+            and client_id not in self._dropped_set
+            and client_id not in self.folded
+        )
+
+    def submit(self, client_id: int, weight: float, tensors: Mapping[str, torch.Tensor]) -> None:
+        """Accept the update of ``client_id`` and fold everything whose turn has come."""
+        if not self.is_open_for(client_id):
+            raise ValueError(f"round does not take an update from client {client_id} now")
+        if weight <= 0:
+            raise ValueError("update weight must be positive")
+        self._waiting[client_id] = _Waiting(weight, tensors)
+        self._advance()
+
+    def drop(self, client_ids: Iterable[int]) -> list[int]:
+        """Give up on these clients for this round; return those that were still outstanding."""
+        gone = [cid for cid in client_ids if self.is_open_for(cid)]
+        for cid in gone:
+            self._dropped_set.add(cid)
+            self.dropped.append(cid)
+        self._advance()
+        return gone
+
+    @property
+    def outstanding(self) -> list[int]:
+        """Clients that have neither delivered nor been dropped."""
+        return [cid for cid in self.expected if self.is_open_for(cid)]
+
+    @property
+    def complete(self) -> bool:
+        """Whether every expected client is folded or dropped."""
+        return self._next == len(self.expected)
+
+    def mean(self) -> fedavg.State:
+        """Return the weighted mean of the folded updates (the round must be complete)."""
+        if not self.complete:
+            raise RuntimeError("round is not complete")
+        if self._sum is None:
+            raise ValueError("no update was folded in this round")
+        return fedavg.weighted_mean(self._sum, self.total_weight, self.like)
+
+    def _advance(self) -> None:
+        while self._next < len(self.expected):
+            cid = self.expected[self._next]
+            if cid in self._dropped_set:
+                self._next += 1
+            elif cid in self._waiting:
+                update = self._waiting.pop(cid)
+                if self._sum is None:
+                    self._sum = fedavg.new_sum(self.like)
+                fedavg.fold(self._sum, update.tensors, update.weight)
+                self.total_weight += update.weight
+                self.folded.append(cid)
+                self._next += 1
+            else:
+                return

@@ -1,0 +1,102 @@
+"""Assemble and run one fl-server job: load the task, bind the port, serve, drive the rounds."""
+
+from __future__ import annotations
+
+import errno
+import signal
+import socket
+import threading
+from concurrent import futures
+from types import FrameType
+
+import grpc
+
+from fedsilo.common.errors import FedsiloError, PortInUseError
+from fedsilo.common.logging import get_logger
+from fedsilo.common.task import load_task
+from fedsilo.common.wire import channel_options
+from fedsilo.server.config import ServerConfig
+from fedsilo.server.job import Job, JobOutcome
+from fedsilo.server.service import FederationService
+
+SHUTDOWN_GRACE_SECONDS = 5.0
+
+
+def check_port_free(host: str, port: int, job_id: int) -> None:
+    """Raise PortInUseError, naming the port and the job, if ``host:port`` can't be bound."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind((host, port))
+        except OSError as exc:
+            if exc.errno != errno.EADDRINUSE:
+                raise PortInUseError(f"cannot bind {host}:{port} for job {job_id}: {exc}") from exc
+            raise PortInUseError(
+                f"port {port} (port_base + job_id {job_id}) is already in use: another fl-server "
+                f"runs job {job_id} here, or another program holds the port; "
+                f"choose another --job-id or --port-base"
+            ) from exc
+
+
+def build_server(config: ServerConfig, job: Job) -> grpc.Server:
+    """Create the gRPC server for ``job`` and bind its port (not yet started)."""
+    check_port_free(config.host, config.port, config.job_id)
+    server = grpc.server(
+        futures.ThreadPoolExecutor(max_workers=config.max_clients + 4,
+                                   thread_name_prefix="session"),
+        handlers=[FederationService(job).handler()],
+        # so_reuseport=0: a second server on the same port must fail, not share it silently.
+        options=[*channel_options(config.chunk_size), ("grpc.so_reuseport", 0)],
+        maximum_concurrent_rpcs=config.max_clients,
+    )
+    address = f"[{config.host}]:{config.port}" if ":" in config.host else (
+        f"{config.host}:{config.port}"
+    )
+    try:
+        server.add_insecure_port(address)
+    except RuntimeError as exc:
+        raise PortInUseError(
+            f"cannot listen on {address} for job {config.job_id}; "
+            f"choose another --job-id or --port-base"
+        ) from exc
+    return server
+
+
+def serve(config: ServerConfig) -> JobOutcome:
+    """Run the job to its end and return its outcome. SIGTERM/SIGINT abort it cleanly."""
+    log = get_logger(job_id=config.job_id)
+    task = load_task(config.task, config.task_options)
+    model = task.build_model(config.seed)
+    job = Job(config, dict(model.state_dict()), log)
+    server = build_server(config, job)
+    server.start()
+    log.info("server_listening", host=config.host, port=config.port, task=config.task,
+             rounds=config.rounds, min_clients=config.min_clients, out=str(config.run_dir))
+
+    outcome: list[JobOutcome] = []
+
+    def drive() -> None:
+        try:
+            outcome.append(job.run())
+        except Exception:
+            log.exception("job_crashed")
+            raise
+        finally:
+            server.stop(SHUTDOWN_GRACE_SECONDS)
+
+    def on_signal(signum: int, frame: FrameType | None) -> None:
+        job.request_stop(f"server stopped by {signal.Signals(signum).name}")
+
+    previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGTERM, signal.SIGINT)}
+    coordinator = threading.Thread(target=drive, name="coordinator")
+    coordinator.start()
+    try:
+        server.wait_for_termination()
+        coordinator.join()
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+    if not outcome:
+        raise FedsiloError("the job coordinator crashed; see the log above")
+    return outcome[0]

@@ -1,0 +1,65 @@
+"""``fl-server``: run one federated training job on ``port_base + job_id``."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from fedsilo.common.cli import ArgumentParser, add_config_flag, flag_values, run_cli
+from fedsilo.common.logging import LEVELS, configure_logging
+from fedsilo.common.settings import load_config
+from fedsilo.server.app import serve
+from fedsilo.server.config import ServerConfig
+
+PROG = "fl-server"
+
+
+def build_parser() -> ArgumentParser:
+    """Return the fl-server argument parser; every flag maps to a ServerConfig field."""
+    parser = ArgumentParser(
+        prog=PROG,
+        description="Run one federated training job. Each flag can also be set as FEDSILO_<NAME> "
+        "or in --config.",
+        argument_default=argparse.SUPPRESS,
+    )
+    add_config_flag(parser)
+    parser.add_argument("--job-id", type=int, help="job number; listens on port_base + job_id")
+    parser.add_argument("--port-base", type=int, help="port of job 0 (default 50000)")
+    parser.add_argument("--host", help="address to listen on (default 0.0.0.0)")
+    parser.add_argument("--rounds", type=int, help="training rounds (default 5)")
+    parser.add_argument("--min-clients", type=int, help="clients needed per round (default 2)")
+    parser.add_argument("--task", help="built-in task or package.module:Name (default synthetic)")
+    parser.add_argument("--seed", type=int, help="seed of model, data and training (default 0)")
+    parser.add_argument("--out", type=Path, help="run folder (default runs/job-<id>)")
+    parser.add_argument("--round-timeout", type=float, help="seconds a round waits (default 300)")
+    parser.add_argument("--join-timeout", type=float,
+                        help="seconds to wait for min_clients to be ready (default 600)")
+    parser.add_argument("--local-epochs", type=int, help="local epochs per round (default 1)")
+    parser.add_argument("--batch-size", type=int, help="local batch size (default 32)")
+    parser.add_argument("--learning-rate", "--lr", type=float, help="local SGD rate (default 0.1)")
+    parser.add_argument("--chunk-size", type=int, help="bytes per tensor chunk (default 1 MiB)")
+    parser.add_argument("--max-clients", type=int, help="most concurrent sessions (default 1024)")
+    parser.add_argument("--log-level", choices=LEVELS, help="default info")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of ``fl-server``."""
+    args = build_parser().parse_args(argv)
+
+    def body() -> int:
+        config = load_config(ServerConfig, flag_values(args), args.config)
+        configure_logging(config.log_level)
+        outcome = serve(config)
+        if not outcome.finished and not outcome.stopped:
+            print(f"{PROG}: job {config.job_id} aborted: {outcome.reason}", file=sys.stderr)
+            return 1
+        return 0
+
+    return run_cli(PROG, body)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,65 @@
+"""The server's one config model; flags, FEDSILO_* env vars and a config file all land here."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from fedsilo.common.codec import DEFAULT_CHUNK_SIZE
+from fedsilo.common.logging import LEVELS
+
+MAX_PORT = 65535
+DEFAULT_PORT_BASE = 50000
+
+
+def job_port(port_base: int, job_id: int) -> int:
+    """Return the port of a job: ``port_base + job_id`` (the one place this rule lives)."""
+    return port_base + job_id
+
+
+class ServerConfig(BaseModel):
+    """Everything one ``fl-server`` job needs; frozen once loaded."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    job_id: int = Field(ge=0, description="Job number; the job listens on port_base + job_id.")
+    port_base: int = Field(DEFAULT_PORT_BASE, ge=0, description="Port of job 0.")
+    host: str = Field("0.0.0.0", min_length=1, description="Address to listen on.")
+    rounds: int = Field(5, ge=1, description="Number of training rounds.")
+    min_clients: int = Field(2, ge=1, description="Clients needed to start and to finish a round.")
+    task: str = Field("synthetic", min_length=1, description="Built-in task or package.module:Name.")
+    task_options: dict[str, str | int | float | bool] = Field(
+        default_factory=dict, description="Keyword arguments of the task (config file only)."
+    )
+    seed: int = Field(0, ge=0, lt=2**63, description="Seed of the model, data and training.")
+    out: Path | None = Field(None, description="Run folder; default runs/job-<job_id>.")
+    round_timeout: float = Field(300.0, gt=0, description="Seconds a round waits for updates.")
+    join_timeout: float = Field(600.0, gt=0, description="Seconds to wait for min_clients.")
+    local_epochs: int = Field(1, ge=1, description="Local epochs per round on each client.")
+    batch_size: int = Field(32, ge=1, description="Local mini-batch size.")
+    learning_rate: float = Field(0.1, gt=0, description="Local SGD learning rate.")
+    chunk_size: int = Field(
+        DEFAULT_CHUNK_SIZE, ge=1024, le=64 << 20, description="Raw bytes per tensor chunk."
+    )
+    max_clients: int = Field(1024, ge=1, description="Most client sessions served at once.")
+    log_level: str = Field("info", pattern="^(" + "|".join(LEVELS) + ")$")
+
+    @model_validator(mode="after")
+    def _port_in_range(self) -> ServerConfig:
+        if not 1 <= self.port <= MAX_PORT:
+            raise ValueError(
+                f"port_base + job_id = {self.port_base} + {self.job_id} = {self.port} "
+                f"is outside 1..{MAX_PORT}; choose another --port-base"
+            )
+        return self
+
+    @property
+    def port(self) -> int:
+        """The TCP port this job listens on."""
+        return job_port(self.port_base, self.job_id)
+
+    @property
+    def run_dir(self) -> Path:
+        """Folder for metrics.jsonl and model.pt."""
+        return self.out if self.out is not None else Path("runs") / f"job-{self.job_id}"

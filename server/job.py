@@ -1,0 +1,434 @@
+"""The job: who takes part, the rounds, the running aggregate, metrics and model files.
+
+A coordinator thread (``Job.run``) drives the phases WAITING -> ROUND(r) ... -> EVALUATING ->
+FINISHED. Sessions call in from their reader threads (admit, mark_ready, submit_update, ...);
+all job-wide state is guarded by one condition variable, on which the coordinator waits with a
+deadline, never longer.
+"""
+
+from __future__ import annotations
+
+import string
+import threading
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import structlog
+import torch
+from google.protobuf import struct_pb2
+
+from fedsilo.common import codec
+from fedsilo.common.errors import JobAbortedError, ProtocolError
+from fedsilo.common.proto import federation_pb2 as pb
+from fedsilo.common.seeding import derive_seed
+from fedsilo.common.wire import PROTOCOL_VERSION, SERVER_CHUNKS, serialize
+from fedsilo.server import metrics
+from fedsilo.server.aggregation import OrderedFold
+from fedsilo.server.config import ServerConfig
+from fedsilo.server.run_files import METRICS_FILE, MODEL_FILE, MetricsLog, save_model
+from fedsilo.server.session import ClientSession, Upload
+from fedsilo.server.state_machine import Event, JobPhase, SessionState, next_phase
+from fedsilo.server.strategies.fedavg import FedAvg
+
+MAX_NAME_LENGTH = 128
+_NAME_CHARS = frozenset(string.ascii_letters + string.digits + "-_.@:")
+
+
+@dataclass
+class RoundState:
+    """Bookkeeping of the round in progress."""
+
+    number: int
+    fold: OrderedFold
+    started: float
+    bytes_down: dict[int, int] = field(default_factory=dict)
+    reports: dict[int, metrics.ClientReport] = field(default_factory=dict)
+    evaluations: list[metrics.ClientEvaluation] = field(default_factory=list)
+    dropped: dict[int, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class JobOutcome:
+    """How the job ended."""
+
+    finished: bool
+    rounds_completed: int
+    reason: str = ""
+    stopped: bool = False  # ended by request_stop (a signal), not by a failure
+
+
+class Job:
+    """One federated training job on this server."""
+
+    def __init__(
+        self,
+        config: ServerConfig,
+        initial_state: dict[str, torch.Tensor],
+        log: structlog.typing.FilteringBoundLogger,
+    ) -> None:
+        self.config = config
+        self.log = log
+        self.global_state = {
+            name: tensor.detach().cpu().clone().contiguous()
+            for name, tensor in initial_state.items()
+        }
+        self.specs = codec.specs_of(self.global_state)
+        self.model_bytes = sum(spec.nbytes for spec in self.specs)
+        self.chunk_size = config.chunk_size
+        self.strategy = FedAvg()
+        self.phase = JobPhase.WAITING
+        self.rounds_completed = 0
+        self._cond = threading.Condition()
+        self._sessions: dict[int, ClientSession] = {}
+        self._ids_by_name: dict[str, int] = {}
+        self._round: RoundState | None = None
+        self._final_expected: set[int] = set()
+        self._final_evaluations: list[metrics.ClientEvaluation] = []
+        self._pending_row: dict[str, Any] | None = metrics.initial_row()
+        self._stop_reason: str | None = None
+        run_dir = config.run_dir
+        run_dir.mkdir(parents=True, exist_ok=True)
+        self.metrics_log = MetricsLog(run_dir / METRICS_FILE)
+        if self.metrics_log.path.exists():
+            log.warning("metrics_file_replaced", path=str(self.metrics_log.path))
+            self.metrics_log.path.unlink()
+        self.model_path = run_dir / MODEL_FILE
+
+    # ------------------------------------------------------------------ called by sessions
+
+    def open_session(self, peer: str) -> ClientSession:
+        """Create the session object of a newly opened stream."""
+        return ClientSession(self, peer)
+
+    def admit(self, session: ClientSession, hello: pb.Hello) -> tuple[int, pb.ServerMessage]:
+        """Check a Hello and assign the client id; return it with the InitConfig to send."""
+        if hello.protocol_version != PROTOCOL_VERSION:
+            raise ProtocolError(
+                int(pb.PROTOCOL_VERSION_MISMATCH),
+                f"client speaks protocol {hello.protocol_version}, server {PROTOCOL_VERSION}",
+            )
+        if hello.HasField("job_id") and hello.job_id != self.config.job_id:
+            raise ProtocolError(
+                int(pb.WRONG_JOB),
+                f"this server runs job {self.config.job_id}, not job {hello.job_id}",
+            )
+        name = hello.client_name
+        if not (0 < len(name) <= MAX_NAME_LENGTH and set(name) <= _NAME_CHARS):
+            raise ProtocolError(
+                int(pb.MALFORMED_MESSAGE),
+                f"client name must be 1-{MAX_NAME_LENGTH} characters of [A-Za-z0-9-_.@:]",
+            )
+        with self._cond:
+            if self.phase in (JobPhase.FINISHED, JobPhase.ABORTED):
+                raise ProtocolError(int(pb.ILLEGAL_MESSAGE), "the job is over")
+            client_id = self._ids_by_name.setdefault(name, len(self._ids_by_name))
+            if client_id in self._sessions:
+                raise ProtocolError(
+                    int(pb.NAME_IN_USE), f"client name {name!r} is already connected"
+                )
+            self._sessions[client_id] = session
+        session.log.info("client_joined", client_id=client_id, client=name)
+        return client_id, pb.ServerMessage(
+            init_config=pb.InitConfig(client_id=client_id, job=self._job_config())
+        )
+
+    def mark_ready(self, session: ClientSession, ready: pb.Ready) -> None:
+        """Note that a client has loaded its task and data."""
+        session.log.info(
+            "client_ready", train_examples=ready.train_examples, test_examples=ready.test_examples
+        )
+        with self._cond:
+            self._cond.notify_all()
+
+    def update_status(self, client_id: int, round_number: int, synced_round: int) -> str:
+        """Say whether an update for ``round_number`` is 'open', 'late' or 'wrong' now."""
+        if round_number != synced_round:
+            return "wrong"
+        with self._cond:
+            current = self._round
+            if current is not None and current.number == round_number:
+                if current.fold.is_open_for(client_id):
+                    return "open"
+            return "late"
+
+    def submit_update(
+        self, session: ClientSession, upload: Upload, tensors: dict[str, torch.Tensor]
+    ) -> None:
+        """Fold a complete, checked update into the round (or ignore it if it came too late)."""
+        assert session.client_id is not None and session.name is not None
+        cid = session.client_id
+        with self._cond:
+            current = self._round
+            if current is None or current.number != upload.round or not current.fold.is_open_for(
+                cid
+            ):
+                session.log.info("late_update_ignored", round=upload.round)
+                return
+            finished = time.monotonic()
+            current.reports[cid] = metrics.ClientReport(
+                client_id=cid,
+                name=session.name,
+                train_examples=upload.train_examples,
+                train_loss=upload.metrics.train_loss,
+                train_seconds=upload.metrics.train_seconds,
+                bytes_down=current.bytes_down.get(cid, 0),
+                bytes_up=upload.nbytes,
+                seconds=finished - current.started,
+            )
+            if upload.metrics.HasField("evaluation"):
+                current.evaluations.append(_client_evaluation(cid, upload.metrics.evaluation))
+            current.fold.submit(cid, float(upload.train_examples), tensors)
+            self._cond.notify_all()
+        session.log.info(
+            "update_received", round=upload.round, train_examples=upload.train_examples,
+            bytes_up=upload.nbytes,
+        )
+
+    def reject_update(self, session: ClientSession, round_number: int, reason: str) -> None:
+        """Drop a client from the round because its update was refused."""
+        assert session.client_id is not None
+        with self._cond:
+            current = self._round
+            if current is not None and current.number == round_number:
+                for cid in current.fold.drop([session.client_id]):
+                    current.dropped[cid] = f"update refused: {reason}"
+            self._cond.notify_all()
+        session.log.warning("update_refused", round=round_number, reason=reason)
+
+    def record_final_evaluation(self, session: ClientSession, result: pb.EvalResult) -> None:
+        """Store a client's evaluation of the final model."""
+        assert session.client_id is not None
+        with self._cond:
+            if session.client_id in self._final_expected and result.round == self.rounds_completed:
+                self._final_expected.discard(session.client_id)
+                self._final_evaluations.append(
+                    _client_evaluation(session.client_id, result.evaluation)
+                )
+                self._cond.notify_all()
+
+    def session_closed(self, session: ClientSession) -> None:
+        """Forget a session whose stream ended; drop it from the round if it owed an update."""
+        cid = session.client_id
+        if cid is None:
+            return
+        with self._cond:
+            if self._sessions.get(cid) is session:
+                del self._sessions[cid]
+            current = self._round
+            if current is not None:
+                for gone in current.fold.drop([cid]):
+                    current.dropped[gone] = "disconnected"
+            self._final_expected.discard(cid)
+            self._cond.notify_all()
+        session.log.info("client_left", state=session.state.value)
+
+    # ------------------------------------------------------------------ control
+
+    def request_stop(self, reason: str) -> None:
+        """Ask the coordinator to abort the job (e.g. on SIGTERM); returns at once."""
+        with self._cond:
+            self._stop_reason = reason
+            self._cond.notify_all()
+
+    def run(self) -> JobOutcome:
+        """Drive the whole job; return how it ended. Blocks until then."""
+        try:
+            for number in range(self.rounds_completed + 1, self.config.rounds + 1):
+                self._await_clients(number)
+                self._run_round(number)
+            self._final_evaluation()
+        except JobAbortedError as exc:
+            return self._abort(str(exc))
+        self._set_phase(JobPhase.FINISHED)
+        self._close_all(pb.ServerMessage(finish=pb.Finish(rounds_completed=self.rounds_completed)))
+        self.log.info("job_finished", rounds=self.rounds_completed, model=str(self.model_path))
+        return JobOutcome(finished=True, rounds_completed=self.rounds_completed)
+
+    # ------------------------------------------------------------------ coordinator steps
+
+    def _await_clients(self, number: int) -> None:
+        needed = self.config.min_clients
+        with self._cond:
+            if self.phase is not JobPhase.WAITING and len(self._idle_ids()) >= needed:
+                return
+            if self.phase is not JobPhase.WAITING:
+                self.phase = next_phase(self.phase, JobPhase.WAITING)
+            self.log.info("waiting_for_clients", round=number, needed=needed,
+                          ready=len(self._idle_ids()))
+            arrived = self._cond.wait_for(
+                lambda: self._stop_reason is not None or len(self._idle_ids()) >= needed,
+                timeout=self.config.join_timeout,
+            )
+            self._raise_if_stopping()
+            if not arrived:
+                raise JobAbortedError(
+                    f"only {len(self._idle_ids())} of min_clients={needed} clients were ready "
+                    f"within join_timeout={self.config.join_timeout:g}s"
+                )
+
+    def _run_round(self, number: int) -> None:
+        log = self.log.bind(round=number)
+        frames = self._model_frames()
+        header = codec.header_of(self.specs)
+        with self._cond:
+            self.phase = next_phase(self.phase, JobPhase.ROUND)
+            selected = self._idle_ids()
+            current = RoundState(number, OrderedFold(selected, self.global_state), time.monotonic())
+            self._round = current
+            sessions = {cid: self._sessions[cid] for cid in selected}
+        # Sessions are offered work outside the job lock: they take their own lock first.
+        for cid, session in sessions.items():
+            sync = pb.ServerMessage(
+                sync_model=pb.SyncModel(
+                    round=number, train=self._train_config(number, cid), model=header
+                )
+            )
+            items = [serialize(sync), *frames]
+            current.bytes_down[cid] = sum(len(item) for item in items)
+            if not session.offer(Event.SYNC, (number, items)):
+                self._drop(current, [cid], "disconnected")
+        log.info("round_started", clients=selected, model_bytes=self.model_bytes)
+        with self._cond:
+            done = self._cond.wait_for(
+                lambda: self._stop_reason is not None or current.fold.complete,
+                timeout=self.config.round_timeout,
+            )
+            self._raise_if_stopping()
+            if not done:
+                for cid in current.fold.drop(current.fold.outstanding):
+                    current.dropped[cid] = f"no update within round_timeout={self.config.round_timeout:g}s"
+            self._round = None
+        if current.dropped:
+            log.warning("clients_dropped", dropped=current.dropped)
+        if len(current.fold.folded) < self.config.min_clients:
+            raise JobAbortedError(
+                f"round {number}: {len(current.fold.folded)} of {len(selected)} selected clients "
+                f"delivered an update; min_clients is {self.config.min_clients}"
+            )
+        mean = current.fold.mean()
+        new_state = self.strategy.next_global(self.global_state, mean)
+        self.global_state = {spec.name: new_state[spec.name].contiguous() for spec in self.specs}
+        self.rounds_completed = number
+        seconds = time.monotonic() - current.started
+        self._write_row(current.evaluations)
+        self._pending_row = metrics.round_row(
+            number, selected, current.reports, current.dropped, current.bytes_down, seconds
+        )
+        save_model(self.global_state, self.model_path)
+        log.info("round_done", participants=current.fold.folded, seconds=round(seconds, 3),
+                 train_loss=self._pending_row["train_loss"])
+
+    def _final_evaluation(self) -> None:
+        with self._cond:
+            self.phase = next_phase(self.phase, JobPhase.EVALUATING)
+            targets = self._idle_ids()
+        frames = self._model_frames()
+        evaluate = pb.ServerMessage(
+            evaluate=pb.Evaluate(round=self.rounds_completed, model=codec.header_of(self.specs))
+        )
+        items = [serialize(evaluate), *frames]
+        with self._cond:
+            self._final_expected = set(targets)
+            self._final_evaluations = []
+            sessions = {cid: self._sessions[cid] for cid in targets}
+        for cid, session in sessions.items():
+            if not session.offer(Event.EVALUATE, (self.rounds_completed, items)):
+                with self._cond:
+                    self._final_expected.discard(cid)
+        with self._cond:
+            self.log.info("final_evaluation_started", clients=sorted(self._final_expected))
+            self._cond.wait_for(
+                lambda: self._stop_reason is not None or not self._final_expected,
+                timeout=self.config.round_timeout,
+            )
+            self._raise_if_stopping()
+            evaluations = list(self._final_evaluations)
+        self._write_row(evaluations)
+
+    def _abort(self, reason: str) -> JobOutcome:
+        self.log.error("job_aborted", reason=reason, rounds_completed=self.rounds_completed)
+        with self._cond:
+            self.phase = next_phase(self.phase, JobPhase.ABORTED)
+        self._write_row([])
+        self._close_all(pb.ServerMessage(abort=pb.Abort(reason=reason)))
+        return JobOutcome(
+            finished=False,
+            rounds_completed=self.rounds_completed,
+            reason=reason,
+            stopped=self._stop_reason is not None,
+        )
+
+    # ------------------------------------------------------------------ helpers
+
+    def _raise_if_stopping(self) -> None:
+        if self._stop_reason is not None:
+            raise JobAbortedError(self._stop_reason)
+
+    def _set_phase(self, target: JobPhase) -> None:
+        with self._cond:
+            self.phase = next_phase(self.phase, target)
+
+    def _drop(self, current: RoundState, client_ids: list[int], reason: str) -> None:
+        with self._cond:
+            for cid in current.fold.drop(client_ids):
+                current.dropped[cid] = reason
+            self._cond.notify_all()
+
+    def _idle_ids(self) -> list[int]:
+        return sorted(
+            cid for cid, s in self._sessions.items() if s.state is SessionState.IDLE
+        )
+
+    def _close_all(self, last_message: pb.ServerMessage) -> None:
+        with self._cond:
+            sessions = list(self._sessions.values())
+        for session in sessions:
+            session.send(last_message)
+            session.close()
+
+    def _write_row(self, evaluations: Sequence[metrics.ClientEvaluation]) -> None:
+        """Complete the pending row with the evaluations of its model and append it."""
+        if self._pending_row is None:
+            return
+        row = metrics.with_evaluation(self._pending_row, evaluations)
+        self._pending_row = None
+        self.metrics_log.append(row)
+
+    def _model_frames(self) -> list[bytes]:
+        """Serialize the global model once: chunk frames and trailer, shared by every stream."""
+        encoder = codec.TensorStreamEncoder(list(self.global_state.values()), self.chunk_size)
+        frames = [SERVER_CHUNKS.frame(parts) for parts in encoder]
+        trailer = pb.ServerMessage(trailer=pb.TensorStreamTrailer(checksum=encoder.checksum))
+        frames.append(serialize(trailer))
+        return frames
+
+    def _train_config(self, number: int, client_id: int) -> pb.TrainConfig:
+        return pb.TrainConfig(
+            local_epochs=self.config.local_epochs,
+            batch_size=self.config.batch_size,
+            learning_rate=self.config.learning_rate,
+            seed=derive_seed(self.config.seed, "train", number, client_id),
+        )
+
+    def _job_config(self) -> pb.JobConfig:
+        options = struct_pb2.Struct()
+        options.update(self.config.task_options)
+        return pb.JobConfig(
+            job_id=self.config.job_id,
+            task=self.config.task,
+            task_options=options,
+            seed=self.config.seed,
+            rounds=self.config.rounds,
+            chunk_size=self.chunk_size,
+        )
+
+
+def _client_evaluation(client_id: int, evaluation: pb.Evaluation) -> metrics.ClientEvaluation:
+    return metrics.ClientEvaluation(
+        client_id=client_id,
+        examples=evaluation.examples,
+        loss=evaluation.loss,
+        accuracy=evaluation.accuracy,
+    )

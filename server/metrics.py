@@ -1,0 +1,104 @@
+"""Rows of metrics.jsonl: one per round, built from what the clients reported. Pure functions.
+
+Row r describes the global model produced by round r. Its training fields come from round r's
+updates; its evaluation fields from the clients' evaluation of that model on their held-out
+data, which they send with their next update (or in the final evaluation after the last round),
+so the model travels once per round instead of twice. Row 0 is the initial model's evaluation.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from typing import Any
+
+
+@dataclass(frozen=True)
+class ClientReport:
+    """What one client delivered in one round, with the server's own measurements."""
+
+    client_id: int
+    name: str
+    train_examples: int
+    train_loss: float
+    train_seconds: float
+    bytes_down: int
+    bytes_up: int
+    seconds: float
+
+
+@dataclass(frozen=True)
+class ClientEvaluation:
+    """One client's evaluation of a global model on its held-out data."""
+
+    client_id: int
+    examples: int
+    loss: float
+    accuracy: float
+
+
+def _weighted(values: Iterable[tuple[float, float]]) -> float | None:
+    pairs = list(values)
+    total = sum(weight for _, weight in pairs)
+    if total <= 0:
+        return None
+    return sum(value * weight for value, weight in pairs) / total
+
+
+def round_row(
+    number: int,
+    selected: list[int],
+    reports: Mapping[int, ClientReport],
+    dropped: Mapping[int, str],
+    bytes_down: Mapping[int, int],
+    seconds: float,
+) -> dict[str, Any]:
+    """Return the training part of round ``number``'s row."""
+    clients = [reports[cid] for cid in sorted(reports)]
+    return {
+        "round": number,
+        "time": datetime.now(timezone.utc).isoformat(timespec="milliseconds"),
+        "selected": selected,
+        "participants": [c.client_id for c in clients],
+        "dropped": [{"client_id": cid, "reason": dropped[cid]} for cid in sorted(dropped)],
+        "train_loss": _weighted((c.train_loss, c.train_examples) for c in clients),
+        "train_examples": sum(c.train_examples for c in clients),
+        "bytes_down": sum(bytes_down.values()),
+        "bytes_up": sum(c.bytes_up for c in clients),
+        "seconds": round(seconds, 4),
+        "clients": [
+            {
+                "client_id": c.client_id,
+                "name": c.name,
+                "train_examples": c.train_examples,
+                "train_loss": c.train_loss,
+                "train_seconds": round(c.train_seconds, 4),
+                "bytes_down": c.bytes_down,
+                "bytes_up": c.bytes_up,
+                "seconds": round(c.seconds, 4),
+            }
+            for c in clients
+        ],
+    }
+
+
+def initial_row() -> dict[str, Any]:
+    """Return row 0, which only ever holds the initial model's evaluation."""
+    return {"round": 0, "time": datetime.now(timezone.utc).isoformat(timespec="milliseconds")}
+
+
+def with_evaluation(row: Mapping[str, Any], evaluations: Iterable[ClientEvaluation]) -> dict[str, Any]:
+    """Return ``row`` with the example-weighted evaluation and the per-client values added."""
+    evals = sorted(evaluations, key=lambda e: e.client_id)
+    return {
+        **row,
+        "eval_loss": _weighted((e.loss, e.examples) for e in evals),
+        "eval_accuracy": _weighted((e.accuracy, e.examples) for e in evals),
+        "eval_examples": sum(e.examples for e in evals),
+        "eval_clients": [
+            {"client_id": e.client_id, "examples": e.examples, "loss": e.loss,
+             "accuracy": e.accuracy}
+            for e in evals
+        ],
+    }

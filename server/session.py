@@ -1,0 +1,287 @@
+"""One client's stream on the server: turns its messages into state-machine events.
+
+The session owns the per-stream protocol state and the tensor decoder of an upload in progress;
+everything job-wide (who is in the round, the running sum, metrics) belongs to the Job, which
+the session calls. Each event is looked up in the transition table; an illegal one is answered
+with an Error on this stream only. Errors before the client is admitted also close the stream.
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import structlog
+import torch
+
+from fedsilo.common import codec
+from fedsilo.common.errors import CodecError, ProtocolError
+from fedsilo.common.proto import federation_pb2 as pb
+from fedsilo.common.wire import Inbound, Outbound
+from fedsilo.server.state_machine import (
+    Event,
+    SessionState,
+    illegal_code,
+    transition,
+)
+
+if TYPE_CHECKING:
+    from fedsilo.server.job import Job
+
+
+class _Close:
+    """Marker put in an outbox to end the stream."""
+
+
+CLOSE = _Close()
+OutboxItem = Outbound | Sequence[Outbound] | _Close
+
+
+class RefusedStream(ProtocolError):
+    """A tensor stream that is refused; the session discards it up to its trailer."""
+
+    def __init__(
+        self, code: int, message: str, resume: SessionState, discard: bool = True
+    ) -> None:
+        super().__init__(code, message)
+        self.resume = resume
+        self.discard = discard  # False once the stream's trailer has arrived
+
+
+@dataclass
+class Upload:
+    """An update being received: its SendModel fields and its decoder."""
+
+    round: int
+    train_examples: int
+    metrics: pb.LocalMetrics
+    decoder: codec.TensorStreamDecoder
+    started: float
+    nbytes: int
+
+
+class ClientSession:
+    """The server side of one client's Session stream."""
+
+    def __init__(self, job: Job, peer: str) -> None:
+        self.job = job
+        self.peer = peer
+        self.outbox: queue.SimpleQueue[OutboxItem] = queue.SimpleQueue()
+        self.state = SessionState.CONNECTED
+        self.client_id: int | None = None
+        self.name: str | None = None
+        self.round = 0  # round this session was last synced for
+        self.upload: Upload | None = None
+        self._resume = SessionState.IDLE
+        self._lock = threading.RLock()
+        self.log: structlog.typing.FilteringBoundLogger = job.log.bind(peer=peer)
+
+    # ------------------------------------------------------------------ inbound
+
+    def handle(self, inbound: Inbound[pb.ClientMessage]) -> None:
+        """Process one received message (called by the stream's reader thread)."""
+        message = inbound.message
+        kind = message.WhichOneof("body") if message is not None else None
+        if message is None or kind is None:
+            self._send_error(int(pb.MALFORMED_MESSAGE), "message does not parse as ClientMessage")
+            if self.state is SessionState.CONNECTED:
+                self.close()
+            return
+        try:
+            self.dispatch(Event(kind), getattr(message, kind), inbound.nbytes)
+        except Exception:
+            self.log.exception("session_internal_error", event=kind)
+            self._send_error(int(pb.INTERNAL), "internal server error; see the server log")
+            self.close()
+
+    def dispatch(self, event: Event, payload: Any = None, nbytes: int = 0) -> None:
+        """Apply one event through the transition table, under the session lock."""
+        with self._lock:
+            step = transition(self.state, event)
+            if step is None:
+                self._refuse_illegal(event)
+                return
+            action, next_state = step
+            try:
+                getattr(self, f"_do_{action.value}")(payload, nbytes)
+            except RefusedStream as refused:
+                self._send_error(refused.code, refused.message)
+                self._resume = refused.resume
+                self._refuse_stream(refused.discard)
+                return
+            except ProtocolError as error:
+                self._send_error(error.code, error.message)
+                if self.state is SessionState.CONNECTED:
+                    self.close()
+                return
+            self.state = self._resume if next_state is None else next_state
+
+    def offer(self, event: Event, payload: Any) -> bool:
+        """Apply a job-side event (SYNC, EVALUATE) if legal now; return False if it is not."""
+        with self._lock:
+            step = transition(self.state, event)
+            if step is None:
+                return False
+            action, next_state = step
+            getattr(self, f"_do_{action.value}")(payload, 0)
+            self.state = self._resume if next_state is None else next_state
+            return True
+
+    def _refuse_stream(self, discard: bool) -> None:
+        """Move to DISCARDING (through the table) to swallow the rest of a refused stream."""
+        if not discard:
+            self.state = self._resume
+            return
+        step = transition(self.state, Event.REFUSE_STREAM)
+        if step is not None:
+            self.state = step[1] or self._resume
+
+    def _refuse_illegal(self, event: Event) -> None:
+        code = illegal_code(self.state, event)
+        self._send_error(code, f"{event.value} is not allowed while {self.state.value}")
+        if self.state is SessionState.CONNECTED:
+            self.close()
+        elif event is Event.SEND_MODEL:
+            # Swallow the tensor stream this SendModel opens, instead of one error per chunk.
+            self._resume = self.state
+            self._refuse_stream(discard=True)
+
+    # ------------------------------------------------------------------ actions
+
+    def _do_admit(self, hello: pb.Hello, nbytes: int) -> None:
+        self.client_id, init = self.job.admit(self, hello)
+        self.name = hello.client_name
+        self.log = self.log.bind(client_id=self.client_id, client=self.name)
+        self.send(init)
+
+    def _do_mark_ready(self, ready: pb.Ready, nbytes: int) -> None:
+        self.job.mark_ready(self, ready)
+
+    def _do_send_sync(self, work: tuple[int, Sequence[Outbound]], nbytes: int) -> None:
+        self.round, frames = work
+        self.send(frames)
+
+    def _do_send_evaluate(self, work: tuple[int, Sequence[Outbound]], nbytes: int) -> None:
+        self.send(work[1])
+
+    def _do_begin_upload(self, send: pb.SendModel, nbytes: int) -> None:
+        assert self.client_id is not None
+        status = self.job.update_status(self.client_id, send.round, self.round)
+        if status == "late":
+            self.log.info("late_update_ignored", round=send.round)
+            raise RefusedStream(
+                int(pb.WRONG_ROUND), f"round {send.round} is already closed", SessionState.IDLE
+            )
+        if status == "wrong":
+            raise RefusedStream(
+                int(pb.WRONG_ROUND),
+                f"update for round {send.round}, expected round {self.round}",
+                SessionState.TRAINING,
+            )
+        try:
+            specs = codec.specs_from_header(send.update, self.job.model_bytes)
+            codec.check_specs_match(specs, self.job.specs)
+        except CodecError as exc:
+            self.job.reject_update(self, send.round, str(exc))
+            raise RefusedStream(int(pb.BAD_TENSOR_STREAM), str(exc), SessionState.IDLE) from exc
+        if send.train_examples == 0:
+            self.job.reject_update(self, send.round, "update with 0 training examples")
+            raise RefusedStream(
+                int(pb.BAD_TENSOR_STREAM), "update weight train_examples must be > 0",
+                SessionState.IDLE,
+            )
+        self.upload = Upload(
+            round=send.round,
+            train_examples=send.train_examples,
+            metrics=send.metrics,
+            decoder=codec.TensorStreamDecoder(specs, max_chunk_size=self.job.chunk_size),
+            started=time.monotonic(),
+            nbytes=nbytes,
+        )
+
+    def _do_receive_chunk(self, chunk: pb.TensorChunk, nbytes: int) -> None:
+        assert self.upload is not None
+        try:
+            self.upload.decoder.feed(chunk.data)
+        except CodecError as exc:
+            self._fail_upload(str(exc))
+        self.upload.nbytes += nbytes
+
+    def _do_finish_upload(self, trailer: pb.TensorStreamTrailer, nbytes: int) -> None:
+        upload = self.upload
+        assert upload is not None
+        upload.nbytes += nbytes
+        try:
+            tensors = upload.decoder.finish(trailer.checksum)
+            _check_finite(tensors)
+        except CodecError as exc:
+            self._fail_upload(str(exc), discard_rest=False)
+            return
+        self.upload = None
+        self.job.submit_update(self, upload, tensors)
+
+    def _fail_upload(self, reason: str, discard_rest: bool = True) -> None:
+        upload = self.upload
+        assert upload is not None
+        self.upload = None
+        self.job.reject_update(self, upload.round, reason)
+        if discard_rest:
+            raise RefusedStream(int(pb.BAD_TENSOR_STREAM), reason, SessionState.IDLE)
+        raise RefusedStream(int(pb.BAD_TENSOR_STREAM), reason, SessionState.IDLE, discard_rest)
+
+    def _do_record_evaluation(self, result: pb.EvalResult, nbytes: int) -> None:
+        self.job.record_final_evaluation(self, result)
+
+    def _do_start_discard(self, payload: Any, nbytes: int) -> None:
+        return None
+
+    def _do_discard_chunk(self, chunk: pb.TensorChunk, nbytes: int) -> None:
+        return None
+
+    def _do_end_discard(self, trailer: pb.TensorStreamTrailer, nbytes: int) -> None:
+        return None
+
+    def _do_log_peer_error(self, error: pb.Error, nbytes: int) -> None:
+        self.log.warning("client_reported_error", code=pb.ErrorCode.Name(error.code),
+                         message=error.message[:500])
+
+    def _do_nothing(self, payload: Any, nbytes: int) -> None:
+        return None
+
+    def _do_drop(self, payload: Any, nbytes: int) -> None:
+        self.upload = None
+        self.job.session_closed(self)
+
+    # ------------------------------------------------------------------ outbound
+
+    def send(self, item: Outbound | Sequence[Outbound]) -> None:
+        """Queue a message, a prebuilt frame or a list of them to go out in order."""
+        self.outbox.put(item)
+
+    def close(self) -> None:
+        """End the stream after what is already queued."""
+        self.outbox.put(CLOSE)
+
+    def disconnect(self) -> None:
+        """Record that the stream is gone (reader ended, client hung up or was cut off)."""
+        with self._lock:
+            if self.state is not SessionState.CLOSED:
+                self.dispatch(Event.DISCONNECT)
+        self.close()
+
+    def _send_error(self, code: int, message: str) -> None:
+        self.log.warning("protocol_error", code=pb.ErrorCode.Name(code), message=message,
+                         state=self.state.value)
+        self.send(pb.ServerMessage(error=pb.Error(code=code, message=message)))
+
+
+def _check_finite(tensors: dict[str, torch.Tensor]) -> None:
+    for name, tensor in tensors.items():
+        if (tensor.is_floating_point() or tensor.is_complex()) and not bool(
+            torch.isfinite(tensor).all()
+        ):
+            raise CodecError(f"tensor {name!r} holds NaN or infinite values")
