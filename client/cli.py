@@ -29,10 +29,16 @@ def build_parser() -> ArgumentParser:
     parser.add_argument("--name", help="stable name of this client (default: host name)")
     parser.add_argument("--job-id", type=int, help="job to join; the server refuses another")
     parser.add_argument("--data", type=Path, help="local data folder, for tasks that read files")
-    parser.add_argument("--partition", type=int,
-                        help="shard of a built-in dataset (default: the assigned client id)")
-    parser.add_argument("--connect-timeout", type=float,
-                        help="seconds to keep retrying an unreachable server (default 60)")
+    parser.add_argument(
+        "--partition",
+        type=int,
+        help="shard of a built-in dataset (default: the assigned client id)",
+    )
+    parser.add_argument(
+        "--connect-timeout",
+        type=float,
+        help="seconds to keep retrying an unreachable server (default 60)",
+    )
     parser.add_argument("--log-level", choices=LEVELS, help="default info")
     return parser
 

@@ -100,7 +100,7 @@ class FederationClient:
             except grpc.RpcError as exc:
                 raise ConnectError(
                     f"lost the connection to {self.config.server}: "
-                    f"{exc.code().name}: {exc.details()}"  # type: ignore[attr-defined]
+                    f"{exc.code().name}: {exc.details()}"
                 ) from exc
             raise ConnectError(f"the server at {self.config.server} closed the session early")
         finally:
@@ -115,8 +115,9 @@ class FederationClient:
         if kind == "init_config":
             self._on_init(message.init_config)
         elif kind == "sync_model":
-            self._begin_model(kind, message.sync_model.round, message.sync_model.train,
-                              message.sync_model.model)
+            self._begin_model(
+                kind, message.sync_model.round, message.sync_model.train, message.sync_model.model
+            )
         elif kind == "evaluate":
             self._begin_model(kind, message.evaluate.round, None, message.evaluate.model)
         elif kind == "chunk":
@@ -150,9 +151,13 @@ class FederationClient:
         self.model = self.task.build_model(init.job.seed)
         partition = self.config.partition if self.config.partition is not None else init.client_id
         self.data = self.task.load_data(partition, init.job.seed, self.config.data)
-        self.log.info("joined", task=init.job.task, partition=partition,
-                      train_examples=self.data.train_examples,
-                      test_examples=self.data.test_examples)
+        self.log.info(
+            "joined",
+            task=init.job.task,
+            partition=partition,
+            train_examples=self.data.train_examples,
+            test_examples=self.data.test_examples,
+        )
         self._send(
             pb.ClientMessage(
                 ready=pb.Ready(
@@ -163,7 +168,10 @@ class FederationClient:
         )
 
     def _begin_model(
-        self, kind: str, round_number: int, train: pb.TrainConfig | None,
+        self,
+        kind: str,
+        round_number: int,
+        train: pb.TrainConfig | None,
         header: pb.TensorStreamHeader,
     ) -> None:
         if self.model is None or self.job is None or self._incoming is not None:
@@ -246,8 +254,12 @@ class FederationClient:
         encoder = codec.TensorStreamEncoder(list(state.values()), self.job.chunk_size)
         self._outbox.put(tensor_stream_frames(send, encoder, CLIENT_CHUNKS, _client_trailer))
         self.rounds_done += 1
-        log.info("update_sent", train_loss=round(result.loss, 5), train_seconds=round(seconds, 3),
-                 eval_accuracy=round(evaluation.accuracy, 5))
+        log.info(
+            "update_sent",
+            train_loss=round(result.loss, 5),
+            train_seconds=round(seconds, 3),
+            eval_accuracy=round(evaluation.accuracy, 5),
+        )
 
     def _evaluate_final(self, round_number: int) -> None:
         assert self.task is not None and self.model is not None and self.data is not None
@@ -257,8 +269,12 @@ class FederationClient:
                 eval_result=pb.EvalResult(round=round_number, evaluation=_evaluation(evaluation))
             )
         )
-        self.log.info("final_evaluation_sent", round=round_number,
-                      accuracy=round(evaluation.accuracy, 5), loss=round(evaluation.loss, 5))
+        self.log.info(
+            "final_evaluation_sent",
+            round=round_number,
+            accuracy=round(evaluation.accuracy, 5),
+            loss=round(evaluation.loss, 5),
+        )
 
     # ------------------------------------------------------------------ plumbing
 

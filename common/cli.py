@@ -19,15 +19,22 @@ class ArgumentParser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
 
 
-def flag_values(namespace: argparse.Namespace, exclude: Sequence[str] = ("config",)) -> dict[str, Any]:
+def flag_values(
+    namespace: argparse.Namespace, exclude: Sequence[str] = ("config",)
+) -> dict[str, Any]:
     """Return the flags the user actually gave (parsers use default=SUPPRESS)."""
     return {key: value for key, value in vars(namespace).items() if key not in exclude}
 
 
 def add_config_flag(parser: argparse.ArgumentParser) -> None:
     """Add ``--config FILE`` (TOML or YAML holding the same settings as the flags)."""
-    parser.add_argument("--config", type=Path, default=None, metavar="FILE",
-                        help="TOML or YAML file with settings; flags and FEDSILO_* env win")
+    parser.add_argument(
+        "--config",
+        type=Path,
+        default=None,
+        metavar="FILE",
+        help="TOML or YAML file with settings; flags and FEDSILO_* env win",
+    )
 
 
 def run_cli(prog: str, body: Callable[[], int]) -> int:

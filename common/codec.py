@@ -141,7 +141,7 @@ def check_specs_match(received: Sequence[TensorSpec], expected: Sequence[TensorS
 
 
 def _byte_view(tensor: torch.Tensor) -> np.ndarray:
-    """Return a flat uint8 numpy view sharing the tensor's memory (tensor must be contiguous CPU)."""
+    """Return a flat uint8 numpy view sharing a contiguous CPU tensor's memory."""
     return tensor.reshape(-1).view(torch.uint8).numpy()
 
 
@@ -188,7 +188,7 @@ class TensorStreamEncoder:
         parts: list[memoryview] = []
         room = self._chunk_size
         for tensor in self._tensors:
-            view = memoryview(_byte_view(tensor))
+            view = _byte_view(tensor).data
             offset = 0
             while offset < len(view):
                 take = min(room, len(view) - offset)
@@ -290,7 +290,7 @@ def encode_state(
     return header, chunks, encoder.checksum
 
 
-def decode_state(
+def decode_state(  # noqa: PLR0917 - mirrors the wire order: header, chunks, trailer
     header: pb.TensorStreamHeader,
     chunks: Sequence[bytes],
     checksum: int,

@@ -123,6 +123,7 @@ def load_task(spec: str, options: Mapping[str, Any] | None = None) -> Task:
         raise TaskLoadError(f"task {spec!r} rejected its options: {exc}") from exc
     if not isinstance(task, Task):
         raise TaskLoadError(
-            f"task {spec!r} lacks build_model, load_data, train or evaluate (see fedsilo.common.task)"
+            f"task {spec!r} lacks build_model, load_data, train or evaluate "
+            "(see fedsilo.common.task)"
         )
     return task

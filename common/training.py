@@ -29,7 +29,7 @@ def train_classifier(
         for inputs, labels in loader:
             optimizer.zero_grad(set_to_none=True)
             loss = functional.cross_entropy(model(inputs.to(device)), labels.to(device))
-            loss.backward()
+            loss.backward()  # type: ignore[no-untyped-call]
             optimizer.step()
             total_loss += float(loss.detach())
             batches += 1
@@ -44,9 +44,9 @@ def evaluate_classifier(
     device = next(model.parameters()).device
     model.eval()
     total_loss, correct, count = 0.0, 0, 0
-    for inputs, labels in DataLoader(dataset, batch_size=batch_size):
+    for inputs, batch_labels in DataLoader(dataset, batch_size=batch_size):
         logits = model(inputs.to(device))
-        labels = labels.to(device)
+        labels = batch_labels.to(device)
         total_loss += float(functional.cross_entropy(logits, labels, reduction="sum"))
         correct += int((logits.argmax(dim=1) == labels).sum())
         count += len(labels)

@@ -41,17 +41,17 @@ def check_port_free(host: str, port: int, job_id: int) -> None:
 
 def build_server(config: ServerConfig, job: Job) -> grpc.Server:
     """Create the gRPC server for ``job`` and bind its port (not yet started)."""
-    check_port_free(config.host, config.port, config.job_id)
     server = grpc.server(
-        futures.ThreadPoolExecutor(max_workers=config.max_clients + 4,
-                                   thread_name_prefix="session"),
+        futures.ThreadPoolExecutor(
+            max_workers=config.max_clients + 4, thread_name_prefix="session"
+        ),
         handlers=[FederationService(job).handler()],
         # so_reuseport=0: a second server on the same port must fail, not share it silently.
         options=[*channel_options(config.chunk_size), ("grpc.so_reuseport", 0)],
         maximum_concurrent_rpcs=config.max_clients,
     )
-    address = f"[{config.host}]:{config.port}" if ":" in config.host else (
-        f"{config.host}:{config.port}"
+    address = (
+        f"[{config.host}]:{config.port}" if ":" in config.host else (f"{config.host}:{config.port}")
     )
     try:
         server.add_insecure_port(address)
@@ -66,13 +66,22 @@ def build_server(config: ServerConfig, job: Job) -> grpc.Server:
 def serve(config: ServerConfig) -> JobOutcome:
     """Run the job to its end and return its outcome. SIGTERM/SIGINT abort it cleanly."""
     log = get_logger(job_id=config.job_id)
+    # Before anything touches the run folder: a second server of this job must change nothing.
+    check_port_free(config.host, config.port, config.job_id)
     task = load_task(config.task, config.task_options)
     model = task.build_model(config.seed)
     job = Job(config, dict(model.state_dict()), log)
     server = build_server(config, job)
     server.start()
-    log.info("server_listening", host=config.host, port=config.port, task=config.task,
-             rounds=config.rounds, min_clients=config.min_clients, out=str(config.run_dir))
+    log.info(
+        "server_listening",
+        host=config.host,
+        port=config.port,
+        task=config.task,
+        rounds=config.rounds,
+        min_clients=config.min_clients,
+        out=str(config.run_dir),
+    )
 
     outcome: list[JobOutcome] = []
 

@@ -34,8 +34,11 @@ def build_parser() -> ArgumentParser:
     parser.add_argument("--seed", type=int, help="seed of model, data and training (default 0)")
     parser.add_argument("--out", type=Path, help="run folder (default runs/job-<id>)")
     parser.add_argument("--round-timeout", type=float, help="seconds a round waits (default 300)")
-    parser.add_argument("--join-timeout", type=float,
-                        help="seconds to wait for min_clients to be ready (default 600)")
+    parser.add_argument(
+        "--join-timeout",
+        type=float,
+        help="seconds to wait for min_clients to be ready (default 600)",
+    )
     parser.add_argument("--local-epochs", type=int, help="local epochs per round (default 1)")
     parser.add_argument("--batch-size", type=int, help="local batch size (default 32)")
     parser.add_argument("--learning-rate", "--lr", type=float, help="local SGD rate (default 0.1)")

@@ -28,7 +28,9 @@ class ServerConfig(BaseModel):
     host: str = Field("0.0.0.0", min_length=1, description="Address to listen on.")
     rounds: int = Field(5, ge=1, description="Number of training rounds.")
     min_clients: int = Field(2, ge=1, description="Clients needed to start and to finish a round.")
-    task: str = Field("synthetic", min_length=1, description="Built-in task or package.module:Name.")
+    task: str = Field(
+        "synthetic", min_length=1, description="Built-in task or package.module:Name."
+    )
     task_options: dict[str, str | int | float | bool] = Field(
         default_factory=dict, description="Keyword arguments of the task (config file only)."
     )

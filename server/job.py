@@ -148,10 +148,12 @@ class Job:
             return "wrong"
         with self._cond:
             current = self._round
-            if current is not None and current.number == round_number:
-                if current.fold.is_open_for(client_id):
-                    return "open"
-            return "late"
+            open_now = (
+                current is not None
+                and current.number == round_number
+                and current.fold.is_open_for(client_id)
+            )
+        return "open" if open_now else "late"
 
     def submit_update(
         self, session: ClientSession, upload: Upload, tensors: dict[str, torch.Tensor]
@@ -161,8 +163,10 @@ class Job:
         cid = session.client_id
         with self._cond:
             current = self._round
-            if current is None or current.number != upload.round or not current.fold.is_open_for(
-                cid
+            if (
+                current is None
+                or current.number != upload.round
+                or not current.fold.is_open_for(cid)
             ):
                 session.log.info("late_update_ignored", round=upload.round)
                 return
@@ -182,7 +186,9 @@ class Job:
             current.fold.submit(cid, float(upload.train_examples), tensors)
             self._cond.notify_all()
         session.log.info(
-            "update_received", round=upload.round, train_examples=upload.train_examples,
+            "update_received",
+            round=upload.round,
+            train_examples=upload.train_examples,
             bytes_up=upload.nbytes,
         )
 
@@ -255,8 +261,9 @@ class Job:
                 return
             if self.phase is not JobPhase.WAITING:
                 self.phase = next_phase(self.phase, JobPhase.WAITING)
-            self.log.info("waiting_for_clients", round=number, needed=needed,
-                          ready=len(self._idle_ids()))
+            self.log.info(
+                "waiting_for_clients", round=number, needed=needed, ready=len(self._idle_ids())
+            )
             arrived = self._cond.wait_for(
                 lambda: self._stop_reason is not None or len(self._idle_ids()) >= needed,
                 timeout=self.config.join_timeout,
@@ -298,7 +305,9 @@ class Job:
             self._raise_if_stopping()
             if not done:
                 for cid in current.fold.drop(current.fold.outstanding):
-                    current.dropped[cid] = f"no update within round_timeout={self.config.round_timeout:g}s"
+                    current.dropped[cid] = (
+                        f"no update within round_timeout={self.config.round_timeout:g}s"
+                    )
             self._round = None
         if current.dropped:
             log.warning("clients_dropped", dropped=current.dropped)
@@ -314,11 +323,20 @@ class Job:
         seconds = time.monotonic() - current.started
         self._write_row(current.evaluations)
         self._pending_row = metrics.round_row(
-            number, selected, current.reports, current.dropped, current.bytes_down, seconds
+            number,
+            selected=selected,
+            reports=current.reports,
+            dropped=current.dropped,
+            bytes_down=current.bytes_down,
+            seconds=seconds,
         )
         save_model(self.global_state, self.model_path)
-        log.info("round_done", participants=current.fold.folded, seconds=round(seconds, 3),
-                 train_loss=self._pending_row["train_loss"])
+        log.info(
+            "round_done",
+            participants=current.fold.folded,
+            seconds=round(seconds, 3),
+            train_loss=self._pending_row["train_loss"],
+        )
 
     def _final_evaluation(self) -> None:
         with self._cond:
@@ -377,9 +395,7 @@ class Job:
             self._cond.notify_all()
 
     def _idle_ids(self) -> list[int]:
-        return sorted(
-            cid for cid, s in self._sessions.items() if s.state is SessionState.IDLE
-        )
+        return sorted(cid for cid, s in self._sessions.items() if s.state is SessionState.IDLE)
 
     def _close_all(self, last_message: pb.ServerMessage) -> None:
         with self._cond:

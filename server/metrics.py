@@ -48,6 +48,7 @@ def _weighted(values: Iterable[tuple[float, float]]) -> float | None:
 
 def round_row(
     number: int,
+    *,
     selected: list[int],
     reports: Mapping[int, ClientReport],
     dropped: Mapping[int, str],
@@ -88,7 +89,9 @@ def initial_row() -> dict[str, Any]:
     return {"round": 0, "time": datetime.now(timezone.utc).isoformat(timespec="milliseconds")}
 
 
-def with_evaluation(row: Mapping[str, Any], evaluations: Iterable[ClientEvaluation]) -> dict[str, Any]:
+def with_evaluation(
+    row: Mapping[str, Any], evaluations: Iterable[ClientEvaluation]
+) -> dict[str, Any]:
     """Return ``row`` with the example-weighted evaluation and the per-client values added."""
     evals = sorted(evaluations, key=lambda e: e.client_id)
     return {
@@ -97,8 +100,12 @@ def with_evaluation(row: Mapping[str, Any], evaluations: Iterable[ClientEvaluati
         "eval_accuracy": _weighted((e.accuracy, e.examples) for e in evals),
         "eval_examples": sum(e.examples for e in evals),
         "eval_clients": [
-            {"client_id": e.client_id, "examples": e.examples, "loss": e.loss,
-             "accuracy": e.accuracy}
+            {
+                "client_id": e.client_id,
+                "examples": e.examples,
+                "loss": e.loss,
+                "accuracy": e.accuracy,
+            }
             for e in evals
         ],
     }

@@ -37,7 +37,9 @@ class FederationService:
         session = self.job.open_session(context.peer())
         context.add_callback(session.close)
         reader = threading.Thread(
-            target=_read_stream, args=(session, requests), name=f"read-{context.peer()}",
+            target=_read_stream,
+            args=(session, requests),
+            name=f"read-{context.peer()}",
             daemon=True,
         )
         reader.start()

@@ -13,7 +13,7 @@ import threading
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 import structlog
 import torch
@@ -41,12 +41,10 @@ CLOSE = _Close()
 OutboxItem = Outbound | Sequence[Outbound] | _Close
 
 
-class RefusedStream(ProtocolError):
+class StreamRefusedError(ProtocolError):
     """A tensor stream that is refused; the session discards it up to its trailer."""
 
-    def __init__(
-        self, code: int, message: str, resume: SessionState, discard: bool = True
-    ) -> None:
+    def __init__(self, code: int, message: str, resume: SessionState, discard: bool = True) -> None:
         super().__init__(code, message)
         self.resume = resume
         self.discard = discard  # False once the stream's trailer has arrived
@@ -94,7 +92,7 @@ class ClientSession:
         try:
             self.dispatch(Event(kind), getattr(message, kind), inbound.nbytes)
         except Exception:
-            self.log.exception("session_internal_error", event=kind)
+            self.log.exception("session_internal_error", message_kind=kind)
             self._send_error(int(pb.INTERNAL), "internal server error; see the server log")
             self.close()
 
@@ -108,7 +106,7 @@ class ClientSession:
             action, next_state = step
             try:
                 getattr(self, f"_do_{action.value}")(payload, nbytes)
-            except RefusedStream as refused:
+            except StreamRefusedError as refused:
                 self._send_error(refused.code, refused.message)
                 self._resume = refused.resume
                 self._refuse_stream(refused.discard)
@@ -173,11 +171,11 @@ class ClientSession:
         status = self.job.update_status(self.client_id, send.round, self.round)
         if status == "late":
             self.log.info("late_update_ignored", round=send.round)
-            raise RefusedStream(
+            raise StreamRefusedError(
                 int(pb.WRONG_ROUND), f"round {send.round} is already closed", SessionState.IDLE
             )
         if status == "wrong":
-            raise RefusedStream(
+            raise StreamRefusedError(
                 int(pb.WRONG_ROUND),
                 f"update for round {send.round}, expected round {self.round}",
                 SessionState.TRAINING,
@@ -187,11 +185,14 @@ class ClientSession:
             codec.check_specs_match(specs, self.job.specs)
         except CodecError as exc:
             self.job.reject_update(self, send.round, str(exc))
-            raise RefusedStream(int(pb.BAD_TENSOR_STREAM), str(exc), SessionState.IDLE) from exc
+            raise StreamRefusedError(
+                int(pb.BAD_TENSOR_STREAM), str(exc), SessionState.IDLE
+            ) from exc
         if send.train_examples == 0:
             self.job.reject_update(self, send.round, "update with 0 training examples")
-            raise RefusedStream(
-                int(pb.BAD_TENSOR_STREAM), "update weight train_examples must be > 0",
+            raise StreamRefusedError(
+                int(pb.BAD_TENSOR_STREAM),
+                "update weight train_examples must be > 0",
                 SessionState.IDLE,
             )
         self.upload = Upload(
@@ -230,8 +231,8 @@ class ClientSession:
         self.upload = None
         self.job.reject_update(self, upload.round, reason)
         if discard_rest:
-            raise RefusedStream(int(pb.BAD_TENSOR_STREAM), reason, SessionState.IDLE)
-        raise RefusedStream(int(pb.BAD_TENSOR_STREAM), reason, SessionState.IDLE, discard_rest)
+            raise StreamRefusedError(int(pb.BAD_TENSOR_STREAM), reason, SessionState.IDLE)
+        raise StreamRefusedError(int(pb.BAD_TENSOR_STREAM), reason, SessionState.IDLE, discard_rest)
 
     def _do_record_evaluation(self, result: pb.EvalResult, nbytes: int) -> None:
         self.job.record_final_evaluation(self, result)
@@ -246,8 +247,9 @@ class ClientSession:
         return None
 
     def _do_log_peer_error(self, error: pb.Error, nbytes: int) -> None:
-        self.log.warning("client_reported_error", code=pb.ErrorCode.Name(error.code),
-                         message=error.message[:500])
+        self.log.warning(
+            "client_reported_error", code=pb.ErrorCode.Name(error.code), message=error.message[:500]
+        )
 
     def _do_nothing(self, payload: Any, nbytes: int) -> None:
         return None
@@ -274,9 +276,12 @@ class ClientSession:
         self.close()
 
     def _send_error(self, code: int, message: str) -> None:
-        self.log.warning("protocol_error", code=pb.ErrorCode.Name(code), message=message,
-                         state=self.state.value)
-        self.send(pb.ServerMessage(error=pb.Error(code=code, message=message)))
+        self.log.warning(
+            "protocol_error", code=pb.ErrorCode.Name(code), message=message, state=self.state.value
+        )
+        self.send(
+            pb.ServerMessage(error=pb.Error(code=cast("pb.ErrorCode", code), message=message))
+        )
 
 
 def _check_finite(tensors: dict[str, torch.Tensor]) -> None:

@@ -1,0 +1,243 @@
+"""Config loading: file < env < CLI precedence, one-line errors naming the field, and the CLIs."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from pydantic import ValidationError
+
+from fedsilo.client.config import ClientConfig
+from fedsilo.common.errors import ConfigError
+from fedsilo.common.settings import load_config
+from fedsilo.server.config import ServerConfig, job_port
+
+BIN = Path(sys.executable).parent
+
+
+def write_toml(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "server.toml"
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+def write_yaml(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "server.yaml"
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+FILE_SETTINGS = {
+    "toml": 'job_id = 1\nrounds = 3\nseed = 7\nround-timeout = 10.0\ntask = "synthetic"\n',
+    "yaml": "job_id: 1\nrounds: 3\nseed: 7\nround-timeout: 10.0\ntask: synthetic\n",
+}
+
+
+@pytest.mark.parametrize("kind", ["toml", "yaml"])
+def test_precedence_is_file_then_env_then_cli(tmp_path, kind):
+    writer = write_toml if kind == "toml" else write_yaml
+    path = writer(tmp_path, FILE_SETTINGS[kind])
+    environ = {"FEDSILO_ROUNDS": "4", "FEDSILO_SEED": "8"}
+    config = load_config(ServerConfig, {"seed": 9, "batch_size": None}, path, environ)
+    assert config.round_timeout == 10.0  # file only
+    assert config.rounds == 4  # env beats file
+    assert config.seed == 9  # CLI beats env and file
+    assert config.job_id == 1
+    assert config.batch_size == 32  # default (a None CLI value means "not given")
+
+
+def test_file_alone_sets_values_over_defaults(tmp_path):
+    path = write_yaml(tmp_path, FILE_SETTINGS["yaml"])
+    config = load_config(ServerConfig, {}, path, environ={})
+    assert (config.rounds, config.seed, config.round_timeout) == (3, 7, 10.0)
+
+
+def test_env_alone_sets_values_over_defaults():
+    environ = {"FEDSILO_JOB_ID": "5", "FEDSILO_LEARNING_RATE": "0.25", "OTHER": "x"}
+    config = load_config(ServerConfig, {}, environ=environ)
+    assert config.job_id == 5
+    assert config.learning_rate == 0.25
+
+
+def test_fedsilo_config_env_names_the_config_file(tmp_path):
+    path = write_toml(tmp_path, FILE_SETTINGS["toml"])
+    config = load_config(ServerConfig, {}, environ={"FEDSILO_CONFIG": str(path)})
+    assert config.rounds == 3
+
+
+def test_unknown_key_in_file_is_refused_naming_the_key(tmp_path):
+    path = write_toml(tmp_path, "job_id = 1\nrondus = 3\n")
+    with pytest.raises(ConfigError, match="rondus") as info:
+        load_config(ServerConfig, {}, path, environ={})
+    assert "unknown setting" in str(info.value)
+
+
+@pytest.mark.parametrize(
+    ("cli", "environ", "field"),
+    [
+        ({"job_id": -1}, {}, "job_id"),
+        ({"job_id": 1, "round_timeout": 0.0}, {}, "round_timeout"),
+        ({"job_id": 1}, {"FEDSILO_ROUND_TIMEOUT": "soon"}, "round_timeout"),
+        ({"job_id": 1}, {"FEDSILO_ROUNDS": "abc"}, "rounds"),
+        ({"job_id": 1, "chunk_size": 10}, {}, "chunk_size"),
+        ({"job_id": 1, "log_level": "loud"}, {}, "log_level"),
+        ({}, {}, "job_id"),  # required
+    ],
+)
+def test_bad_value_is_refused_naming_the_field(cli, environ, field):
+    with pytest.raises(ConfigError, match=field) as info:
+        load_config(ServerConfig, cli, environ=environ)
+    assert "\n" not in str(info.value)
+
+
+def test_bad_value_in_file_is_refused_naming_the_field(tmp_path):
+    path = write_yaml(tmp_path, "job_id: 1\nmin_clients: 0\n")
+    with pytest.raises(ConfigError, match="min_clients"):
+        load_config(ServerConfig, {}, path, environ={})
+
+
+@pytest.mark.parametrize(
+    ("name", "text"),
+    [
+        ("bad.toml", "job_id = = 1\n"),
+        ("bad.yaml", "job_id: [1\n"),
+        ("list.yaml", "- 1\n- 2\n"),
+        ("server.json", '{"job_id": 1}'),
+    ],
+)
+def test_unusable_config_file_is_refused(tmp_path, name, text):
+    path = tmp_path / name
+    path.write_text(text, encoding="utf-8")
+    with pytest.raises(ConfigError, match=name):
+        load_config(ServerConfig, {"job_id": 1}, path, environ={})
+
+
+def test_missing_config_file_is_refused(tmp_path):
+    with pytest.raises(ConfigError, match="cannot read"):
+        load_config(ServerConfig, {"job_id": 1}, tmp_path / "absent.toml", environ={})
+
+
+# ------------------------------------------------------------------ server config
+
+
+def test_port_beyond_65535_is_refused_naming_the_port():
+    with pytest.raises(ConfigError, match="port"):
+        load_config(ServerConfig, {"job_id": 1, "port_base": 65535}, environ={})
+
+
+def test_port_zero_is_refused():
+    with pytest.raises(ConfigError, match="port"):
+        load_config(ServerConfig, {"job_id": 0, "port_base": 0}, environ={})
+
+
+def test_highest_port_is_accepted():
+    config = load_config(ServerConfig, {"job_id": 535, "port_base": 65000}, environ={})
+    assert config.port == 65535
+
+
+@pytest.mark.parametrize(("port_base", "job_id", "port"), [(50000, 0, 50000), (40000, 17, 40017)])
+def test_job_listens_on_port_base_plus_job_id(port_base, job_id, port):
+    assert job_port(port_base, job_id) == port
+    assert ServerConfig(job_id=job_id, port_base=port_base).port == port
+
+
+def test_default_port_base_is_50000():
+    assert ServerConfig(job_id=3).port == 50003
+
+
+def test_run_dir_defaults_to_runs_job_id(tmp_path):
+    assert ServerConfig(job_id=12).run_dir == Path("runs") / "job-12"
+    assert ServerConfig(job_id=12, out=tmp_path).run_dir == tmp_path
+
+
+def test_server_config_is_frozen():
+    config = ServerConfig(job_id=1)
+    with pytest.raises(ValidationError):
+        config.rounds = 9  # type: ignore[misc]
+
+
+# ------------------------------------------------------------------ client config
+
+
+@pytest.mark.parametrize("server", ["localhost:50001", "10.0.0.1:1", "[::1]:65535", "a.b:50000"])
+def test_client_accepts_host_port(server):
+    assert ClientConfig(server=server, name="org").server == server
+
+
+@pytest.mark.parametrize(
+    "server",
+    [
+        "nocolon",
+        ":50000",
+        "host:",
+        "host:0",
+        "host:65536",
+        "host:abc",
+        "host:-1",
+        "host:+80",
+        pytest.param(
+            "host:\u0665\u0660\u0660\u0660\u0660",
+            marks=pytest.mark.xfail(
+                strict=True, reason="str.isdigit accepts non-ASCII digits (source bug)"
+            ),
+            id="arabic-indic-digits",
+        ),
+    ],
+)
+def test_client_refuses_server_that_is_not_host_port(server):
+    with pytest.raises(ConfigError, match="server"):
+        load_config(ClientConfig, {"server": server, "name": "org"}, environ={})
+
+
+def test_client_refuses_bad_name():
+    with pytest.raises(ConfigError, match="name"):
+        load_config(ClientConfig, {"server": "h:1", "name": "has space"}, environ={})
+
+
+def test_client_env_and_cli_precedence():
+    environ = {"FEDSILO_SERVER": "env:1", "FEDSILO_NAME": "from-env", "FEDSILO_JOB_ID": "4"}
+    config = load_config(ClientConfig, {"server": "cli:2"}, environ=environ)
+    assert (config.server, config.name, config.job_id) == ("cli:2", "from-env", 4)
+
+
+# ------------------------------------------------------------------ the real command lines
+
+
+def run_cli(tmp_path: Path, script: str, *args: str, env: dict[str, str] | None = None):
+    environ = {k: v for k, v in os.environ.items() if not k.startswith("FEDSILO_")}
+    environ.update(env or {})
+    return subprocess.run(
+        [str(BIN / script), *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=tmp_path,
+        env=environ,
+        check=False,
+    )
+
+
+@pytest.mark.parametrize(
+    ("script", "args", "env", "named"),
+    [
+        pytest.param("fl-server", ["--job-id", "-1"], {}, "job_id", id="negative-job-id"),
+        pytest.param(
+            "fl-server", ["--job-id", "1", "--port-base", "65535"], {}, "port", id="port-range"
+        ),
+        pytest.param(
+            "fl-server", ["--job-id", "1"], {"FEDSILO_ROUNDS": "abc"}, "rounds", id="env-rounds"
+        ),
+        pytest.param("fl-client", ["--server", "nocolon"], {}, "server", id="client-server"),
+    ],
+)
+def test_cli_bad_config_exits_2_with_one_line_naming_the_problem(tmp_path, script, args, env, named):
+    result = run_cli(tmp_path, script, *args, env=env)
+    lines = result.stderr.strip().splitlines()
+    assert result.returncode == 2, result.stderr
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith(f"{script}: error:")
+    assert named in lines[0]
+    assert not (tmp_path / "runs").exists()

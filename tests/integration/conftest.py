@@ -1,0 +1,158 @@
+"""Real daemons as real processes on 127.0.0.1, always cleaned up, every wait bounded."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+BIN = Path(sys.executable).parent
+STARTUP_TIMEOUT = 60.0
+
+
+def free_port() -> int:
+    """Return a TCP port on 127.0.0.1 that nothing listens on right now."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def wait_for(predicate: Callable[[], bool], timeout: float, what: str) -> None:
+    """Poll ``predicate`` every 50 ms until it holds; fail the test after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"timed out after {timeout:g}s waiting for {what}")
+
+
+@dataclass
+class Daemon:
+    """A started fl-server or fl-client with its output files."""
+
+    name: str
+    process: subprocess.Popen[bytes]
+    stdout: Path
+    stderr: Path
+
+    def wait(self, timeout: float) -> int:
+        """Wait for the process to exit; fail (after killing it) if it runs past ``timeout``."""
+        try:
+            return self.process.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait(timeout=10)
+            raise AssertionError(
+                f"{self.name} still running after {timeout:g}s; stderr tail:\n{self.tail()}"
+            ) from None
+
+    def log_lines(self) -> list[dict[str, Any]]:
+        """Return the JSON log lines written so far (non-JSON lines are returned as text)."""
+        lines = []
+        for raw in self.stderr.read_text(errors="replace").splitlines():
+            try:
+                lines.append(json.loads(raw))
+            except json.JSONDecodeError:
+                lines.append({"text": raw})
+        return lines
+
+    def has_event(self, event: str, **fields: Any) -> bool:
+        """Whether a log line with this event (and these field values) has been written."""
+        return any(
+            line.get("event") == event and all(line.get(k) == v for k, v in fields.items())
+            for line in self.log_lines()
+        )
+
+    def tail(self, lines: int = 30) -> str:
+        """Return the last lines of stderr, for failure messages."""
+        return "\n".join(self.stderr.read_text(errors="replace").splitlines()[-lines:])
+
+
+class Daemons:
+    """Starts daemons for one test and kills whatever is still running at its end."""
+
+    def __init__(self, workdir: Path) -> None:
+        self.workdir = workdir
+        self.started: list[Daemon] = []
+
+    def start(self, program: str, *args: str, name: str | None = None) -> Daemon:
+        """Start ``fl-server``/``fl-client`` with ``args``; output goes to files in workdir."""
+        name = name or f"{program}-{len(self.started)}"
+        stdout, stderr = self.workdir / f"{name}.out", self.workdir / f"{name}.err"
+        env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+        env = {k: v for k, v in env.items() if not k.startswith("FEDSILO_")}
+        with stdout.open("wb") as out, stderr.open("wb") as err:
+            process = subprocess.Popen(
+                [str(BIN / program), *args], stdout=out, stderr=err, env=env, cwd=self.workdir
+            )
+        daemon = Daemon(name, process, stdout, stderr)
+        self.started.append(daemon)
+        return daemon
+
+    def server(self, job_id: int, port_base: int, *args: str, name: str = "server") -> Daemon:
+        """Start fl-server on 127.0.0.1 and wait until it listens."""
+        daemon = self.start(
+            "fl-server",
+            "--job-id",
+            str(job_id),
+            "--port-base",
+            str(port_base),
+            "--host",
+            "127.0.0.1",
+            *args,
+            name=name,
+        )
+        wait_for(
+            lambda: daemon.has_event("server_listening") or daemon.process.poll() is not None,
+            STARTUP_TIMEOUT,
+            f"{name} to listen",
+        )
+        assert daemon.process.poll() is None, f"{name} exited early:\n{daemon.tail()}"
+        return daemon
+
+    def client(self, port: int, name: str, *args: str) -> Daemon:
+        """Start fl-client against 127.0.0.1:port."""
+        return self.start(
+            "fl-client",
+            "--server",
+            f"127.0.0.1:{port}",
+            "--name",
+            name,
+            "--connect-timeout",
+            "30",
+            *args,
+            name=name,
+        )
+
+    def stop_all(self) -> None:
+        """Kill every daemon still running."""
+        for daemon in self.started:
+            if daemon.process.poll() is None:
+                daemon.process.send_signal(signal.SIGKILL)
+                daemon.process.wait(timeout=10)
+
+
+@pytest.fixture
+def daemons(tmp_path: Path) -> Iterator[Daemons]:
+    """Daemons of one test, killed at its end whatever happened."""
+    pool = Daemons(tmp_path)
+    try:
+        yield pool
+    finally:
+        pool.stop_all()
+
+
+def read_metrics(run_dir: Path) -> list[dict[str, Any]]:
+    """Return the rows of a run's metrics.jsonl."""
+    return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]

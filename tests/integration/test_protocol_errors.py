@@ -1,0 +1,200 @@
+"""A hand-written raw client breaks the protocol; the server answers each break with the right
+Error on that stream only, and a real fl-client finishes the job meanwhile."""
+
+from __future__ import annotations
+
+import queue
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import grpc
+import pytest
+import torch
+
+from fedsilo.common import codec
+from fedsilo.common.proto import federation_pb2 as pb
+from fedsilo.common.wire import PROTOCOL_VERSION, SESSION_METHOD_PATH
+from tests.integration.conftest import Daemons, free_port, read_metrics, wait_for
+
+JOB_ID = 5
+RECV_TIMEOUT = 30.0
+_END = object()
+
+
+class RawSession:
+    """One Session stream driven by hand: send any bytes or message, receive with a timeout."""
+
+    def __init__(self, channel: grpc.Channel) -> None:
+        self._outbox: queue.SimpleQueue[object] = queue.SimpleQueue()
+        self._inbox: queue.SimpleQueue[object] = queue.SimpleQueue()
+        call = channel.stream_stream(
+            SESSION_METHOD_PATH,
+            request_serializer=lambda m: m if isinstance(m, bytes) else m.SerializeToString(),
+            response_deserializer=pb.ServerMessage.FromString,
+        )(self._requests())
+        threading.Thread(target=self._read, args=(call,), daemon=True).start()
+
+    def _requests(self) -> Iterator[object]:
+        while (item := self._outbox.get()) is not _END:
+            yield item
+
+    def _read(self, call: Iterator[pb.ServerMessage]) -> None:
+        try:
+            for message in call:
+                self._inbox.put(message)
+        except grpc.RpcError as exc:
+            self._inbox.put(exc)
+        self._inbox.put(_END)
+
+    def send(self, *messages: pb.ClientMessage | bytes) -> None:
+        for message in messages:
+            self._outbox.put(message)
+
+    def recv(self) -> pb.ServerMessage:
+        item = self._inbox.get(timeout=RECV_TIMEOUT)
+        assert isinstance(item, pb.ServerMessage), f"expected a message, got {item!r}"
+        return item
+
+    def expect_error(self, code: int) -> str:
+        message = self.recv()
+        assert message.WhichOneof("body") == "error", message
+        assert message.error.code == code, (pb.ErrorCode.Name(message.error.code), message)
+        return message.error.message
+
+    def expect_closed(self) -> None:
+        item = self._inbox.get(timeout=RECV_TIMEOUT)
+        assert item is _END, f"expected the stream to end, got {item!r}"
+
+    def close(self) -> None:
+        self._outbox.put(_END)
+
+    def receive_model(self) -> tuple[pb.ServerMessage, dict]:
+        """Receive a SyncModel/Evaluate header, its chunks and trailer; return header + tensors."""
+        head = self.recv()
+        assert head.WhichOneof("body") in ("sync_model", "evaluate"), head
+        header = head.sync_model.model if head.HasField("sync_model") else head.evaluate.model
+        chunks = []
+        while (message := self.recv()).WhichOneof("body") == "chunk":
+            chunks.append(message.chunk.data)
+        assert message.WhichOneof("body") == "trailer", message
+        return head, codec.decode_state(header, chunks, message.trailer.checksum)
+
+
+def hello(name: str, job_id: int | None = JOB_ID) -> pb.ClientMessage:
+    message = pb.Hello(protocol_version=PROTOCOL_VERSION, client_name=name)
+    if job_id is not None:
+        message.job_id = job_id
+    return pb.ClientMessage(hello=message)
+
+
+def update_messages(round_number: int, state: dict, examples: int = 10) -> list[pb.ClientMessage]:
+    header, chunks, checksum = codec.encode_state(state)
+    return [
+        pb.ClientMessage(
+            send_model=pb.SendModel(round=round_number, train_examples=examples, update=header)
+        ),
+        *(pb.ClientMessage(chunk=pb.TensorChunk(data=chunk)) for chunk in chunks),
+        pb.ClientMessage(trailer=pb.TensorStreamTrailer(checksum=checksum)),
+    ]
+
+
+@pytest.fixture
+def channel_to_job(daemons: Daemons, tmp_path: Path) -> Iterator[tuple[grpc.Channel, int, Path]]:
+    port = free_port()
+    run_dir = tmp_path / "run"
+    daemons.server(
+        JOB_ID,
+        port - JOB_ID,
+        "--rounds",
+        "2",
+        "--min-clients",
+        "1",
+        "--round-timeout",
+        "60",
+        "--out",
+        str(run_dir),
+    )
+    channel = grpc.insecure_channel(f"127.0.0.1:{port}")
+    try:
+        yield channel, port, run_dir
+    finally:
+        channel.close()
+
+
+def test_streams_that_never_identify_themselves_get_an_error_and_are_closed(
+    channel_to_job: tuple[grpc.Channel, int, Path],
+) -> None:
+    channel, _, _ = channel_to_job
+    garbage = RawSession(channel)
+    garbage.send(b"\xff\xff\xff\xff not protobuf")
+    garbage.expect_error(pb.MALFORMED_MESSAGE)
+    garbage.expect_closed()
+
+    early = RawSession(channel)
+    early.send(pb.ClientMessage(ready=pb.Ready(train_examples=5)))
+    early.expect_error(pb.UNKNOWN_CLIENT)
+    early.expect_closed()
+
+    wrong_job = RawSession(channel)
+    wrong_job.send(hello("someone", job_id=JOB_ID + 1))
+    assert f"job {JOB_ID + 1}" in wrong_job.expect_error(pb.WRONG_JOB)
+    wrong_job.expect_closed()
+
+    old = RawSession(channel)
+    old.send(pb.ClientMessage(hello=pb.Hello(protocol_version=99, client_name="x")))
+    old.expect_error(pb.PROTOCOL_VERSION_MISMATCH)
+    old.expect_closed()
+
+
+def test_illegal_messages_get_errors_and_the_job_goes_on(
+    channel_to_job: tuple[grpc.Channel, int, Path], daemons: Daemons
+) -> None:
+    channel, port, run_dir = channel_to_job
+    server = daemons.started[0]
+    raw = RawSession(channel)
+    raw.send(hello("raw"))
+    init = raw.recv()
+    assert init.WhichOneof("body") == "init_config" and init.init_config.client_id == 0
+
+    raw.send(hello("raw"))
+    raw.expect_error(pb.DUPLICATE_HELLO)
+    impostor = RawSession(channel)
+    impostor.send(hello("raw"))
+    impostor.expect_error(pb.NAME_IN_USE)
+    impostor.expect_closed()
+
+    # An update before READY is refused once; the chunks and trailer after it are swallowed.
+    raw.send(*update_messages(1, {"w": torch.zeros(3)}))
+    raw.expect_error(pb.ILLEGAL_MESSAGE)
+    raw.send(pb.ClientMessage(trailer=pb.TensorStreamTrailer(checksum=1)))
+    raw.expect_error(pb.ILLEGAL_MESSAGE)  # a stray trailer outside any stream
+
+    raw.send(pb.ClientMessage(ready=pb.Ready(train_examples=10, test_examples=0)))
+    head, state = raw.receive_model()  # round 1 starts with the raw client alone (min 1)
+    assert head.sync_model.round == 1
+
+    # Let a real client get ready so that it takes part from round 2 on.
+    real = daemons.client(port, "real-org")
+    wait_for(lambda: server.has_event("client_ready", client="real-org"), 60, "real client")
+
+    for message in update_messages(2, state)[:1]:
+        raw.send(message)
+    raw.expect_error(pb.WRONG_ROUND)
+    raw.send(*update_messages(2, state)[1:])  # swallowed with the refused SendModel
+    raw.send(*update_messages(1, state))  # the right round: accepted, nothing comes back
+
+    head, state = raw.receive_model()
+    assert head.sync_model.round == 2
+    bad_shape = {name: tensor[..., :1].contiguous() for name, tensor in state.items()}
+    raw.send(*update_messages(2, bad_shape))
+    assert "does not match" in raw.expect_error(pb.BAD_TENSOR_STREAM)
+    raw.close()
+
+    assert real.wait(timeout=60) == 0, real.tail()
+    assert server.wait(timeout=60) == 0, server.tail()
+    rows = read_metrics(run_dir)
+    assert rows[1]["participants"] == [0]
+    assert rows[2]["participants"] == [1]
+    assert rows[2]["dropped"][0]["client_id"] == 0
+    assert "refused" in rows[2]["dropped"][0]["reason"]

@@ -1,0 +1,54 @@
+"""The layout rules: server and client never import each other; the wheel installs one namespace."""
+
+from __future__ import annotations
+
+import ast
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def imported_modules(folder: Path) -> set[str]:
+    """Every module named by an import statement under ``folder``."""
+    names: set[str] = set()
+    for path in folder.rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
+            if isinstance(node, ast.Import):
+                names.update(alias.name for alias in node.names)
+            elif isinstance(node, ast.ImportFrom) and node.module:
+                names.add(node.module)
+    return names
+
+
+@pytest.mark.parametrize(("role", "forbidden"), [("server", "client"), ("client", "server")])
+def test_server_and_client_never_import_each_other(role: str, forbidden: str) -> None:
+    names = imported_modules(REPO / role)
+    assert any(name.startswith("fedsilo.common") for name in names)
+    offending = sorted(n for n in names if n.startswith(f"fedsilo.{forbidden}"))
+    assert offending == [], f"{role}/ imports {offending}"
+
+
+def test_common_imports_neither_daemon() -> None:
+    names = imported_modules(REPO / "common")
+    assert not [n for n in names if n.startswith(("fedsilo.server", "fedsilo.client"))]
+
+
+def test_wheel_installs_everything_under_the_fedsilo_namespace(tmp_path: Path) -> None:
+    subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "--quiet",
+         "--wheel-dir", str(tmp_path), str(REPO)],
+        check=True, timeout=300, capture_output=True,
+    )
+    (wheel,) = tmp_path.glob("fedsilo-*.whl")
+    names = zipfile.ZipFile(wheel).namelist()
+    top_level = {name.split("/")[0] for name in names}
+    assert top_level <= {"fedsilo", next(n for n in top_level if n.endswith(".dist-info"))}
+    for module in ("fedsilo/server/job.py", "fedsilo/client/session.py",
+                   "fedsilo/common/codec.py", "fedsilo/common/proto/federation_pb2.py",
+                   "fedsilo/common/tasks/synthetic.py", "fedsilo/server/strategies/fedavg.py"):
+        assert module in names
