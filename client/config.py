@@ -37,6 +37,7 @@ class ClientConfig(BaseModel):
     @classmethod
     def _host_port(cls, value: str) -> str:
         host, sep, port = value.rpartition(":")
-        if not sep or not host or not port.isdigit() or not 1 <= int(port) <= 65535:
+        port_ok = port.isascii() and port.isdigit() and 1 <= int(port) <= 65535
+        if not sep or not host or not port_ok:
             raise ValueError("must be HOST:PORT with a port in 1..65535")
         return value

@@ -23,6 +23,8 @@ from fedsilo.common.errors import CodecError
 from fedsilo.common.proto import federation_pb2 as pb
 
 DEFAULT_CHUNK_SIZE = 1 << 20
+MAX_DIMS = 64  # torch's own limit on tensor rank
+MAX_DIM = (1 << 62) - 1  # any larger dimension cannot be allocated even when another is 0
 
 # Every dtype that round-trips; the wire name is torch's own name without "torch.".
 _DTYPE_NAMES = [
@@ -113,6 +115,8 @@ def specs_from_header(header: pb.TensorStreamHeader, max_total_bytes: int) -> li
         if wire.name in seen:
             raise CodecError(f"tensor {wire.name!r} appears twice in the header")
         seen.add(wire.name)
+        if len(wire.shape) > MAX_DIMS or any(dim > MAX_DIM for dim in wire.shape):
+            raise CodecError(f"tensor {wire.name!r}: shape {list(wire.shape)} is out of range")
         spec = TensorSpec(wire.name, DTYPES[wire.dtype], tuple(int(d) for d in wire.shape))
         if spec.nbytes != wire.nbytes:
             raise CodecError(

@@ -59,7 +59,9 @@ class ChunkFramer:
 
     def frame(self, parts: Sequence[memoryview | bytes]) -> bytes:
         """Return the serialized envelope carrying the concatenation of ``parts`` as one chunk."""
-        size = sum(len(part) for part in parts)
+        size = sum(memoryview(part).nbytes for part in parts)
+        if size == 0:  # proto3 leaves an empty bytes field out
+            return _tag(self.envelope_field) + _varint(0)
         inner_prefix = _tag(_CHUNK_DATA_FIELD) + _varint(size)
         outer_prefix = _tag(self.envelope_field) + _varint(len(inner_prefix) + size)
         return b"".join([outer_prefix, inner_prefix, *parts])

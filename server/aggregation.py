@@ -59,7 +59,7 @@ class OrderedFold:
 
     def drop(self, client_ids: Iterable[int]) -> list[int]:
         """Give up on these clients for this round; return those that were still outstanding."""
-        gone = [cid for cid in client_ids if self.is_open_for(cid)]
+        gone = [cid for cid in dict.fromkeys(client_ids) if self.is_open_for(cid)]
         for cid in gone:
             self._dropped_set.add(cid)
             self.dropped.append(cid)

@@ -44,10 +44,19 @@ OutboxItem = Outbound | Sequence[Outbound] | _Close
 class StreamRefusedError(ProtocolError):
     """A tensor stream that is refused; the session discards it up to its trailer."""
 
-    def __init__(self, code: int, message: str, resume: SessionState, discard: bool = True) -> None:
+    def __init__(
+        self,
+        code: int,
+        message: str,
+        resume: SessionState,
+        discard: bool = True,
+        tell_client: bool = True,
+    ) -> None:
         super().__init__(code, message)
         self.resume = resume
         self.discard = discard  # False once the stream's trailer has arrived
+        # False for an update that merely came too late: the client did nothing wrong.
+        self.tell_client = tell_client
 
 
 @dataclass
@@ -107,7 +116,8 @@ class ClientSession:
             try:
                 getattr(self, f"_do_{action.value}")(payload, nbytes)
             except StreamRefusedError as refused:
-                self._send_error(refused.code, refused.message)
+                if refused.tell_client:
+                    self._send_error(refused.code, refused.message)
                 self._resume = refused.resume
                 self._refuse_stream(refused.discard)
                 return
@@ -172,7 +182,10 @@ class ClientSession:
         if status == "late":
             self.log.info("late_update_ignored", round=send.round)
             raise StreamRefusedError(
-                int(pb.WRONG_ROUND), f"round {send.round} is already closed", SessionState.IDLE
+                int(pb.WRONG_ROUND),
+                f"round {send.round} is already closed",
+                SessionState.IDLE,
+                tell_client=False,
             )
         if status == "wrong":
             raise StreamRefusedError(

@@ -40,15 +40,32 @@ def test_common_imports_neither_daemon() -> None:
 
 def test_wheel_installs_everything_under_the_fedsilo_namespace(tmp_path: Path) -> None:
     subprocess.run(
-        [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "--quiet",
-         "--wheel-dir", str(tmp_path), str(REPO)],
-        check=True, timeout=300, capture_output=True,
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "wheel",
+            "--no-deps",
+            "--no-build-isolation",
+            "--quiet",
+            "--wheel-dir",
+            str(tmp_path),
+            str(REPO),
+        ],
+        check=True,
+        timeout=300,
+        capture_output=True,
     )
     (wheel,) = tmp_path.glob("fedsilo-*.whl")
     names = zipfile.ZipFile(wheel).namelist()
     top_level = {name.split("/")[0] for name in names}
     assert top_level <= {"fedsilo", next(n for n in top_level if n.endswith(".dist-info"))}
-    for module in ("fedsilo/server/job.py", "fedsilo/client/session.py",
-                   "fedsilo/common/codec.py", "fedsilo/common/proto/federation_pb2.py",
-                   "fedsilo/common/tasks/synthetic.py", "fedsilo/server/strategies/fedavg.py"):
+    for module in (
+        "fedsilo/server/job.py",
+        "fedsilo/client/session.py",
+        "fedsilo/common/codec.py",
+        "fedsilo/common/proto/federation_pb2.py",
+        "fedsilo/common/tasks/synthetic.py",
+        "fedsilo/server/strategies/fedavg.py",
+    ):
         assert module in names

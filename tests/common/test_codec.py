@@ -361,6 +361,12 @@ def test_header_with_total_bytes_mismatch_is_refused(total):
         specs_from_header(header, MAX_TOTAL)
 
 
+@pytest.mark.parametrize("shape", [[0, 2**64 - 1], [0, 1 << 62], [1] * 65])
+def test_header_with_an_unallocatable_shape_is_refused_even_when_empty(shape):
+    with pytest.raises(CodecError, match="out of range"):
+        specs_from_header(make_header(("w", "float32", shape, 0)), MAX_TOTAL)
+
+
 def test_header_with_duplicate_names_is_refused():
     header = make_header(("w", "float32", [1], 4), ("w", "float32", [1], 4))
     with pytest.raises(CodecError, match="twice"):

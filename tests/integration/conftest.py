@@ -17,6 +17,7 @@ from typing import Any
 import pytest
 
 BIN = Path(sys.executable).parent
+REPO = Path(__file__).resolve().parents[2]
 STARTUP_TIMEOUT = 60.0
 
 
@@ -92,6 +93,7 @@ class Daemons:
         stdout, stderr = self.workdir / f"{name}.out", self.workdir / f"{name}.err"
         env = {**os.environ, "PYTHONUNBUFFERED": "1"}
         env = {k: v for k, v in env.items() if not k.startswith("FEDSILO_")}
+        env["PYTHONPATH"] = str(REPO)  # so that --task tests.integration.user_task:... imports
         with stdout.open("wb") as out, stderr.open("wb") as err:
             process = subprocess.Popen(
                 [str(BIN / program), *args], stdout=out, stderr=err, env=env, cwd=self.workdir

@@ -121,3 +121,44 @@ def test_every_log_line_is_json_with_the_job_and_client_bound(
     assert sent and all(
         (line["job_id"], line["client_id"], line["round"]) == (JOB_ID, 0, 1) for line in sent
     )
+
+
+def test_a_users_own_task_with_options_from_a_config_file(daemons: Daemons, tmp_path: Path) -> None:
+    port = free_port()
+    run_dir = tmp_path / "run"
+    config = tmp_path / "job.toml"
+    config.write_text(
+        'task = "tests.integration.user_task:TinyTask"\n'
+        "rounds = 2\nmin_clients = 2\nlearning_rate = 0.5\n"
+        "[task_options]\nfeatures = 7\n"
+    )
+    server = daemons.server(JOB_ID, port - JOB_ID, "--config", str(config), "--out", str(run_dir))
+    clients = [daemons.client(port, name) for name in ("org-1", "org-2")]
+    assert server.wait(timeout=90) == 0, server.tail()
+    for client in clients:
+        assert client.wait(timeout=30) == 0, client.tail()
+    final = torch.load(run_dir / "model.pt", weights_only=True)
+    assert final["weight"].shape == (2, 7)
+    rows = read_metrics(run_dir)
+    assert rows[-1]["eval_accuracy"] > 0.8
+
+
+def test_an_unloadable_task_is_a_config_error(daemons: Daemons, tmp_path: Path) -> None:
+    port = free_port()
+    server = daemons.start(
+        "fl-server",
+        "--job-id",
+        "1",
+        "--port-base",
+        str(port - 1),
+        "--host",
+        "127.0.0.1",
+        "--task",
+        "no_such_module:Task",
+        "--out",
+        str(tmp_path / "run"),
+        name="server",
+    )
+    assert server.wait(timeout=60) == 2
+    message = server.stderr.read_text().strip()
+    assert "no_such_module" in message and len(message.splitlines()) == 1

@@ -31,7 +31,6 @@ def test_every_transition_names_an_action_the_session_implements(state, event):
     action, _ = TRANSITIONS[(state, event)]
     method = getattr(ClientSession, f"_do_{action.value}", None)
     assert callable(method), f"ClientSession lacks _do_{action.value} for {state}/{event}"
-    assert list(inspect.signature(method).parameters)[1:] != []
     assert len(inspect.signature(method).parameters) == 3  # self, payload, nbytes
 
 

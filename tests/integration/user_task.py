@@ -1,0 +1,38 @@
+"""A user's own task, loaded by the daemons as ``tests.integration.user_task:TinyTask``.
+
+It is the README's example, written out: four methods, no base class, options from the config.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from torch.utils.data import TensorDataset
+
+from fedsilo.common.task import Evaluation, LocalData, TrainConfig, TrainResult
+from fedsilo.common.training import evaluate_classifier, train_classifier
+
+
+class TinyTask:
+    """Two-class logistic regression on a linearly separable blob per partition."""
+
+    def __init__(self, features: int = 20) -> None:
+        self.features = int(features)
+
+    def build_model(self, seed: int) -> torch.nn.Module:
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            return torch.nn.Linear(self.features, 2)
+
+    def load_data(self, partition: int, seed: int, data_dir: Path | None) -> LocalData:
+        generator = torch.Generator().manual_seed(seed * 1000 + partition)
+        x = torch.randn(100, self.features, generator=generator)
+        y = (x[:, 0] > 0).long()
+        return LocalData(train=TensorDataset(x[:80], y[:80]), test=TensorDataset(x[80:], y[80:]))
+
+    def train(self, model: torch.nn.Module, data: LocalData, config: TrainConfig) -> TrainResult:
+        return train_classifier(model, data.train, config)
+
+    def evaluate(self, model: torch.nn.Module, data: LocalData) -> Evaluation:
+        return evaluate_classifier(model, data.test)
