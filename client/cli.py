@@ -3,13 +3,19 @@
 from __future__ import annotations
 
 import argparse
-import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import NoReturn
 
 from fedsilo.client.config import ClientConfig
 from fedsilo.client.session import FederationClient
-from fedsilo.common.cli import ArgumentParser, add_config_flag, flag_values, run_cli
+from fedsilo.common.cli import (
+    ArgumentParser,
+    add_config_flag,
+    exit_process,
+    flag_values,
+    run_cli,
+)
 from fedsilo.common.logging import LEVELS, configure_logging, get_logger
 from fedsilo.common.settings import load_config
 
@@ -56,5 +62,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     return run_cli(PROG, body)
 
 
+def entry_point() -> NoReturn:
+    """Console-script entry: run main() and end the process with its exit code."""
+    exit_process(main())
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    entry_point()

@@ -83,29 +83,35 @@ class FederationClient:
     def run(self) -> None:
         """Connect, take part until the job finishes; raise a FedsiloError otherwise."""
         channel = connect(self.config.server, self.config.connect_timeout)
+        call = channel.stream_stream(
+            SESSION_METHOD_PATH,
+            request_serializer=serialize,
+            response_deserializer=pb.ServerMessage.FromString,
+        )(self._requests())
+        finished = False
         try:
-            call = channel.stream_stream(
-                SESSION_METHOD_PATH,
-                request_serializer=serialize,
-                response_deserializer=pb.ServerMessage.FromString,
-            )(self._requests())
             hello = pb.Hello(protocol_version=PROTOCOL_VERSION, client_name=self.config.name)
             if self.config.job_id is not None:
                 hello.job_id = self.config.job_id
             self._send(pb.ClientMessage(hello=hello))
-            try:
-                for message in call:
-                    if self._handle(message):
-                        return
-            except grpc.RpcError as exc:
+            for message in call:
+                if self._handle(message):
+                    # Half-close our side and read on until the server ends the stream, so
+                    # that no grpc thread is still busy with this call when the process exits.
+                    finished = True
+                    self._outbox.put(_CLOSE)
+        except grpc.RpcError as exc:
+            if not finished:
                 raise ConnectError(
                     f"lost the connection to {self.config.server}: "
                     f"{exc.code().name}: {exc.details()}"
                 ) from exc
-            raise ConnectError(f"the server at {self.config.server} closed the session early")
         finally:
             self._outbox.put(_CLOSE)
+            call.cancel()
             channel.close()
+        if not finished:
+            raise ConnectError(f"the server at {self.config.server} closed the session early")
 
     # ------------------------------------------------------------------ dispatch
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -35,6 +36,19 @@ def add_config_flag(parser: argparse.ArgumentParser) -> None:
         metavar="FILE",
         help="TOML or YAML file with settings; flags and FEDSILO_* env win",
     )
+
+
+def exit_process(code: int) -> NoReturn:
+    """Flush stdio and end the process at once, skipping interpreter finalization.
+
+    Everything a daemon writes (metrics, model, logs) is flushed and fsynced before this point.
+    Finalizing the interpreter while grpc's C++ threads wind down occasionally ends in
+    ``terminate called without an active exception`` (SIGABRT, seen about once in 20 client
+    exits under load), which would turn a clean finish into exit code -6.
+    """
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
 
 
 def run_cli(prog: str, body: Callable[[], int]) -> int:
