@@ -13,11 +13,9 @@ from fedsilo.common.cli import (
     ArgumentParser,
     add_config_flag,
     exit_process,
-    flag_values,
-    run_cli,
+    run_daemon,
 )
-from fedsilo.common.logging import LEVELS, configure_logging, get_logger
-from fedsilo.common.settings import load_config
+from fedsilo.common.logging import LEVELS, get_logger
 
 PROG = "fl-client"
 
@@ -49,17 +47,15 @@ def build_parser() -> ArgumentParser:
     return parser
 
 
+def take_part(config: ClientConfig) -> int:
+    """Run the client session until the job finishes (0); failures raise FedsiloError."""
+    FederationClient(config, get_logger()).run()
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of ``fl-client``."""
-    args = build_parser().parse_args(argv)
-
-    def body() -> int:
-        config = load_config(ClientConfig, flag_values(args), args.config)
-        configure_logging(config.log_level)
-        FederationClient(config, get_logger()).run()
-        return 0
-
-    return run_cli(PROG, body)
+    return run_daemon(PROG, build_parser(), ClientConfig, take_part, argv)
 
 
 def entry_point() -> NoReturn:

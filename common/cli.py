@@ -10,6 +10,8 @@ from pathlib import Path
 from typing import Any, NoReturn
 
 from fedsilo.common.errors import FedsiloError
+from fedsilo.common.logging import configure_logging
+from fedsilo.common.settings import ConfigT, load_config
 
 
 class ArgumentParser(argparse.ArgumentParser):
@@ -49,6 +51,24 @@ def exit_process(code: int) -> NoReturn:
     sys.stdout.flush()
     sys.stderr.flush()
     os._exit(code)
+
+
+def run_daemon(
+    prog: str,
+    parser: argparse.ArgumentParser,
+    model: type[ConfigT],
+    run: Callable[[ConfigT], int],
+    argv: Sequence[str] | None,
+) -> int:
+    """Parse flags into ``model`` (with env and --config), set up logging, return ``run``'s code."""
+    args = parser.parse_args(argv)
+
+    def body() -> int:
+        config = load_config(model, flag_values(args), args.config)
+        configure_logging(getattr(config, "log_level", "info"))
+        return run(config)
+
+    return run_cli(prog, body)
 
 
 def run_cli(prog: str, body: Callable[[], int]) -> int:

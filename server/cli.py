@@ -12,11 +12,9 @@ from fedsilo.common.cli import (
     ArgumentParser,
     add_config_flag,
     exit_process,
-    flag_values,
-    run_cli,
+    run_daemon,
 )
-from fedsilo.common.logging import LEVELS, configure_logging
-from fedsilo.common.settings import load_config
+from fedsilo.common.logging import LEVELS
 from fedsilo.server.app import serve
 from fedsilo.server.config import ServerConfig
 
@@ -55,20 +53,18 @@ def build_parser() -> ArgumentParser:
     return parser
 
 
+def run_job(config: ServerConfig) -> int:
+    """Serve one job to its end; 0 when it finished or was stopped, 1 when it aborted."""
+    outcome = serve(config)
+    if not outcome.finished and not outcome.stopped:
+        print(f"{PROG}: job {config.job_id} aborted: {outcome.reason}", file=sys.stderr)
+        return 1
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of ``fl-server``."""
-    args = build_parser().parse_args(argv)
-
-    def body() -> int:
-        config = load_config(ServerConfig, flag_values(args), args.config)
-        configure_logging(config.log_level)
-        outcome = serve(config)
-        if not outcome.finished and not outcome.stopped:
-            print(f"{PROG}: job {config.job_id} aborted: {outcome.reason}", file=sys.stderr)
-            return 1
-        return 0
-
-    return run_cli(PROG, body)
+    return run_daemon(PROG, build_parser(), ServerConfig, run_job, argv)
 
 
 def entry_point() -> NoReturn:
