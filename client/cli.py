@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import argparse
+import signal
 from collections.abc import Sequence
 from pathlib import Path
+from types import FrameType
 from typing import NoReturn
 
 from fedsilo.client.config import ClientConfig
@@ -15,6 +17,7 @@ from fedsilo.common.cli import (
     exit_process,
     run_daemon,
 )
+from fedsilo.common.errors import StopRequestedError
 from fedsilo.common.logging import LEVELS, get_logger
 
 PROG = "fl-client"
@@ -48,8 +51,22 @@ def build_parser() -> ArgumentParser:
 
 
 def take_part(config: ClientConfig) -> int:
-    """Run the client session until the job finishes (0); failures raise FedsiloError."""
-    FederationClient(config, get_logger()).run()
+    """Run the client until the job finishes or SIGTERM/SIGINT (0); failures raise."""
+    log = get_logger()
+
+    def on_signal(signum: int, frame: FrameType | None) -> None:
+        # Raised in the main thread wherever it is (training, waiting, uploading): the upload
+        # in flight is abandoned and the stream cancelled on the way out.
+        raise StopRequestedError(f"stopped by {signal.Signals(signum).name}")
+
+    previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        FederationClient(config, log).run()
+    except StopRequestedError as stop:
+        log.info("client_stopped", client=config.name, reason=str(stop))
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
     return 0
 
 

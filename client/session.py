@@ -8,8 +8,10 @@ lazily, one chunk at a time, straight from the model's own tensors.
 from __future__ import annotations
 
 import queue
+import threading
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -19,8 +21,15 @@ import torch
 from google.protobuf import json_format
 
 from fedsilo.client.config import ClientConfig
+from fedsilo.client.reconnect import Outage
 from fedsilo.common import codec
-from fedsilo.common.errors import CodecError, ConnectError, FedsiloError, JobAbortedError
+from fedsilo.common.errors import (
+    CodecError,
+    ConnectError,
+    JobAbortedError,
+    ServerRefusedError,
+    SessionLostError,
+)
 from fedsilo.common.proto import federation_pb2 as pb
 from fedsilo.common.task import LocalData, Task, TrainConfig, load_task
 from fedsilo.common.wire import (
@@ -47,10 +56,7 @@ class _Close:
 
 
 _CLOSE = _Close()
-
-
-class ServerRefusedError(FedsiloError):
-    """The server answered with an Error message."""
+OutboxItem = Outbound | Iterator[bytes] | _Close
 
 
 @dataclass
@@ -69,7 +75,8 @@ class FederationClient:
     def __init__(self, config: ClientConfig, log: structlog.typing.FilteringBoundLogger) -> None:
         self.config = config
         self.log = log.bind(client=config.name)
-        self._outbox: queue.SimpleQueue[Outbound | Iterator[bytes] | _Close] = queue.SimpleQueue()
+        self._outbox: queue.SimpleQueue[OutboxItem] = queue.SimpleQueue()
+        self._joined_this_session = False
         self.client_id: int | None = None
         self.job: pb.JobConfig | None = None
         self.task: Task | None = None
@@ -81,13 +88,41 @@ class FederationClient:
     # ------------------------------------------------------------------ top level
 
     def run(self) -> None:
-        """Connect, take part until the job finishes; raise a FedsiloError otherwise."""
-        channel = connect(self.config.server, self.config.connect_timeout)
+        """Take part until the job finishes, reconnecting after a lost connection.
+
+        An outage (from the moment a session breaks until the server sends InitConfig again)
+        may last ``connect_timeout`` seconds; then ConnectError says why. Other FedsiloErrors
+        report refusals and aborts.
+        """
+        outage: Outage | None = Outage(self.config.connect_timeout)
+        while True:
+            assert outage is not None
+            try:
+                self._session_once(outage)
+                return
+            except SessionLostError as lost:
+                if self._joined_this_session:
+                    outage = Outage(self.config.connect_timeout)
+                delay = outage.next_delay()
+                if delay is None:
+                    raise ConnectError(
+                        f"no session with the server at {self.config.server} within "
+                        f"{self.config.connect_timeout:g}s (--connect-timeout): {lost}"
+                    ) from lost
+                self.log.warning("connection_lost", reason=str(lost), retry_in=round(delay, 2))
+                time.sleep(delay)
+
+    def _session_once(self, outage: Outage) -> None:
+        """Run one stream from Hello to Finish; raise SessionLostError if it breaks."""
+        self._joined_this_session = False
+        self._incoming = None
+        self._outbox = queue.SimpleQueue()
+        channel = connect(self.config.server, max(outage.remaining, 0.1))
         call = channel.stream_stream(
             SESSION_METHOD_PATH,
             request_serializer=serialize,
             response_deserializer=pb.ServerMessage.FromString,
-        )(self._requests())
+        )(self._requests(self._outbox))
         finished = False
         try:
             hello = pb.Hello(protocol_version=PROTOCOL_VERSION, client_name=self.config.name)
@@ -102,16 +137,13 @@ class FederationClient:
                     self._outbox.put(_CLOSE)
         except grpc.RpcError as exc:
             if not finished:
-                raise ConnectError(
-                    f"lost the connection to {self.config.server}: "
-                    f"{exc.code().name}: {exc.details()}"
-                ) from exc
+                raise SessionLostError(f"{exc.code().name}: {exc.details()}") from exc
         finally:
             self._outbox.put(_CLOSE)
             call.cancel()
             channel.close()
         if not finished:
-            raise ConnectError(f"the server at {self.config.server} closed the session early")
+            raise SessionLostError("the server closed the session early")
 
     # ------------------------------------------------------------------ dispatch
 
@@ -134,6 +166,8 @@ class FederationClient:
             self.log.info("job_finished", rounds=message.finish.rounds_completed)
             return True
         elif kind == "abort":
+            if message.abort.retry:
+                raise SessionLostError(f"the server stopped: {message.abort.reason}")
             raise JobAbortedError(f"the server aborted the job: {message.abort.reason}")
         elif kind == "error":
             raise ServerRefusedError(
@@ -147,18 +181,27 @@ class FederationClient:
         return False
 
     def _on_init(self, init: pb.InitConfig) -> None:
-        if self.job is not None:
+        if self._joined_this_session:
             self._protocol_violation("second InitConfig")
+        self._joined_this_session = True
+        same_job = (
+            self.job is not None
+            and self.client_id == init.client_id
+            and _task_identity(self.job) == _task_identity(init.job)
+        )
         self.client_id = init.client_id
         self.job = init.job
         self.log = self.log.bind(job_id=init.job.job_id, client_id=init.client_id)
-        options: dict[str, Any] = json_format.MessageToDict(init.job.task_options)
-        self.task = load_task(init.job.task, options)
-        self.model = self.task.build_model(init.job.seed)
         partition = self.config.partition if self.config.partition is not None else init.client_id
-        self.data = self.task.load_data(partition, init.job.seed, self.config.data)
+        if not same_job:  # after a reconnect to the same job, task and data are kept
+            options: dict[str, Any] = json_format.MessageToDict(init.job.task_options)
+            self.task = load_task(init.job.task, options)
+            self.model = self.task.build_model(init.job.seed)
+            self.data = self.task.load_data(partition, init.job.seed, self.config.data)
+        assert self.data is not None
         self.log.info(
             "joined",
+            rejoined=same_job,
             task=init.job.task,
             partition=partition,
             train_examples=self.data.train_examples,
@@ -231,18 +274,19 @@ class FederationClient:
         assert self.task is not None and self.model is not None and self.data is not None
         assert self.job is not None
         log = self.log.bind(round=round_number)
-        evaluation = self.task.evaluate(self.model, self.data)
         started = time.monotonic()
-        result = self.task.train(
-            self.model,
-            self.data,
-            TrainConfig(
-                local_epochs=train.local_epochs,
-                batch_size=train.batch_size,
-                learning_rate=train.learning_rate,
-                seed=train.seed,
-            ),
-        )
+        with self._heartbeats():
+            evaluation = self.task.evaluate(self.model, self.data)
+            result = self.task.train(
+                self.model,
+                self.data,
+                TrainConfig(
+                    local_epochs=train.local_epochs,
+                    batch_size=train.batch_size,
+                    learning_rate=train.learning_rate,
+                    seed=train.seed,
+                ),
+            )
         seconds = time.monotonic() - started
         state = self.model.state_dict()
         send = pb.ClientMessage(
@@ -269,7 +313,8 @@ class FederationClient:
 
     def _evaluate_final(self, round_number: int) -> None:
         assert self.task is not None and self.model is not None and self.data is not None
-        evaluation = self.task.evaluate(self.model, self.data)
+        with self._heartbeats():
+            evaluation = self.task.evaluate(self.model, self.data)
         self._send(
             pb.ClientMessage(
                 eval_result=pb.EvalResult(round=round_number, evaluation=_evaluation(evaluation))
@@ -284,12 +329,36 @@ class FederationClient:
 
     # ------------------------------------------------------------------ plumbing
 
+    @contextmanager
+    def _heartbeats(self) -> Iterator[None]:
+        """Send a Heartbeat every ``heartbeat_seconds`` while the body runs (long local work)."""
+        interval = self.job.heartbeat_seconds if self.job is not None else 0.0
+        if interval <= 0:
+            yield
+            return
+        done = threading.Event()
+        outbox = self._outbox
+        beat = pb.ClientMessage(heartbeat=pb.Heartbeat())
+
+        def beat_until_done() -> None:
+            while not done.wait(interval):
+                outbox.put(beat)
+
+        thread = threading.Thread(target=beat_until_done, name="heartbeat", daemon=True)
+        thread.start()
+        try:
+            yield
+        finally:
+            done.set()
+            thread.join()
+
     def _send(self, message: Outbound) -> None:
         self._outbox.put(message)
 
-    def _requests(self) -> Iterator[Outbound]:
+    @staticmethod
+    def _requests(outbox: queue.SimpleQueue[OutboxItem]) -> Iterator[Outbound]:
         while True:
-            item = self._outbox.get()
+            item = outbox.get()
             if isinstance(item, _Close):
                 return
             if isinstance(item, Iterator):
@@ -311,9 +380,8 @@ def connect(address: str, timeout: float) -> grpc.Channel:
         grpc.channel_ready_future(channel).result(timeout=timeout)
     except grpc.FutureTimeoutError as exc:
         channel.close()
-        raise ConnectError(
-            f"cannot reach the server at {address} within {timeout:g}s "
-            f"(--connect-timeout); is fl-server running there with that job's port?"
+        raise SessionLostError(
+            "cannot reach it; is fl-server running there, on that job's port?"
         ) from exc
     return channel
 
@@ -339,3 +407,7 @@ def _evaluation(evaluation: Any) -> pb.Evaluation:
 
 def _client_trailer(checksum: int) -> pb.ClientMessage:
     return pb.ClientMessage(trailer=pb.TensorStreamTrailer(checksum=checksum))
+
+
+def _task_identity(job: pb.JobConfig) -> tuple[object, ...]:
+    return (job.job_id, job.task, job.task_options.SerializeToString(deterministic=True), job.seed)

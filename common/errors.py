@@ -7,6 +7,9 @@
     ├── CodecError                a tensor stream that disagrees with its header or the model
     ├── ProtocolError             a message that is illegal now; carries the wire ErrorCode
     ├── ConnectError              the server could not be reached in the allowed time
+    ├── SessionLostError          a client's stream broke; it reconnects within its budget
+    ├── ServerRefusedError        the server answered a client with an Error message
+    ├── StopRequestedError        SIGTERM/SIGINT asked a daemon to leave (exit 0)
     └── JobAbortedError           the job ended without finishing its rounds
 
 Low-level exceptions (grpc, OSError, pydantic) are translated into these once, at the module
@@ -59,3 +62,17 @@ class ConnectError(FedsiloError):
 
 class JobAbortedError(FedsiloError):
     """The job stopped before completing its rounds."""
+
+
+class SessionLostError(FedsiloError):
+    """A client's stream broke (network, server restart, cut off); the client may reconnect."""
+
+
+class ServerRefusedError(FedsiloError):
+    """The server answered a client with an Error message."""
+
+
+class StopRequestedError(FedsiloError):
+    """A daemon was asked to stop by a signal."""
+
+    exit_code = 0

@@ -10,11 +10,13 @@ from concurrent import futures
 from types import FrameType
 
 import grpc
+import structlog
 
-from fedsilo.common.errors import FedsiloError, PortInUseError
+from fedsilo.common.errors import ConfigError, FedsiloError, PortInUseError
 from fedsilo.common.logging import get_logger
 from fedsilo.common.task import load_task
 from fedsilo.common.wire import channel_options
+from fedsilo.server.checkpoint import CHECKPOINT_FILE, Checkpoint, job_identity, load_checkpoint
 from fedsilo.server.config import ServerConfig
 from fedsilo.server.job import Job, JobOutcome
 from fedsilo.server.service import FederationService
@@ -63,14 +65,34 @@ def build_server(config: ServerConfig, job: Job) -> grpc.Server:
     return server
 
 
+def find_checkpoint(
+    config: ServerConfig, log: structlog.typing.FilteringBoundLogger
+) -> Checkpoint | None:
+    """Return the checkpoint to resume from; refuse to start over one without --resume."""
+    path = config.run_dir / CHECKPOINT_FILE
+    if not path.exists():
+        if config.resume:
+            log.warning("no_checkpoint_starting_fresh", path=str(path))
+        return None
+    if not config.resume:
+        raise ConfigError(
+            f"{config.run_dir} holds a checkpoint of job {config.job_id}; pass --resume to "
+            f"continue it, or choose another --out (nothing was changed)"
+        )
+    identity = job_identity(config.job_id, config.task, config.task_options, config.seed)
+    return load_checkpoint(path, identity)
+
+
 def serve(config: ServerConfig) -> JobOutcome:
     """Run the job to its end and return its outcome. SIGTERM/SIGINT abort it cleanly."""
     log = get_logger(job_id=config.job_id)
     # Before anything touches the run folder: a second server of this job must change nothing.
     check_port_free(config.host, config.port, config.job_id)
+    checkpoint = find_checkpoint(config, log)
     task = load_task(config.task, config.task_options)
     model = task.build_model(config.seed)
     job = Job(config, dict(model.state_dict()), log)
+    job.begin(checkpoint)
     server = build_server(config, job)
     server.start()
     log.info(

@@ -40,6 +40,17 @@ def build_parser() -> ArgumentParser:
     parser.add_argument("--out", type=Path, help="run folder (default runs/job-<id>)")
     parser.add_argument("--round-timeout", type=float, help="seconds a round waits (default 300)")
     parser.add_argument(
+        "--progress-timeout",
+        type=float,
+        help="seconds a client in a round may show no progress before it is cut off (default 30)",
+    )
+    parser.add_argument(
+        "--resume",
+        action="store_true",
+        default=argparse.SUPPRESS,
+        help="continue from the checkpoint in the run folder (start fresh if there is none)",
+    )
+    parser.add_argument(
         "--join-timeout",
         type=float,
         help="seconds to wait for min_clients to be ready (default 600)",

@@ -38,6 +38,12 @@ class ServerConfig(BaseModel):
     out: Path | None = Field(None, description="Run folder; default runs/job-<job_id>.")
     round_timeout: float = Field(300.0, gt=0, description="Seconds a round waits for updates.")
     join_timeout: float = Field(600.0, gt=0, description="Seconds to wait for min_clients.")
+    progress_timeout: float = Field(
+        30.0,
+        gt=0,
+        description="Seconds a client in a round may show no progress before it is cut off.",
+    )
+    resume: bool = Field(False, description="Continue from the run folder's checkpoint.")
     local_epochs: int = Field(1, ge=1, description="Local epochs per round on each client.")
     batch_size: int = Field(32, ge=1, description="Local mini-batch size.")
     learning_rate: float = Field(0.1, gt=0, description="Local SGD learning rate.")

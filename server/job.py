@@ -11,7 +11,7 @@ from __future__ import annotations
 import string
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -26,6 +26,7 @@ from fedsilo.common.seeding import derive_seed
 from fedsilo.common.wire import PROTOCOL_VERSION, SERVER_CHUNKS, serialize
 from fedsilo.server import metrics
 from fedsilo.server.aggregation import OrderedFold
+from fedsilo.server.checkpoint import CHECKPOINT_FILE, Checkpoint, job_identity, save_checkpoint
 from fedsilo.server.config import ServerConfig
 from fedsilo.server.run_files import METRICS_FILE, MODEL_FILE, MetricsLog, save_model
 from fedsilo.server.session import ClientSession, Upload
@@ -46,7 +47,19 @@ class RoundState:
     bytes_down: dict[int, int] = field(default_factory=dict)
     reports: dict[int, metrics.ClientReport] = field(default_factory=dict)
     evaluations: list[metrics.ClientEvaluation] = field(default_factory=list)
-    dropped: dict[int, str] = field(default_factory=dict)
+    dropped: dict[int, dict[str, Any]] = field(default_factory=dict)
+
+    def drop(self, client_ids: list[int], reason: str, phases: dict[int, str]) -> list[int]:
+        """Drop these clients if they still owed an update; record why, where and when."""
+        gone = self.fold.drop(client_ids)
+        after = round(time.monotonic() - self.started, 3)
+        for cid in gone:
+            self.dropped[cid] = {
+                "reason": reason,
+                "phase": phases.get(cid, "unknown"),
+                "after_seconds": after,
+            }
+        return gone
 
 
 @dataclass(frozen=True)
@@ -91,16 +104,34 @@ class Job:
         run_dir = config.run_dir
         run_dir.mkdir(parents=True, exist_ok=True)
         self.metrics_log = MetricsLog(run_dir / METRICS_FILE)
-        if self.metrics_log.path.exists():
-            log.warning("metrics_file_replaced", path=str(self.metrics_log.path))
-            self.metrics_log.path.unlink()
         self.model_path = run_dir / MODEL_FILE
+        self.checkpoint_path = run_dir / CHECKPOINT_FILE
+        self.identity = job_identity(config.job_id, config.task, config.task_options, config.seed)
+
+    def begin(self, checkpoint: Checkpoint | None) -> None:
+        """Start afresh (replacing an old metrics file) or continue from ``checkpoint``."""
+        if checkpoint is not None:
+            self.restore(checkpoint)
+        elif self.metrics_log.path.exists():
+            self.log.warning("metrics_file_replaced", path=str(self.metrics_log.path))
+            self.metrics_log.path.unlink()
+
+    def restore(self, checkpoint: Checkpoint) -> None:
+        """Continue from a checkpoint: its model, round, pending row and client ids."""
+        codec.check_specs_match(codec.specs_of(checkpoint.global_state), self.specs)
+        self.global_state = {spec.name: checkpoint.global_state[spec.name] for spec in self.specs}
+        self.strategy.load_state_dict(checkpoint.strategy_state)
+        self.rounds_completed = checkpoint.round
+        self._pending_row = checkpoint.pending_row
+        self._ids_by_name = dict(checkpoint.client_ids)
+        kept = self.metrics_log.truncate(before_round=checkpoint.round)
+        self.log.info("job_resumed", round=checkpoint.round, metrics_rows_kept=kept)
 
     # ------------------------------------------------------------------ called by sessions
 
-    def open_session(self, peer: str) -> ClientSession:
-        """Create the session object of a newly opened stream."""
-        return ClientSession(self, peer)
+    def open_session(self, peer: str, cancel: Callable[[], object]) -> ClientSession:
+        """Create the session object of a newly opened stream (``cancel`` cuts it off)."""
+        return ClientSession(self, peer, cancel)
 
     def admit(self, session: ClientSession, hello: pb.Hello) -> tuple[int, pb.ServerMessage]:
         """Check a Hello and assign the client id; return it with the InitConfig to send."""
@@ -124,11 +155,22 @@ class Job:
             if self.phase in (JobPhase.FINISHED, JobPhase.ABORTED):
                 raise ProtocolError(int(pb.ILLEGAL_MESSAGE), "the job is over")
             client_id = self._ids_by_name.setdefault(name, len(self._ids_by_name))
-            if client_id in self._sessions:
-                raise ProtocolError(
-                    int(pb.NAME_IN_USE), f"client name {name!r} is already connected"
-                )
+            replaced = self._sessions.get(client_id)
             self._sessions[client_id] = session
+            if replaced is not None:
+                # The newest connection of a name wins: a client that reconnects after a
+                # network failure must not wait until the server notices the old stream died.
+                self._drop_session_from_round(replaced, "replaced by a new connection")
+        if replaced is not None:
+            replaced.send(
+                pb.ServerMessage(
+                    error=pb.Error(
+                        code=pb.NAME_IN_USE, message=f"a new connection took over the name {name!r}"
+                    )
+                )
+            )
+            replaced.close()  # a dead old stream is reaped by keepalive; a live one is told why
+            replaced.log.warning("session_replaced", by=session.peer)
         session.log.info("client_joined", client_id=client_id, client=name)
         return client_id, pb.ServerMessage(
             init_config=pb.InitConfig(client_id=client_id, job=self._job_config())
@@ -168,7 +210,7 @@ class Job:
                 or current.number != upload.round
                 or not current.fold.is_open_for(cid)
             ):
-                session.log.info("late_update_ignored", round=upload.round)
+                session.log.info("update_ignored", round=upload.round, reason="round closed")
                 return
             finished = time.monotonic()
             current.reports[cid] = metrics.ClientReport(
@@ -198,8 +240,9 @@ class Job:
         with self._cond:
             current = self._round
             if current is not None and current.number == round_number:
-                for cid in current.fold.drop([session.client_id]):
-                    current.dropped[cid] = f"update refused: {reason}"
+                current.drop(
+                    [session.client_id], f"update refused: {reason}", {session.client_id: "upload"}
+                )
             self._cond.notify_all()
         session.log.warning("update_refused", round=round_number, reason=reason)
 
@@ -222,13 +265,19 @@ class Job:
         with self._cond:
             if self._sessions.get(cid) is session:
                 del self._sessions[cid]
-            current = self._round
-            if current is not None:
-                for gone in current.fold.drop([cid]):
-                    current.dropped[gone] = "disconnected"
-            self._final_expected.discard(cid)
+                self._final_expected.discard(cid)
+            self._drop_session_from_round(session, "disconnected")
             self._cond.notify_all()
-        session.log.info("client_left", state=session.state.value)
+        session.log.info("client_left", phase=session.phase)
+
+    def _drop_session_from_round(self, session: ClientSession, reason: str) -> None:
+        """Under the lock: drop this session's client from the round it is working on."""
+        current = self._round
+        cid = session.client_id
+        working = session.phase in ("download", "training", "upload")
+        if current is not None and cid is not None and working and session.round == current.number:
+            current.drop([cid], reason, {cid: session.phase})
+            self._cond.notify_all()
 
     # ------------------------------------------------------------------ control
 
@@ -295,19 +344,19 @@ class Job:
             items = [serialize(sync), *frames]
             current.bytes_down[cid] = sum(len(item) for item in items)
             if not session.offer(Event.SYNC, (number, items)):
-                self._drop(current, [cid], "disconnected")
+                with self._cond:
+                    current.drop([cid], "disconnected", {cid: "download"})
         log.info("round_started", clients=selected, model_bytes=self.model_bytes)
+        done = self._wait_watching(
+            lambda: current.fold.complete, lambda: current.fold.outstanding, current
+        )
         with self._cond:
-            done = self._cond.wait_for(
-                lambda: self._stop_reason is not None or current.fold.complete,
-                timeout=self.config.round_timeout,
-            )
-            self._raise_if_stopping()
             if not done:
-                for cid in current.fold.drop(current.fold.outstanding):
-                    current.dropped[cid] = (
-                        f"no update within round_timeout={self.config.round_timeout:g}s"
-                    )
+                current.drop(
+                    current.fold.outstanding,
+                    f"no update within round_timeout={self.config.round_timeout:g}s",
+                    self._phases(current.fold.outstanding),
+                )
             self._round = None
         if current.dropped:
             log.warning("clients_dropped", dropped=current.dropped)
@@ -329,6 +378,17 @@ class Job:
             dropped=current.dropped,
             bytes_down=current.bytes_down,
             seconds=seconds,
+        )
+        save_checkpoint(
+            self.checkpoint_path,
+            Checkpoint(
+                round=number,
+                global_state=self.global_state,
+                strategy_state=self.strategy.state_dict(),
+                pending_row=self._pending_row,
+                client_ids=dict(self._ids_by_name),
+                identity=self.identity,
+            ),
         )
         save_model(self.global_state, self.model_path)
         log.info(
@@ -355,13 +415,9 @@ class Job:
             if not session.offer(Event.EVALUATE, (self.rounds_completed, items)):
                 with self._cond:
                     self._final_expected.discard(cid)
+        self.log.info("final_evaluation_started", clients=sorted(self._final_expected))
+        self._wait_watching(lambda: not self._final_expected, lambda: sorted(self._final_expected))
         with self._cond:
-            self.log.info("final_evaluation_started", clients=sorted(self._final_expected))
-            self._cond.wait_for(
-                lambda: self._stop_reason is not None or not self._final_expected,
-                timeout=self.config.round_timeout,
-            )
-            self._raise_if_stopping()
             evaluations = list(self._final_evaluations)
         self._write_row(evaluations)
 
@@ -370,7 +426,9 @@ class Job:
         with self._cond:
             self.phase = next_phase(self.phase, JobPhase.ABORTED)
         self._write_row([])
-        self._close_all(pb.ServerMessage(abort=pb.Abort(reason=reason)))
+        # A stopped server can be resumed: clients keep trying to reconnect.
+        resumable = self._stop_reason is not None
+        self._close_all(pb.ServerMessage(abort=pb.Abort(reason=reason, retry=resumable)))
         return JobOutcome(
             finished=False,
             rounds_completed=self.rounds_completed,
@@ -388,11 +446,52 @@ class Job:
         with self._cond:
             self.phase = next_phase(self.phase, target)
 
-    def _drop(self, current: RoundState, client_ids: list[int], reason: str) -> None:
-        with self._cond:
-            for cid in current.fold.drop(client_ids):
-                current.dropped[cid] = reason
-            self._cond.notify_all()
+    def _wait_watching(
+        self,
+        done: Callable[[], bool],
+        watched: Callable[[], list[int]],
+        current: RoundState | None = None,
+    ) -> bool:
+        """Wait until ``done()`` or round_timeout; meanwhile cut off watched sessions that stall.
+
+        A session stalls when nothing arrived from it and no frame went out to it for
+        progress_timeout: deadlines are on progress, so a slow transfer that moves goes on.
+        Returns whether ``done()`` held in time; raises JobAbortedError on a stop request.
+        """
+        deadline = time.monotonic() + self.config.round_timeout
+        step = min(1.0, self.config.progress_timeout / 4)
+        while True:
+            stalled: list[ClientSession] = []
+            with self._cond:
+                self._cond.wait_for(
+                    lambda: self._stop_reason is not None or done(),
+                    timeout=max(0.0, min(step, deadline - time.monotonic())),
+                )
+                self._raise_if_stopping()
+                if done():
+                    return True
+                now = time.monotonic()
+                if now >= deadline:
+                    return False
+                for cid in watched():
+                    session = self._sessions.get(cid)
+                    if session is not None and now - session.last_progress > (
+                        self.config.progress_timeout
+                    ):
+                        stalled.append(session)
+                        reason = f"stalled: no progress for {self.config.progress_timeout:g}s"
+                        if current is not None:
+                            current.drop([cid], reason, {cid: session.phase})
+                        self._final_expected.discard(cid)
+            for session in stalled:
+                session.log.warning("client_cut_off", phase=session.phase)
+                session.cut_off()
+
+    def _phases(self, client_ids: list[int]) -> dict[int, str]:
+        return {
+            cid: self._sessions[cid].phase if cid in self._sessions else "gone"
+            for cid in client_ids
+        }
 
     def _idle_ids(self) -> list[int]:
         return sorted(cid for cid, s in self._sessions.items() if s.state is SessionState.IDLE)
@@ -438,6 +537,8 @@ class Job:
             seed=self.config.seed,
             rounds=self.config.rounds,
             chunk_size=self.chunk_size,
+            heartbeat_seconds=self.config.progress_timeout / 4,
+            progress_timeout_seconds=self.config.progress_timeout,
         )
 
 

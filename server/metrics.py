@@ -51,7 +51,7 @@ def round_row(
     *,
     selected: list[int],
     reports: Mapping[int, ClientReport],
-    dropped: Mapping[int, str],
+    dropped: Mapping[int, Mapping[str, Any]],
     bytes_down: Mapping[int, int],
     seconds: float,
 ) -> dict[str, Any]:
@@ -62,7 +62,7 @@ def round_row(
         "time": datetime.now(timezone.utc).isoformat(timespec="milliseconds"),
         "selected": selected,
         "participants": [c.client_id for c in clients],
-        "dropped": [{"client_id": cid, "reason": dropped[cid]} for cid in sorted(dropped)],
+        "dropped": [{"client_id": cid, **dropped[cid]} for cid in sorted(dropped)],
         "train_loss": _weighted((c.train_loss, c.train_examples) for c in clients),
         "train_examples": sum(c.train_examples for c in clients),
         "bytes_down": sum(bytes_down.values()),

@@ -50,6 +50,23 @@ class MetricsLog:
         path.parent.mkdir(parents=True, exist_ok=True)
         self.path = path
 
+    def truncate(self, before_round: int) -> int:
+        """Keep only the rows of rounds before ``before_round`` (resume); return how many."""
+        if not self.path.exists():
+            return 0
+        lines = self.path.read_text(encoding="utf-8").splitlines()
+        kept = []
+        for line in lines:
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError:
+                break  # a line torn by a crash ends the usable part
+            if row.get("round", before_round) >= before_round:
+                break
+            kept.append(line + "\n")
+        atomic_write(self.path, lambda handle: handle.write("".join(kept).encode()))
+        return len(kept)
+
     def append(self, row: Mapping[str, Any]) -> None:
         """Append ``row`` as one line."""
         line = json.dumps(row, sort_keys=True, allow_nan=False) + "\n"

@@ -34,7 +34,7 @@ class FederationService:
         self, requests: Iterator[Inbound[pb.ClientMessage]], context: grpc.ServicerContext
     ) -> Iterator[Outbound]:
         """Run one client's stream: read in a thread, write what the session queues."""
-        session = self.job.open_session(context.peer())
+        session = self.job.open_session(context.peer(), context.cancel)
         context.add_callback(session.close)
         reader = threading.Thread(
             target=_read_stream,
@@ -47,10 +47,14 @@ class FederationService:
             item = session.outbox.get()
             if item is CLOSE:
                 return
-            if isinstance(item, (list, tuple)):
-                yield from item
+            if isinstance(item, (list, tuple)):  # a model stream
+                for frame in item:
+                    yield frame
+                    session.touch()
+                session.downloading = False
             else:
                 yield item  # type: ignore[misc]
+                session.touch()
 
     def handler(self) -> grpc.GenericRpcHandler:
         """Return the generic handler registering Session with fedsilo's (de)serializers."""

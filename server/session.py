@@ -11,7 +11,7 @@ from __future__ import annotations
 import queue
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, cast
 
@@ -74,9 +74,12 @@ class Upload:
 class ClientSession:
     """The server side of one client's Session stream."""
 
-    def __init__(self, job: Job, peer: str) -> None:
+    def __init__(self, job: Job, peer: str, cancel: Callable[[], object] = lambda: None) -> None:
         self.job = job
         self.peer = peer
+        self._cancel = cancel
+        self.last_progress = time.monotonic()  # last message in or frame out
+        self.downloading = False  # a model stream is queued or being sent
         self.outbox: queue.SimpleQueue[OutboxItem] = queue.SimpleQueue()
         self.state = SessionState.CONNECTED
         self.client_id: int | None = None
@@ -91,6 +94,7 @@ class ClientSession:
 
     def handle(self, inbound: Inbound[pb.ClientMessage]) -> None:
         """Process one received message (called by the stream's reader thread)."""
+        self.touch()
         message = inbound.message
         kind = message.WhichOneof("body") if message is not None else None
         if message is None or kind is None:
@@ -171,16 +175,22 @@ class ClientSession:
 
     def _do_send_sync(self, work: tuple[int, Sequence[Outbound]], nbytes: int) -> None:
         self.round, frames = work
+        self.downloading = True
+        self.touch()
         self.send(frames)
 
     def _do_send_evaluate(self, work: tuple[int, Sequence[Outbound]], nbytes: int) -> None:
+        self.downloading = True
+        self.touch()
         self.send(work[1])
 
     def _do_begin_upload(self, send: pb.SendModel, nbytes: int) -> None:
         assert self.client_id is not None
         status = self.job.update_status(self.client_id, send.round, self.round)
         if status == "late":
-            self.log.info("late_update_ignored", round=send.round)
+            self.log.info(
+                "update_ignored", round=send.round, reason="round closed or already counted"
+            )
             raise StreamRefusedError(
                 int(pb.WRONG_ROUND),
                 f"round {send.round} is already closed",
@@ -191,7 +201,7 @@ class ClientSession:
             raise StreamRefusedError(
                 int(pb.WRONG_ROUND),
                 f"update for round {send.round}, expected round {self.round}",
-                SessionState.TRAINING,
+                self.state,
             )
         try:
             specs = codec.specs_from_header(send.update, self.job.model_bytes)
@@ -280,6 +290,24 @@ class ClientSession:
     def close(self) -> None:
         """End the stream after what is already queued."""
         self.outbox.put(CLOSE)
+
+    def touch(self) -> None:
+        """Record progress: a message arrived or a frame went out."""
+        self.last_progress = time.monotonic()
+
+    def cut_off(self) -> None:
+        """Cancel the stream now, even if a write to it is blocked (a stalled or replaced peer)."""
+        self.close()
+        self._cancel()
+
+    @property
+    def phase(self) -> str:
+        """Where in a round this client is: download, training, upload, or the session state."""
+        if self.state is SessionState.TRAINING:
+            return "download" if self.downloading else "training"
+        if self.state is SessionState.UPLOADING:
+            return "upload"
+        return str(self.state.value)
 
     def disconnect(self) -> None:
         """Record that the stream is gone (reader ended, client hung up or was cut off)."""

@@ -90,6 +90,8 @@ TRANSITIONS: dict[tuple[SessionState, Event], tuple[Action, SessionState | None]
     (S.JOINED, E.READY): (A.MARK_READY, S.IDLE),
     (S.IDLE, E.SYNC): (A.SEND_SYNC, S.TRAINING),
     (S.TRAINING, E.SEND_MODEL): (A.BEGIN_UPLOAD, S.UPLOADING),
+    # A duplicate or late update arrives while idle: BEGIN_UPLOAD ignores it (and logs it).
+    (S.IDLE, E.SEND_MODEL): (A.BEGIN_UPLOAD, S.UPLOADING),
     (S.UPLOADING, E.CHUNK): (A.RECEIVE_CHUNK, S.UPLOADING),
     (S.UPLOADING, E.TRAILER): (A.FINISH_UPLOAD, S.IDLE),
     (S.IDLE, E.EVALUATE): (A.SEND_EVALUATE, S.EVALUATING),

@@ -94,20 +94,24 @@ class InitConfig(_message.Message):
     def __init__(self, client_id: _Optional[int] = ..., job: _Optional[_Union[JobConfig, _Mapping]] = ...) -> None: ...
 
 class JobConfig(_message.Message):
-    __slots__ = ("job_id", "task", "task_options", "seed", "rounds", "chunk_size")
+    __slots__ = ("job_id", "task", "task_options", "seed", "rounds", "chunk_size", "heartbeat_seconds", "progress_timeout_seconds")
     JOB_ID_FIELD_NUMBER: _ClassVar[int]
     TASK_FIELD_NUMBER: _ClassVar[int]
     TASK_OPTIONS_FIELD_NUMBER: _ClassVar[int]
     SEED_FIELD_NUMBER: _ClassVar[int]
     ROUNDS_FIELD_NUMBER: _ClassVar[int]
     CHUNK_SIZE_FIELD_NUMBER: _ClassVar[int]
+    HEARTBEAT_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    PROGRESS_TIMEOUT_SECONDS_FIELD_NUMBER: _ClassVar[int]
     job_id: int
     task: str
     task_options: _struct_pb2.Struct
     seed: int
     rounds: int
     chunk_size: int
-    def __init__(self, job_id: _Optional[int] = ..., task: _Optional[str] = ..., task_options: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., seed: _Optional[int] = ..., rounds: _Optional[int] = ..., chunk_size: _Optional[int] = ...) -> None: ...
+    heartbeat_seconds: float
+    progress_timeout_seconds: float
+    def __init__(self, job_id: _Optional[int] = ..., task: _Optional[str] = ..., task_options: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., seed: _Optional[int] = ..., rounds: _Optional[int] = ..., chunk_size: _Optional[int] = ..., heartbeat_seconds: _Optional[float] = ..., progress_timeout_seconds: _Optional[float] = ...) -> None: ...
 
 class Ready(_message.Message):
     __slots__ = ("train_examples", "test_examples")
@@ -194,10 +198,12 @@ class Finish(_message.Message):
     def __init__(self, rounds_completed: _Optional[int] = ...) -> None: ...
 
 class Abort(_message.Message):
-    __slots__ = ("reason",)
+    __slots__ = ("reason", "retry")
     REASON_FIELD_NUMBER: _ClassVar[int]
+    RETRY_FIELD_NUMBER: _ClassVar[int]
     reason: str
-    def __init__(self, reason: _Optional[str] = ...) -> None: ...
+    retry: bool
+    def __init__(self, reason: _Optional[str] = ..., retry: _Optional[bool] = ...) -> None: ...
 
 class Heartbeat(_message.Message):
     __slots__ = ()

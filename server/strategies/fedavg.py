@@ -70,3 +70,10 @@ class FedAvg:
     def next_global(self, global_state: State, mean_update: State) -> State:
         """Return the next global model given the current one and the mean of client models."""
         return mean_update
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        """Return the state to checkpoint (none for FedAvg)."""
+        return {}
+
+    def load_state_dict(self, state: Mapping[str, torch.Tensor]) -> None:
+        """Restore checkpointed state (FedAvg has none to restore)."""

@@ -159,10 +159,6 @@ def test_illegal_messages_get_errors_and_the_job_goes_on(
 
     raw.send(hello("raw"))
     raw.expect_error(pb.DUPLICATE_HELLO)
-    impostor = RawSession(channel)
-    impostor.send(hello("raw"))
-    impostor.expect_error(pb.NAME_IN_USE)
-    impostor.expect_closed()
 
     # An update before READY is refused once; the chunks and trailer after it are swallowed.
     raw.send(*update_messages(1, {"w": torch.zeros(3)}))
@@ -198,3 +194,21 @@ def test_illegal_messages_get_errors_and_the_job_goes_on(
     assert rows[2]["participants"] == [1]
     assert rows[2]["dropped"][0]["client_id"] == 0
     assert "refused" in rows[2]["dropped"][0]["reason"]
+
+
+def test_a_new_connection_with_the_same_name_takes_over_as_the_same_client(
+    channel_to_job: tuple[grpc.Channel, int, Path],
+) -> None:
+    channel, _, _ = channel_to_job
+    first = RawSession(channel)
+    first.send(hello("org-x"))
+    first_id = first.recv().init_config.client_id
+    other = RawSession(channel)
+    other.send(hello("org-y"))
+    assert other.recv().init_config.client_id != first_id
+
+    again = RawSession(channel)  # e.g. org-x reconnecting before the old stream timed out
+    again.send(hello("org-x"))
+    assert again.recv().init_config.client_id == first_id
+    assert "took over" in first.expect_error(pb.NAME_IN_USE)
+    first.expect_closed()

@@ -1,22 +1,50 @@
-"""SIGTERM on fl-server: clients are told why (Abort), the server exits 0 promptly."""
+"""SIGTERM on either daemon: the server tells clients to come back later and exits 0; clients
+reconnect to the restarted server by themselves; a client leaves cleanly with exit 0."""
 
 from __future__ import annotations
 
 import signal
 from pathlib import Path
 
-from tests.integration.conftest import Daemons, free_port, wait_for
+from tests.integration.conftest import Daemons, free_port, read_metrics, wait_for
+
+JOB = 2
 
 
-def test_sigterm_aborts_the_job_tells_clients_and_exits_0(daemons: Daemons, tmp_path: Path) -> None:
+def test_sigterm_stops_the_server_and_its_clients_rejoin_the_restarted_job(
+    daemons: Daemons, tmp_path: Path
+) -> None:
     port = free_port()
-    server = daemons.server(2, port - 2, "--min-clients", "2", "--out", str(tmp_path / "run"))
-    client = daemons.client(port, "waiting-org")
+    run = ("--min-clients", "2", "--rounds", "2", "--out", str(tmp_path / "run"))
+    server = daemons.server(JOB, port - JOB, *run)
+    early = daemons.client(port, "early-org")
     wait_for(lambda: server.has_event("client_ready"), 60, "the client to be ready")
 
     server.process.send_signal(signal.SIGTERM)
 
     assert server.wait(timeout=30) == 0, server.tail()
     assert server.has_event("job_aborted", reason="server stopped by SIGTERM")
-    assert client.wait(timeout=30) == 1
-    assert "aborted the job: server stopped by SIGTERM" in client.stderr.read_text()
+    wait_for(lambda: early.has_event("connection_lost"), 30, "the client to notice")
+    assert early.process.poll() is None  # still trying to come back
+
+    restarted = daemons.server(JOB, port - JOB, *run, "--resume", name="restarted")
+    late = daemons.client(port, "late-org")
+    assert restarted.wait(timeout=90) == 0, restarted.tail()
+    assert early.wait(timeout=30) == 0, early.tail()
+    assert late.wait(timeout=30) == 0, late.tail()
+    rows = read_metrics(tmp_path / "run")
+    assert [row["round"] for row in rows] == [0, 1, 2]
+    assert sorted(rows[1]["participants"]) == [0, 1]
+
+
+def test_sigterm_on_a_client_makes_it_leave_with_exit_0(daemons: Daemons, tmp_path: Path) -> None:
+    port = free_port()
+    server = daemons.server(JOB, port - JOB, "--min-clients", "2", "--out", str(tmp_path / "r"))
+    client = daemons.client(port, "leaving-org")
+    wait_for(lambda: server.has_event("client_ready"), 60, "the client to be ready")
+
+    client.process.send_signal(signal.SIGTERM)
+
+    assert client.wait(timeout=30) == 0, client.tail()
+    assert client.has_event("client_stopped", reason="stopped by SIGTERM")
+    wait_for(lambda: server.has_event("client_left"), 30, "the server to see it go")

@@ -1,0 +1,79 @@
+"""The job's checkpoint: everything needed to continue after the last completed round.
+
+Written atomically after every round (temp file, fsync, rename) as a plain torch.save of
+tensors, numbers, strings, lists and dicts, so that it loads with ``weights_only=True``:
+nothing in it can run code. ``--resume`` reads it back and checks that it belongs to this job.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from fedsilo.common.errors import ConfigError
+from fedsilo.server.run_files import atomic_write
+
+CHECKPOINT_FILE = "checkpoint.pt"
+FORMAT_VERSION = 1
+
+
+@dataclass(frozen=True)
+class Checkpoint:
+    """The state of a job after round ``round`` completed."""
+
+    round: int
+    global_state: dict[str, torch.Tensor]
+    strategy_state: dict[str, Any]
+    pending_row: dict[str, Any]
+    client_ids: dict[str, int]
+    identity: dict[str, Any]
+
+
+def job_identity(
+    job_id: int, task: str, task_options: Mapping[str, Any], seed: int
+) -> dict[str, Any]:
+    """What must not change between a run and its resumption."""
+    return {"job_id": job_id, "task": task, "task_options": dict(task_options), "seed": seed}
+
+
+def save_checkpoint(path: Path, checkpoint: Checkpoint) -> None:
+    """Write ``checkpoint`` to ``path`` atomically."""
+    payload = {
+        "format": FORMAT_VERSION,
+        "round": checkpoint.round,
+        "global_state": checkpoint.global_state,
+        "strategy_state": checkpoint.strategy_state,
+        "pending_row": checkpoint.pending_row,
+        "client_ids": checkpoint.client_ids,
+        "identity": checkpoint.identity,
+    }
+    atomic_write(path, lambda handle: torch.save(payload, handle))
+
+
+def load_checkpoint(path: Path, identity: Mapping[str, Any]) -> Checkpoint:
+    """Read a checkpoint and check it belongs to the job described by ``identity``."""
+    try:
+        payload = torch.load(path, weights_only=True, map_location="cpu")
+    except Exception as exc:  # torch raises assorted types for truncated or foreign files
+        raise ConfigError(f"checkpoint {path} cannot be read: {exc}") from exc
+    if not isinstance(payload, dict) or payload.get("format") != FORMAT_VERSION:
+        raise ConfigError(
+            f"checkpoint {path} is not a fedsilo checkpoint of format {FORMAT_VERSION}"
+        )
+    if payload["identity"] != dict(identity):
+        raise ConfigError(
+            f"checkpoint {path} belongs to another job ({payload['identity']}); "
+            f"this one is {dict(identity)}"
+        )
+    return Checkpoint(
+        round=int(payload["round"]),
+        global_state=dict(payload["global_state"]),
+        strategy_state=dict(payload["strategy_state"]),
+        pending_row=dict(payload["pending_row"]),
+        client_ids={str(k): int(v) for k, v in payload["client_ids"].items()},
+        identity=dict(payload["identity"]),
+    )
