@@ -117,10 +117,12 @@ def test_a_refused_stream_is_discarded_up_to_its_trailer_then_resumes():
     assert resumers == [(S.DISCARDING, E.TRAILER)]
 
 
-def test_model_uploads_only_after_a_sync():
+def test_model_uploads_are_taken_only_in_training_or_idle():
+    # IDLE takes a SendModel only so that a duplicate or late one is ignored quietly.
     for state in S:
-        if state is not S.TRAINING:
+        if state not in (S.TRAINING, S.IDLE):
             assert transition(state, E.SEND_MODEL) is None, state
+    assert transition(S.IDLE, E.SEND_MODEL) == transition(S.TRAINING, E.SEND_MODEL)
 
 
 # ------------------------------------------------------------------ job phases
