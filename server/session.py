@@ -218,6 +218,7 @@ class ClientSession:
                 "update weight train_examples must be > 0",
                 SessionState.IDLE,
             )
+        self.log.debug("upload_started", round=send.round, total_bytes=send.update.total_bytes)
         self.upload = Upload(
             round=send.round,
             train_examples=send.train_examples,

@@ -15,15 +15,23 @@ from fedsilo.common.training import evaluate_classifier, train_classifier
 
 
 class TinyTask:
-    """Two-class logistic regression on a linearly separable blob per partition."""
+    """Two-class logistic regression on a linearly separable blob per partition.
 
-    def __init__(self, features: int = 20) -> None:
+    ``ballast_mb`` adds an unused buffer of that many MiB to the model, so that tests can make
+    transfers as long as they need without making training slow.
+    """
+
+    def __init__(self, features: int = 20, ballast_mb: float = 0) -> None:
         self.features = int(features)
+        self.ballast = int(ballast_mb * (1 << 20)) // 4
 
     def build_model(self, seed: int) -> torch.nn.Module:
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
-            return torch.nn.Linear(self.features, 2)
+            model = torch.nn.Linear(self.features, 2)
+        if self.ballast:
+            model.register_buffer("ballast", torch.zeros(self.ballast))
+        return model
 
     def load_data(self, partition: int, seed: int, data_dir: Path | None) -> LocalData:
         generator = torch.Generator().manual_seed(seed * 1000 + partition)

@@ -1,0 +1,97 @@
+"""A client that misbehaves on cue, for fault-injection tests (run as its own process).
+
+It speaks the protocol by hand: Hello, Ready, and for each round it receives the model and
+sends the same weights back. In round 1 it first waits for a line on stdin (so that the test
+controls when round 1 can complete). In the round given by --fault-round it stops at the phase
+given by --stop-at, prints ``stopped-at <phase>`` and blocks forever without reading or sending:
+the test then kills it with SIGKILL, or leaves it stalled for the server's progress deadline.
+
+    download  after the SyncModel header and one chunk (it stops reading the stream)
+    training  after the whole model arrived (nothing is sent: no heartbeat, no update)
+    upload    after SendModel and the first chunk of the update (no trailer follows)
+"""
+
+from __future__ import annotations
+
+import argparse
+import queue
+import sys
+import threading
+from collections.abc import Iterator
+
+import grpc
+
+from fedsilo.common import codec
+from fedsilo.common.proto import federation_pb2 as pb
+from fedsilo.common.wire import PROTOCOL_VERSION, SESSION_METHOD_PATH
+
+PHASES = ("download", "training", "upload")
+
+
+def block_forever(phase: str) -> None:
+    """Announce the phase and never return (the test kills this process)."""
+    print(f"stopped-at {phase}", flush=True)
+    threading.Event().wait()
+
+
+def main() -> None:
+    """Run the scripted client."""
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--server", required=True)
+    parser.add_argument("--name", required=True)
+    parser.add_argument("--fault-round", type=int, required=True)
+    parser.add_argument("--stop-at", choices=PHASES, required=True)
+    args = parser.parse_args()
+
+    outbox: queue.SimpleQueue[pb.ClientMessage] = queue.SimpleQueue()
+
+    def requests() -> Iterator[pb.ClientMessage]:
+        while True:
+            yield outbox.get()
+
+    channel = grpc.insecure_channel(args.server)
+    stream = channel.stream_stream(
+        SESSION_METHOD_PATH,
+        request_serializer=pb.ClientMessage.SerializeToString,
+        response_deserializer=pb.ServerMessage.FromString,
+    )(requests())
+    outbox.put(
+        pb.ClientMessage(hello=pb.Hello(protocol_version=PROTOCOL_VERSION, client_name=args.name))
+    )
+    init = next(stream)
+    assert init.HasField("init_config"), init
+    outbox.put(pb.ClientMessage(ready=pb.Ready(train_examples=10, test_examples=0)))
+    print("ready", flush=True)
+
+    while True:
+        head = next(stream)
+        if head.HasField("finish"):
+            return
+        assert head.HasField("sync_model"), head
+        number = head.sync_model.round
+        faulty = number == args.fault_round
+        chunks = []
+        while (message := next(stream)).HasField("chunk"):
+            chunks.append(message.chunk.data)
+            if faulty and args.stop_at == "download":
+                block_forever("download")
+        state = codec.decode_state(head.sync_model.model, chunks, message.trailer.checksum)
+        if faulty and args.stop_at == "training":
+            block_forever("training")
+        if number == 1:
+            sys.stdin.readline()  # the test says when round 1 may complete
+        header, update, checksum = codec.encode_state(state, init.init_config.job.chunk_size)
+        outbox.put(
+            pb.ClientMessage(
+                send_model=pb.SendModel(round=number, train_examples=10, update=header)
+            )
+        )
+        for index, chunk in enumerate(update):
+            outbox.put(pb.ClientMessage(chunk=pb.TensorChunk(data=chunk)))
+            if faulty and args.stop_at == "upload" and index == 0:
+                block_forever("upload")
+        outbox.put(pb.ClientMessage(trailer=pb.TensorStreamTrailer(checksum=checksum)))
+
+
+if __name__ == "__main__":
+    main()
