@@ -9,6 +9,8 @@ from pathlib import Path
 from types import FrameType
 from typing import NoReturn
 
+import torch
+
 from fedsilo.client.config import ClientConfig
 from fedsilo.client.session import FederationClient
 from fedsilo.common.cli import (
@@ -46,6 +48,11 @@ def build_parser() -> ArgumentParser:
         type=float,
         help="seconds to keep retrying an unreachable server (default 60)",
     )
+    parser.add_argument(
+        "--threads",
+        type=int,
+        help="CPU threads for training; 1 suits several clients sharing one machine",
+    )
     parser.add_argument("--log-level", choices=LEVELS, help="default info")
     return parser
 
@@ -53,6 +60,8 @@ def build_parser() -> ArgumentParser:
 def take_part(config: ClientConfig) -> int:
     """Run the client until the job finishes or SIGTERM/SIGINT (0); failures raise."""
     log = get_logger()
+    if config.threads is not None:
+        torch.set_num_threads(config.threads)
 
     def on_signal(signum: int, frame: FrameType | None) -> None:
         # Raised in the main thread wherever it is (training, waiting, uploading): the upload

@@ -31,6 +31,9 @@ class ClientConfig(BaseModel):
     connect_timeout: float = Field(
         60.0, gt=0, description="Seconds to keep retrying an unreachable server."
     )
+    threads: int | None = Field(
+        None, ge=1, description="CPU threads for local training (default: torch's choice)."
+    )
     log_level: str = Field("info", pattern="^(" + "|".join(LEVELS) + ")$")
 
     @field_validator("server")

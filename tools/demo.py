@@ -90,6 +90,8 @@ def main() -> int:
                 name,
                 "--connect-timeout",
                 "60",
+                "--threads",
+                "1",
             ],
             f"{name}.log",
         )

@@ -133,6 +133,8 @@ class Daemons:
             name,
             "--connect-timeout",
             "30",
+            "--threads",
+            "1",  # two cores shared by every daemon of a test: avoid thread thrashing
             *args,
             name=name,
         )
