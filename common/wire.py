@@ -120,10 +120,27 @@ def tensor_stream_frames(
     yield serialize(trailer_of(encoder.checksum))
 
 
+# Transport liveness, the same on both sides: a ping every 10 s on an idle connection, and a
+# peer that does not answer one within 5 s is dead. The server accepts pings every 4 s or more
+# so that a client's pings never count as abuse. Not user knobs: the one user knob for
+# liveness is the server's progress_timeout, enforced by the application.
+KEEPALIVE_OPTIONS: list[tuple[str, int]] = [
+    ("grpc.keepalive_time_ms", 10_000),
+    ("grpc.keepalive_timeout_ms", 5_000),
+    ("grpc.keepalive_permit_without_calls", 1),
+    ("grpc.http2.max_pings_without_data", 0),
+]
+SERVER_PING_POLICY: list[tuple[str, int]] = [
+    ("grpc.http2.min_recv_ping_interval_without_data_ms", 4_000),
+    ("grpc.http2.max_ping_strikes", 0),
+]
+
+
 def channel_options(chunk_size: int) -> list[tuple[str, int]]:
-    """Return the gRPC options both daemons use: message caps sized to the chunk size."""
+    """Return the gRPC options both daemons use: message caps and keepalive."""
     limit = chunk_size + MESSAGE_OVERHEAD_BYTES
     return [
         ("grpc.max_send_message_length", limit),
         ("grpc.max_receive_message_length", limit),
+        *KEEPALIVE_OPTIONS,
     ]

@@ -15,7 +15,7 @@ import structlog
 from fedsilo.common.errors import ConfigError, FedsiloError, PortInUseError
 from fedsilo.common.logging import get_logger
 from fedsilo.common.task import load_task
-from fedsilo.common.wire import channel_options
+from fedsilo.common.wire import SERVER_PING_POLICY, channel_options
 from fedsilo.server.checkpoint import CHECKPOINT_FILE, Checkpoint, job_identity, load_checkpoint
 from fedsilo.server.config import ServerConfig
 from fedsilo.server.job import Job, JobOutcome
@@ -49,7 +49,11 @@ def build_server(config: ServerConfig, job: Job) -> grpc.Server:
         ),
         handlers=[FederationService(job).handler()],
         # so_reuseport=0: a second server on the same port must fail, not share it silently.
-        options=[*channel_options(config.chunk_size), ("grpc.so_reuseport", 0)],
+        options=[
+            *channel_options(config.chunk_size),
+            *SERVER_PING_POLICY,
+            ("grpc.so_reuseport", 0),
+        ],
         maximum_concurrent_rpcs=config.max_clients,
     )
     address = (

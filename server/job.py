@@ -185,9 +185,16 @@ class Job:
             self._cond.notify_all()
 
     def update_status(self, client_id: int, round_number: int, synced_round: int) -> str:
-        """Say whether an update for ``round_number`` is 'open', 'late' or 'wrong' now."""
-        if round_number != synced_round:
+        """Say whether an update for ``round_number`` is 'open', 'late' or 'wrong' now.
+
+        Late (or duplicate) updates, for a round this client was in but that is closed or
+        already has its update, are ignored quietly; an update for a round the client was
+        never sent is wrong.
+        """
+        if round_number > synced_round or round_number == 0:
             return "wrong"
+        if round_number < synced_round:
+            return "late"
         with self._cond:
             current = self._round
             open_now = (

@@ -9,7 +9,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -87,8 +87,13 @@ class Daemons:
         self.workdir = workdir
         self.started: list[Daemon] = []
 
-    def start(self, program: str, *args: str, name: str | None = None) -> Daemon:
-        """Start ``fl-server``/``fl-client`` with ``args``; output goes to files in workdir."""
+    def start(
+        self, program: str, *args: str, name: str | None = None, prefix: Sequence[str] = ()
+    ) -> Daemon:
+        """Start ``fl-server``/``fl-client`` with ``args``; output goes to files in workdir.
+
+        ``prefix`` runs it through another command, e.g. ``ip netns exec NS``.
+        """
         name = name or f"{program}-{len(self.started)}"
         stdout, stderr = self.workdir / f"{name}.out", self.workdir / f"{name}.err"
         env = {**os.environ, "PYTHONUNBUFFERED": "1"}
@@ -96,7 +101,11 @@ class Daemons:
         env["PYTHONPATH"] = str(REPO)  # so that --task tests.integration.user_task:... imports
         with stdout.open("wb") as out, stderr.open("wb") as err:
             process = subprocess.Popen(
-                [str(BIN / program), *args], stdout=out, stderr=err, env=env, cwd=self.workdir
+                [*prefix, str(BIN / program), *args],
+                stdout=out,
+                stderr=err,
+                env=env,
+                cwd=self.workdir,
             )
         daemon = Daemon(name, process, stdout, stderr)
         self.started.append(daemon)

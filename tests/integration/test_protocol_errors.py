@@ -179,6 +179,7 @@ def test_illegal_messages_get_errors_and_the_job_goes_on(
     raw.expect_error(pb.WRONG_ROUND)
     raw.send(*update_messages(2, state)[1:])  # swallowed with the refused SendModel
     raw.send(*update_messages(1, state))  # the right round: accepted, nothing comes back
+    raw.send(*update_messages(1, state))  # a duplicate: ignored quietly, counted once
 
     head, state = raw.receive_model()
     assert head.sync_model.round == 2
@@ -191,6 +192,8 @@ def test_illegal_messages_get_errors_and_the_job_goes_on(
     assert server.wait(timeout=60) == 0, server.tail()
     rows = read_metrics(run_dir)
     assert rows[1]["participants"] == [0]
+    assert rows[1]["train_examples"] == 10  # the duplicate was not counted
+    assert server.has_event("update_ignored", client="raw")
     assert rows[2]["participants"] == [1]
     assert rows[2]["dropped"][0]["client_id"] == 0
     assert "refused" in rows[2]["dropped"][0]["reason"]

@@ -48,3 +48,17 @@ def test_sigterm_on_a_client_makes_it_leave_with_exit_0(daemons: Daemons, tmp_pa
     assert client.wait(timeout=30) == 0, client.tail()
     assert client.has_event("client_stopped", reason="stopped by SIGTERM")
     wait_for(lambda: server.has_event("client_left"), 30, "the server to see it go")
+
+
+def test_a_job_that_too_few_clients_join_ends_at_the_join_deadline(
+    daemons: Daemons, tmp_path: Path
+) -> None:
+    port = free_port()
+    server = daemons.server(
+        JOB, port - JOB, "--min-clients", "2", "--join-timeout", "1", "--out", str(tmp_path / "r")
+    )
+    daemons.client(port, "lonely-org")
+    assert server.wait(timeout=60) == 1
+    last_line = server.stderr.read_text().strip().splitlines()[-1]
+    assert last_line.startswith(f"fl-server: job {JOB} aborted: only")
+    assert "min_clients=2" in last_line and "join_timeout=1s" in last_line

@@ -1,0 +1,122 @@
+"""A network partition, for real: the server and each organisation in their own network
+namespace; one organisation's link is cut in the middle of its upload for longer than the
+progress deadline, then healed. The round goes on without it and it rejoins by itself."""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.integration.conftest import Daemons, read_metrics, wait_for
+from tests.integration.netns import Topology
+
+JOB = 8
+PORT = 50000 + JOB  # inside the server's own namespace: nothing else listens there
+CONFIG = 'task = "tests.integration.user_task:TinyTask"\n[task_options]\nballast_mb = 16\n'
+
+
+@pytest.fixture
+def topology(daemons: Daemons) -> Iterator[Topology]:
+    """Three organisations and a server, each in its own namespace; removed afterwards."""
+    net = Topology(orgs=3)
+    try:
+        net.create()
+    except (subprocess.CalledProcessError, FileNotFoundError, PermissionError) as exc:
+        net.destroy()
+        detail = getattr(exc, "stderr", b"") or str(exc).encode()
+        pytest.skip(f"network namespaces are not available here: {detail.decode().strip()}")
+    try:
+        yield net
+    finally:
+        daemons.stop_all()  # processes first, so nothing holds the namespaces
+        net.destroy()
+
+
+def test_an_organisation_cut_off_mid_upload_is_dropped_and_rejoins_after_healing(
+    daemons: Daemons, topology: Topology, tmp_path: Path
+) -> None:
+    config = tmp_path / "job.toml"
+    config.write_text(CONFIG)
+    server = daemons.start(
+        "fl-server",
+        "--job-id",
+        str(JOB),
+        "--host",
+        "0.0.0.0",
+        "--config",
+        str(config),
+        "--rounds",
+        "1000",
+        "--min-clients",
+        "2",
+        "--progress-timeout",
+        "3",
+        "--chunk-size",
+        "65536",
+        "--log-level",
+        "debug",
+        "--out",
+        str(tmp_path / "run"),
+        name="server",
+        prefix=topology.exec_prefix(topology.server_ns),
+    )
+    wait_for(lambda: server.has_event("server_listening"), 60, "the server to listen")
+
+    def client(org: int):
+        return daemons.start(
+            "fl-client",
+            "--server",
+            f"{topology.server_address(org)}:{PORT}",
+            "--name",
+            f"org-{org}",
+            "--connect-timeout",
+            "60",
+            "--threads",
+            "1",
+            name=f"org-{org}",
+            prefix=topology.exec_prefix(topology.org_ns(org)),
+        )
+
+    client(2), client(3)
+    wait_for(lambda: server.has_event("round_started", round=1), 60, "round 1")
+    topology.throttle(1, "20mbit")  # org-1's 16 MiB upload now takes several seconds
+    org_1 = client(1)
+    wait_for(lambda: server.has_event("upload_started", client="org-1"), 120, "org-1 uploading")
+    cut_round = next(
+        line["round"]
+        for line in server.log_lines()
+        if line.get("event") == "upload_started" and line.get("client") == "org-1"
+    )
+
+    topology.cut(1)
+    wait_for(lambda: server.has_event("client_cut_off", client="org-1"), 30, "the cut-off")
+    wait_for(lambda: server.has_event("round_done", round=cut_round), 60, "the round to end")
+    topology.heal(1)
+    topology.unthrottle(1)
+
+    def delivered_again() -> bool:
+        return any(
+            line.get("event") == "update_received"
+            and line.get("client") == "org-1"
+            and line.get("round", 0) > cut_round
+            for line in server.log_lines()
+        )
+
+    wait_for(delivered_again, 120, "org-1 to rejoin and deliver again")
+    assert org_1.has_event("connection_lost")
+    server.process.send_signal(signal.SIGTERM)
+    assert server.wait(timeout=60) == 0, server.tail()
+
+    rows = {row["round"]: row for row in read_metrics(tmp_path / "run")}
+    org_1_id = next(
+        c["client_id"] for r in rows.values() for c in r.get("clients", []) if c["name"] == "org-1"
+    )
+    (dropped,) = [d for d in rows[cut_round]["dropped"] if d["client_id"] == org_1_id]
+    assert dropped["phase"] == "upload"
+    assert dropped["reason"] == "stalled: no progress for 3s"
+    assert org_1_id not in rows[cut_round]["participants"]
+    assert any(org_1_id in row.get("participants", []) for r, row in rows.items() if r > cut_round)
