@@ -8,14 +8,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from fedsilo.common.codec import DEFAULT_CHUNK_SIZE
 from fedsilo.common.logging import LEVELS
-
-MAX_PORT = 65535
-DEFAULT_PORT_BASE = 50000
-
-
-def job_port(port_base: int, job_id: int) -> int:
-    """Return the port of a job: ``port_base + job_id`` (the one place this rule lives)."""
-    return port_base + job_id
+from fedsilo.common.ports import DEFAULT_PORT_BASE, MAX_PORT, job_port
 
 
 class ServerConfig(BaseModel):

@@ -12,8 +12,9 @@ from pydantic import ValidationError
 
 from fedsilo.client.config import ClientConfig
 from fedsilo.common.errors import ConfigError
+from fedsilo.common.ports import job_port
 from fedsilo.common.settings import load_config
-from fedsilo.server.config import ServerConfig, job_port
+from fedsilo.server.config import ServerConfig
 
 BIN = Path(sys.executable).parent
 
