@@ -16,7 +16,6 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, cast
 
 import structlog
-import torch
 
 from fedsilo.common import codec
 from fedsilo.common.errors import CodecError, ProtocolError
@@ -28,6 +27,7 @@ from fedsilo.server.state_machine import (
     illegal_code,
     transition,
 )
+from fedsilo.server.validation import check_finite
 
 if TYPE_CHECKING:
     from fedsilo.server.job import Job
@@ -242,7 +242,7 @@ class ClientSession:
         upload.nbytes += nbytes
         try:
             tensors = upload.decoder.finish(trailer.checksum)
-            _check_finite(tensors)
+            check_finite(tensors)
         except CodecError as exc:
             self._fail_upload(str(exc), discard_rest=False)
             return
@@ -324,11 +324,3 @@ class ClientSession:
         self.send(
             pb.ServerMessage(error=pb.Error(code=cast("pb.ErrorCode", code), message=message))
         )
-
-
-def _check_finite(tensors: dict[str, torch.Tensor]) -> None:
-    for name, tensor in tensors.items():
-        if (tensor.is_floating_point() or tensor.is_complex()) and not bool(
-            torch.isfinite(tensor).all()
-        ):
-            raise CodecError(f"tensor {name!r} holds NaN or infinite values")
