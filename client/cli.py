@@ -12,6 +12,7 @@ from typing import NoReturn
 import torch
 
 from fedsilo.client.config import ClientConfig
+from fedsilo.client.connection import resolve_endpoint
 from fedsilo.client.session import FederationClient
 from fedsilo.common.cli import (
     ArgumentParser,
@@ -34,8 +35,19 @@ def build_parser() -> ArgumentParser:
         argument_default=argparse.SUPPRESS,
     )
     add_config_flag(parser)
-    parser.add_argument("--server", help="server address HOST:PORT (port = port_base + job id)")
-    parser.add_argument("--name", help="stable name of this client (default: host name)")
+    parser.add_argument(
+        "--bundle", type=Path, help="folder from fl-certs: certificate, key, CA, connection file"
+    )
+    parser.add_argument(
+        "--insecure",
+        action="store_true",
+        default=argparse.SUPPRESS,
+        help="plaintext, no certificates: only on a network you trust",
+    )
+    parser.add_argument(
+        "--server", help="server address HOST:PORT (default: the bundle's connection file)"
+    )
+    parser.add_argument("--name", help="stable name (default: the bundle's, else the host name)")
     parser.add_argument("--job-id", type=int, help="job to join; the server refuses another")
     parser.add_argument("--data", type=Path, help="local data folder, for tasks that read files")
     parser.add_argument(
@@ -60,6 +72,8 @@ def build_parser() -> ArgumentParser:
 def take_part(config: ClientConfig) -> int:
     """Run the client until the job finishes or SIGTERM/SIGINT (0); failures raise."""
     log = get_logger()
+    if config.insecure:
+        log.warning("insecure_transport", detail="no TLS: traffic and identities are unprotected")
     if config.threads is not None:
         torch.set_num_threads(config.threads)
 
@@ -70,7 +84,7 @@ def take_part(config: ClientConfig) -> int:
 
     previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGTERM, signal.SIGINT)}
     try:
-        FederationClient(config, log).run()
+        FederationClient(config, resolve_endpoint(config), log).run()
     except StopRequestedError as stop:
         log.info("client_stopped", client=config.name, reason=str(stop))
     finally:

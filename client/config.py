@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-import socket
 from pathlib import Path
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from fedsilo.common.logging import LEVELS
 
@@ -15,12 +14,18 @@ class ClientConfig(BaseModel):
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
-    server: str = Field(description="Server address HOST:PORT.")
-    name: str = Field(
-        default_factory=socket.gethostname,
-        pattern=r"^[A-Za-z0-9_.@:-]{1,128}$",
-        description="Stable name of this organisation's client (default: host name).",
+    server: str | None = Field(
+        None, description="Server address HOST:PORT (default: the bundle's connection file)."
     )
+    name: str | None = Field(
+        None,
+        pattern=r"^[A-Za-z0-9_.@:-]{1,128}$",
+        description="Stable name of this client (default: the bundle's, else the host name).",
+    )
+    bundle: Path | None = Field(
+        None, description="Folder from `fl-certs`: certificate, key, CA, connection file."
+    )
+    insecure: bool = Field(False, description="Plaintext without certificates (trusted nets).")
     job_id: int | None = Field(
         None, ge=0, description="Job to join; when given, the server refuses any other job."
     )
@@ -36,9 +41,24 @@ class ClientConfig(BaseModel):
     )
     log_level: str = Field("info", pattern="^(" + "|".join(LEVELS) + ")$")
 
+    @model_validator(mode="after")
+    def _transport_chosen(self) -> ClientConfig:
+        if self.bundle is None and not self.insecure:
+            raise ValueError(
+                "bundle: give --bundle DIR (from fl-certs) for mutual TLS, "
+                "or --insecure on a network you trust"
+            )
+        if self.bundle is not None and self.insecure:
+            raise ValueError("insecure: --insecure and --bundle exclude each other")
+        if self.bundle is None and self.server is None:
+            raise ValueError("server: required without --bundle (HOST:PORT)")
+        return self
+
     @field_validator("server")
     @classmethod
-    def _host_port(cls, value: str) -> str:
+    def _host_port(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
         host, sep, port = value.rpartition(":")
         port_ok = port.isascii() and port.isdigit() and 1 <= int(port) <= 65535
         if not sep or not host or not port_ok:

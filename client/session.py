@@ -21,6 +21,7 @@ import torch
 from google.protobuf import json_format
 
 from fedsilo.client.config import ClientConfig
+from fedsilo.client.connection import Endpoint, connect
 from fedsilo.client.reconnect import Outage
 from fedsilo.common import codec
 from fedsilo.common.errors import (
@@ -37,18 +38,9 @@ from fedsilo.common.wire import (
     PROTOCOL_VERSION,
     SESSION_METHOD_PATH,
     Outbound,
-    channel_options,
     serialize,
     tensor_stream_frames,
 )
-
-# Reconnect backoff of the channel while it waits for the server (grpc's own, with jitter).
-_BACKOFF_OPTIONS = [
-    ("grpc.initial_reconnect_backoff_ms", 250),
-    ("grpc.min_reconnect_backoff_ms", 250),
-    ("grpc.max_reconnect_backoff_ms", 5000),
-]
-_HANDSHAKE_CHUNK_LIMIT = 64 << 20  # message cap before INIT_CONFIG tells the job's chunk size
 
 
 class _Close:
@@ -72,9 +64,15 @@ class _Incoming:
 class FederationClient:
     """Runs one client session against one server until FINISH, ABORT or an error."""
 
-    def __init__(self, config: ClientConfig, log: structlog.typing.FilteringBoundLogger) -> None:
+    def __init__(
+        self,
+        config: ClientConfig,
+        endpoint: Endpoint,
+        log: structlog.typing.FilteringBoundLogger,
+    ) -> None:
         self.config = config
-        self.log = log.bind(client=config.name)
+        self.endpoint = endpoint
+        self.log = log.bind(client=endpoint.name)
         self._outbox: queue.SimpleQueue[OutboxItem] = queue.SimpleQueue()
         self._joined_this_session = False
         self.client_id: int | None = None
@@ -106,7 +104,7 @@ class FederationClient:
                 delay = outage.next_delay()
                 if delay is None:
                     raise ConnectError(
-                        f"no session with the server at {self.config.server} within "
+                        f"no session with the server at {self.endpoint.address} within "
                         f"{self.config.connect_timeout:g}s (--connect-timeout): {lost}"
                     ) from lost
                 self.log.warning("connection_lost", reason=str(lost), retry_in=round(delay, 2))
@@ -117,7 +115,7 @@ class FederationClient:
         self._joined_this_session = False
         self._incoming = None
         self._outbox = queue.SimpleQueue()
-        channel = connect(self.config.server, max(outage.remaining, 0.1))
+        channel = connect(self.endpoint, max(outage.remaining, 0.1))
         call = channel.stream_stream(
             SESSION_METHOD_PATH,
             request_serializer=serialize,
@@ -125,9 +123,9 @@ class FederationClient:
         )(self._requests(self._outbox))
         finished = False
         try:
-            hello = pb.Hello(protocol_version=PROTOCOL_VERSION, client_name=self.config.name)
-            if self.config.job_id is not None:
-                hello.job_id = self.config.job_id
+            hello = pb.Hello(protocol_version=PROTOCOL_VERSION, client_name=self.endpoint.name)
+            if self.endpoint.job_id is not None:
+                hello.job_id = self.endpoint.job_id
             self._send(pb.ClientMessage(hello=hello))
             for message in call:
                 if self._handle(message):
@@ -369,21 +367,6 @@ class FederationClient:
     def _protocol_violation(self, reason: str) -> None:
         self._send(pb.ClientMessage(error=pb.Error(code=pb.ILLEGAL_MESSAGE, message=reason)))
         raise ServerRefusedError(f"protocol error from the server: {reason}")
-
-
-def connect(address: str, timeout: float) -> grpc.Channel:
-    """Open a channel to ``address`` and wait (grpc retries with backoff) until it is ready."""
-    channel = grpc.insecure_channel(
-        address, options=[*channel_options(_HANDSHAKE_CHUNK_LIMIT), *_BACKOFF_OPTIONS]
-    )
-    try:
-        grpc.channel_ready_future(channel).result(timeout=timeout)
-    except grpc.FutureTimeoutError as exc:
-        channel.close()
-        raise SessionLostError(
-            "cannot reach it; is fl-server running there, on that job's port?"
-        ) from exc
-    return channel
 
 
 def _decodable(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor] | None:

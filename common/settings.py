@@ -62,10 +62,13 @@ def describe_validation_error(exc: ValidationError) -> str:
     """Turn a pydantic error into one line: ``field: problem (got value)``, joined by '; '."""
     problems = []
     for error in exc.errors():
-        field = ".".join(str(part) for part in error["loc"]) or "config"
-        message = error["msg"]
+        message = error["msg"].removeprefix("Value error, ")
         if error["type"] == "extra_forbidden":
             message = "unknown setting"
+        if not error["loc"]:  # a check across fields: its message names the field itself
+            problems.append(message)
+            continue
+        field = ".".join(str(part) for part in error["loc"])
         got = error.get("input")
         shown = "" if isinstance(got, dict) or got is None else f" (got {got!r})"
         problems.append(f"{field}: {message}{shown}")

@@ -6,16 +6,19 @@ import errno
 import signal
 import socket
 import threading
+from collections.abc import Callable
 from concurrent import futures
 from types import FrameType
 
 import grpc
 import structlog
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
+from fedsilo.common.bundles import load_server_bundle
 from fedsilo.common.errors import ConfigError, FedsiloError, PortInUseError
 from fedsilo.common.logging import get_logger
 from fedsilo.common.task import load_task
-from fedsilo.common.wire import SERVER_PING_POLICY, channel_options
+from fedsilo.common.wire import SERVER_PING_POLICY, SERVICE_NAME, channel_options
 from fedsilo.server.checkpoint import CHECKPOINT_FILE, Checkpoint, job_identity, load_checkpoint
 from fedsilo.server.config import ServerConfig
 from fedsilo.server.job import Job, JobOutcome
@@ -41,7 +44,9 @@ def check_port_free(host: str, port: int, job_id: int) -> None:
             ) from exc
 
 
-def build_server(config: ServerConfig, job: Job) -> grpc.Server:
+def build_server(
+    config: ServerConfig, job: Job, health_service: health.HealthServicer
+) -> grpc.Server:
     """Create the gRPC server for ``job`` and bind its port (not yet started)."""
     server = grpc.server(
         futures.ThreadPoolExecutor(
@@ -59,14 +64,46 @@ def build_server(config: ServerConfig, job: Job) -> grpc.Server:
     address = (
         f"[{config.host}]:{config.port}" if ":" in config.host else (f"{config.host}:{config.port}")
     )
+    health_pb2_grpc.add_HealthServicer_to_server(health_service, server)
     try:
-        server.add_insecure_port(address)
+        if config.tls is None:
+            server.add_insecure_port(address)
+        else:
+            bundle = load_server_bundle(config.tls)
+            credentials = grpc.ssl_server_credentials(
+                [(bundle.private_key, bundle.certificate_chain)],
+                root_certificates=bundle.root_certificates,
+                require_client_auth=True,
+            )
+            server.add_secure_port(address, credentials)
     except RuntimeError as exc:
         raise PortInUseError(
             f"cannot listen on {address} for job {config.job_id}; "
             f"choose another --job-id or --port-base"
         ) from exc
     return server
+
+
+def build_health_server(port: int, health_service: health.HealthServicer) -> grpc.Server:
+    """A plaintext server on 127.0.0.1 with only the gRPC health service (container probes)."""
+    server = grpc.server(
+        futures.ThreadPoolExecutor(max_workers=2), options=[("grpc.so_reuseport", 0)]
+    )
+    health_pb2_grpc.add_HealthServicer_to_server(health_service, server)
+    try:
+        server.add_insecure_port(f"127.0.0.1:{port}")
+    except RuntimeError as exc:
+        raise PortInUseError(f"health port {port} is already in use") from exc
+    return server
+
+
+def admitted_clients(config: ServerConfig) -> Callable[[], frozenset[str]] | None:
+    """With TLS, return a reader of the admitted names (re-read at each Hello, so that
+    ``fl-certs add-org`` takes effect without a restart); None without TLS."""
+    folder = config.tls
+    if folder is None:
+        return None
+    return lambda: load_server_bundle(folder).allowed_clients
 
 
 def find_checkpoint(
@@ -95,10 +132,20 @@ def serve(config: ServerConfig) -> JobOutcome:
     checkpoint = find_checkpoint(config, log)
     task = load_task(config.task, config.task_options)
     model = task.build_model(config.seed)
-    job = Job(config, dict(model.state_dict()), log)
+    job = Job(config, dict(model.state_dict()), log, admitted_clients(config))
     job.begin(checkpoint)
-    server = build_server(config, job)
+    health_service = health.HealthServicer()
+    server = build_server(config, job, health_service)
+    health_server = (
+        build_health_server(config.health_port, health_service) if config.health_port else None
+    )
+    if config.insecure:
+        log.warning("insecure_transport", detail="no TLS: traffic and identities are unprotected")
     server.start()
+    if health_server is not None:
+        health_server.start()
+    health_service.set("", health_pb2.HealthCheckResponse.SERVING)
+    health_service.set(SERVICE_NAME, health_pb2.HealthCheckResponse.SERVING)
     log.info(
         "server_listening",
         host=config.host,
@@ -118,6 +165,9 @@ def serve(config: ServerConfig) -> JobOutcome:
             log.exception("job_crashed")
             raise
         finally:
+            health_service.enter_graceful_shutdown()
+            if health_server is not None:
+                health_server.stop(0)
             server.stop(SHUTDOWN_GRACE_SECONDS)
 
     def on_signal(signum: int, frame: FrameType | None) -> None:

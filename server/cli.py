@@ -60,6 +60,16 @@ def build_parser() -> ArgumentParser:
     parser.add_argument("--learning-rate", "--lr", type=float, help="local SGD rate (default 0.1)")
     parser.add_argument("--chunk-size", type=int, help="bytes per tensor chunk (default 1 MiB)")
     parser.add_argument("--max-clients", type=int, help="most concurrent sessions (default 1024)")
+    parser.add_argument("--tls", type=Path, help="server bundle folder from fl-certs (mutual TLS)")
+    parser.add_argument(
+        "--insecure",
+        action="store_true",
+        default=argparse.SUPPRESS,
+        help="plaintext, no certificates: only on a network you trust",
+    )
+    parser.add_argument(
+        "--health-port", type=int, help="also serve gRPC health, plaintext, on 127.0.0.1:PORT"
+    )
     parser.add_argument("--log-level", choices=LEVELS, help="default info")
     return parser
 

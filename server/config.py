@@ -44,7 +44,25 @@ class ServerConfig(BaseModel):
         DEFAULT_CHUNK_SIZE, ge=1024, le=64 << 20, description="Raw bytes per tensor chunk."
     )
     max_clients: int = Field(1024, ge=1, description="Most client sessions served at once.")
+    tls: Path | None = Field(
+        None, description="Server bundle folder from fl-certs (mutual TLS, admitted clients)."
+    )
+    insecure: bool = Field(False, description="Plaintext without certificates (trusted nets).")
+    health_port: int | None = Field(
+        None, ge=1, le=MAX_PORT, description="Also serve gRPC health, plaintext, on 127.0.0.1."
+    )
     log_level: str = Field("info", pattern="^(" + "|".join(LEVELS) + ")$")
+
+    @model_validator(mode="after")
+    def _transport_chosen(self) -> ServerConfig:
+        if self.tls is None and not self.insecure:
+            raise ValueError(
+                "tls: give --tls DIR/server (from fl-certs) for mutual TLS, "
+                "or --insecure on a network you trust"
+            )
+        if self.tls is not None and self.insecure:
+            raise ValueError("insecure: --insecure and --tls exclude each other")
+        return self
 
     @model_validator(mode="after")
     def _port_in_range(self) -> ServerConfig:

@@ -80,9 +80,11 @@ class Job:
         config: ServerConfig,
         initial_state: dict[str, torch.Tensor],
         log: structlog.typing.FilteringBoundLogger,
+        admitted: Callable[[], frozenset[str]] | None = None,
     ) -> None:
         self.config = config
         self.log = log
+        self._admitted = admitted  # with mutual TLS: reads the names the job admits
         self.global_state = {
             name: tensor.detach().cpu().clone().contiguous()
             for name, tensor in initial_state.items()
@@ -129,9 +131,11 @@ class Job:
 
     # ------------------------------------------------------------------ called by sessions
 
-    def open_session(self, peer: str, cancel: Callable[[], object]) -> ClientSession:
+    def open_session(
+        self, peer: str, cancel: Callable[[], object], certificate_name: str | None
+    ) -> ClientSession:
         """Create the session object of a newly opened stream (``cancel`` cuts it off)."""
-        return ClientSession(self, peer, cancel)
+        return ClientSession(self, peer, cancel, certificate_name)
 
     def admit(self, session: ClientSession, hello: pb.Hello) -> tuple[int, pb.ServerMessage]:
         """Check a Hello and assign the client id; return it with the InitConfig to send."""
@@ -151,6 +155,7 @@ class Job:
                 int(pb.MALFORMED_MESSAGE),
                 f"client name must be 1-{MAX_NAME_LENGTH} characters of [A-Za-z0-9-_.@:]",
             )
+        self._check_admitted(session.certificate_name, name)
         with self._cond:
             if self.phase in (JobPhase.FINISHED, JobPhase.ABORTED):
                 raise ProtocolError(int(pb.ILLEGAL_MESSAGE), "the job is over")
@@ -175,6 +180,23 @@ class Job:
         return client_id, pb.ServerMessage(
             init_config=pb.InitConfig(client_id=client_id, job=self._job_config())
         )
+
+    def _check_admitted(self, certificate_name: str | None, client_name: str) -> None:
+        """With mutual TLS: the certificate must be admitted and the name must be its own."""
+        if self._admitted is None:
+            return
+        if certificate_name is None:
+            raise ProtocolError(int(pb.NOT_ADMITTED), "no client certificate")
+        if certificate_name not in self._admitted():
+            raise ProtocolError(
+                int(pb.NOT_ADMITTED),
+                f"certificate {certificate_name!r} is not admitted to job {self.config.job_id}",
+            )
+        if client_name != certificate_name:
+            raise ProtocolError(
+                int(pb.NOT_ADMITTED),
+                f"certificate {certificate_name!r} may not use the client name {client_name!r}",
+            )
 
     def mark_ready(self, session: ClientSession, ready: pb.Ready) -> None:
         """Note that a client has loaded its task and data."""

@@ -34,7 +34,7 @@ class FederationService:
         self, requests: Iterator[Inbound[pb.ClientMessage]], context: grpc.ServicerContext
     ) -> Iterator[Outbound]:
         """Run one client's stream: read in a thread, write what the session queues."""
-        session = self.job.open_session(context.peer(), context.cancel)
+        session = self.job.open_session(context.peer(), context.cancel, certificate_name(context))
         context.add_callback(session.close)
         reader = threading.Thread(
             target=_read_stream,
@@ -74,3 +74,9 @@ def _read_stream(session: ClientSession, requests: Iterator[Inbound[pb.ClientMes
         pass  # the stream was cancelled or cut: handled as a disconnect below
     finally:
         session.disconnect()
+
+
+def certificate_name(context: grpc.ServicerContext) -> str | None:
+    """Return the CN of the peer's verified TLS certificate, or None on a plaintext channel."""
+    names = context.auth_context().get("x509_common_name") or []
+    return names[0].decode("utf-8", errors="replace") if names else None

@@ -74,9 +74,16 @@ class Upload:
 class ClientSession:
     """The server side of one client's Session stream."""
 
-    def __init__(self, job: Job, peer: str, cancel: Callable[[], object] = lambda: None) -> None:
+    def __init__(
+        self,
+        job: Job,
+        peer: str,
+        cancel: Callable[[], object] = lambda: None,
+        certificate_name: str | None = None,
+    ) -> None:
         self.job = job
         self.peer = peer
+        self.certificate_name = certificate_name  # verified by mutual TLS, None in plaintext
         self._cancel = cancel
         self.last_progress = time.monotonic()  # last message in or frame out
         self.downloading = False  # a model stream is queued or being sent

@@ -21,6 +21,7 @@ class ErrorCode(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     BAD_TENSOR_STREAM: _ClassVar[ErrorCode]
     NAME_IN_USE: _ClassVar[ErrorCode]
     INTERNAL: _ClassVar[ErrorCode]
+    NOT_ADMITTED: _ClassVar[ErrorCode]
 ERROR_CODE_UNSPECIFIED: ErrorCode
 MALFORMED_MESSAGE: ErrorCode
 PROTOCOL_VERSION_MISMATCH: ErrorCode
@@ -32,6 +33,7 @@ WRONG_ROUND: ErrorCode
 BAD_TENSOR_STREAM: ErrorCode
 NAME_IN_USE: ErrorCode
 INTERNAL: ErrorCode
+NOT_ADMITTED: ErrorCode
 
 class ClientMessage(_message.Message):
     __slots__ = ("hello", "ready", "send_model", "chunk", "trailer", "eval_result", "heartbeat", "error")

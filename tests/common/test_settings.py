@@ -31,6 +31,9 @@ def write_yaml(tmp_path: Path, text: str) -> Path:
     return path
 
 
+# These tests are about config loading, not transport: run everything with --insecure.
+PLAIN = {"FEDSILO_INSECURE": "1"}
+
 FILE_SETTINGS = {
     "toml": 'job_id = 1\nrounds = 3\nseed = 7\nround-timeout = 10.0\ntask = "synthetic"\n',
     "yaml": "job_id: 1\nrounds: 3\nseed: 7\nround-timeout: 10.0\ntask: synthetic\n",
@@ -41,7 +44,7 @@ FILE_SETTINGS = {
 def test_precedence_is_file_then_env_then_cli(tmp_path, kind):
     writer = write_toml if kind == "toml" else write_yaml
     path = writer(tmp_path, FILE_SETTINGS[kind])
-    environ = {"FEDSILO_ROUNDS": "4", "FEDSILO_SEED": "8"}
+    environ = {**PLAIN, "FEDSILO_ROUNDS": "4", "FEDSILO_SEED": "8"}
     config = load_config(ServerConfig, {"seed": 9, "batch_size": None}, path, environ)
     assert config.round_timeout == 10.0  # file only
     assert config.rounds == 4  # env beats file
@@ -52,12 +55,12 @@ def test_precedence_is_file_then_env_then_cli(tmp_path, kind):
 
 def test_file_alone_sets_values_over_defaults(tmp_path):
     path = write_yaml(tmp_path, FILE_SETTINGS["yaml"])
-    config = load_config(ServerConfig, {}, path, environ={})
+    config = load_config(ServerConfig, {}, path, environ=PLAIN)
     assert (config.rounds, config.seed, config.round_timeout) == (3, 7, 10.0)
 
 
 def test_env_alone_sets_values_over_defaults():
-    environ = {"FEDSILO_JOB_ID": "5", "FEDSILO_LEARNING_RATE": "0.25", "OTHER": "x"}
+    environ = {**PLAIN, "FEDSILO_JOB_ID": "5", "FEDSILO_LEARNING_RATE": "0.25", "OTHER": "x"}
     config = load_config(ServerConfig, {}, environ=environ)
     assert config.job_id == 5
     assert config.learning_rate == 0.25
@@ -65,14 +68,14 @@ def test_env_alone_sets_values_over_defaults():
 
 def test_fedsilo_config_env_names_the_config_file(tmp_path):
     path = write_toml(tmp_path, FILE_SETTINGS["toml"])
-    config = load_config(ServerConfig, {}, environ={"FEDSILO_CONFIG": str(path)})
+    config = load_config(ServerConfig, {}, environ={**PLAIN, "FEDSILO_CONFIG": str(path)})
     assert config.rounds == 3
 
 
 def test_unknown_key_in_file_is_refused_naming_the_key(tmp_path):
     path = write_toml(tmp_path, "job_id = 1\nrondus = 3\n")
     with pytest.raises(ConfigError, match="rondus") as info:
-        load_config(ServerConfig, {}, path, environ={})
+        load_config(ServerConfig, {}, path, environ=PLAIN)
     assert "unknown setting" in str(info.value)
 
 
@@ -97,7 +100,7 @@ def test_bad_value_is_refused_naming_the_field(cli, environ, field):
 def test_bad_value_in_file_is_refused_naming_the_field(tmp_path):
     path = write_yaml(tmp_path, "job_id: 1\nmin_clients: 0\n")
     with pytest.raises(ConfigError, match="min_clients"):
-        load_config(ServerConfig, {}, path, environ={})
+        load_config(ServerConfig, {}, path, environ=PLAIN)
 
 
 @pytest.mark.parametrize(
@@ -113,12 +116,12 @@ def test_unusable_config_file_is_refused(tmp_path, name, text):
     path = tmp_path / name
     path.write_text(text, encoding="utf-8")
     with pytest.raises(ConfigError, match=name):
-        load_config(ServerConfig, {"job_id": 1}, path, environ={})
+        load_config(ServerConfig, {"job_id": 1}, path, environ=PLAIN)
 
 
 def test_missing_config_file_is_refused(tmp_path):
     with pytest.raises(ConfigError, match="cannot read"):
-        load_config(ServerConfig, {"job_id": 1}, tmp_path / "absent.toml", environ={})
+        load_config(ServerConfig, {"job_id": 1}, tmp_path / "absent.toml", environ=PLAIN)
 
 
 # ------------------------------------------------------------------ server config
@@ -126,36 +129,36 @@ def test_missing_config_file_is_refused(tmp_path):
 
 def test_port_beyond_65535_is_refused_naming_the_port():
     with pytest.raises(ConfigError, match="port"):
-        load_config(ServerConfig, {"job_id": 1, "port_base": 65535}, environ={})
+        load_config(ServerConfig, {"job_id": 1, "port_base": 65535}, environ=PLAIN)
 
 
 def test_port_zero_is_refused():
     with pytest.raises(ConfigError, match="port"):
-        load_config(ServerConfig, {"job_id": 0, "port_base": 0}, environ={})
+        load_config(ServerConfig, {"job_id": 0, "port_base": 0}, environ=PLAIN)
 
 
 def test_highest_port_is_accepted():
-    config = load_config(ServerConfig, {"job_id": 535, "port_base": 65000}, environ={})
+    config = load_config(ServerConfig, {"job_id": 535, "port_base": 65000}, environ=PLAIN)
     assert config.port == 65535
 
 
 @pytest.mark.parametrize(("port_base", "job_id", "port"), [(50000, 0, 50000), (40000, 17, 40017)])
 def test_job_listens_on_port_base_plus_job_id(port_base, job_id, port):
     assert job_port(port_base, job_id) == port
-    assert ServerConfig(job_id=job_id, port_base=port_base).port == port
+    assert ServerConfig(insecure=True, job_id=job_id, port_base=port_base).port == port
 
 
 def test_default_port_base_is_50000():
-    assert ServerConfig(job_id=3).port == 50003
+    assert ServerConfig(insecure=True, job_id=3).port == 50003
 
 
 def test_run_dir_defaults_to_runs_job_id(tmp_path):
-    assert ServerConfig(job_id=12).run_dir == Path("runs") / "job-12"
-    assert ServerConfig(job_id=12, out=tmp_path).run_dir == tmp_path
+    assert ServerConfig(insecure=True, job_id=12).run_dir == Path("runs") / "job-12"
+    assert ServerConfig(insecure=True, job_id=12, out=tmp_path).run_dir == tmp_path
 
 
 def test_server_config_is_frozen():
-    config = ServerConfig(job_id=1)
+    config = ServerConfig(insecure=True, job_id=1)
     with pytest.raises(ValidationError):
         config.rounds = 9  # type: ignore[misc]
 
@@ -165,7 +168,7 @@ def test_server_config_is_frozen():
 
 @pytest.mark.parametrize("server", ["localhost:50001", "10.0.0.1:1", "[::1]:65535", "a.b:50000"])
 def test_client_accepts_host_port(server):
-    assert ClientConfig(server=server, name="org").server == server
+    assert ClientConfig(insecure=True, server=server, name="org").server == server
 
 
 @pytest.mark.parametrize(
@@ -184,16 +187,21 @@ def test_client_accepts_host_port(server):
 )
 def test_client_refuses_server_that_is_not_host_port(server):
     with pytest.raises(ConfigError, match="server"):
-        load_config(ClientConfig, {"server": server, "name": "org"}, environ={})
+        load_config(ClientConfig, {"server": server, "name": "org"}, environ=PLAIN)
 
 
 def test_client_refuses_bad_name():
     with pytest.raises(ConfigError, match="name"):
-        load_config(ClientConfig, {"server": "h:1", "name": "has space"}, environ={})
+        load_config(ClientConfig, {"server": "h:1", "name": "has space"}, environ=PLAIN)
 
 
 def test_client_env_and_cli_precedence():
-    environ = {"FEDSILO_SERVER": "env:1", "FEDSILO_NAME": "from-env", "FEDSILO_JOB_ID": "4"}
+    environ = {
+        **PLAIN,
+        "FEDSILO_SERVER": "env:1",
+        "FEDSILO_NAME": "from-env",
+        "FEDSILO_JOB_ID": "4",
+    }
     config = load_config(ClientConfig, {"server": "cli:2"}, environ=environ)
     assert (config.server, config.name, config.job_id) == ("cli:2", "from-env", 4)
 
@@ -203,6 +211,7 @@ def test_client_env_and_cli_precedence():
 
 def run_cli(tmp_path: Path, script: str, *args: str, env: dict[str, str] | None = None):
     environ = {k: v for k, v in os.environ.items() if not k.startswith("FEDSILO_")}
+    environ.update(PLAIN)
     environ.update(env or {})
     return subprocess.run(
         [str(BIN / script), *args],
@@ -238,3 +247,22 @@ def test_cli_bad_config_exits_2_with_one_line_naming_the_problem(
     assert lines[0].startswith(f"{script}: error:")
     assert named in lines[0]
     assert not (tmp_path / "runs").exists()
+
+
+def test_server_without_tls_or_insecure_refuses_to_start(tmp_path):
+    result = run_cli(tmp_path, "fl-server", "--job-id", "1", env={"FEDSILO_INSECURE": "0"})
+    assert result.returncode == 2
+    (line,) = result.stderr.strip().splitlines()
+    assert "--tls" in line and "--insecure" in line
+
+
+def test_client_without_bundle_or_insecure_refuses_to_start(tmp_path):
+    result = run_cli(tmp_path, "fl-client", "--server", "h:1", env={"FEDSILO_INSECURE": "0"})
+    assert result.returncode == 2
+    (line,) = result.stderr.strip().splitlines()
+    assert "--bundle" in line and "--insecure" in line
+
+
+def test_tls_and_insecure_together_are_refused():
+    with pytest.raises(ConfigError, match="exclude each other"):
+        load_config(ServerConfig, {"job_id": 1, "tls": "x"}, environ=PLAIN)

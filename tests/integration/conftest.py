@@ -86,6 +86,8 @@ class Daemons:
     def __init__(self, workdir: Path) -> None:
         self.workdir = workdir
         self.started: list[Daemon] = []
+        # Plaintext unless a test sets this to False and passes --tls / --bundle itself.
+        self.insecure = True
 
     def start(
         self, program: str, *args: str, name: str | None = None, prefix: Sequence[str] = ()
@@ -99,6 +101,8 @@ class Daemons:
         env = {**os.environ, "PYTHONUNBUFFERED": "1"}
         env = {k: v for k, v in env.items() if not k.startswith("FEDSILO_")}
         env["PYTHONPATH"] = str(REPO)  # so that --task tests.integration.user_task:... imports
+        if self.insecure:
+            env["FEDSILO_INSECURE"] = "1"
         with stdout.open("wb") as out, stderr.open("wb") as err:
             process = subprocess.Popen(
                 [*prefix, str(BIN / program), *args],
