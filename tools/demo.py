@@ -1,5 +1,7 @@
 """`make demo`: one fl-server job and three fl-client processes on 127.0.0.1, 5 rounds.
 
+Provisions a federation with fl-certs first, then runs everything over mutual TLS.
+
 Prints one line per round as metrics.jsonl grows (the global model's loss and accuracy on the
 clients' held-out data, participants, bytes each way, seconds), then shuts everything down.
 Daemon logs go to runs/demo/*.log.
@@ -58,6 +60,26 @@ def main() -> int:
     shutil.rmtree(RUN_DIR, ignore_errors=True)
     RUN_DIR.mkdir(parents=True)
     port = free_port()
+    certs = RUN_DIR / "certs"
+    # The secure path, as an operator would do it: provision, then hand each org its bundle.
+    subprocess.run(
+        [
+            str(BIN / "fl-certs"),
+            "init",
+            "--out",
+            str(certs),
+            "--server-name",
+            "localhost,127.0.0.1",
+            "--orgs",
+            ",".join(CLIENTS),
+            "--job-id",
+            str(JOB_ID),
+            "--port-base",
+            str(port - JOB_ID),
+        ],
+        check=True,
+        stdout=subprocess.DEVNULL,
+    )
     server = start(
         [
             "fl-server",
@@ -67,6 +89,8 @@ def main() -> int:
             str(port - JOB_ID),
             "--host",
             "127.0.0.1",
+            "--tls",
+            str(certs / "server"),
             "--rounds",
             str(ROUNDS),
             "--min-clients",
@@ -84,10 +108,10 @@ def main() -> int:
         start(
             [
                 "fl-client",
+                "--bundle",
+                str(certs / name),
                 "--server",
                 f"127.0.0.1:{port}",
-                "--name",
-                name,
                 "--connect-timeout",
                 "60",
                 "--threads",
@@ -99,7 +123,7 @@ def main() -> int:
     ]
     print(
         f"fedsilo demo: job {JOB_ID} on 127.0.0.1:{port}, {len(CLIENTS)} clients, "
-        f"{ROUNDS} rounds of the synthetic task (chance accuracy 0.100)"
+        f"{ROUNDS} rounds of the synthetic task over mutual TLS (chance accuracy 0.100)"
     )
     print("round  eval_loss  accuracy  clients  bytes_down    bytes_up  seconds")
     metrics = RUN_DIR / "metrics.jsonl"
