@@ -227,7 +227,9 @@ class FederationClient:
         state = self.model.state_dict()
         expected = codec.specs_of(state)
         try:
-            specs = codec.specs_from_header(header, sum(s.nbytes for s in expected))
+            specs = codec.specs_from_header(
+                header, sum(s.nbytes for s in expected), max_tensors=len(expected)
+            )
             codec.check_specs_match(specs, expected)
         except CodecError as exc:
             self._protocol_violation(f"model from the server does not fit the task: {exc}")

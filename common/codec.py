@@ -104,8 +104,12 @@ def header_of(specs: Sequence[TensorSpec]) -> pb.TensorStreamHeader:
     return header
 
 
-def specs_from_header(header: pb.TensorStreamHeader, max_total_bytes: int) -> list[TensorSpec]:
-    """Parse and check a wire header on its own: known dtypes, consistent byte counts."""
+def specs_from_header(
+    header: pb.TensorStreamHeader, max_total_bytes: int, max_tensors: int | None = None
+) -> list[TensorSpec]:
+    """Parse and check a wire header on its own: known dtypes, consistent byte counts, caps."""
+    if max_tensors is not None and len(header.tensors) > max_tensors:
+        raise CodecError(f"header lists {len(header.tensors)} tensors, at most {max_tensors}")
     specs: list[TensorSpec] = []
     seen: set[str] = set()
     total = 0

@@ -60,6 +60,16 @@ def build_parser() -> ArgumentParser:
     parser.add_argument("--learning-rate", "--lr", type=float, help="local SGD rate (default 0.1)")
     parser.add_argument("--chunk-size", type=int, help="bytes per tensor chunk (default 1 MiB)")
     parser.add_argument("--max-clients", type=int, help="most concurrent sessions (default 1024)")
+    parser.add_argument(
+        "--update-norm-bound",
+        type=float,
+        help="L2 bound on an update's change to the global model (default: none)",
+    )
+    parser.add_argument(
+        "--norm-bound-action",
+        choices=("reject", "clip"),
+        help="what happens to an update over the bound (default reject)",
+    )
     parser.add_argument("--tls", type=Path, help="server bundle folder from fl-certs (mutual TLS)")
     parser.add_argument(
         "--insecure",

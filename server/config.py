@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
@@ -44,6 +45,12 @@ class ServerConfig(BaseModel):
         DEFAULT_CHUNK_SIZE, ge=1024, le=64 << 20, description="Raw bytes per tensor chunk."
     )
     max_clients: int = Field(1024, ge=1, description="Most client sessions served at once.")
+    update_norm_bound: float | None = Field(
+        None, gt=0, description="L2 bound on an update's change to the global model."
+    )
+    norm_bound_action: Literal["reject", "clip"] = Field(
+        "reject", description="What to do with an update over the bound."
+    )
     tls: Path | None = Field(
         None, description="Server bundle folder from fl-certs (mutual TLS, admitted clients)."
     )

@@ -32,6 +32,7 @@ from fedsilo.server.run_files import METRICS_FILE, MODEL_FILE, MetricsLog, save_
 from fedsilo.server.session import ClientSession, Upload
 from fedsilo.server.state_machine import Event, JobPhase, SessionState, next_phase
 from fedsilo.server.strategies.fedavg import FedAvg
+from fedsilo.server.validation import bound_update
 
 MAX_NAME_LENGTH = 128
 _NAME_CHARS = frozenset(string.ascii_letters + string.digits + "-_.@:")
@@ -197,6 +198,12 @@ class Job:
                 int(pb.NOT_ADMITTED),
                 f"certificate {certificate_name!r} may not use the client name {client_name!r}",
             )
+
+    def bound_update(self, tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """Apply the job's update norm bound against the current global model (may raise)."""
+        return bound_update(
+            tensors, self.global_state, self.config.update_norm_bound, self.config.norm_bound_action
+        )
 
     def mark_ready(self, session: ClientSession, ready: pb.Ready) -> None:
         """Note that a client has loaded its task and data."""

@@ -211,7 +211,9 @@ class ClientSession:
                 self.state,
             )
         try:
-            specs = codec.specs_from_header(send.update, self.job.model_bytes)
+            specs = codec.specs_from_header(
+                send.update, self.job.model_bytes, max_tensors=len(self.job.specs)
+            )
             codec.check_specs_match(specs, self.job.specs)
         except CodecError as exc:
             self.job.reject_update(self, send.round, str(exc))
@@ -250,6 +252,7 @@ class ClientSession:
         try:
             tensors = upload.decoder.finish(trailer.checksum)
             check_finite(tensors)
+            tensors = self.job.bound_update(tensors)
         except CodecError as exc:
             self._fail_upload(str(exc), discard_rest=False)
             return

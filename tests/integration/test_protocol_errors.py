@@ -215,3 +215,34 @@ def test_a_new_connection_with_the_same_name_takes_over_as_the_same_client(
     assert again.recv().init_config.client_id == first_id
     assert "took over" in first.expect_error(pb.NAME_IN_USE)
     first.expect_closed()
+
+
+def test_an_update_over_the_norm_bound_is_refused_and_logged(
+    daemons: Daemons, tmp_path: Path
+) -> None:
+    port = free_port()
+    server = daemons.server(
+        JOB_ID,
+        port - JOB_ID,
+        "--min-clients",
+        "1",
+        "--rounds",
+        "1",
+        "--update-norm-bound",
+        "0.5",
+        "--out",
+        str(tmp_path / "run"),
+    )
+    channel = grpc.insecure_channel(f"127.0.0.1:{port}")
+    try:
+        raw = RawSession(channel)
+        raw.send(hello("pusher"), pb.ClientMessage(ready=pb.Ready(train_examples=10)))
+        assert raw.recv().HasField("init_config")
+        _, state = raw.receive_model()
+        pushed = {name: tensor + 1.0 for name, tensor in state.items()}  # norm far above 0.5
+        raw.send(*update_messages(1, pushed))
+        assert "exceeds the bound 0.5" in raw.expect_error(pb.BAD_TENSOR_STREAM)
+        wait_for(lambda: server.has_event("update_refused", client="pusher"), 30, "the log")
+        raw.close()
+    finally:
+        channel.close()
