@@ -28,6 +28,8 @@ class OrderedFold:
 
     expected: list[int]
     like: Mapping[str, torch.Tensor]
+    # Keep every update (in client-id order) instead of summing: for robust strategies.
+    keep_all: bool = False
     folded: list[int] = field(default_factory=list)
     dropped: list[int] = field(default_factory=list)
     total_weight: float = 0.0
@@ -38,6 +40,7 @@ class OrderedFold:
         self._waiting: dict[int, _Waiting] = {}
         self._dropped_set: set[int] = set()
         self._sum: fedavg.State | None = None
+        self._kept: list[tuple[Mapping[str, torch.Tensor], float]] = []
 
     def is_open_for(self, client_id: int) -> bool:
         """Whether this round still takes an update from ``client_id``."""
@@ -84,6 +87,14 @@ class OrderedFold:
             raise ValueError("no update was folded in this round")
         return fedavg.weighted_mean(self._sum, self.total_weight, self.like)
 
+    def collected(self) -> tuple[list[fedavg.State], list[float]]:
+        """Return every folded update and its weight, in client-id order (``keep_all`` only)."""
+        if not self.keep_all:
+            raise RuntimeError("updates were summed, not kept")
+        if not self.complete:
+            raise RuntimeError("round is not complete")
+        return [dict(t) for t, _ in self._kept], [w for _, w in self._kept]
+
     def _advance(self) -> None:
         while self._next < len(self.expected):
             cid = self.expected[self._next]
@@ -91,9 +102,12 @@ class OrderedFold:
                 self._next += 1
             elif cid in self._waiting:
                 update = self._waiting.pop(cid)
-                if self._sum is None:
-                    self._sum = fedavg.new_sum(self.like)
-                fedavg.fold(self._sum, update.tensors, update.weight)
+                if self.keep_all:
+                    self._kept.append((update.tensors, update.weight))
+                else:
+                    if self._sum is None:
+                        self._sum = fedavg.new_sum(self.like)
+                    fedavg.fold(self._sum, update.tensors, update.weight)
                 self.total_weight += update.weight
                 self.folded.append(cid)
                 self._next += 1

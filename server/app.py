@@ -120,7 +120,7 @@ def find_checkpoint(
             f"{config.run_dir} holds a checkpoint of job {config.job_id}; pass --resume to "
             f"continue it, or choose another --out (nothing was changed)"
         )
-    identity = job_identity(config.job_id, config.task, config.task_options, config.seed)
+    identity = job_identity(config)
     return load_checkpoint(path, identity)
 
 

@@ -15,6 +15,7 @@ from typing import Any
 import torch
 
 from fedsilo.common.errors import ConfigError
+from fedsilo.server.config import ServerConfig
 from fedsilo.server.run_files import atomic_write
 
 CHECKPOINT_FILE = "checkpoint.pt"
@@ -33,11 +34,16 @@ class Checkpoint:
     identity: dict[str, Any]
 
 
-def job_identity(
-    job_id: int, task: str, task_options: Mapping[str, Any], seed: int
-) -> dict[str, Any]:
+def job_identity(config: ServerConfig) -> dict[str, Any]:
     """What must not change between a run and its resumption."""
-    return {"job_id": job_id, "task": task, "task_options": dict(task_options), "seed": seed}
+    return {
+        "job_id": config.job_id,
+        "task": config.task,
+        "task_options": dict(config.task_options),
+        "seed": config.seed,
+        "strategy": config.strategy,
+        "strategy_options": dict(config.strategy_options),
+    }
 
 
 def save_checkpoint(path: Path, checkpoint: Checkpoint) -> None:

@@ -70,6 +70,10 @@ def build_parser() -> ArgumentParser:
         choices=("reject", "clip"),
         help="what happens to an update over the bound (default reject)",
     )
+    parser.add_argument(
+        "--strategy",
+        help="fedavg (default), median, trimmed-mean or krum; options via strategy_options",
+    )
     parser.add_argument("--tls", type=Path, help="server bundle folder from fl-certs (mutual TLS)")
     parser.add_argument(
         "--insecure",

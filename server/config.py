@@ -29,6 +29,10 @@ class ServerConfig(BaseModel):
         default_factory=dict, description="Keyword arguments of the task (config file only)."
     )
     seed: int = Field(0, ge=0, lt=2**63, description="Seed of the model, data and training.")
+    strategy: str = Field("fedavg", description="Aggregation: fedavg, median, trimmed-mean, krum.")
+    strategy_options: dict[str, float | int] = Field(
+        default_factory=dict, description="Keyword arguments of the strategy (config file only)."
+    )
     out: Path | None = Field(None, description="Run folder; default runs/job-<job_id>.")
     round_timeout: float = Field(300.0, gt=0, description="Seconds a round waits for updates.")
     join_timeout: float = Field(600.0, gt=0, description="Seconds to wait for min_clients.")

@@ -20,7 +20,7 @@ import torch
 from google.protobuf import struct_pb2
 
 from fedsilo.common import codec
-from fedsilo.common.errors import JobAbortedError, ProtocolError
+from fedsilo.common.errors import ConfigError, JobAbortedError, ProtocolError
 from fedsilo.common.proto import federation_pb2 as pb
 from fedsilo.common.seeding import derive_seed
 from fedsilo.common.wire import PROTOCOL_VERSION, SERVER_CHUNKS, serialize
@@ -31,7 +31,7 @@ from fedsilo.server.config import ServerConfig
 from fedsilo.server.run_files import METRICS_FILE, MODEL_FILE, MetricsLog, save_model
 from fedsilo.server.session import ClientSession, Upload
 from fedsilo.server.state_machine import Event, JobPhase, SessionState, next_phase
-from fedsilo.server.strategies.fedavg import FedAvg
+from fedsilo.server.strategies import make_strategy
 from fedsilo.server.validation import bound_update
 
 MAX_NAME_LENGTH = 128
@@ -93,7 +93,10 @@ class Job:
         self.specs = codec.specs_of(self.global_state)
         self.model_bytes = sum(spec.nbytes for spec in self.specs)
         self.chunk_size = config.chunk_size
-        self.strategy = FedAvg()
+        try:
+            self.strategy: Any = make_strategy(config.strategy, config.strategy_options)
+        except ValueError as exc:
+            raise ConfigError(f"strategy: {exc}") from exc
         self.phase = JobPhase.WAITING
         self.rounds_completed = 0
         self._cond = threading.Condition()
@@ -109,7 +112,7 @@ class Job:
         self.metrics_log = MetricsLog(run_dir / METRICS_FILE)
         self.model_path = run_dir / MODEL_FILE
         self.checkpoint_path = run_dir / CHECKPOINT_FILE
-        self.identity = job_identity(config.job_id, config.task, config.task_options, config.seed)
+        self.identity = job_identity(config)
 
     def begin(self, checkpoint: Checkpoint | None) -> None:
         """Start afresh (replacing an old metrics file) or continue from ``checkpoint``."""
@@ -367,7 +370,10 @@ class Job:
         with self._cond:
             self.phase = next_phase(self.phase, JobPhase.ROUND)
             selected = self._idle_ids()
-            current = RoundState(number, OrderedFold(selected, self.global_state), time.monotonic())
+            fold = OrderedFold(
+                selected, self.global_state, keep_all=self.strategy.needs_all_updates
+            )
+            current = RoundState(number, fold, time.monotonic())
             self._round = current
             sessions = {cid: self._sessions[cid] for cid in selected}
         # Sessions are offered work outside the job lock: they take their own lock first.
@@ -401,8 +407,11 @@ class Job:
                 f"round {number}: {len(current.fold.folded)} of {len(selected)} selected clients "
                 f"delivered an update; min_clients is {self.config.min_clients}"
             )
-        mean = current.fold.mean()
-        new_state = self.strategy.next_global(self.global_state, mean)
+        if self.strategy.needs_all_updates:
+            updates, weights = current.fold.collected()
+            new_state = self.strategy.combine(self.global_state, updates, weights)
+        else:
+            new_state = self.strategy.next_global(self.global_state, current.fold.mean())
         self.global_state = {spec.name: new_state[spec.name].contiguous() for spec in self.specs}
         self.rounds_completed = number
         seconds = time.monotonic() - current.started

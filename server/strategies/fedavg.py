@@ -66,6 +66,7 @@ class FedAvg:
     """FedAvg keeps no state across rounds: the new global model is the weighted mean."""
 
     name = "fedavg"
+    needs_all_updates = False  # updates are folded into a running sum as they arrive
 
     def next_global(self, global_state: State, mean_update: State) -> State:
         """Return the next global model given the current one and the mean of client models."""

@@ -1,4 +1,4 @@
-"""Fuzzing the tensor codec with arbitrary bytes: it refuses with CodecError, never anything else."""
+"""Fuzzing the tensor codec with arbitrary bytes: it refuses with CodecError, nothing else."""
 
 from __future__ import annotations
 

@@ -17,8 +17,26 @@ CLIENTS = ("hospital-a", "hospital-b", "lab-c")
 TRAIN_FLAGS = ("--local-epochs", "2", "--batch-size", "16", "--learning-rate", "0.05")
 
 
-def reference_fedavg(rows: list[dict], rounds: int) -> dict[str, torch.Tensor]:
-    """Recompute every client's update in-process and average them with plain float64 math."""
+def fedavg_float64(updates: list[dict], weights: list[float]) -> dict[str, torch.Tensor]:
+    """The example-weighted mean, computed plainly in float64."""
+    total = sum(weights)
+    return {
+        name: (
+            sum(w * u[name].double() for u, w in zip(updates, weights, strict=True)) / total
+        ).float()
+        for name in updates[0]
+    }
+
+
+def median_plain(updates: list[dict], weights: list[float]) -> dict[str, torch.Tensor]:
+    """The coordinate-wise median of three updates: the middle value, unweighted."""
+    return {
+        name: torch.stack([u[name] for u in updates]).median(dim=0).values for name in updates[0]
+    }
+
+
+def reference_run(rows: list[dict], rounds: int, aggregate=fedavg_float64) -> dict:
+    """Recompute every client's update in-process and aggregate them with plain math."""
     task = load_task("synthetic")
     global_state = {k: v.clone() for k, v in task.build_model(SEED).state_dict().items()}
     for number in range(1, rounds + 1):
@@ -42,13 +60,7 @@ def reference_fedavg(rows: list[dict], rounds: int) -> dict[str, torch.Tensor]:
             assert result.examples == client["train_examples"]
             updates.append({k: v.detach().clone() for k, v in model.state_dict().items()})
             weights.append(float(result.examples))
-        total = sum(weights)
-        global_state = {
-            name: (
-                sum(w * u[name].double() for u, w in zip(updates, weights, strict=True)) / total
-            ).float()
-            for name in global_state
-        }
+        global_state = aggregate(updates, weights)
     return global_state
 
 
@@ -89,7 +101,7 @@ def test_three_clients_three_rounds_end_with_the_fedavg_of_their_updates(
     assert rows[-1]["eval_accuracy"] > rows[0]["eval_accuracy"]
 
     final = torch.load(run_dir / "model.pt", weights_only=True)
-    expected = reference_fedavg(rows, ROUNDS)
+    expected = reference_run(rows, ROUNDS)
     assert final.keys() == expected.keys()
     for name, tensor in expected.items():
         torch.testing.assert_close(final[name], tensor, rtol=1e-5, atol=1e-6)
@@ -162,3 +174,33 @@ def test_an_unloadable_task_is_a_config_error(daemons: Daemons, tmp_path: Path) 
     assert server.wait(timeout=60) == 2
     message = server.stderr.read_text().strip()
     assert "no_such_module" in message and len(message.splitlines()) == 1
+
+
+def test_the_median_strategy_over_real_processes_gives_the_coordinate_median(
+    daemons: Daemons, tmp_path: Path
+) -> None:
+    port = free_port()
+    run_dir = tmp_path / "run"
+    server = daemons.server(
+        JOB_ID,
+        port - JOB_ID,
+        "--rounds",
+        "2",
+        "--min-clients",
+        "3",
+        "--seed",
+        str(SEED),
+        "--strategy",
+        "median",
+        "--out",
+        str(run_dir),
+        *TRAIN_FLAGS,
+    )
+    clients = [daemons.client(port, name) for name in CLIENTS]
+    assert server.wait(timeout=120) == 0, server.tail()
+    for client in clients:
+        assert client.wait(timeout=30) == 0, client.tail()
+    final = torch.load(run_dir / "model.pt", weights_only=True)
+    expected = reference_run(read_metrics(run_dir), 2, aggregate=median_plain)
+    for name, tensor in expected.items():
+        torch.testing.assert_close(final[name], tensor, rtol=1e-5, atol=1e-6)
