@@ -1,115 +1,41 @@
-"""Test hosts in Linux network namespaces: one for the server, one per organisation.
+"""The namespace helper for the tests: ``deploy/netns.py`` (the one copy), loaded by file path.
 
-Each organisation reaches only the server, over its own veth pair (10.213.<i>.2 -> 10.213.<i>.1).
-Everything lives inside namespaces this test creates and removes; no other address is touched.
+``deploy/`` holds scripts, not a package, so the module is loaded with importlib and registered
+in ``sys.modules`` (dataclasses look their module up there while the class is created).
 """
 
 from __future__ import annotations
 
-import os
-import subprocess
-from dataclasses import dataclass, field
+import importlib.util
+import sys
+from pathlib import Path
+from types import ModuleType
+from typing import TYPE_CHECKING
+
+MODULE_NAME = "fedsilo_deploy_netns"
+SOURCE = Path(__file__).resolve().parents[2] / "deploy" / "netns.py"
 
 
-def ip(*args: str) -> None:
-    """Run an ``ip`` command; raise CalledProcessError with its stderr on failure."""
-    subprocess.run(["ip", *args], check=True, capture_output=True, timeout=30)
+def _load() -> ModuleType:
+    """Load deploy/netns.py once per process."""
+    if MODULE_NAME in sys.modules:
+        return sys.modules[MODULE_NAME]
+    spec = importlib.util.spec_from_file_location(MODULE_NAME, SOURCE)
+    if spec is None or spec.loader is None:
+        raise ImportError(f"cannot load the namespace helper from {SOURCE}")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[MODULE_NAME] = module
+    try:
+        spec.loader.exec_module(module)
+    except BaseException:
+        del sys.modules[MODULE_NAME]
+        raise
+    return module
 
 
-@dataclass
-class Topology:
-    """A server namespace and ``orgs`` organisation namespaces, each with its own link."""
+if TYPE_CHECKING:  # type checkers read the source as a module; at run time it is loaded by path
+    from deploy.netns import Topology
+else:
+    Topology = _load().Topology
 
-    orgs: int
-    tag: str = field(default_factory=lambda: f"fs{os.getpid() % 100000}")
-    created: list[str] = field(default_factory=list)
-
-    @property
-    def server_ns(self) -> str:
-        return f"{self.tag}-srv"
-
-    def org_ns(self, org: int) -> str:
-        return f"{self.tag}-org{org}"
-
-    def org_link(self, org: int) -> str:
-        """The organisation's end of its link (inside its namespace)."""
-        return f"{self.tag}o{org}"
-
-    def server_address(self, org: int) -> str:
-        """The address at which organisation ``org`` reaches the server."""
-        return f"10.213.{org}.1"
-
-    def create(self) -> None:
-        """Create the namespaces and links; raises if this machine does not allow it."""
-        for ns in (self.server_ns, *(self.org_ns(i) for i in range(1, self.orgs + 1))):
-            ip("netns", "add", ns)
-            self.created.append(ns)
-            ip("-n", ns, "link", "set", "lo", "up")
-        for org in range(1, self.orgs + 1):
-            server_end, org_end = f"{self.tag}s{org}", self.org_link(org)
-            ip("link", "add", server_end, "type", "veth", "peer", "name", org_end)
-            ip("link", "set", server_end, "netns", self.server_ns)
-            ip("link", "set", org_end, "netns", self.org_ns(org))
-            ip("-n", self.server_ns, "addr", "add", f"10.213.{org}.1/24", "dev", server_end)
-            ip("-n", self.org_ns(org), "addr", "add", f"10.213.{org}.2/24", "dev", org_end)
-            ip("-n", self.server_ns, "link", "set", server_end, "up")
-            ip("-n", self.org_ns(org), "link", "set", org_end, "up")
-
-    def destroy(self) -> None:
-        """Remove every namespace created (their links go with them)."""
-        for ns in reversed(self.created):
-            subprocess.run(["ip", "netns", "del", ns], check=False, capture_output=True, timeout=30)
-        self.created.clear()
-
-    def exec_prefix(self, ns: str) -> list[str]:
-        """Command prefix that runs a program inside namespace ``ns``."""
-        return ["ip", "netns", "exec", ns]
-
-    def cut(self, org: int) -> None:
-        """Partition organisation ``org`` from the server."""
-        ip("-n", self.org_ns(org), "link", "set", self.org_link(org), "down")
-
-    def heal(self, org: int) -> None:
-        """Reconnect organisation ``org``."""
-        ip("-n", self.org_ns(org), "link", "set", self.org_link(org), "up")
-
-    def throttle(self, org: int, rate: str) -> None:
-        """Limit what organisation ``org`` sends to ``rate`` (tc tbf), e.g. '20mbit'."""
-        subprocess.run(
-            [
-                *self.exec_prefix(self.org_ns(org)),
-                "tc",
-                "qdisc",
-                "replace",
-                "dev",
-                self.org_link(org),
-                "root",
-                "tbf",
-                "rate",
-                rate,
-                "burst",
-                "32kbit",
-                "latency",
-                "400ms",
-            ],
-            check=True,
-            capture_output=True,
-            timeout=30,
-        )
-
-    def unthrottle(self, org: int) -> None:
-        """Remove the rate limit of organisation ``org``."""
-        subprocess.run(
-            [
-                *self.exec_prefix(self.org_ns(org)),
-                "tc",
-                "qdisc",
-                "del",
-                "dev",
-                self.org_link(org),
-                "root",
-            ],
-            check=True,
-            capture_output=True,
-            timeout=30,
-        )
+__all__ = ["Topology"]
