@@ -2,9 +2,10 @@
 
 It speaks the protocol by hand: Hello, Ready, and for each round it receives the model and
 sends the same weights back. In round 1 it first waits for a line on stdin (so that the test
-controls when round 1 can complete). In the round given by --fault-round it stops at the phase
-given by --stop-at, prints ``stopped-at <phase>`` and blocks forever without reading or sending:
-the test then kills it with SIGKILL, or leaves it stalled for the server's progress deadline.
+controls when round 1 can complete), sending heartbeats meanwhile as a training client would.
+In the round given by --fault-round it stops at the phase given by --stop-at, prints
+``stopped-at <phase>`` and blocks forever without reading or sending: the test then kills it
+with SIGKILL, or leaves it stalled for the server's progress deadline.
 
     download  after the SyncModel header and one chunk (it stops reading the stream)
     training  after the whole model arrived (nothing is sent: no heartbeat, no update)
@@ -79,7 +80,16 @@ def main() -> None:
         if faulty and args.stop_at == "training":
             block_forever("training")
         if number == 1:
+            # Like a real client training, show progress while the test holds round 1 open.
+            released = threading.Event()
+
+            def heartbeats(done: threading.Event = released) -> None:
+                while not done.wait(0.5):
+                    outbox.put(pb.ClientMessage(heartbeat=pb.Heartbeat()))
+
+            threading.Thread(target=heartbeats, daemon=True).start()
             sys.stdin.readline()  # the test says when round 1 may complete
+            released.set()
         header, update, checksum = codec.encode_state(state, init.init_config.job.chunk_size)
         outbox.put(
             pb.ClientMessage(
