@@ -4,9 +4,11 @@ Clients of another federation, not admitted, or claiming another's name never re
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 from pathlib import Path
 
+from fedsilo.provision.certs import certificate_pem, load_ca, make_client_cert, private_key_pem
 from tests.integration.conftest import BIN, Daemons, free_port, read_metrics, wait_for
 
 JOB = 3
@@ -32,6 +34,18 @@ def provision(out: Path, port: int, orgs: str) -> None:
         capture_output=True,
         timeout=60,
     )
+
+
+def expired_copy(bundle: Path, certs: Path, out: Path) -> Path:
+    """A copy of ``bundle`` whose certificate (same CA, same name) has already expired."""
+    shutil.copytree(bundle, out)
+    ca_key, ca_cert = load_ca(
+        (certs / "ca.pem").read_bytes(), (certs / "ca-key" / "ca.key").read_bytes()
+    )
+    key, cert = make_client_cert(ca_key, ca_cert, bundle.name, days=0)  # valid until "now"
+    (out / "client.pem").write_bytes(certificate_pem(cert))
+    (out / "client.key").write_bytes(private_key_pem(key))
+    return out
 
 
 def test_a_federation_over_mutual_tls_admits_only_its_own_certificates(
@@ -77,9 +91,14 @@ def test_a_federation_over_mutual_tls_admits_only_its_own_certificates(
             name=name,
         )
 
+    expired = client(expired_copy(certs / "org-a", certs, tmp_path / "expired"), "expired")
     impostor = client(foreign / "org-a", "impostor")
     retired = client(certs / "org-c", "retired")
     name_thief = client(certs / "org-b", "thief", "--name", "org-a")
+    assert expired.wait(timeout=60) == 1
+    assert "no session" in expired.stderr.read_text().splitlines()[-1]
+    # Refused in the handshake, before any fedsilo code runs: gRPC's transport logs it.
+    assert "certificate has expired" in server.stderr.read_text()
     assert impostor.wait(timeout=60) == 1
     assert "no session" in impostor.stderr.read_text().splitlines()[-1]
     assert retired.wait(timeout=60) == 1
@@ -95,7 +114,7 @@ def test_a_federation_over_mutual_tls_admits_only_its_own_certificates(
         assert member.wait(timeout=30) == 0, member.tail()
     rows = read_metrics(tmp_path / "run")
     assert [row["round"] for row in rows] == [0, 1, 2]
-    joined = {line["client"] for line in server.log_lines() if line["event"] == "client_joined"}
+    joined = {line["client"] for line in server.log_lines() if line.get("event") == "client_joined"}
     assert joined == {"org-a", "org-b"}
     refused = [line for line in server.log_lines() if line.get("code") == "NOT_ADMITTED"]
     assert len(refused) == 2
