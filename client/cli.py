@@ -61,6 +61,9 @@ def build_parser() -> ArgumentParser:
         help="seconds to keep retrying an unreachable server (default 60)",
     )
     parser.add_argument(
+        "--device", help="where to train: auto (a GPU when there is one), cpu, cuda, cuda:N"
+    )
+    parser.add_argument(
         "--threads",
         type=int,
         help="CPU threads for training; 1 suits several clients sharing one machine",

@@ -6,6 +6,7 @@ from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from fedsilo.common.devices import DEVICE_PATTERN
 from fedsilo.common.logging import LEVELS
 
 
@@ -35,6 +36,9 @@ class ClientConfig(BaseModel):
     )
     connect_timeout: float = Field(
         60.0, gt=0, description="Seconds to keep retrying an unreachable server."
+    )
+    device: str = Field(
+        "auto", pattern=DEVICE_PATTERN, description="Where to train: auto, cpu, cuda, cuda:N."
     )
     threads: int | None = Field(
         None, ge=1, description="CPU threads for local training (default: torch's choice)."

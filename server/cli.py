@@ -58,6 +58,20 @@ def build_parser() -> ArgumentParser:
     parser.add_argument("--local-epochs", type=int, help="local epochs per round (default 1)")
     parser.add_argument("--batch-size", type=int, help="local batch size (default 32)")
     parser.add_argument("--learning-rate", "--lr", type=float, help="local SGD rate (default 0.1)")
+    parser.add_argument("--proximal-mu", type=float, help="FedProx proximal weight (default 0)")
+    parser.add_argument(
+        "--clients-per-round", type=int, help="sample this many ready clients per round (seeded)"
+    )
+    parser.add_argument("--fraction", type=float, help="sample this fraction of ready clients")
+    parser.add_argument(
+        "--start-clients", type=int, help="ready clients needed before round 1 (default min)"
+    )
+    parser.add_argument(
+        "--tensorboard",
+        action="store_true",
+        default=argparse.SUPPRESS,
+        help="also write TensorBoard scalars to <out>/tensorboard (pip install 'fedsilo[tensorboard]')",
+    )
     parser.add_argument("--chunk-size", type=int, help="bytes per tensor chunk (default 1 MiB)")
     parser.add_argument("--max-clients", type=int, help="most concurrent sessions (default 1024)")
     parser.add_argument(

@@ -22,6 +22,9 @@ class ServerConfig(BaseModel):
     host: str = Field("0.0.0.0", min_length=1, description="Address to listen on.")
     rounds: int = Field(5, ge=1, description="Number of training rounds.")
     min_clients: int = Field(2, ge=1, description="Clients needed to start and to finish a round.")
+    start_clients: int | None = Field(
+        None, ge=1, description="Ready clients needed before the first round (default min_clients)."
+    )
     task: str = Field(
         "synthetic", min_length=1, description="Built-in task or package.module:Name."
     )
@@ -45,6 +48,14 @@ class ServerConfig(BaseModel):
     local_epochs: int = Field(1, ge=1, description="Local epochs per round on each client.")
     batch_size: int = Field(32, ge=1, description="Local mini-batch size.")
     learning_rate: float = Field(0.1, gt=0, description="Local SGD learning rate.")
+    proximal_mu: float = Field(0.0, ge=0, description="FedProx proximal weight mu (0: off).")
+    clients_per_round: int | None = Field(
+        None, ge=1, description="Sample this many ready clients per round (seeded)."
+    )
+    fraction: float | None = Field(
+        None, gt=0, le=1, description="Sample this fraction of ready clients per round."
+    )
+    tensorboard: bool = Field(False, description="Also write TensorBoard scalars (extra).")
     chunk_size: int = Field(
         DEFAULT_CHUNK_SIZE, ge=1024, le=64 << 20, description="Raw bytes per tensor chunk."
     )
@@ -73,6 +84,19 @@ class ServerConfig(BaseModel):
             )
         if self.tls is not None and self.insecure:
             raise ValueError("insecure: --insecure and --tls exclude each other")
+        return self
+
+    @model_validator(mode="after")
+    def _participation_consistent(self) -> ServerConfig:
+        if self.clients_per_round is not None and self.fraction is not None:
+            raise ValueError("clients_per_round: give clients_per_round or fraction, not both")
+        if self.clients_per_round is not None and self.clients_per_round < self.min_clients:
+            raise ValueError(
+                f"clients_per_round: {self.clients_per_round} is below min_clients "
+                f"{self.min_clients}, so no round could complete"
+            )
+        if self.start_clients is not None and self.start_clients < self.min_clients:
+            raise ValueError(f"start_clients: must be at least min_clients {self.min_clients}")
         return self
 
     @model_validator(mode="after")

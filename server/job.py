@@ -31,6 +31,7 @@ from fedsilo.server.config import ServerConfig
 from fedsilo.server.run_files import METRICS_FILE, MODEL_FILE, MetricsLog, save_model
 from fedsilo.server.session import ClientSession, Upload
 from fedsilo.server.state_machine import Event, JobPhase, SessionState, next_phase
+from fedsilo.server.sampling import sample_clients
 from fedsilo.server.strategies import make_strategy
 from fedsilo.server.validation import bound_update
 
@@ -344,6 +345,8 @@ class Job:
 
     def _await_clients(self, number: int) -> None:
         needed = self.config.min_clients
+        if number == self.rounds_completed + 1 and self.config.start_clients is not None:
+            needed = self.config.start_clients  # the first round of this run waits for more
         with self._cond:
             if self.phase is not JobPhase.WAITING and len(self._idle_ids()) >= needed:
                 return
@@ -369,7 +372,14 @@ class Job:
         header = codec.header_of(self.specs)
         with self._cond:
             self.phase = next_phase(self.phase, JobPhase.ROUND)
-            selected = self._idle_ids()
+            selected = sample_clients(
+                self._idle_ids(),
+                seed=self.config.seed,
+                round_number=number,
+                count=self.config.clients_per_round,
+                fraction=self.config.fraction,
+                minimum=self.config.min_clients,
+            )
             fold = OrderedFold(
                 selected, self.global_state, keep_all=self.strategy.needs_all_updates
             )
@@ -570,6 +580,7 @@ class Job:
             batch_size=self.config.batch_size,
             learning_rate=self.config.learning_rate,
             seed=derive_seed(self.config.seed, "train", number, client_id),
+            proximal_mu=self.config.proximal_mu,
         )
 
     def _job_config(self) -> pb.JobConfig:
