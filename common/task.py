@@ -40,6 +40,7 @@ class TrainConfig:
     batch_size: int
     learning_rate: float
     seed: int
+    proximal_mu: float = 0.0  # FedProx (Li et al. 2020): 0 is plain local training
 
 
 @dataclass(frozen=True)
