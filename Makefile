@@ -6,10 +6,33 @@ BIN    := $(VENV)/bin
 TORCH  ?= torch==2.13.0
 STAMP  := $(VENV)/.installed
 TYPECHECK_TREE := build/typecheck
+# Fashion-MNIST (the fmnist task) comes from Debian's package, never from the network at run time.
+FMNIST_DIR := /usr/share/datasets/fashion-mnist
+FMNIST_PKG := dataset-fashion-mnist
 
-.PHONY: install test test-slow lint typecheck demo proto clean
+.PHONY: install test test-slow lint typecheck demo proto clean datasets datasets-if-possible
 
-install: $(STAMP)
+install: $(STAMP) datasets-if-possible
+
+# Install the datasets of the built-in tasks with apt-get (as root, or through passwordless sudo).
+datasets:
+	@if [ -d $(FMNIST_DIR) ]; then \
+		echo "datasets: Fashion-MNIST is in $(FMNIST_DIR)"; \
+	elif ! command -v apt-get >/dev/null 2>&1; then \
+		echo "datasets: no apt-get here; get Fashion-MNIST's IDX files into $(FMNIST_DIR)" >&2; exit 1; \
+	else \
+		if [ "$$(id -u)" = 0 ]; then sudo=""; \
+		elif command -v sudo >/dev/null 2>&1 && sudo -n true 2>/dev/null; then sudo="sudo -n"; \
+		else echo "datasets: not root; run: sudo apt-get install $(FMNIST_PKG)" >&2; exit 1; fi; \
+		echo "datasets: installing $(FMNIST_PKG) with apt-get"; \
+		$$sudo apt-get install -y -q $(FMNIST_PKG) \
+			|| { $$sudo apt-get update -q && $$sudo apt-get install -y -q $(FMNIST_PKG); }; \
+	fi
+
+# `install` tries `datasets` but never fails on it: only the fmnist task needs the files.
+datasets-if-possible:
+	@test -d $(FMNIST_DIR) || $(MAKE) --no-print-directory -f $(firstword $(MAKEFILE_LIST)) datasets \
+		|| echo "WARNING: Fashion-MNIST is not installed; the fmnist task and its tests need it" >&2
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -21,7 +44,7 @@ $(STAMP): pyproject.toml
 # so it checks a tree of symlinks with the installed layout.
 typecheck: install
 	@mkdir -p $(TYPECHECK_TREE)/fedsilo
-	@for role in common server client provision; do ln -sfn ../../../$$role $(TYPECHECK_TREE)/fedsilo/$$role; done
+	@for role in common server client provision report sim; do ln -sfn ../../../$$role $(TYPECHECK_TREE)/fedsilo/$$role; done
 	cd $(TYPECHECK_TREE) && MYPYPATH=. ../../$(BIN)/python -m mypy --config-file ../../pyproject.toml -p fedsilo
 
 lint: install

@@ -41,6 +41,9 @@ class LocalSettings:
     partition: int | None = None
     data: Path | None = None
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
+    # Only for clients that never work concurrently (fl-sim): every round overwrites all
+    # weights before use, so one model per task can serve them all.
+    shared_models: dict[tuple[object, ...], torch.nn.Module] | None = None
 
 
 @dataclass
@@ -141,7 +144,13 @@ class ClientProtocol:
         if not same_job:  # after a reconnect to the same job, task and data are kept
             options: dict[str, Any] = json_format.MessageToDict(init.job.task_options)
             self.task = load_task(init.job.task, options)
-            self.model = self.task.build_model(init.job.seed)
+            if self.local.shared_models is None:
+                self.model = self.task.build_model(init.job.seed)
+            else:  # simulated clients that work one at a time can share one set of weights
+                key = _task_identity(init.job)
+                if key not in self.local.shared_models:
+                    self.local.shared_models[key] = self.task.build_model(init.job.seed)
+                self.model = self.local.shared_models[key]
             self.data = self.task.load_data(partition, init.job.seed, self.local.data)
         assert self.data is not None
         self.log.info(

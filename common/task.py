@@ -29,6 +29,9 @@ from fedsilo.common.errors import TaskLoadError
 
 BUILTIN_TASKS: dict[str, str] = {
     "synthetic": "fedsilo.common.tasks.synthetic:SyntheticTask",
+    "shakespeare": "fedsilo.common.tasks.shakespeare:ShakespeareTask",
+    "fmnist": "fedsilo.common.tasks.fmnist:FashionMnistTask",
+    "digits": "fedsilo.common.tasks.digits:DigitsTask",
 }
 
 

@@ -6,6 +6,7 @@ torch.Generator, never the global RNG.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import torch
@@ -15,21 +16,43 @@ from torch.utils.data import DataLoader, Dataset
 from fedsilo.common.task import Evaluation, TrainConfig, TrainResult
 
 
+def proximal_term(
+    parameters: Sequence[torch.Tensor], anchor: Sequence[torch.Tensor], mu: float
+) -> torch.Tensor:
+    """Return FedProx's ``(mu / 2) * ||w - w_global||^2`` over all ``parameters``."""
+    squared = torch.zeros(())  # a 0-d CPU tensor adds to one on any device
+    for p, a in zip(parameters, anchor, strict=True):
+        squared = squared + (p - a).pow(2).sum()
+    return (mu / 2) * squared
+
+
 def train_classifier(
     model: torch.nn.Module, dataset: Dataset[Any], config: TrainConfig
 ) -> TrainResult:
-    """Train with SGD and cross-entropy for ``config.local_epochs`` epochs; return mean loss."""
+    """Train with SGD and cross-entropy for ``config.local_epochs`` epochs; return mean loss.
+
+    With ``config.proximal_mu > 0`` the objective adds FedProx's proximal term (Li et al. 2020,
+    https://arxiv.org/abs/1812.06127) pulling the weights towards those training started from,
+    the global model. The reported loss is the cross-entropy alone, comparable across mu.
+    """
+    # getattr: TrainConfig gains proximal_mu (default 0) in a separate change.
+    mu = float(getattr(config, "proximal_mu", 0.0))
+    if not mu >= 0:
+        raise ValueError(f"proximal_mu must be >= 0, got {mu}")
     generator = torch.Generator().manual_seed(config.seed)
     loader = DataLoader(dataset, batch_size=config.batch_size, shuffle=True, generator=generator)
-    optimizer = torch.optim.SGD(model.parameters(), lr=config.learning_rate)
-    device = next(model.parameters()).device
+    parameters = list(model.parameters())
+    anchor = [p.detach().clone() for p in parameters] if mu > 0 else []
+    optimizer = torch.optim.SGD(parameters, lr=config.learning_rate)
+    device = parameters[0].device
     model.train()
     total_loss, batches = 0.0, 0
     for _ in range(config.local_epochs):
         for inputs, labels in loader:
             optimizer.zero_grad(set_to_none=True)
             loss = functional.cross_entropy(model(inputs.to(device)), labels.to(device))
-            loss.backward()  # type: ignore[no-untyped-call]
+            objective = (loss + proximal_term(parameters, anchor, mu)) if anchor else loss
+            objective.backward()  # type: ignore[no-untyped-call]
             optimizer.step()
             total_loss += float(loss.detach())
             batches += 1

@@ -124,16 +124,25 @@ def find_checkpoint(
     return load_checkpoint(path, identity)
 
 
+def make_job(
+    config: ServerConfig,
+    log: structlog.typing.FilteringBoundLogger,
+    checkpoint: Checkpoint | None,
+) -> Job:
+    """Load the task, build the initial model and the job, fresh or from ``checkpoint``."""
+    task = load_task(config.task, config.task_options)
+    model = task.build_model(config.seed)
+    job = Job(config, dict(model.state_dict()), log, admitted_clients(config))
+    job.begin(checkpoint)
+    return job
+
+
 def serve(config: ServerConfig) -> JobOutcome:
     """Run the job to its end and return its outcome. SIGTERM/SIGINT abort it cleanly."""
     log = get_logger(job_id=config.job_id)
     # Before anything touches the run folder: a second server of this job must change nothing.
     check_port_free(config.host, config.port, config.job_id)
-    checkpoint = find_checkpoint(config, log)
-    task = load_task(config.task, config.task_options)
-    model = task.build_model(config.seed)
-    job = Job(config, dict(model.state_dict()), log, admitted_clients(config))
-    job.begin(checkpoint)
+    job = make_job(config, log, find_checkpoint(config, log))
     health_service = health.HealthServicer()
     server = build_server(config, job, health_service)
     health_server = (

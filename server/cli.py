@@ -70,7 +70,7 @@ def build_parser() -> ArgumentParser:
         "--tensorboard",
         action="store_true",
         default=argparse.SUPPRESS,
-        help="also write TensorBoard scalars to <out>/tensorboard (pip install 'fedsilo[tensorboard]')",
+        help="also write TensorBoard scalars to <out>/tensorboard (extra: fedsilo[tensorboard])",
     )
     parser.add_argument("--chunk-size", type=int, help="bytes per tensor chunk (default 1 MiB)")
     parser.add_argument("--max-clients", type=int, help="most concurrent sessions (default 1024)")

@@ -24,14 +24,15 @@ from fedsilo.common.errors import ConfigError, JobAbortedError, ProtocolError
 from fedsilo.common.proto import federation_pb2 as pb
 from fedsilo.common.seeding import derive_seed
 from fedsilo.common.wire import PROTOCOL_VERSION, SERVER_CHUNKS, serialize
+from fedsilo.report.tensorboard import TensorBoardSink
 from fedsilo.server import metrics
 from fedsilo.server.aggregation import OrderedFold
 from fedsilo.server.checkpoint import CHECKPOINT_FILE, Checkpoint, job_identity, save_checkpoint
 from fedsilo.server.config import ServerConfig
 from fedsilo.server.run_files import METRICS_FILE, MODEL_FILE, MetricsLog, save_model
+from fedsilo.server.sampling import sample_clients
 from fedsilo.server.session import ClientSession, Upload
 from fedsilo.server.state_machine import Event, JobPhase, SessionState, next_phase
-from fedsilo.server.sampling import sample_clients
 from fedsilo.server.strategies import make_strategy
 from fedsilo.server.validation import bound_update
 
@@ -113,6 +114,7 @@ class Job:
         self.metrics_log = MetricsLog(run_dir / METRICS_FILE)
         self.model_path = run_dir / MODEL_FILE
         self.checkpoint_path = run_dir / CHECKPOINT_FILE
+        self._tensorboard = TensorBoardSink(run_dir) if config.tensorboard else None
         self.identity = job_identity(config)
 
     def begin(self, checkpoint: Checkpoint | None) -> None:
@@ -321,6 +323,14 @@ class Job:
 
     # ------------------------------------------------------------------ control
 
+    def progress(self) -> tuple[int, int, int]:
+        """Return (rounds completed, updates in for the current round, clients selected)."""
+        with self._cond:
+            current = self._round
+            if current is None:
+                return self.rounds_completed, 0, 0
+            return self.rounds_completed, len(current.fold.folded), len(current.fold.expected)
+
     def request_stop(self, reason: str) -> None:
         """Ask the coordinator to abort the job (e.g. on SIGTERM); returns at once."""
         with self._cond:
@@ -456,7 +466,15 @@ class Job:
     def _final_evaluation(self) -> None:
         with self._cond:
             self.phase = next_phase(self.phase, JobPhase.EVALUATING)
-            targets = self._idle_ids()
+            # As many clients as a round trains evaluate the final model (all, by default).
+            targets = sample_clients(
+                self._idle_ids(),
+                seed=self.config.seed,
+                round_number=self.rounds_completed,
+                count=self.config.clients_per_round,
+                fraction=self.config.fraction,
+                purpose="evaluate",
+            )
         frames = self._model_frames()
         evaluate = pb.ServerMessage(
             evaluate=pb.Evaluate(round=self.rounds_completed, model=codec.header_of(self.specs))
@@ -565,6 +583,8 @@ class Job:
         row = metrics.with_evaluation(self._pending_row, evaluations)
         self._pending_row = None
         self.metrics_log.append(row)
+        if self._tensorboard is not None:
+            self._tensorboard.append(row)
 
     def _model_frames(self) -> list[bytes]:
         """Serialize the global model once: chunk frames and trailer, shared by every stream."""

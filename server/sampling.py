@@ -18,6 +18,7 @@ def sample_clients(
     count: int | None = None,
     fraction: float | None = None,
     minimum: int = 1,
+    purpose: str = "train",
 ) -> list[int]:
     """Return the sorted ids chosen for a round from ``ready``.
 
@@ -30,6 +31,6 @@ def sample_clients(
         return pool
     wanted = count if count is not None else math.ceil((fraction or 0.0) * len(pool))
     wanted = min(len(pool), max(wanted, minimum))
-    generator = torch.Generator().manual_seed(derive_seed(seed, "sample", round_number))
+    generator = torch.Generator().manual_seed(derive_seed(seed, "sample", purpose, round_number))
     order = torch.randperm(len(pool), generator=generator)[:wanted]
     return sorted(pool[int(index)] for index in order)

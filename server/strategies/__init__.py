@@ -54,11 +54,39 @@ def _krum(**options: Any) -> Strategy:
     return Krum(**options)
 
 
+def _fedavgm(**options: Any) -> Strategy:
+    from fedsilo.server.strategies.fedavgm import FedAvgM
+
+    return FedAvgM(**options)
+
+
+def _fedadam(**options: Any) -> Strategy:
+    from fedsilo.server.strategies.fedopt import FedAdam
+
+    return FedAdam(**options)
+
+
+def _fedyogi(**options: Any) -> Strategy:
+    from fedsilo.server.strategies.fedopt import FedYogi
+
+    return FedYogi(**options)
+
+
+def _fedadagrad(**options: Any) -> Strategy:
+    from fedsilo.server.strategies.fedopt import FedAdagrad
+
+    return FedAdagrad(**options)
+
+
 STRATEGIES: dict[str, Callable[..., Strategy]] = {
     "fedavg": _fedavg,
     "median": _median,
     "trimmed-mean": _trimmed_mean,
     "krum": _krum,
+    "fedavgm": _fedavgm,
+    "fedadam": _fedadam,
+    "fedyogi": _fedyogi,
+    "fedadagrad": _fedadagrad,
 }
 
 

@@ -1,0 +1,1 @@
+"""Real federated datasets, read from files installed beforehand; nothing is downloaded."""

@@ -1,0 +1,67 @@
+"""Fashion-MNIST split among clients by label skew (NIID-Bench), with NIID-Bench's simple-cnn.
+
+Li et al. 2022, "Federated Learning on Non-IID Data Silos: An Experimental Study": the 60,000
+training images are split among ``clients`` (default: Dir(0.5) label skew); each client keeps
+its first 80 % for training and holds out the rest, so its test data has its own label mix. The
+official 10,000-image test set is not used. The files come from Debian's
+``dataset-fashion-mnist`` (see ``fedsilo.common.datasets.fmnist``); nothing is downloaded.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from torch.utils.data import TensorDataset
+
+from fedsilo.common.datasets.fmnist import CLASSES, DEFAULT_DIR, load_fashion_mnist
+from fedsilo.common.models import SimpleCNN
+from fedsilo.common.partition import LabelPartition
+from fedsilo.common.seeding import derive_seed
+from fedsilo.common.task import Evaluation, LocalData, TrainConfig, TrainResult
+from fedsilo.common.training import evaluate_classifier, train_classifier
+
+_MAX_PIXEL = 255.0
+
+
+class FashionMnistTask:
+    """Fashion-MNIST, partitioned by ``partition`` ('dirichlet', 'iid' or 'labels')."""
+
+    def __init__(
+        self,
+        clients: int = 10,
+        partition: str = "dirichlet",
+        beta: float | None = None,
+        labels: int | None = None,
+    ) -> None:
+        self.split = LabelPartition.from_options(clients, partition, beta, labels)
+
+    def num_partitions(self) -> int:
+        """Return the number of clients the data is split into."""
+        return self.split.clients
+
+    def build_model(self, seed: int) -> torch.nn.Module:
+        """Return NIID-Bench's simple-cnn initialised from ``seed``."""
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            return SimpleCNN(in_channels=1, classes=CLASSES)
+
+    def load_data(self, partition: int, seed: int, data_dir: Path | None) -> LocalData:
+        """Return client ``partition``'s images; ``data_dir`` may hold the four IDX files."""
+        images, labels = load_fashion_mnist("train", data_dir or DEFAULT_DIR)
+        train, test = self.split.client_split(labels, partition, derive_seed(seed, "fmnist"))
+        features = images.unsqueeze(1)  # (n, 1, 28, 28), scaled to [0, 1] per client below
+
+        def subset(indices: list[int]) -> TensorDataset:
+            chosen = torch.tensor(indices, dtype=torch.int64)
+            return TensorDataset(features[chosen].float() / _MAX_PIXEL, labels[chosen])
+
+        return LocalData(train=subset(train), test=subset(test))
+
+    def train(self, model: torch.nn.Module, data: LocalData, config: TrainConfig) -> TrainResult:
+        """Train with SGD on the local split."""
+        return train_classifier(model, data.train, config)
+
+    def evaluate(self, model: torch.nn.Module, data: LocalData) -> Evaluation:
+        """Evaluate on the held-out split."""
+        return evaluate_classifier(model, data.test)

@@ -1,0 +1,1 @@
+"""fl-report: plots and a summary table from run folders' metrics.jsonl; a TensorBoard sink."""
