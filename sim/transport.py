@@ -59,13 +59,16 @@ class InProcessLink:
                 if item is CLOSE:
                     return
                 frames = list(item) if isinstance(item, (list, tuple)) else [item]
-                for frame in frames:
-                    assert isinstance(frame, (bytes, Message))
-                    message = pb.ServerMessage.FromString(serialize(frame))
-                    with self._work_lock:
+                # A whole model stream (header, chunks, trailer) under one hold of the lock:
+                # decoding and the training that follows must not interleave with another
+                # client's, since simulated clients share one model.
+                with self._work_lock:
+                    for frame in frames:
+                        assert isinstance(frame, (bytes, Message))
+                        message = pb.ServerMessage.FromString(serialize(frame))
                         if self.protocol.handle(message):
                             self.finished.set()
-                    self.session.touch()
+                        self.session.touch()
         except Exception as exc:  # recorded; the simulator re-raises it
             self.failure = exc
         finally:
