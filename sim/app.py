@@ -110,7 +110,7 @@ def tty_progress(rounds: int) -> Callable[[tuple[int, int, int]], None] | None:
         return None
     from tqdm import tqdm
 
-    bar = tqdm(total=rounds, unit="round", file=sys.stderr, dynamic_ncols=True)
+    bar = tqdm(total=rounds, unit="round", file=sys.stderr)
 
     def update(progress: tuple[int, int, int]) -> None:
         completed, delivered, selected = progress
