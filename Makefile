@@ -10,7 +10,7 @@ TYPECHECK_TREE := build/typecheck
 FMNIST_DIR := /usr/share/datasets/fashion-mnist
 FMNIST_PKG := dataset-fashion-mnist
 
-.PHONY: install test test-slow lint typecheck demo proto clean datasets datasets-if-possible
+.PHONY: install test test-slow lint typecheck demo proto clean bench datasets datasets-if-possible
 
 install: $(STAMP) datasets-if-possible
 
@@ -56,6 +56,10 @@ test: install lint typecheck
 
 test-slow: install
 	$(BIN)/python -m pytest -m slow
+
+# Benchmarks print figures (median, min, max); they never pass or fail on time.
+bench: install
+	$(BIN)/python bench/codec_bench.py --json build/bench-codec.json
 
 demo: install
 	$(BIN)/python tools/demo.py
