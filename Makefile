@@ -59,7 +59,9 @@ test-slow: install
 
 # Benchmarks print figures (median, min, max); they never pass or fail on time.
 bench: install
+	@mkdir -p build
 	$(BIN)/python bench/codec_bench.py --json build/bench-codec.json
+	$(BIN)/python bench/transfer_bench.py --json build/bench-transfer.json
 
 demo: install
 	$(BIN)/python tools/demo.py

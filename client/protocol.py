@@ -218,6 +218,7 @@ class ClientProtocol:
         except CodecError as exc:
             self._protocol_violation(f"bad model stream: {exc}")
         _load_if_copied(self.model, tensors)
+        self.log.debug("model_received", round=incoming.round, bytes=incoming.decoder.total_bytes)
         if incoming.kind == "sync_model":
             assert incoming.train is not None
             self._train_and_upload(incoming.round, incoming.train)
