@@ -15,8 +15,10 @@ from fedsilo.client.config import ClientConfig
 from fedsilo.client.connection import resolve_endpoint
 from fedsilo.client.session import FederationClient
 from fedsilo.common.cli import (
+    INSECURE_HELP,
     ArgumentParser,
     add_config_flag,
+    add_switch,
     exit_process,
     run_daemon,
 )
@@ -38,12 +40,7 @@ def build_parser() -> ArgumentParser:
     parser.add_argument(
         "--bundle", type=Path, help="folder from fl-certs: certificate, key, CA, connection file"
     )
-    parser.add_argument(
-        "--insecure",
-        action="store_true",
-        default=argparse.SUPPRESS,
-        help="plaintext, no certificates: only on a network you trust",
-    )
+    add_switch(parser, "--insecure", INSECURE_HELP)
     parser.add_argument(
         "--server", help="server address HOST:PORT (default: the bundle's connection file)"
     )

@@ -29,6 +29,14 @@ def flag_values(
     return {key: value for key, value in vars(namespace).items() if key not in exclude}
 
 
+def add_switch(parser: argparse.ArgumentParser, flag: str, help: str) -> None:
+    """Add an on/off flag that, when absent, leaves the setting to env, file or default."""
+    parser.add_argument(flag, action="store_true", default=argparse.SUPPRESS, help=help)
+
+
+INSECURE_HELP = "plaintext, no certificates: only on a network you trust"
+
+
 def add_config_flag(parser: argparse.ArgumentParser) -> None:
     """Add ``--config FILE`` (TOML or YAML holding the same settings as the flags)."""
     parser.add_argument(

@@ -32,7 +32,7 @@ class ServerConfig(BaseModel):
         default_factory=dict, description="Keyword arguments of the task (config file only)."
     )
     seed: int = Field(0, ge=0, lt=2**63, description="Seed of the model, data and training.")
-    strategy: str = Field("fedavg", description="Aggregation: fedavg, median, trimmed-mean, krum.")
+    strategy: str = Field("fedavg", description="Aggregation strategy name (server.strategies).")
     strategy_options: dict[str, float | int] = Field(
         default_factory=dict, description="Keyword arguments of the strategy (config file only)."
     )

@@ -10,6 +10,7 @@ from typing import NoReturn
 
 from fedsilo.common.cli import ArgumentParser, add_config_flag, exit_process, run_daemon
 from fedsilo.common.logging import LEVELS
+from fedsilo.server.cli import add_job_flags
 from fedsilo.server.run_files import METRICS_FILE, MODEL_FILE
 from fedsilo.sim.app import simulate, tty_progress
 from fedsilo.sim.config import SimConfig
@@ -26,27 +27,11 @@ def build_parser() -> ArgumentParser:
         argument_default=argparse.SUPPRESS,
     )
     add_config_flag(parser)
-    parser.add_argument("--task", help="built-in task or package.module:Name (default synthetic)")
+    add_job_flags(parser, min_clients_default=1)
     parser.add_argument("--clients", type=int, help="simulated clients (default: the task's own)")
-    parser.add_argument("--clients-per-round", type=int, help="clients sampled per round")
-    parser.add_argument("--fraction", type=float, help="fraction of clients sampled per round")
-    parser.add_argument("--min-clients", type=int, help="updates a round needs (default 1)")
-    parser.add_argument("--rounds", type=int, help="training rounds (default 5)")
-    parser.add_argument("--strategy", help="fedavg, fedavgm, fedadam, fedyogi, fedadagrad, ...")
-    parser.add_argument("--seed", type=int, help="seed of model, data, sampling and training")
-    parser.add_argument("--local-epochs", type=int, help="local epochs per round (default 1)")
-    parser.add_argument("--batch-size", type=int, help="local batch size (default 32)")
-    parser.add_argument("--learning-rate", "--lr", type=float, help="local SGD rate (0.1)")
-    parser.add_argument("--proximal-mu", type=float, help="FedProx proximal weight (default 0)")
     parser.add_argument("--out", type=Path, help="run folder (default runs/sim)")
     parser.add_argument("--device", help="auto (a GPU when there is one), cpu, cuda, cuda:N")
     parser.add_argument("--threads", type=int, help="CPU threads for torch")
-    parser.add_argument(
-        "--tensorboard",
-        action="store_true",
-        default=argparse.SUPPRESS,
-        help="also write TensorBoard scalars (pip install 'fedsilo[tensorboard]')",
-    )
     parser.add_argument("--log-level", choices=LEVELS, help="default warning")
     return parser
 
