@@ -8,6 +8,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 from fedsilo.common.devices import DEVICE_PATTERN
 from fedsilo.common.logging import LEVELS
+from fedsilo.common.names import CLIENT_NAME_REGEX
 
 
 class ClientConfig(BaseModel):
@@ -20,7 +21,7 @@ class ClientConfig(BaseModel):
     )
     name: str | None = Field(
         None,
-        pattern=r"^[A-Za-z0-9_.@:-]{1,128}$",
+        pattern=CLIENT_NAME_REGEX,
         description="Stable name of this client (default: the bundle's, else the host name).",
     )
     bundle: Path | None = Field(

@@ -9,7 +9,6 @@ from a missing file to a key that others can read, is a ConfigError naming the f
 from __future__ import annotations
 
 import json
-import re
 import stat
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,9 +20,10 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.x509.oid import NameOID
 
 from fedsilo.common.errors import ConfigError
+from fedsilo.common.names import CLIENT_NAME_PATTERN
 
 # The rule for client names (the same as fl-client --name); a name is a certificate's CN too.
-NAME_PATTERN = re.compile(r"^[A-Za-z0-9_.@:-]{1,128}$")
+NAME_PATTERN = CLIENT_NAME_PATTERN
 CA_CERT = "ca.pem"
 SERVER_CERT = "server.pem"
 SERVER_KEY = "server.key"

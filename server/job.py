@@ -8,7 +8,6 @@ deadline, never longer.
 
 from __future__ import annotations
 
-import string
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -21,6 +20,7 @@ from google.protobuf import struct_pb2
 
 from fedsilo.common import codec
 from fedsilo.common.errors import ConfigError, JobAbortedError, ProtocolError
+from fedsilo.common.names import CLIENT_NAME_RULE, is_client_name
 from fedsilo.common.proto import federation_pb2 as pb
 from fedsilo.common.seeding import derive_seed
 from fedsilo.common.wire import PROTOCOL_VERSION, SERVER_CHUNKS, serialize
@@ -35,9 +35,6 @@ from fedsilo.server.session import ClientSession, Upload
 from fedsilo.server.state_machine import Event, JobPhase, SessionState, next_phase
 from fedsilo.server.strategies import make_strategy
 from fedsilo.server.validation import bound_update
-
-MAX_NAME_LENGTH = 128
-_NAME_CHARS = frozenset(string.ascii_letters + string.digits + "-_.@:")
 
 
 @dataclass
@@ -157,10 +154,10 @@ class Job:
                 f"this server runs job {self.config.job_id}, not job {hello.job_id}",
             )
         name = hello.client_name
-        if not (0 < len(name) <= MAX_NAME_LENGTH and set(name) <= _NAME_CHARS):
+        if not is_client_name(name):
             raise ProtocolError(
                 int(pb.MALFORMED_MESSAGE),
-                f"client name must be 1-{MAX_NAME_LENGTH} characters of [A-Za-z0-9-_.@:]",
+                f"client name must be {CLIENT_NAME_RULE}",
             )
         self._check_admitted(session.certificate_name, name)
         with self._cond:
