@@ -152,6 +152,18 @@ class Daemons:
             name=name,
         )
 
+    def federation(
+        self, job_id: int, names: Sequence[str], *server_args: str, timeout: float = 120
+    ) -> Daemon:
+        """Run a whole job (server on a free port, one client per name) and check all exit 0."""
+        port = free_port()
+        server = self.server(job_id, port - job_id, *server_args)
+        clients = [self.client(port, name) for name in names]
+        assert server.wait(timeout=timeout) == 0, server.tail()
+        for client in clients:
+            assert client.wait(timeout=30) == 0, client.tail()
+        return server
+
     def stop_all(self) -> None:
         """Kill every daemon still running."""
         for daemon in self.started:

@@ -67,11 +67,10 @@ def reference_run(rows: list[dict], rounds: int, aggregate=fedavg_float64) -> di
 def test_three_clients_three_rounds_end_with_the_fedavg_of_their_updates(
     daemons: Daemons, tmp_path: Path
 ) -> None:
-    port = free_port()
     run_dir = tmp_path / "run"
-    server = daemons.server(
+    daemons.federation(
         JOB_ID,
-        port - JOB_ID,
+        CLIENTS,
         "--rounds",
         str(ROUNDS),
         "--min-clients",
@@ -84,11 +83,6 @@ def test_three_clients_three_rounds_end_with_the_fedavg_of_their_updates(
         "60",
         *TRAIN_FLAGS,
     )
-    clients = [daemons.client(port, name) for name in CLIENTS]
-
-    assert server.wait(timeout=120) == 0, server.tail()
-    for client in clients:
-        assert client.wait(timeout=30) == 0, client.tail()
 
     rows = read_metrics(run_dir)
     assert [row["round"] for row in rows] == list(range(ROUNDS + 1))
@@ -179,11 +173,10 @@ def test_an_unloadable_task_is_a_config_error(daemons: Daemons, tmp_path: Path) 
 def test_the_median_strategy_over_real_processes_gives_the_coordinate_median(
     daemons: Daemons, tmp_path: Path
 ) -> None:
-    port = free_port()
     run_dir = tmp_path / "run"
-    server = daemons.server(
+    daemons.federation(
         JOB_ID,
-        port - JOB_ID,
+        CLIENTS,
         "--rounds",
         "2",
         "--min-clients",
@@ -196,10 +189,6 @@ def test_the_median_strategy_over_real_processes_gives_the_coordinate_median(
         str(run_dir),
         *TRAIN_FLAGS,
     )
-    clients = [daemons.client(port, name) for name in CLIENTS]
-    assert server.wait(timeout=120) == 0, server.tail()
-    for client in clients:
-        assert client.wait(timeout=30) == 0, client.tail()
     final = torch.load(run_dir / "model.pt", weights_only=True)
     expected = reference_run(read_metrics(run_dir), 2, aggregate=median_plain)
     for name, tensor in expected.items():
