@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,7 +29,13 @@ from fedsilo.common.errors import (
 )
 from fedsilo.common.proto import federation_pb2 as pb
 from fedsilo.common.task import LocalData, Task, TrainConfig, load_task
-from fedsilo.common.wire import CLIENT_CHUNKS, PROTOCOL_VERSION, Outbound, tensor_stream_frames
+from fedsilo.common.wire import (
+    CLIENT_CHUNKS,
+    PROTOCOL_VERSION,
+    Outbound,
+    RawChunk,
+    tensor_stream_frames,
+)
 
 Send = Callable[[Outbound | Iterator[bytes]], None]
 
@@ -95,8 +101,11 @@ class ClientProtocol:
             hello.job_id = self.job_id
         return pb.ClientMessage(hello=hello)
 
-    def handle(self, message: pb.ServerMessage) -> bool:
+    def handle(self, message: pb.ServerMessage | RawChunk) -> bool:
         """Handle one server message; return True when the session is over."""
+        if isinstance(message, RawChunk):
+            self._on_chunk(message.data)
+            return False
         kind = message.WhichOneof("body")
         if kind == "init_config":
             self._on_init(message.init_config)
@@ -107,7 +116,7 @@ class ClientProtocol:
         elif kind == "evaluate":
             self._begin_model(kind, message.evaluate.round, None, message.evaluate.model)
         elif kind == "chunk":
-            self._on_chunk(message.chunk)
+            self._on_chunk(message.chunk.data)
         elif kind == "trailer":
             self._on_trailer(message.trailer)
         elif kind == "finish":
@@ -198,12 +207,12 @@ class ClientProtocol:
             ),
         )
 
-    def _on_chunk(self, chunk: pb.TensorChunk) -> None:
+    def _on_chunk(self, data: bytes | memoryview) -> None:
         if self._incoming is None:
             self._protocol_violation("tensor chunk outside a model stream")
         assert self._incoming is not None
         try:
-            self._incoming.decoder.feed(chunk.data)
+            self._incoming.decoder.feed(data)
         except CodecError as exc:
             self._protocol_violation(f"bad model stream: {exc}")
 
@@ -340,7 +349,7 @@ def _decodable(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor] | None
     return None
 
 
-def _load_if_copied(model: torch.nn.Module, tensors: dict[str, torch.Tensor]) -> None:
+def _load_if_copied(model: torch.nn.Module, tensors: Mapping[str, torch.Tensor]) -> None:
     state = model.state_dict()
     if any(state[name].data_ptr() != tensor.data_ptr() for name, tensor in tensors.items()):
         model.load_state_dict(tensors)

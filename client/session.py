@@ -21,8 +21,7 @@ from fedsilo.client.protocol import ClientProtocol, LocalSettings
 from fedsilo.client.reconnect import Outage
 from fedsilo.common.devices import resolve_device
 from fedsilo.common.errors import ConnectError, SessionLostError
-from fedsilo.common.proto import federation_pb2 as pb
-from fedsilo.common.wire import SESSION_METHOD_PATH, Outbound, serialize
+from fedsilo.common.wire import SESSION_METHOD_PATH, Outbound, parse_server_message, serialize
 
 
 class _Close:
@@ -81,7 +80,7 @@ class FederationClient:
         call = channel.stream_stream(
             SESSION_METHOD_PATH,
             request_serializer=serialize,
-            response_deserializer=pb.ServerMessage.FromString,
+            response_deserializer=parse_server_message,
         )(_requests(outbox))
         finished = False
         try:

@@ -14,6 +14,8 @@ from __future__ import annotations
 import sys
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 import torch
@@ -172,12 +174,17 @@ class TensorStreamEncoder:
     ``checksum`` is valid once iteration has finished.
     """
 
-    def __init__(self, tensors: Sequence[torch.Tensor], chunk_size: int = DEFAULT_CHUNK_SIZE):
+    def __init__(
+        self,
+        tensors: Sequence[torch.Tensor],
+        chunk_size: int = DEFAULT_CHUNK_SIZE,
+        checksum: bool = True,
+    ):
         if chunk_size <= 0:
             raise ValueError("chunk_size must be positive")
         self._tensors = [_wire_ready(t) for t in tensors]
         self._chunk_size = chunk_size
-        self._hash = xxhash.xxh3_64()
+        self._hash = xxhash.xxh3_64() if checksum else None
         self._done = False
 
     @property
@@ -190,6 +197,8 @@ class TensorStreamEncoder:
         """The xxh3-64 of every byte yielded; only valid after the last chunk."""
         if not self._done:
             raise RuntimeError("checksum read before the stream was fully encoded")
+        if self._hash is None:
+            raise RuntimeError("this encoder was made with checksum=False")
         return int(self._hash.intdigest())
 
     def __iter__(self) -> Iterator[list[memoryview]]:
@@ -201,7 +210,8 @@ class TensorStreamEncoder:
             while offset < len(view):
                 take = min(room, len(view) - offset)
                 part = view[offset : offset + take]
-                self._hash.update(part)
+                if self._hash is not None:
+                    self._hash.update(part)
                 parts.append(part)
                 offset += take
                 room -= take
@@ -214,11 +224,13 @@ class TensorStreamEncoder:
 
 
 class TensorStreamDecoder:
-    """Receive the chunks of one tensor stream into preallocated tensors.
+    """Receive the chunks of one tensor stream into preallocated tensors, or into a file.
 
     ``into`` gives the destination tensors (e.g. a model's own state dict, decoded in place);
-    without it, fresh tensors are allocated once from the specs. Every chunk is bounds-checked
-    against the header before it is copied; ``finish`` checks length and checksum.
+    without it, fresh tensors are allocated once from the specs. With ``spill_to``, the raw
+    bytes go to that new file instead and ``finish`` returns a ``SpilledTensors`` reading them
+    back one tensor at a time, so a received model need not be held in memory. Every chunk is
+    bounds-checked against the header before it is used; ``finish`` checks length and checksum.
     """
 
     def __init__(
@@ -226,10 +238,17 @@ class TensorStreamDecoder:
         specs: Sequence[TensorSpec],
         into: Mapping[str, torch.Tensor] | None = None,
         max_chunk_size: int = DEFAULT_CHUNK_SIZE,
+        spill_to: Path | None = None,
     ) -> None:
         self.specs = list(specs)
         self.tensors: dict[str, torch.Tensor] = {}
-        for spec in self.specs:
+        self._spill: BinaryIO | None = None
+        self._spill_path = spill_to
+        if spill_to is not None:
+            if into is not None:
+                raise ValueError("decode into tensors or spill to a file, not both")
+            self._spill = open(spill_to, "xb", buffering=0)  # noqa: SIM115 - closed by finish
+        for spec in self.specs if spill_to is None else ():
             if into is not None:
                 target = into[spec.name]
                 if not (target.device.type == "cpu" and target.is_contiguous()):
@@ -239,7 +258,7 @@ class TensorStreamDecoder:
             else:
                 target = torch.empty(spec.shape, dtype=spec.dtype)
             self.tensors[spec.name] = target
-        self._views = [_byte_view(self.tensors[spec.name]) for spec in self.specs]
+        self._views = [_byte_view(tensor) for tensor in self.tensors.values()]
         self._index = 0  # tensor being filled
         self._offset = 0  # bytes filled in that tensor
         self.received_bytes = 0
@@ -252,7 +271,7 @@ class TensorStreamDecoder:
         """Whether every declared byte has arrived."""
         return self.received_bytes == self.total_bytes
 
-    def feed(self, chunk: bytes) -> None:
+    def feed(self, chunk: bytes | memoryview) -> None:
         """Copy one chunk into place; raise CodecError if it is oversized or overflows."""
         size = len(chunk)
         if size > self._max_chunk_size:
@@ -264,6 +283,10 @@ class TensorStreamDecoder:
                 f"chunks carry more than the {self.total_bytes} bytes the header declared"
             )
         self._hash.update(chunk)
+        if self._spill is not None:
+            _write_all(self._spill, memoryview(chunk))
+            self.received_bytes += size
+            return
         source = np.frombuffer(chunk, dtype=np.uint8)
         position = 0
         while position < size:
@@ -277,7 +300,7 @@ class TensorStreamDecoder:
                 self._offset = 0
         self.received_bytes += size
 
-    def finish(self, checksum: int) -> dict[str, torch.Tensor]:
+    def finish(self, checksum: int) -> Mapping[str, torch.Tensor]:
         """Check the stream is complete and intact; return the decoded tensors by name."""
         if not self.complete:
             raise CodecError(
@@ -285,7 +308,65 @@ class TensorStreamDecoder:
             )
         if int(self._hash.intdigest()) != checksum:
             raise CodecError("checksum mismatch: the tensor stream was corrupted")
+        if self._spill is not None and self._spill_path is not None:
+            self._spill.close()
+            self._spill = None
+            return SpilledTensors(self._spill_path, self.specs)
         return self.tensors
+
+    def discard(self) -> None:
+        """Give the stream up: close and delete its spill file, if any."""
+        if self._spill is not None and self._spill_path is not None:
+            self._spill.close()
+            self._spill = None
+            self._spill_path.unlink(missing_ok=True)
+
+
+def _write_all(handle: BinaryIO, data: memoryview) -> None:
+    while data:
+        written = handle.write(data)
+        data = data[written or 0 :]
+
+
+class SpilledTensors(Mapping[str, torch.Tensor]):
+    """Tensors stored back to back in a file (a spilled tensor stream), read on access.
+
+    Each lookup reads that one tensor into a fresh tensor, so holding this costs no memory;
+    ``remove`` deletes the file once the tensors are no longer needed.
+    """
+
+    def __init__(self, path: Path, specs: Sequence[TensorSpec]) -> None:
+        self.path = path
+        self._specs = {spec.name: spec for spec in specs}
+        self._offsets: dict[str, int] = {}
+        offset = 0
+        for spec in specs:
+            self._offsets[spec.name] = offset
+            offset += spec.nbytes
+
+    def __getitem__(self, name: str) -> torch.Tensor:
+        spec = self._specs[name]
+        tensor = torch.empty(spec.shape, dtype=spec.dtype)
+        view = _byte_view(tensor).data
+        with open(self.path, "rb", buffering=0) as handle:
+            handle.seek(self._offsets[name])
+            filled = 0
+            while filled < spec.nbytes:
+                count = handle.readinto(view[filled:])
+                if not count:
+                    raise CodecError(f"spill file {self.path} ends inside tensor {name!r}")
+                filled += count
+        return tensor
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._specs)
+
+    def __len__(self) -> int:
+        return len(self._specs)
+
+    def remove(self) -> None:
+        """Delete the file."""
+        self.path.unlink(missing_ok=True)
 
 
 def encode_state(
@@ -313,4 +394,4 @@ def decode_state(  # noqa: PLR0917 - mirrors the wire order: header, chunks, tra
     decoder = TensorStreamDecoder(specs, max_chunk_size=max_chunk_size)
     for chunk in chunks:
         decoder.feed(chunk)
-    return decoder.finish(checksum)
+    return dict(decoder.finish(checksum))

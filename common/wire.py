@@ -12,6 +12,7 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Generic, TypeVar
 
+import torch
 from google.protobuf.message import DecodeError, Message
 
 from fedsilo.common.codec import TensorStreamEncoder
@@ -47,6 +48,25 @@ def _tag(field_number: int) -> bytes:
     return _varint((field_number << 3) | _LEN)
 
 
+def _read_varint(raw: memoryview, position: int) -> tuple[int, int]:
+    """Return (value, next position) of the varint at ``position``; (-1, 0) if there is none."""
+    value = shift = 0
+    for index in range(position, min(position + 10, len(raw))):
+        byte = raw[index]
+        value |= (byte & 0x7F) << shift
+        if not byte & 0x80:
+            return value, index + 1
+        shift += 7
+    return -1, 0
+
+
+@dataclass(frozen=True)
+class RawChunk:
+    """A TensorChunk read straight from its wire form: ``data`` views the received bytes."""
+
+    data: memoryview
+
+
 @dataclass(frozen=True)
 class ChunkFramer:
     """Writes the wire form of ``Envelope{chunk: TensorChunk{data}}`` without building objects.
@@ -65,6 +85,37 @@ class ChunkFramer:
         inner_prefix = _tag(_CHUNK_DATA_FIELD) + _varint(size)
         outer_prefix = _tag(self.envelope_field) + _varint(len(inner_prefix) + size)
         return b"".join([outer_prefix, inner_prefix, *parts])
+
+    def frame_size(self, size: int) -> int:
+        """Return the length of the frame carrying a chunk of ``size`` bytes."""
+        if size == 0:
+            return len(_tag(self.envelope_field)) + 1
+        inner = len(_tag(_CHUNK_DATA_FIELD)) + len(_varint(size)) + size
+        return len(_tag(self.envelope_field)) + len(_varint(inner)) + inner
+
+    def parse(self, raw: bytes) -> RawChunk | None:
+        """Return the chunk if ``raw`` is exactly a frame as ``frame`` writes it, else None.
+
+        The inverse of ``frame``, without building protobuf objects or copying the data:
+        anything else (another message, or a chunk encoded some other legal way) is left to
+        the protobuf parser, so the result never differs from what protobuf would read.
+        """
+        view = memoryview(raw)
+        tag = _tag(self.envelope_field)
+        if view[: len(tag)] != tag:
+            return None
+        outer, position = _read_varint(view, len(tag))
+        if outer != len(view) - position:
+            return None
+        if outer == 0:
+            return RawChunk(view[position:])
+        inner_tag = _tag(_CHUNK_DATA_FIELD)
+        if view[position : position + len(inner_tag)] != inner_tag:
+            return None
+        size, start = _read_varint(view, position + len(inner_tag))
+        if size != len(view) - start:
+            return None
+        return RawChunk(view[start:])
 
 
 SERVER_CHUNKS = ChunkFramer(pb.ServerMessage.DESCRIPTOR.fields_by_name["chunk"].number)
@@ -86,22 +137,69 @@ M = TypeVar("M", bound=Message)
 
 @dataclass(frozen=True)
 class Inbound(Generic[M]):
-    """A received message with its size on the wire; ``message`` is None when it did not parse."""
+    """A received message with its size on the wire.
 
-    message: M | None
+    ``message`` is a tensor chunk read in place (the hot path of an upload), any other parsed
+    message, or None when the bytes did not parse.
+    """
+
+    message: M | RawChunk | None
     nbytes: int
 
 
-def tolerant_deserializer(message_type: type[M]) -> Callable[[bytes], Inbound[M]]:
-    """Return a deserializer that never raises, so garbage can be answered with an Error."""
+def tolerant_deserializer(
+    message_type: type[M], chunks: ChunkFramer | None = None
+) -> Callable[[bytes], Inbound[M]]:
+    """Return a deserializer that never raises, so garbage can be answered with an Error.
+
+    With ``chunks``, tensor chunks in that framing skip protobuf and keep their bytes in place.
+    """
 
     def deserialize(raw: bytes) -> Inbound[M]:
+        chunk = chunks.parse(raw) if chunks is not None else None
+        if chunk is not None:
+            return Inbound(chunk, len(raw))
         try:
             return Inbound(message_type.FromString(raw), len(raw))
         except (DecodeError, RuntimeError, ValueError):
             return Inbound(None, len(raw))
 
     return deserialize
+
+
+def parse_server_message(raw: bytes) -> pb.ServerMessage | RawChunk:
+    """The client's deserializer: model chunks in place, anything else through protobuf."""
+    chunk = SERVER_CHUNKS.parse(raw)
+    return chunk if chunk is not None else pb.ServerMessage.FromString(raw)
+
+
+class ModelFrames:
+    """The chunk frames and trailer of one model, framed lazily each time it is iterated.
+
+    The server sends the same model to every client of a round: the checksum and the byte
+    count are computed once, and each stream frames its chunks straight from the (immutable)
+    tensors as it goes, so no serialized copy of the model is ever held.
+    """
+
+    def __init__(
+        self,
+        tensors: Sequence[torch.Tensor],
+        chunk_size: int,
+        framer: ChunkFramer,
+        trailer_of: Callable[[int], Message],
+    ) -> None:
+        self._tensors = list(tensors)
+        self._chunk_size = chunk_size
+        self._framer = framer
+        encoder = TensorStreamEncoder(self._tensors, chunk_size)
+        chunk_bytes = [sum(part.nbytes for part in parts) for parts in encoder]
+        self.trailer = serialize(trailer_of(encoder.checksum))
+        self.nbytes = sum(framer.frame_size(size) for size in chunk_bytes) + len(self.trailer)
+
+    def __iter__(self) -> Iterator[bytes]:
+        for parts in TensorStreamEncoder(self._tensors, self._chunk_size, checksum=False):
+            yield self._framer.frame(parts)
+        yield self.trailer
 
 
 def tensor_stream_frames(

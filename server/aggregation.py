@@ -3,12 +3,17 @@
 An update that completes before its turn waits in its own buffer; the moment every lower client
 id is either folded or dropped, it is folded into the running sum and freed. The result is
 therefore bit-identical to folding in sorted order, and memory holds one running sum plus the
-updates that wait for their turn. Not thread-safe: the job calls it under its lock.
+updates that wait for their turn (the server spills those to disk: see ``server/uploads.py``).
+
+Given a ``release`` callback, the fold owns the updates it is given: the first one folded is
+scaled in place and becomes the running sum (no model-sized buffer of zeros), and every update
+is handed to ``release`` once folded, with ``reuse`` saying whether its buffers are free again.
+Not thread-safe: the job calls it under its lock.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 
 import torch
@@ -30,6 +35,7 @@ class OrderedFold:
     like: Mapping[str, torch.Tensor]
     # Keep every update (in client-id order) instead of summing: for robust strategies.
     keep_all: bool = False
+    release: Callable[[Mapping[str, torch.Tensor], bool], None] | None = None
     folded: list[int] = field(default_factory=list)
     dropped: list[int] = field(default_factory=list)
     total_weight: float = 0.0
@@ -40,6 +46,7 @@ class OrderedFold:
         self._waiting: dict[int, _Waiting] = {}
         self._dropped_set: set[int] = set()
         self._sum: fedavg.State | None = None
+        self._mean: fedavg.State | None = None
         self._kept: list[tuple[Mapping[str, torch.Tensor], float]] = []
 
     def is_open_for(self, client_id: int) -> bool:
@@ -75,6 +82,11 @@ class OrderedFold:
         return [cid for cid in self.expected if self.is_open_for(cid)]
 
     @property
+    def in_turn(self) -> int | None:
+        """The client whose update is folded next, or None once the round is complete."""
+        return self.expected[self._next] if self._next < len(self.expected) else None
+
+    @property
     def complete(self) -> bool:
         """Whether every expected client is folded or dropped."""
         return self._next == len(self.expected)
@@ -83,17 +95,30 @@ class OrderedFold:
         """Return the weighted mean of the folded updates (the round must be complete)."""
         if not self.complete:
             raise RuntimeError("round is not complete")
-        if self._sum is None:
-            raise ValueError("no update was folded in this round")
-        return fedavg.weighted_mean(self._sum, self.total_weight, self.like)
+        if self._mean is None:
+            if self._sum is None:
+                raise ValueError("no update was folded in this round")
+            # The sum is divided in place: it is used up here, and the mean is kept.
+            self._mean = fedavg.weighted_mean(self._sum, self.total_weight, self.like)
+            self._sum = None
+        return self._mean
 
-    def collected(self) -> tuple[list[fedavg.State], list[float]]:
+    def collected(self) -> tuple[list[Mapping[str, torch.Tensor]], list[float]]:
         """Return every folded update and its weight, in client-id order (``keep_all`` only)."""
         if not self.keep_all:
             raise RuntimeError("updates were summed, not kept")
         if not self.complete:
             raise RuntimeError("round is not complete")
-        return [dict(t) for t, _ in self._kept], [w for _, w in self._kept]
+        return [t for t, _ in self._kept], [w for _, w in self._kept]
+
+    def discard(self) -> None:
+        """Release every update still held (kept or waiting): the round is over or abandoned."""
+        held = [t for t, _ in self._kept] + [w.tensors for w in self._waiting.values()]
+        self._kept.clear()
+        self._waiting.clear()
+        if self.release is not None:
+            for tensors in held:
+                self.release(tensors, False)
 
     def _advance(self) -> None:
         while self._next < len(self.expected):
@@ -102,12 +127,17 @@ class OrderedFold:
                 self._next += 1
             elif cid in self._waiting:
                 update = self._waiting.pop(cid)
+                owned = self.release is not None
                 if self.keep_all:
                     self._kept.append((update.tensors, update.weight))
+                elif self._sum is None:
+                    self._sum = fedavg.start_sum(update.tensors, update.weight, owned=owned)
+                    if self.release is not None:
+                        self.release(update.tensors, False)  # its buffers are the sum now
                 else:
-                    if self._sum is None:
-                        self._sum = fedavg.new_sum(self.like)
                     fedavg.fold(self._sum, update.tensors, update.weight)
+                    if self.release is not None:
+                        self.release(update.tensors, True)
                 self.total_weight += update.weight
                 self.folded.append(cid)
                 self._next += 1

@@ -1,17 +1,20 @@
 """The job's checkpoint: everything needed to continue after the last completed round.
 
-Written atomically after every round (temp file, fsync, rename) as a plain torch.save of
+Written atomically after every round (temp file, fsync, rename), in the background so that
+the disk never holds up the next round (``CheckpointWriter``), as a plain torch.save of
 tensors, numbers, strings, lists and dicts, so that it loads with ``weights_only=True``:
 nothing in it can run code. ``--resume`` reads it back and checks that it belongs to this job.
 """
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import structlog
 import torch
 
 from fedsilo.common.errors import ConfigError
@@ -58,6 +61,45 @@ def save_checkpoint(path: Path, checkpoint: Checkpoint) -> None:
         "identity": checkpoint.identity,
     }
     atomic_write(path, lambda handle: torch.save(payload, handle))
+
+
+class CheckpointWriter:
+    """Writes checkpoints one at a time on a background thread.
+
+    ``write`` returns at once; ``wait`` blocks until the last write is on disk and re-raises
+    its error, if any. The job waits before it changes anything a checkpoint being written
+    refers to (the strategy's state), and before it ends.
+    """
+
+    def __init__(self, path: Path, log: structlog.typing.FilteringBoundLogger) -> None:
+        self.path = path
+        self._log = log
+        self._thread: threading.Thread | None = None
+        self._error: BaseException | None = None
+
+    def write(self, checkpoint: Checkpoint) -> None:
+        """Start writing ``checkpoint`` after the previous write has finished."""
+        self.wait()
+
+        def run() -> None:
+            try:
+                save_checkpoint(self.path, checkpoint)
+            except BaseException as exc:  # re-raised by wait() in the job's thread
+                self._error = exc
+            else:
+                self._log.info("checkpoint_saved", round=checkpoint.round)
+
+        self._thread = threading.Thread(target=run, name="checkpoint", daemon=True)
+        self._thread.start()
+
+    def wait(self) -> None:
+        """Block until no write is in progress; raise the error of the last one, if any."""
+        if self._thread is not None:
+            self._thread.join()
+            self._thread = None
+        error, self._error = self._error, None
+        if error is not None:
+            raise error
 
 
 def load_checkpoint(path: Path, identity: Mapping[str, Any]) -> Checkpoint:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -23,18 +23,26 @@ from fedsilo.common.errors import ConfigError, JobAbortedError, ProtocolError
 from fedsilo.common.names import CLIENT_NAME_RULE, is_client_name
 from fedsilo.common.proto import federation_pb2 as pb
 from fedsilo.common.seeding import derive_seed
-from fedsilo.common.wire import PROTOCOL_VERSION, SERVER_CHUNKS, serialize
+from fedsilo.common.wire import PROTOCOL_VERSION, SERVER_CHUNKS, ModelFrames, serialize
 from fedsilo.report.tensorboard import TensorBoardSink
 from fedsilo.server import metrics
 from fedsilo.server.aggregation import OrderedFold
-from fedsilo.server.checkpoint import CHECKPOINT_FILE, Checkpoint, job_identity, save_checkpoint
+from fedsilo.server.checkpoint import (
+    CHECKPOINT_FILE,
+    Checkpoint,
+    CheckpointWriter,
+    job_identity,
+)
 from fedsilo.server.config import ServerConfig
 from fedsilo.server.run_files import METRICS_FILE, MODEL_FILE, MetricsLog, save_model
 from fedsilo.server.sampling import sample_clients
-from fedsilo.server.session import ClientSession, Upload
+from fedsilo.server.session import ClientSession, OutgoingModel, Upload
 from fedsilo.server.state_machine import Event, JobPhase, SessionState, next_phase
 from fedsilo.server.strategies import make_strategy
+from fedsilo.server.uploads import UploadStore
 from fedsilo.server.validation import bound_update
+
+SPILL_DIR = "spill"  # in the run folder: uploads that wait for their turn to be folded
 
 
 @dataclass
@@ -85,9 +93,9 @@ class Job:
         self.config = config
         self.log = log
         self._admitted = admitted  # with mutual TLS: reads the names the job admits
+        # Taken over, not copied: the caller built this model for the job alone.
         self.global_state = {
-            name: tensor.detach().cpu().clone().contiguous()
-            for name, tensor in initial_state.items()
+            name: tensor.detach().cpu().contiguous() for name, tensor in initial_state.items()
         }
         self.specs = codec.specs_of(self.global_state)
         self.model_bytes = sum(spec.nbytes for spec in self.specs)
@@ -113,6 +121,8 @@ class Job:
         self.checkpoint_path = run_dir / CHECKPOINT_FILE
         self._tensorboard = TensorBoardSink(run_dir) if config.tensorboard else None
         self.identity = job_identity(config)
+        self.uploads = UploadStore(run_dir / SPILL_DIR, config.chunk_size)
+        self._checkpoints = CheckpointWriter(self.checkpoint_path, log)
 
     def begin(self, checkpoint: Checkpoint | None) -> None:
         """Start afresh (replacing an old metrics file) or continue from ``checkpoint``."""
@@ -202,7 +212,7 @@ class Job:
                 f"certificate {certificate_name!r} may not use the client name {client_name!r}",
             )
 
-    def bound_update(self, tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    def bound_update(self, tensors: Mapping[str, torch.Tensor]) -> Mapping[str, torch.Tensor]:
         """Apply the job's update norm bound against the current global model (may raise)."""
         return bound_update(
             tensors, self.global_state, self.config.update_norm_bound, self.config.norm_bound_action
@@ -236,8 +246,21 @@ class Job:
             )
         return "open" if open_now else "late"
 
+    def upload_decoder(
+        self, session: ClientSession, specs: list[codec.TensorSpec], round_number: int
+    ) -> codec.TensorStreamDecoder:
+        """Return the decoder of an update: in memory if it is folded next, else spilled."""
+        with self._cond:
+            current = self._round
+            in_turn = (
+                current is not None
+                and current.number == round_number
+                and current.fold.in_turn == session.client_id
+            )
+        return self.uploads.decoder(specs, in_turn, f"r{round_number}-c{session.client_id}")
+
     def submit_update(
-        self, session: ClientSession, upload: Upload, tensors: dict[str, torch.Tensor]
+        self, session: ClientSession, upload: Upload, tensors: Mapping[str, torch.Tensor]
     ) -> None:
         """Fold a complete, checked update into the round (or ignore it if it came too late)."""
         assert session.client_id is not None and session.name is not None
@@ -250,6 +273,7 @@ class Job:
                 or not current.fold.is_open_for(cid)
             ):
                 session.log.info("update_ignored", round=upload.round, reason="round closed")
+                self.uploads.release(tensors, False)
                 return
             finished = time.monotonic()
             current.reports[cid] = metrics.ClientReport(
@@ -343,6 +367,7 @@ class Job:
             self._final_evaluation()
         except JobAbortedError as exc:
             return self._abort(str(exc))
+        self._save_results()
         self._set_phase(JobPhase.FINISHED)
         self._close_all(pb.ServerMessage(finish=pb.Finish(rounds_completed=self.rounds_completed)))
         self.log.info("job_finished", rounds=self.rounds_completed, model=str(self.model_path))
@@ -388,7 +413,10 @@ class Job:
                 minimum=self.config.min_clients,
             )
             fold = OrderedFold(
-                selected, self.global_state, keep_all=self.strategy.needs_all_updates
+                selected,
+                self.global_state,
+                keep_all=self.strategy.needs_all_updates,
+                release=self.uploads.release,
             )
             current = RoundState(number, fold, time.monotonic())
             self._round = current
@@ -400,9 +428,9 @@ class Job:
                     round=number, train=self._train_config(number, cid), model=header
                 )
             )
-            items = [serialize(sync), *frames]
-            current.bytes_down[cid] = sum(len(item) for item in items)
-            if not session.offer(Event.SYNC, (number, items)):
+            stream = OutgoingModel(serialize(sync), frames)
+            current.bytes_down[cid] = stream.nbytes
+            if not session.offer(Event.SYNC, (number, stream)):
                 with self._cond:
                     current.drop([cid], "disconnected", {cid: "download"})
         log.info("round_started", clients=selected, model_bytes=self.model_bytes)
@@ -420,15 +448,19 @@ class Job:
         if current.dropped:
             log.warning("clients_dropped", dropped=current.dropped)
         if len(current.fold.folded) < self.config.min_clients:
+            current.fold.discard()
             raise JobAbortedError(
                 f"round {number}: {len(current.fold.folded)} of {len(selected)} selected clients "
                 f"delivered an update; min_clients is {self.config.min_clients}"
             )
+        # The last checkpoint may still be being written from the strategy's state.
+        self._checkpoints.wait()
         if self.strategy.needs_all_updates:
             updates, weights = current.fold.collected()
             new_state = self.strategy.combine(self.global_state, updates, weights)
         else:
             new_state = self.strategy.next_global(self.global_state, current.fold.mean())
+        current.fold.discard()
         self.global_state = {spec.name: new_state[spec.name].contiguous() for spec in self.specs}
         self.rounds_completed = number
         seconds = time.monotonic() - current.started
@@ -441,8 +473,9 @@ class Job:
             bytes_down=current.bytes_down,
             seconds=seconds,
         )
-        save_checkpoint(
-            self.checkpoint_path,
+        # Written in the background while the next round runs; a crash before it is on disk
+        # resumes from the round before, which replays to the same model.
+        self._checkpoints.write(
             Checkpoint(
                 round=number,
                 global_state=self.global_state,
@@ -452,7 +485,6 @@ class Job:
                 identity=self.identity,
             ),
         )
-        save_model(self.global_state, self.model_path)
         log.info(
             "round_done",
             participants=current.fold.folded,
@@ -476,13 +508,13 @@ class Job:
         evaluate = pb.ServerMessage(
             evaluate=pb.Evaluate(round=self.rounds_completed, model=codec.header_of(self.specs))
         )
-        items = [serialize(evaluate), *frames]
+        stream = OutgoingModel(serialize(evaluate), frames)
         with self._cond:
             self._final_expected = set(targets)
             self._final_evaluations = []
             sessions = {cid: self._sessions[cid] for cid in targets}
         for cid, session in sessions.items():
-            if not session.offer(Event.EVALUATE, (self.rounds_completed, items)):
+            if not session.offer(Event.EVALUATE, (self.rounds_completed, stream)):
                 with self._cond:
                     self._final_expected.discard(cid)
         self.log.info("final_evaluation_started", clients=sorted(self._final_expected))
@@ -496,6 +528,7 @@ class Job:
         with self._cond:
             self.phase = next_phase(self.phase, JobPhase.ABORTED)
         self._write_row([])
+        self._save_results()
         # A stopped server can be resumed: clients keep trying to reconnect.
         resumable = self._stop_reason is not None
         self._close_all(pb.ServerMessage(abort=pb.Abort(reason=reason, retry=resumable)))
@@ -583,13 +616,18 @@ class Job:
         if self._tensorboard is not None:
             self._tensorboard.append(row)
 
-    def _model_frames(self) -> list[bytes]:
-        """Serialize the global model once: chunk frames and trailer, shared by every stream."""
-        encoder = codec.TensorStreamEncoder(list(self.global_state.values()), self.chunk_size)
-        frames = [SERVER_CHUNKS.frame(parts) for parts in encoder]
-        trailer = pb.ServerMessage(trailer=pb.TensorStreamTrailer(checksum=encoder.checksum))
-        frames.append(serialize(trailer))
-        return frames
+    def _save_results(self) -> None:
+        """Finish the checkpoint being written and save the model reached (model.pt)."""
+        self._checkpoints.wait()
+        self.uploads.clear()
+        if self.rounds_completed > 0:
+            save_model(self.global_state, self.model_path)
+
+    def _model_frames(self) -> ModelFrames:
+        """The global model's frames, checksummed once and framed lazily by each stream."""
+        return ModelFrames(
+            list(self.global_state.values()), self.chunk_size, SERVER_CHUNKS, _server_trailer
+        )
 
     def _train_config(self, number: int, client_id: int) -> pb.TrainConfig:
         return pb.TrainConfig(
@@ -613,6 +651,10 @@ class Job:
             heartbeat_seconds=self.config.progress_timeout / 4,
             progress_timeout_seconds=self.config.progress_timeout,
         )
+
+
+def _server_trailer(checksum: int) -> pb.ServerMessage:
+    return pb.ServerMessage(trailer=pb.TensorStreamTrailer(checksum=checksum))
 
 
 def _client_evaluation(client_id: int, evaluation: pb.Evaluation) -> metrics.ClientEvaluation:

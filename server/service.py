@@ -13,6 +13,7 @@ import grpc
 
 from fedsilo.common.proto import federation_pb2 as pb
 from fedsilo.common.wire import (
+    CLIENT_CHUNKS,
     SERVICE_NAME,
     SESSION_METHOD_NAME,
     Inbound,
@@ -21,7 +22,7 @@ from fedsilo.common.wire import (
     tolerant_deserializer,
 )
 from fedsilo.server.job import Job
-from fedsilo.server.session import CLOSE, ClientSession
+from fedsilo.server.session import CLOSE, ClientSession, OutgoingModel
 
 
 class FederationService:
@@ -47,7 +48,7 @@ class FederationService:
             item = session.outbox.get()
             if item is CLOSE:
                 return
-            if isinstance(item, (list, tuple)):  # a model stream
+            if isinstance(item, OutgoingModel):
                 for frame in item:
                     yield frame
                     session.touch()
@@ -60,7 +61,7 @@ class FederationService:
         """Return the generic handler registering Session with fedsilo's (de)serializers."""
         method = grpc.stream_stream_rpc_method_handler(
             self.session,
-            request_deserializer=tolerant_deserializer(pb.ClientMessage),
+            request_deserializer=tolerant_deserializer(pb.ClientMessage, CLIENT_CHUNKS),
             response_serializer=serialize,
         )
         return grpc.method_handlers_generic_handler(SERVICE_NAME, {SESSION_METHOD_NAME: method})

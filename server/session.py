@@ -11,7 +11,7 @@ from __future__ import annotations
 import queue
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, cast
 
@@ -20,7 +20,7 @@ import structlog
 from fedsilo.common import codec
 from fedsilo.common.errors import CodecError, ProtocolError
 from fedsilo.common.proto import federation_pb2 as pb
-from fedsilo.common.wire import Inbound, Outbound
+from fedsilo.common.wire import Inbound, ModelFrames, Outbound, RawChunk
 from fedsilo.server.state_machine import (
     Event,
     SessionState,
@@ -38,7 +38,26 @@ class _Close:
 
 
 CLOSE = _Close()
-OutboxItem = Outbound | Sequence[Outbound] | _Close
+
+
+@dataclass(frozen=True)
+class OutgoingModel:
+    """A model stream queued for one client: its opening message, then the model's frames."""
+
+    opening: bytes
+    frames: ModelFrames
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes the whole stream puts on the wire."""
+        return len(self.opening) + self.frames.nbytes
+
+    def __iter__(self) -> Iterator[bytes]:
+        yield self.opening
+        yield from self.frames
+
+
+OutboxItem = Outbound | OutgoingModel | _Close
 
 
 class StreamRefusedError(ProtocolError):
@@ -103,14 +122,21 @@ class ClientSession:
         """Process one received message (called by the stream's reader thread)."""
         self.touch()
         message = inbound.message
-        kind = message.WhichOneof("body") if message is not None else None
+        if isinstance(message, RawChunk):
+            kind: str | None = "chunk"
+            payload: Any = message.data
+        else:
+            kind = message.WhichOneof("body") if message is not None else None
+            payload = getattr(message, kind) if kind is not None else None
+            if kind == "chunk":
+                payload = payload.data
         if message is None or kind is None:
             self._send_error(int(pb.MALFORMED_MESSAGE), "message does not parse as ClientMessage")
             if self.state is SessionState.CONNECTED:
                 self.close()
             return
         try:
-            self.dispatch(Event(kind), getattr(message, kind), inbound.nbytes)
+            self.dispatch(Event(kind), payload, inbound.nbytes)
         except Exception:
             self.log.exception("session_internal_error", message_kind=kind)
             self._send_error(int(pb.INTERNAL), "internal server error; see the server log")
@@ -180,13 +206,13 @@ class ClientSession:
     def _do_mark_ready(self, ready: pb.Ready, nbytes: int) -> None:
         self.job.mark_ready(self, ready)
 
-    def _do_send_sync(self, work: tuple[int, Sequence[Outbound]], nbytes: int) -> None:
-        self.round, frames = work
+    def _do_send_sync(self, work: tuple[int, OutgoingModel], nbytes: int) -> None:
+        self.round, stream = work
         self.downloading = True
         self.touch()
-        self.send(frames)
+        self.send(stream)
 
-    def _do_send_evaluate(self, work: tuple[int, Sequence[Outbound]], nbytes: int) -> None:
+    def _do_send_evaluate(self, work: tuple[int, OutgoingModel], nbytes: int) -> None:
         self.downloading = True
         self.touch()
         self.send(work[1])
@@ -232,15 +258,15 @@ class ClientSession:
             round=send.round,
             train_examples=send.train_examples,
             metrics=send.metrics,
-            decoder=codec.TensorStreamDecoder(specs, max_chunk_size=self.job.chunk_size),
+            decoder=self.job.upload_decoder(self, specs, send.round),
             started=time.monotonic(),
             nbytes=nbytes,
         )
 
-    def _do_receive_chunk(self, chunk: pb.TensorChunk, nbytes: int) -> None:
+    def _do_receive_chunk(self, data: bytes | memoryview, nbytes: int) -> None:
         assert self.upload is not None
         try:
-            self.upload.decoder.feed(chunk.data)
+            self.upload.decoder.feed(data)
         except CodecError as exc:
             self._fail_upload(str(exc))
         self.upload.nbytes += nbytes
@@ -250,10 +276,15 @@ class ClientSession:
         assert upload is not None
         upload.nbytes += nbytes
         try:
-            tensors = upload.decoder.finish(trailer.checksum)
-            check_finite(tensors)
-            tensors = self.job.bound_update(tensors)
+            received = upload.decoder.finish(trailer.checksum)
         except CodecError as exc:
+            self._fail_upload(str(exc), discard_rest=False)
+            return
+        try:
+            check_finite(received)
+            tensors = self.job.bound_update(received)
+        except CodecError as exc:
+            self.job.uploads.release(received, False)
             self._fail_upload(str(exc), discard_rest=False)
             return
         self.upload = None
@@ -263,6 +294,7 @@ class ClientSession:
         upload = self.upload
         assert upload is not None
         self.upload = None
+        upload.decoder.discard()
         self.job.reject_update(self, upload.round, reason)
         if discard_rest:
             raise StreamRefusedError(int(pb.BAD_TENSOR_STREAM), reason, SessionState.IDLE)
@@ -274,7 +306,7 @@ class ClientSession:
     def _do_start_discard(self, payload: Any, nbytes: int) -> None:
         return None
 
-    def _do_discard_chunk(self, chunk: pb.TensorChunk, nbytes: int) -> None:
+    def _do_discard_chunk(self, data: bytes | memoryview, nbytes: int) -> None:
         return None
 
     def _do_end_discard(self, trailer: pb.TensorStreamTrailer, nbytes: int) -> None:
@@ -289,13 +321,15 @@ class ClientSession:
         return None
 
     def _do_drop(self, payload: Any, nbytes: int) -> None:
+        if self.upload is not None:
+            self.upload.decoder.discard()
         self.upload = None
         self.job.session_closed(self)
 
     # ------------------------------------------------------------------ outbound
 
-    def send(self, item: Outbound | Sequence[Outbound]) -> None:
-        """Queue a message, a prebuilt frame or a list of them to go out in order."""
+    def send(self, item: Outbound | OutgoingModel) -> None:
+        """Queue a message, a prebuilt frame or a model stream to go out in order."""
         self.outbox.put(item)
 
     def close(self) -> None:

@@ -1,49 +1,102 @@
-"""Checks an update must pass before it may touch the aggregate. Pure functions."""
+"""Checks an update must pass before it may touch the aggregate. Pure functions.
+
+Every function takes the update as a Mapping and visits one tensor at a time, so an update
+spilled to disk (``codec.SpilledTensors``) is checked without being loaded whole.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 
+import numpy as np
 import torch
 
 from fedsilo.common.errors import CodecError
 
+# dtypes numpy checks for NaN/infinity in one fast pass; others (bfloat16, float8) go through torch
+_NUMPY_FLOATS = (torch.float16, torch.float32, torch.float64, torch.complex64, torch.complex128)
+_BLOCK = 1 << 22  # elements per step when a tensor is converted to float64
+
+
+def _all_finite(tensor: torch.Tensor) -> bool:
+    if tensor.dtype in _NUMPY_FLOATS:
+        return bool(np.isfinite(tensor.detach().cpu().numpy()).all())
+    flat = tensor.reshape(-1)
+    return all(
+        bool(torch.isfinite(flat[start : start + _BLOCK]).all())
+        for start in range(0, flat.numel(), _BLOCK)
+    )
+
 
 def check_finite(tensors: Mapping[str, torch.Tensor]) -> None:
     """Raise CodecError naming the first floating tensor that holds NaN or infinity."""
-    for name, tensor in tensors.items():
-        if (tensor.is_floating_point() or tensor.is_complex()) and not bool(
-            torch.isfinite(tensor).all()
-        ):
+    for name in tensors:
+        tensor = tensors[name]
+        if (tensor.is_floating_point() or tensor.is_complex()) and not _all_finite(tensor):
             raise CodecError(f"tensor {name!r} holds NaN or infinite values")
+
+
+def _delta_blocks(tensor: torch.Tensor, base: torch.Tensor) -> Iterator[torch.Tensor]:
+    """``tensor - base`` in float64, a block at a time (bounded memory for big tensors)."""
+    flat, flat_base = tensor.reshape(-1), base.reshape(-1)
+    for start in range(0, flat.numel(), _BLOCK):
+        stop = start + _BLOCK
+        yield flat[start:stop].double() - flat_base[start:stop].double()
 
 
 def update_norm(update: Mapping[str, torch.Tensor], reference: Mapping[str, torch.Tensor]) -> float:
     """Return the L2 norm of ``update - reference`` over all floating-point tensors."""
     total = 0.0
-    for name, tensor in update.items():
+    for name in update:
+        tensor = update[name]
         if tensor.is_floating_point():
-            delta = tensor.double() - reference[name].double()
-            total += float(torch.dot(delta.reshape(-1), delta.reshape(-1)))
+            for delta in _delta_blocks(tensor, reference[name]):
+                total += float(torch.dot(delta, delta))
     return float(total**0.5)
+
+
+class ClippedUpdate(Mapping[str, torch.Tensor]):
+    """An update whose change to ``reference`` is scaled by ``scale``, computed on access."""
+
+    def __init__(
+        self,
+        update: Mapping[str, torch.Tensor],
+        reference: Mapping[str, torch.Tensor],
+        scale: float,
+    ) -> None:
+        self.update = update
+        self._reference = reference
+        self._scale = scale
+
+    def __getitem__(self, name: str) -> torch.Tensor:
+        tensor = self.update[name]
+        if not tensor.is_floating_point():
+            return tensor
+        base = self._reference[name]
+        clipped = torch.empty_like(tensor)
+        flat, flat_base, out = tensor.reshape(-1), base.reshape(-1), clipped.reshape(-1)
+        for start in range(0, flat.numel(), _BLOCK):
+            stop = start + _BLOCK
+            block_base = flat_base[start:stop].double()
+            value = block_base + (flat[start:stop].double() - block_base) * self._scale
+            out[start:stop] = value.to(tensor.dtype)
+        return clipped
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.update)
+
+    def __len__(self) -> int:
+        return len(self.update)
 
 
 def clip_to_norm(
     update: Mapping[str, torch.Tensor], reference: Mapping[str, torch.Tensor], bound: float
-) -> dict[str, torch.Tensor]:
+) -> Mapping[str, torch.Tensor]:
     """Scale ``update - reference`` down to L2 norm ``bound`` (unchanged if already within)."""
     norm = update_norm(update, reference)
     if norm <= bound:
-        return dict(update)
-    scale = bound / norm
-    clipped = {}
-    for name, tensor in update.items():
-        if tensor.is_floating_point():
-            base = reference[name].double()
-            clipped[name] = (base + (tensor.double() - base) * scale).to(tensor.dtype)
-        else:
-            clipped[name] = tensor
-    return clipped
+        return update
+    return ClippedUpdate(update, reference, bound / norm)
 
 
 def bound_update(
@@ -51,13 +104,13 @@ def bound_update(
     reference: Mapping[str, torch.Tensor],
     bound: float | None,
     action: str,
-) -> dict[str, torch.Tensor]:
+) -> Mapping[str, torch.Tensor]:
     """Apply the job's norm bound: pass, clip, or raise CodecError (action 'reject')."""
     if bound is None:
-        return dict(update)
+        return update
     if action == "clip":
         return clip_to_norm(update, reference, bound)
     norm = update_norm(update, reference)
     if norm > bound:
         raise CodecError(f"update L2 norm {norm:.4g} exceeds the bound {bound:g}")
-    return dict(update)
+    return update

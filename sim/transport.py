@@ -14,10 +14,16 @@ from google.protobuf.message import Message
 
 from fedsilo.client.protocol import ClientProtocol
 from fedsilo.common.proto import federation_pb2 as pb
-from fedsilo.common.wire import Outbound, serialize, tolerant_deserializer
-from fedsilo.server.session import CLOSE, ClientSession
+from fedsilo.common.wire import (
+    CLIENT_CHUNKS,
+    Outbound,
+    parse_server_message,
+    serialize,
+    tolerant_deserializer,
+)
+from fedsilo.server.session import CLOSE, ClientSession, OutgoingModel
 
-_parse_client = tolerant_deserializer(pb.ClientMessage)
+_parse_client = tolerant_deserializer(pb.ClientMessage, CLIENT_CHUNKS)
 
 
 class InProcessLink:
@@ -58,14 +64,14 @@ class InProcessLink:
                 item = self.session.outbox.get()
                 if item is CLOSE:
                     return
-                frames = list(item) if isinstance(item, (list, tuple)) else [item]
+                frames = item if isinstance(item, OutgoingModel) else [item]
                 # A whole model stream (header, chunks, trailer) under one hold of the lock:
                 # decoding and the training that follows must not interleave with another
                 # client's, since simulated clients share one model.
                 with self._work_lock:
                     for frame in frames:
                         assert isinstance(frame, (bytes, Message))
-                        message = pb.ServerMessage.FromString(serialize(frame))
+                        message = parse_server_message(serialize(frame))
                         if self.protocol.handle(message):
                             self.finished.set()
                         self.session.touch()

@@ -23,11 +23,21 @@ def accumulator_dtype(dtype: torch.dtype) -> torch.dtype:
     return torch.float64  # integer buffers (e.g. BatchNorm counters): averaged, then rounded
 
 
-def new_sum(like: Mapping[str, torch.Tensor]) -> State:
-    """Return a zeroed weighted-sum accumulator shaped like the model."""
-    return {
-        name: torch.zeros(t.shape, dtype=accumulator_dtype(t.dtype)) for name, t in like.items()
-    }
+def start_sum(update: Mapping[str, torch.Tensor], weight: float, owned: bool = False) -> State:
+    """Return ``weight * update`` as a new weighted sum: the first update of a fold.
+
+    With ``owned`` (the caller gives the update's tensors away), tensors already in their
+    accumulator dtype are scaled in place and become the sum: no second model-sized buffer.
+    """
+    weighted_sum: State = {}
+    for name in update:
+        tensor = update[name]
+        dtype = accumulator_dtype(tensor.dtype)
+        if tensor.dtype != dtype:
+            weighted_sum[name] = tensor.to(dtype).mul_(weight)
+        else:
+            weighted_sum[name] = tensor.mul_(weight) if owned else tensor.mul(weight)
+    return weighted_sum
 
 
 def fold(weighted_sum: State, update: Mapping[str, torch.Tensor], weight: float) -> None:
@@ -37,17 +47,17 @@ def fold(weighted_sum: State, update: Mapping[str, torch.Tensor], weight: float)
 
 
 def weighted_mean(
-    weighted_sum: Mapping[str, torch.Tensor], total_weight: float, like: Mapping[str, torch.Tensor]
+    weighted_sum: State, total_weight: float, like: Mapping[str, torch.Tensor]
 ) -> State:
-    """Divide the sum by the total weight and cast back to the model's dtypes."""
+    """Divide the sum by the total weight (in place) and cast back to the model's dtypes."""
     if total_weight <= 0:
         raise ValueError("weighted mean of no updates")
     mean: State = {}
     for name, total in weighted_sum.items():
-        value = total / total_weight
+        value = total.div_(total_weight)
         target = like[name].dtype
         if not (target.is_floating_point or target.is_complex):
-            value = value.round()
+            value = value.round_()
         mean[name] = value.to(target)
     return mean
 
@@ -56,8 +66,8 @@ def aggregate(updates: list[Mapping[str, torch.Tensor]], weights: list[float]) -
     """Return the weighted mean of whole updates (the reference the streaming fold must equal)."""
     if not updates:
         raise ValueError("aggregate of no updates")
-    weighted_sum = new_sum(updates[0])
-    for update, weight in zip(updates, weights, strict=True):
+    weighted_sum = start_sum(updates[0], weights[0])
+    for update, weight in zip(updates[1:], weights[1:], strict=True):
         fold(weighted_sum, update, weight)
     return weighted_mean(weighted_sum, sum(weights), updates[0])
 

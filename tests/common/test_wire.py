@@ -20,7 +20,10 @@ from fedsilo.common.wire import (
     CLIENT_CHUNKS,
     SERVER_CHUNKS,
     SESSION_METHOD_PATH,
+    ModelFrames,
+    RawChunk,
     channel_options,
+    parse_server_message,
     serialize,
     tensor_stream_frames,
     tolerant_deserializer,
@@ -175,3 +178,84 @@ def test_channel_options_admit_a_full_chunk_frame():
     biggest = SERVER_CHUNKS.frame([bytes(chunk_size)])
     assert options["grpc.max_send_message_length"] >= len(biggest)
     assert options["grpc.max_receive_message_length"] >= len(biggest)
+
+
+@pytest.mark.parametrize(("framer", "envelope"), ENVELOPES)
+@pytest.mark.parametrize("size", VARINT_BOUNDARY_SIZES)
+def test_parse_reads_a_frame_back_in_place(framer, envelope, size):
+    data = payload(size)
+    raw = framer.frame([data])
+    chunk = framer.parse(raw)
+    assert chunk is not None
+    assert bytes(chunk.data) == data == envelope.FromString(raw).chunk.data
+    assert framer.frame_size(size) == len(raw)
+    if size:
+        assert chunk.data.obj is raw  # a view of the received bytes, not a copy
+
+
+@pytest.mark.parametrize(("framer", "envelope"), ENVELOPES)
+def test_parse_leaves_other_messages_and_other_encodings_to_protobuf(framer, envelope):
+    others = [
+        envelope(trailer=pb.TensorStreamTrailer(checksum=7)).SerializeToString(),
+        envelope(error=pb.Error(message="x")).SerializeToString(),
+        # legal protobuf, but not the canonical form: the chunk field twice (the last wins)
+        framer.frame([b"abc"]) + framer.frame([b"de"]),
+        framer.frame([b"abc"])[:-1],  # truncated
+        b"",
+    ]
+    for raw in others:
+        assert framer.parse(raw) is None
+
+
+@given(st.binary(max_size=64))
+@settings(max_examples=300, deadline=None)
+def test_parse_never_disagrees_with_protobuf(raw):
+    for framer, envelope in ((SERVER_CHUNKS, pb.ServerMessage), (CLIENT_CHUNKS, pb.ClientMessage)):
+        chunk = framer.parse(raw)
+        if chunk is not None:
+            message = envelope.FromString(raw)
+            assert message.WhichOneof("body") == "chunk"
+            assert bytes(chunk.data) == message.chunk.data
+
+
+def test_tolerant_deserializer_reads_chunks_in_place_when_given_the_framing():
+    raw = CLIENT_CHUNKS.frame([b"abc"])
+    fast = tolerant_deserializer(pb.ClientMessage, CLIENT_CHUNKS)(raw)
+    assert isinstance(fast.message, RawChunk)
+    assert bytes(fast.message.data) == b"abc" and fast.nbytes == len(raw)
+    plain = tolerant_deserializer(pb.ClientMessage)(raw)
+    assert isinstance(plain.message, pb.ClientMessage) and plain.message.chunk.data == b"abc"
+
+
+def test_parse_server_message_gives_chunks_in_place_and_messages_parsed():
+    assert isinstance(parse_server_message(SERVER_CHUNKS.frame([b"abc"])), RawChunk)
+    finish = pb.ServerMessage(finish=pb.Finish(rounds_completed=3))
+    assert parse_server_message(finish.SerializeToString()) == finish
+
+
+def test_model_frames_decode_count_their_bytes_and_can_be_sent_twice():
+    state = {
+        "w": torch.randn(1000, 3),
+        "b": torch.arange(7, dtype=torch.int64),
+        "empty": torch.zeros(0),
+        "h": torch.randn(33).to(torch.bfloat16),
+    }
+    frames = ModelFrames(
+        list(state.values()),
+        chunk_size=1000,
+        framer=SERVER_CHUNKS,
+        trailer_of=lambda checksum: pb.ServerMessage(
+            trailer=pb.TensorStreamTrailer(checksum=checksum)
+        ),
+    )
+    first, second = list(frames), list(frames)
+    assert first == second
+    assert frames.nbytes == sum(len(frame) for frame in first)
+    decoder = TensorStreamDecoder(specs_of(state), max_chunk_size=1000)
+    for frame in first[:-1]:
+        chunk = SERVER_CHUNKS.parse(frame)
+        assert chunk is not None
+        decoder.feed(chunk.data)
+    decoded = decoder.finish(pb.ServerMessage.FromString(first[-1]).trailer.checksum)
+    for name, tensor in state.items():
+        assert torch.equal(decoded[name].view(torch.uint8), tensor.view(torch.uint8))

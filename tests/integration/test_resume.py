@@ -50,6 +50,7 @@ def test_a_killed_and_resumed_job_ends_bitwise_equal_to_an_uninterrupted_one(
     first = daemons.server(JOB, port - JOB, *FLAGS, "--out", str(resumed_dir), name="s2")
     clients = start_clients(daemons, first, port)
     wait_for(lambda: first.has_event("round_started", round=2), 60, "round 2 to start")
+    wait_for(lambda: first.has_event("checkpoint_saved", round=1), 60, "round 1's checkpoint")
     first.process.send_signal(signal.SIGKILL)  # mid-round: round 2's updates are in flight
     first.process.wait(timeout=10)
     wait_for(lambda: all(c.has_event("connection_lost") for c in clients), 30, "clients to see")

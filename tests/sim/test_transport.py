@@ -6,8 +6,11 @@ import queue
 import threading
 import time
 
+import torch
+
 from fedsilo.common.proto import federation_pb2 as pb
-from fedsilo.server.session import CLOSE
+from fedsilo.common.wire import SERVER_CHUNKS, ModelFrames
+from fedsilo.server.session import CLOSE, OutgoingModel
 from fedsilo.sim.transport import InProcessLink
 
 
@@ -46,13 +49,20 @@ class FakeSession:
 def test_model_streams_of_two_clients_never_interleave() -> None:
     log: list[str] = []
     lock = threading.Lock()
-    stream = [pb.ServerMessage(chunk=pb.TensorChunk(data=b"x" * 10)).SerializeToString()] * 50
+    frames = ModelFrames(
+        [torch.ones(480, dtype=torch.uint8)],
+        chunk_size=10,
+        framer=SERVER_CHUNKS,
+        trailer_of=lambda checksum: pb.ServerMessage(trailer=pb.TensorStreamTrailer()),
+    )
+    opening = pb.ServerMessage(heartbeat=pb.Heartbeat()).SerializeToString()
+    stream = OutgoingModel(opening, frames)  # 1 + 48 chunks + trailer = 50 frames
     links = []
     for name in ("a", "b", "c"):
         session = FakeSession()
         link = InProcessLink(session, RecordingProtocol(name, log), lock)  # type: ignore[arg-type]
         for _ in range(3):
-            session.outbox.put(list(stream))
+            session.outbox.put(stream)
         session.outbox.put(CLOSE)
         links.append(link)
     for link in links:

@@ -1,0 +1,65 @@
+"""Where a round's uploads land: in memory when their turn to be folded is next, else on disk.
+
+Updates are folded in client-id order (``server/aggregation.py``), so an update that arrives
+before its turn has to wait. Holding every waiting update in memory would cost one model per
+client; instead, an upload that begins while it is not next in the folding order is written
+straight to a spill file as its chunks arrive, and read back a tensor at a time when its turn
+comes. The result is bit-identical either way; memory stays at the global model, the running
+sum and the one upload whose turn it is. One set of model-shaped buffers from a folded update
+is kept for the next in-turn upload, so steady rounds decode into memory that is already mapped.
+"""
+
+from __future__ import annotations
+
+import itertools
+import threading
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import torch
+
+from fedsilo.common.codec import SpilledTensors, TensorSpec, TensorStreamDecoder
+from fedsilo.server.validation import ClippedUpdate
+
+SPILL_SUFFIX = ".upload"
+
+
+class UploadStore:
+    """Makes the decoder of each upload and takes updates back once they are folded."""
+
+    def __init__(self, spill_dir: Path, chunk_size: int) -> None:
+        self.spill_dir = spill_dir
+        self._chunk_size = chunk_size
+        self._spare: dict[str, torch.Tensor] | None = None
+        self._lock = threading.Lock()
+        self._serial = itertools.count()
+        self.clear()
+
+    def decoder(
+        self, specs: Sequence[TensorSpec], in_turn: bool, label: str
+    ) -> TensorStreamDecoder:
+        """Return the decoder of a new upload: into memory if ``in_turn``, else into a file."""
+        if in_turn:
+            with self._lock:
+                spare, self._spare = self._spare, None
+            return TensorStreamDecoder(specs, into=spare, max_chunk_size=self._chunk_size)
+        self.spill_dir.mkdir(parents=True, exist_ok=True)
+        path = self.spill_dir / f"{label}-{next(self._serial)}{SPILL_SUFFIX}"
+        return TensorStreamDecoder(specs, max_chunk_size=self._chunk_size, spill_to=path)
+
+    def release(self, tensors: Mapping[str, torch.Tensor], reuse: bool) -> None:
+        """Take back a decoded update: delete its spill file, or keep its buffers if ``reuse``."""
+        if isinstance(tensors, ClippedUpdate):
+            tensors = tensors.update
+        if isinstance(tensors, SpilledTensors):
+            tensors.remove()
+        elif reuse:
+            with self._lock:
+                if self._spare is None:
+                    self._spare = dict(tensors)
+
+    def clear(self) -> None:
+        """Delete every spill file (left by a crash, or by a round that was abandoned)."""
+        if self.spill_dir.is_dir():
+            for path in self.spill_dir.glob(f"*{SPILL_SUFFIX}"):
+                path.unlink(missing_ok=True)
