@@ -64,11 +64,12 @@ def save_checkpoint(path: Path, checkpoint: Checkpoint) -> None:
 
 
 class CheckpointWriter:
-    """Writes checkpoints one at a time on a background thread.
+    """Writes checkpoints on a background thread, so that the disk never holds up a round.
 
-    ``write`` returns at once; ``wait`` blocks until the last write is on disk and re-raises
-    its error, if any. The job waits before it changes anything a checkpoint being written
-    refers to (the strategy's state), and before it ends.
+    ``offer`` starts writing a checkpoint unless one is still being written, in which case the
+    new one is skipped: a crash then resumes from the older checkpoint, and replaying the
+    rounds since gives the same model. ``wait`` blocks until no write is in progress and
+    re-raises the error of the last one; ``saved_round`` is the round last written.
     """
 
     def __init__(self, path: Path, log: structlog.typing.FilteringBoundLogger) -> None:
@@ -76,9 +77,18 @@ class CheckpointWriter:
         self._log = log
         self._thread: threading.Thread | None = None
         self._error: BaseException | None = None
+        self.saved_round: int | None = None
 
-    def write(self, checkpoint: Checkpoint) -> None:
-        """Start writing ``checkpoint`` after the previous write has finished."""
+    @property
+    def busy(self) -> bool:
+        """Whether a write is in progress."""
+        return self._thread is not None and self._thread.is_alive()
+
+    def offer(self, checkpoint: Checkpoint) -> bool:
+        """Start writing ``checkpoint`` unless a write is in progress; return whether it did."""
+        if self.busy:
+            self._log.debug("checkpoint_skipped", round=checkpoint.round)
+            return False
         self.wait()
 
         def run() -> None:
@@ -87,10 +97,12 @@ class CheckpointWriter:
             except BaseException as exc:  # re-raised by wait() in the job's thread
                 self._error = exc
             else:
+                self.saved_round = checkpoint.round
                 self._log.info("checkpoint_saved", round=checkpoint.round)
 
         self._thread = threading.Thread(target=run, name="checkpoint", daemon=True)
         self._thread.start()
+        return True
 
     def wait(self) -> None:
         """Block until no write is in progress; raise the error of the last one, if any."""

@@ -123,6 +123,7 @@ class Job:
         self.identity = job_identity(config)
         self.uploads = UploadStore(run_dir / SPILL_DIR, config.chunk_size)
         self._checkpoints = CheckpointWriter(self.checkpoint_path, log)
+        self._last_round_row: dict[str, Any] | None = None  # the checkpoint's row of that round
 
     def begin(self, checkpoint: Checkpoint | None) -> None:
         """Start afresh (replacing an old metrics file) or continue from ``checkpoint``."""
@@ -453,8 +454,8 @@ class Job:
                 f"round {number}: {len(current.fold.folded)} of {len(selected)} selected clients "
                 f"delivered an update; min_clients is {self.config.min_clients}"
             )
-        # The last checkpoint may still be being written from the strategy's state.
-        self._checkpoints.wait()
+        if self.strategy.state_dict():
+            self._checkpoints.wait()  # a checkpoint being written may refer to that state
         if self.strategy.needs_all_updates:
             updates, weights = current.fold.collected()
             new_state = self.strategy.combine(self.global_state, updates, weights)
@@ -473,18 +474,9 @@ class Job:
             bytes_down=current.bytes_down,
             seconds=seconds,
         )
-        # Written in the background while the next round runs; a crash before it is on disk
-        # resumes from the round before, which replays to the same model.
-        self._checkpoints.write(
-            Checkpoint(
-                round=number,
-                global_state=self.global_state,
-                strategy_state=self.strategy.state_dict(),
-                pending_row=self._pending_row,
-                client_ids=dict(self._ids_by_name),
-                identity=self.identity,
-            ),
-        )
+        # Written in the background while the next round runs (see CheckpointWriter).
+        self._last_round_row = self._pending_row
+        self._checkpoints.offer(self._checkpoint(self._pending_row))
         log.info(
             "round_done",
             participants=current.fold.folded,
@@ -616,12 +608,27 @@ class Job:
         if self._tensorboard is not None:
             self._tensorboard.append(row)
 
+    def _checkpoint(self, pending_row: dict[str, Any]) -> Checkpoint:
+        return Checkpoint(
+            round=self.rounds_completed,
+            global_state=self.global_state,
+            strategy_state=self.strategy.state_dict(),
+            pending_row=pending_row,
+            client_ids=dict(self._ids_by_name),
+            identity=self.identity,
+        )
+
     def _save_results(self) -> None:
-        """Finish the checkpoint being written and save the model reached (model.pt)."""
+        """Write the checkpoint of the last round if it was skipped, and the model (model.pt)."""
         self._checkpoints.wait()
         self.uploads.clear()
-        if self.rounds_completed > 0:
-            save_model(self.global_state, self.model_path)
+        if self.rounds_completed == 0:
+            return
+        row = self._last_round_row
+        if self._checkpoints.saved_round != self.rounds_completed and row is not None:
+            self._checkpoints.offer(self._checkpoint(row))
+            self._checkpoints.wait()
+        save_model(self.global_state, self.model_path)
 
     def _model_frames(self) -> ModelFrames:
         """The global model's frames, checksummed once and framed lazily by each stream."""

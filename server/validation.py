@@ -19,9 +19,16 @@ _BLOCK = 1 << 22  # elements per step when a tensor is converted to float64
 
 
 def _all_finite(tensor: torch.Tensor) -> bool:
+    # A block at a time into one small mask: a model-sized mask would cost a fresh allocation.
+    flat = tensor.detach().cpu().reshape(-1)
     if tensor.dtype in _NUMPY_FLOATS:
-        return bool(np.isfinite(tensor.detach().cpu().numpy()).all())
-    flat = tensor.reshape(-1)
+        values = flat.numpy()
+        mask = np.empty(min(len(values), _BLOCK), dtype=bool)
+        for start in range(0, len(values), _BLOCK):
+            block = values[start : start + _BLOCK]
+            if not np.isfinite(block, out=mask[: len(block)]).all():
+                return False
+        return True
     return all(
         bool(torch.isfinite(flat[start : start + _BLOCK]).all())
         for start in range(0, flat.numel(), _BLOCK)

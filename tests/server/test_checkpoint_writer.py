@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import threading
 from pathlib import Path
 
 import pytest
 import structlog
 import torch
 
+from fedsilo.server import checkpoint as checkpoint_module
 from fedsilo.server.checkpoint import Checkpoint, CheckpointWriter, load_checkpoint
 
 IDENTITY = {"job_id": 1}
@@ -24,11 +26,25 @@ def checkpoint(round_number: int) -> Checkpoint:
     )
 
 
-def test_the_last_written_checkpoint_is_on_disk_after_wait(tmp_path: Path):
+def test_a_checkpoint_offered_while_one_is_written_is_skipped(tmp_path: Path, monkeypatch):
+    release = threading.Event()
+    real_save = checkpoint_module.save_checkpoint
+
+    def slow_save(path: Path, value: Checkpoint) -> None:
+        assert release.wait(timeout=30)
+        real_save(path, value)
+
+    monkeypatch.setattr(checkpoint_module, "save_checkpoint", slow_save)
     writer = CheckpointWriter(tmp_path / "checkpoint.pt", structlog.get_logger())
-    for number in range(1, 4):
-        writer.write(checkpoint(number))
+    assert writer.offer(checkpoint(1))
+    assert writer.busy
+    assert not writer.offer(checkpoint(2))  # the disk is busy: skipped, the round goes on
+    release.set()
     writer.wait()
+    assert writer.saved_round == 1 and not writer.busy
+    assert writer.offer(checkpoint(3))
+    writer.wait()
+    assert writer.saved_round == 3
     loaded = load_checkpoint(tmp_path / "checkpoint.pt", IDENTITY)
     assert loaded.round == 3
     assert torch.equal(loaded.global_state["w"], torch.full((4,), 3.0))
@@ -38,7 +54,7 @@ def test_a_failed_write_is_raised_by_the_next_wait(tmp_path: Path):
     blocked = tmp_path / "file-not-folder"
     blocked.write_text("x")
     writer = CheckpointWriter(blocked / "checkpoint.pt", structlog.get_logger())
-    writer.write(checkpoint(1))
+    writer.offer(checkpoint(1))
     with pytest.raises(OSError):
         writer.wait()
     writer.wait()  # reported once
