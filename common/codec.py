@@ -358,6 +358,32 @@ class SpilledTensors(Mapping[str, torch.Tensor]):
                 filled += count
         return tensor
 
+    def spec(self, name: str) -> TensorSpec:
+        """The spec of one tensor, without reading it."""
+        return self._specs[name]
+
+    def blocks(self, name: str, block_bytes: int) -> Iterator[tuple[int, torch.Tensor]]:
+        """Yield (first element, flat block) of one tensor, read a block at a time.
+
+        Every block is read into the same buffer: use each one before asking for the next.
+        """
+        spec = self._specs[name]
+        itemsize = spec.dtype.itemsize
+        per_block = max(1, block_bytes // itemsize)
+        buffer = torch.empty(min(per_block, spec.numel), dtype=spec.dtype)
+        raw = _byte_view(buffer).data
+        with open(self.path, "rb", buffering=0) as handle:
+            handle.seek(self._offsets[name])
+            for start in range(0, spec.numel, per_block):
+                count = min(per_block, spec.numel - start)
+                wanted, filled = count * itemsize, 0
+                while filled < wanted:
+                    got = handle.readinto(raw[filled:wanted])
+                    if not got:
+                        raise CodecError(f"spill file {self.path} ends inside tensor {name!r}")
+                    filled += got
+                yield start, buffer[:count]
+
     def __iter__(self) -> Iterator[str]:
         return iter(self._specs)
 
@@ -367,6 +393,26 @@ class SpilledTensors(Mapping[str, torch.Tensor]):
     def remove(self) -> None:
         """Delete the file."""
         self.path.unlink(missing_ok=True)
+
+
+BLOCK_BYTES = 16 << 20  # what a pass over a big tensor holds at once
+
+
+def tensor_blocks(
+    tensors: Mapping[str, torch.Tensor], name: str, block_bytes: int | None = None
+) -> Iterator[tuple[int, torch.Tensor]]:
+    """Yield (first element, flat block) of ``tensors[name]``, without loading a spilled one whole.
+
+    Elementwise work done block by block gives the same bits as on the whole tensor.
+    """
+    block_bytes = block_bytes or BLOCK_BYTES
+    if isinstance(tensors, SpilledTensors):
+        yield from tensors.blocks(name, block_bytes)
+        return
+    flat = tensors[name].reshape(-1)
+    per_block = max(1, block_bytes // flat.element_size())
+    for start in range(0, flat.numel(), per_block):
+        yield start, flat[start : start + per_block]
 
 
 def encode_state(

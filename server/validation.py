@@ -11,6 +11,7 @@ from collections.abc import Iterator, Mapping
 import numpy as np
 import torch
 
+from fedsilo.common import codec
 from fedsilo.common.errors import CodecError
 
 # dtypes numpy checks for NaN/infinity in one fast pass; others (bfloat16, float8) go through torch
@@ -18,47 +19,46 @@ _NUMPY_FLOATS = (torch.float16, torch.float32, torch.float64, torch.complex64, t
 _BLOCK = 1 << 22  # elements per step when a tensor is converted to float64
 
 
-def _all_finite(tensor: torch.Tensor) -> bool:
-    # A block at a time into one small mask: a model-sized mask would cost a fresh allocation.
-    flat = tensor.detach().cpu().reshape(-1)
-    if tensor.dtype in _NUMPY_FLOATS:
-        values = flat.numpy()
-        mask = np.empty(min(len(values), _BLOCK), dtype=bool)
-        for start in range(0, len(values), _BLOCK):
-            block = values[start : start + _BLOCK]
-            if not np.isfinite(block, out=mask[: len(block)]).all():
+def _all_finite(tensors: Mapping[str, torch.Tensor], name: str) -> bool:
+    mask: np.ndarray | None = None  # one small mask, reused: a model-sized one costs memory
+    for _, block in codec.tensor_blocks(tensors, name):
+        if block.dtype in _NUMPY_FLOATS:
+            values = block.detach().cpu().numpy()
+            if mask is None or len(mask) < len(values):
+                mask = np.empty(len(values), dtype=bool)
+            if not np.isfinite(values, out=mask[: len(values)]).all():
                 return False
-        return True
-    return all(
-        bool(torch.isfinite(flat[start : start + _BLOCK]).all())
-        for start in range(0, flat.numel(), _BLOCK)
-    )
+        elif not bool(torch.isfinite(block).all()):
+            return False
+    return True
 
 
 def check_finite(tensors: Mapping[str, torch.Tensor]) -> None:
     """Raise CodecError naming the first floating tensor that holds NaN or infinity."""
     for name in tensors:
-        tensor = tensors[name]
-        if (tensor.is_floating_point() or tensor.is_complex()) and not _all_finite(tensor):
+        spec_dtype = _dtype_of(tensors, name)
+        if (spec_dtype.is_floating_point or spec_dtype.is_complex) and not _all_finite(
+            tensors, name
+        ):
             raise CodecError(f"tensor {name!r} holds NaN or infinite values")
 
 
-def _delta_blocks(tensor: torch.Tensor, base: torch.Tensor) -> Iterator[torch.Tensor]:
-    """``tensor - base`` in float64, a block at a time (bounded memory for big tensors)."""
-    flat, flat_base = tensor.reshape(-1), base.reshape(-1)
-    for start in range(0, flat.numel(), _BLOCK):
-        stop = start + _BLOCK
-        yield flat[start:stop].double() - flat_base[start:stop].double()
+def _dtype_of(tensors: Mapping[str, torch.Tensor], name: str) -> torch.dtype:
+    if isinstance(tensors, codec.SpilledTensors):
+        return tensors.spec(name).dtype  # without reading the tensor
+    return tensors[name].dtype
 
 
 def update_norm(update: Mapping[str, torch.Tensor], reference: Mapping[str, torch.Tensor]) -> float:
     """Return the L2 norm of ``update - reference`` over all floating-point tensors."""
     total = 0.0
     for name in update:
-        tensor = update[name]
-        if tensor.is_floating_point():
-            for delta in _delta_blocks(tensor, reference[name]):
-                total += float(torch.dot(delta, delta))
+        if not _dtype_of(update, name).is_floating_point:
+            continue
+        base = reference[name].reshape(-1)
+        for start, block in codec.tensor_blocks(update, name):
+            delta = block.double() - base[start : start + block.numel()].double()
+            total += float(torch.dot(delta, delta))
     return float(total**0.5)
 
 

@@ -11,6 +11,8 @@ from collections.abc import Mapping
 
 import torch
 
+from fedsilo.common import codec
+
 State = dict[str, torch.Tensor]
 
 
@@ -41,9 +43,15 @@ def start_sum(update: Mapping[str, torch.Tensor], weight: float, owned: bool = F
 
 
 def fold(weighted_sum: State, update: Mapping[str, torch.Tensor], weight: float) -> None:
-    """Add ``weight * update`` into ``weighted_sum`` in place."""
+    """Add ``weight * update`` into ``weighted_sum`` in place, a block at a time.
+
+    Blocks keep an update spilled to disk from being loaded whole; the arithmetic is
+    elementwise, so the bits are those of one whole-tensor ``add_``.
+    """
     for name, total in weighted_sum.items():
-        total.add_(update[name].to(total.dtype), alpha=weight)
+        flat = total.view(-1)
+        for start, block in codec.tensor_blocks(update, name):
+            flat[start : start + block.numel()].add_(block.to(total.dtype), alpha=weight)
 
 
 def weighted_mean(

@@ -135,7 +135,11 @@ def owned_fold(tmp_path: Path, order, updates, spill: set[int]):
     return fold.mean()
 
 
-def test_the_owning_fold_with_spilled_updates_is_bit_identical_for_every_order(tmp_path: Path):
+@pytest.mark.parametrize("block_bytes", [codec.BLOCK_BYTES, 20])
+def test_the_owning_fold_with_spilled_updates_is_bit_identical_for_every_order(
+    tmp_path: Path, monkeypatch, block_bytes: int
+):
+    monkeypatch.setattr(codec, "BLOCK_BYTES", block_bytes)  # 20: many blocks per tensor
     updates = random_updates(seed=3)
     reference = fedavg.aggregate(
         [updates[c] for c in sorted(CLIENTS)], [WEIGHTS[c] for c in sorted(CLIENTS)]
@@ -154,3 +158,16 @@ def test_the_owning_fold_scales_the_first_update_in_place(tmp_path: Path):
     assert torch.equal(mean["w"], torch.tensor([2.0, 2.0, 2.0]))
     assert mean["w"].data_ptr() == first["w"].data_ptr()  # no second model-sized buffer
     assert fold.mean() is mean  # the sum was used up once; asking again gives the same mean
+
+
+def test_blocks_of_a_spilled_tensor_cover_it_exactly(tmp_path: Path):
+    store = UploadStore(tmp_path / "spill", chunk_size=100)
+    state = {"a": torch.randn(37), "b": torch.arange(10, dtype=torch.int16), "c": torch.zeros(0)}
+    spilled = receive(store, state, in_turn=False, label="x")
+    for name, tensor in state.items():
+        pieces = [(start, block.clone()) for start, block in codec.tensor_blocks(spilled, name, 8)]
+        assert [start for start, _ in pieces] == list(
+            range(0, tensor.numel(), 8 // tensor.element_size())
+        )
+        joined = torch.cat([block for _, block in pieces]) if pieces else torch.zeros(0)
+        assert torch.equal(joined, tensor.reshape(-1).to(joined.dtype))
