@@ -244,6 +244,7 @@ class TensorStreamDecoder:
         self.tensors: dict[str, torch.Tensor] = {}
         self._spill: BinaryIO | None = None
         self._spill_path = spill_to
+        self.spills = spill_to is not None  # whether the bytes go to a file
         if spill_to is not None:
             if into is not None:
                 raise ValueError("decode into tensors or spill to a file, not both")

@@ -253,12 +253,18 @@ class ClientSession:
                 "update weight train_examples must be > 0",
                 SessionState.IDLE,
             )
-        self.log.debug("upload_started", round=send.round, total_bytes=send.update.total_bytes)
+        decoder = self.job.upload_decoder(self, specs, send.round)
+        self.log.debug(
+            "upload_started",
+            round=send.round,
+            total_bytes=send.update.total_bytes,
+            spilled=decoder.spills,
+        )
         self.upload = Upload(
             round=send.round,
             train_examples=send.train_examples,
             metrics=send.metrics,
-            decoder=self.job.upload_decoder(self, specs, send.round),
+            decoder=decoder,
             started=time.monotonic(),
             nbytes=nbytes,
         )
