@@ -212,9 +212,9 @@ class ClientSession:
             )
         try:
             specs = codec.specs_from_header(
-                send.update, self.job.model_bytes, max_tensors=len(self.job.specs)
+                send.update, self.job.wire_bytes, max_tensors=len(self.job.wire_specs)
             )
-            codec.check_specs_match(specs, self.job.specs)
+            codec.check_specs_match(specs, self.job.wire_specs)
         except CodecError as exc:
             self.job.reject_update(self, send.round, str(exc))
             raise StreamRefusedError(
@@ -251,6 +251,7 @@ class ClientSession:
         upload.nbytes += nbytes
         try:
             tensors = upload.decoder.finish(trailer.checksum)
+            tensors = self.job.expand_update(tensors)
             check_finite(tensors)
             tensors = self.job.bound_update(tensors)
         except CodecError as exc:
