@@ -23,8 +23,8 @@ model-shaped weights (``g + delta``) that go through the usual finite check, nor
 Lossy codecs compress the *change* from the global model, not the weights: deltas are small and
 centred on zero, so a cast or an 8-bit grid loses far less, and the global model (which both
 sides hold bit-exactly) carries the bulk. ``delta`` itself is not bit-exact in floating point:
-``g + (w - g)`` can differ from ``w`` by rounding, at most about 3 units in the last place of
-``max(|w|, |g|)`` (2 roundings); ``none`` is the bit-exact path.
+``g + (w - g)`` can differ from ``w`` by its two roundings, at most 1.5 machine epsilon times
+``max(|w|, |g|)`` per element (tested); ``none`` is the bit-exact path.
 
 Top-k keeps what it did not send in a client-side residual (error feedback) that is added to the
 next round's delta, so over rounds everything gets sent (Stich et al. 2018, Karimireddy et al.
