@@ -62,6 +62,7 @@ bench: install
 	@mkdir -p build
 	$(BIN)/python bench/codec_bench.py --json build/bench-codec.json
 	$(BIN)/python bench/transfer_bench.py --json build/bench-transfer.json
+	$(BIN)/python bench/compression_bench.py --json build/bench-compression.json
 
 demo: install
 	$(BIN)/python tools/demo.py

@@ -14,15 +14,17 @@ from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import structlog
 import torch
 from google.protobuf import json_format
 
 from fedsilo.common import codec
+from fedsilo.common.compression import ClientCompressor, Compression
 from fedsilo.common.errors import (
     CodecError,
+    ConfigError,
     JobAbortedError,
     ServerRefusedError,
     SessionLostError,
@@ -83,6 +85,8 @@ class ClientProtocol:
         self.task: Task | None = None
         self.model: torch.nn.Module | None = None
         self.data: LocalData | None = None
+        # Per client, never per (shared) model: it holds this client's top-k residual.
+        self.compressor: ClientCompressor | None = None
         self._incoming: _Incoming | None = None
         self.rounds_done = 0
 
@@ -141,6 +145,10 @@ class ClientProtocol:
         if self._joined_this_session:
             self._protocol_violation("second InitConfig")
         self._joined_this_session = True
+        try:
+            setting = Compression.from_proto(init.job.compression)
+        except ConfigError as exc:
+            self._refuse_config(f"cannot apply the job's update compression: {exc}")
         same_job = (
             self.job is not None
             and self.client_id == init.client_id
@@ -161,6 +169,8 @@ class ClientProtocol:
                     self.local.shared_models[key] = self.task.build_model(init.job.seed)
                 self.model = self.local.shared_models[key]
             self.data = self.task.load_data(partition, init.job.seed, self.local.data)
+        if not same_job or self.compressor is None or self.compressor.setting != setting:
+            self.compressor = ClientCompressor(setting)  # a fresh top-k residual
         assert self.data is not None
         self.log.info(
             "joined",
@@ -239,8 +249,10 @@ class ClientProtocol:
     def _train_and_upload(self, round_number: int, train: pb.TrainConfig) -> None:
         assert self.task is not None and self.model is not None and self.data is not None
         assert self.job is not None
+        assert self.compressor is not None
         log = self.log.bind(round=round_number)
         started = time.monotonic()
+        self.compressor.remember_global(self.model.state_dict())
         with self._heartbeats(), self._on_device():
             evaluation = self.task.evaluate(self.model, self.data)
             result = self.task.train(
@@ -255,7 +267,7 @@ class ClientProtocol:
                 ),
             )
         seconds = time.monotonic() - started
-        state = self.model.state_dict()
+        wire = self.compressor.encode(self.model.state_dict())
         send = pb.ClientMessage(
             send_model=pb.SendModel(
                 round=round_number,
@@ -265,10 +277,10 @@ class ClientProtocol:
                     train_seconds=seconds,
                     evaluation=_evaluation(evaluation),
                 ),
-                update=codec.header_of(codec.specs_of(state)),
+                update=codec.header_of(codec.specs_of(wire)),
             )
         )
-        encoder = codec.TensorStreamEncoder(list(state.values()), self.job.chunk_size)
+        encoder = codec.TensorStreamEncoder(list(wire.values()), self.job.chunk_size)
         self._send(tensor_stream_frames(send, encoder, CLIENT_CHUNKS, _client_trailer))
         self.rounds_done += 1
         log.info(
@@ -336,6 +348,10 @@ class ClientProtocol:
         if self._send_to is None:
             raise RuntimeError("start_session() first")
         self._send_to(message)
+
+    def _refuse_config(self, reason: str) -> NoReturn:
+        self._send(pb.ClientMessage(error=pb.Error(code=pb.UNSUPPORTED_CONFIG, message=reason)))
+        raise ConfigError(reason)
 
     def _protocol_violation(self, reason: str) -> None:
         self._send(pb.ClientMessage(error=pb.Error(code=pb.ILLEGAL_MESSAGE, message=reason)))

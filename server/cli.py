@@ -16,6 +16,7 @@ from fedsilo.common.cli import (
     exit_process,
     run_daemon,
 )
+from fedsilo.common.compression import CODECS
 from fedsilo.common.logging import LEVELS
 from fedsilo.server.app import serve
 from fedsilo.server.config import ServerConfig
@@ -96,6 +97,16 @@ def add_job_flags(parser: argparse.ArgumentParser, min_clients_default: int) -> 
     add_switch(
         parser, "--tensorboard", "also write TensorBoard scalars to <out>/tensorboard (extra)"
     )
+    parser.add_argument(
+        "--compression",
+        choices=CODECS,
+        help="how clients encode updates: full weights (none, default), deltas (delta), "
+        "deltas cast (fp16, bf16), int8-quantized or top-k sparsified deltas",
+    )
+    parser.add_argument(
+        "--topk-fraction", type=float, help="topk: fraction of each tensor sent, in (0, 1]"
+    )
+    add_switch(parser, "--per-channel", "int8: one scale per slice along the first dimension")
 
 
 def run_job(config: ServerConfig) -> int:

@@ -8,6 +8,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from fedsilo.common.codec import DEFAULT_CHUNK_SIZE
+from fedsilo.common.compression import DEFAULT_TOPK_FRACTION, Codec
 from fedsilo.common.logging import LEVELS
 from fedsilo.common.ports import DEFAULT_PORT_BASE, MAX_PORT, job_port
 
@@ -59,6 +60,13 @@ class ServerConfig(BaseModel):
     chunk_size: int = Field(
         DEFAULT_CHUNK_SIZE, ge=1024, le=64 << 20, description="Raw bytes per tensor chunk."
     )
+    compression: Codec = Field(
+        "none", description="How clients encode their updates (common/compression.py)."
+    )
+    topk_fraction: float = Field(
+        DEFAULT_TOPK_FRACTION, gt=0, le=1, description="topk: fraction of each tensor sent."
+    )
+    per_channel: bool = Field(False, description="int8: one scale per slice along dim 0.")
     max_clients: int = Field(1024, ge=1, description="Most client sessions served at once.")
     update_norm_bound: float | None = Field(
         None, gt=0, description="L2 bound on an update's change to the global model."

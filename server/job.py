@@ -18,7 +18,7 @@ import structlog
 import torch
 from google.protobuf import struct_pb2
 
-from fedsilo.common import codec
+from fedsilo.common import codec, compression
 from fedsilo.common.errors import ConfigError, JobAbortedError, ProtocolError
 from fedsilo.common.names import CLIENT_NAME_RULE, is_client_name
 from fedsilo.common.proto import federation_pb2 as pb
@@ -99,6 +99,12 @@ class Job:
         }
         self.specs = codec.specs_of(self.global_state)
         self.model_bytes = sum(spec.nbytes for spec in self.specs)
+        self.compression = compression.Compression(
+            config.compression, config.topk_fraction, config.per_channel
+        )
+        # What an update carries on the wire under the job's codec; uploads are checked on it.
+        self.wire_specs = compression.wire_specs(self.specs, self.compression)
+        self.wire_bytes = sum(spec.nbytes for spec in self.wire_specs)
         self.chunk_size = config.chunk_size
         try:
             self.strategy: Any = make_strategy(config.strategy, config.strategy_options)
@@ -212,6 +218,16 @@ class Job:
                 int(pb.NOT_ADMITTED),
                 f"certificate {certificate_name!r} may not use the client name {client_name!r}",
             )
+
+    def expand_update(self, wire: Mapping[str, torch.Tensor]) -> Mapping[str, torch.Tensor]:
+        """Turn an update's wire tensors into full weights against the global model (may raise).
+
+        Uncompressed updates pass through untouched (a spilled one stays on disk); compressed
+        ones are expanded in memory.
+        """
+        if self.compression.codec == "none":
+            return wire
+        return compression.decode(wire, self.global_state, self.compression)
 
     def bound_update(self, tensors: Mapping[str, torch.Tensor]) -> Mapping[str, torch.Tensor]:
         """Apply the job's update norm bound against the current global model (may raise)."""
@@ -657,6 +673,7 @@ class Job:
             chunk_size=self.chunk_size,
             heartbeat_seconds=self.config.progress_timeout / 4,
             progress_timeout_seconds=self.config.progress_timeout,
+            compression=self.compression.to_proto(),
         )
 
 

@@ -238,9 +238,9 @@ class ClientSession:
             )
         try:
             specs = codec.specs_from_header(
-                send.update, self.job.model_bytes, max_tensors=len(self.job.specs)
+                send.update, self.job.wire_bytes, max_tensors=len(self.job.wire_specs)
             )
-            codec.check_specs_match(specs, self.job.specs)
+            codec.check_specs_match(specs, self.job.wire_specs)
         except CodecError as exc:
             self.job.reject_update(self, send.round, str(exc))
             raise StreamRefusedError(
@@ -287,8 +287,11 @@ class ClientSession:
             self._fail_upload(str(exc), discard_rest=False)
             return
         try:
-            check_finite(received)
-            tensors = self.job.bound_update(received)
+            tensors = self.job.expand_update(received)
+            if tensors is not received:
+                self.job.uploads.release(received, False)  # the wire form is no longer needed
+            check_finite(tensors)
+            tensors = self.job.bound_update(tensors)
         except CodecError as exc:
             self.job.uploads.release(received, False)
             self._fail_upload(str(exc), discard_rest=False)

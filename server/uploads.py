@@ -18,7 +18,7 @@ from pathlib import Path
 
 import torch
 
-from fedsilo.common.codec import SpilledTensors, TensorSpec, TensorStreamDecoder
+from fedsilo.common.codec import SpilledTensors, TensorSpec, TensorStreamDecoder, specs_of
 from fedsilo.server.validation import ClippedUpdate
 
 SPILL_SUFFIX = ".upload"
@@ -42,6 +42,8 @@ class UploadStore:
         if in_turn:
             with self._lock:
                 spare, self._spare = self._spare, None
+            if spare is not None and specs_of(spare) != list(specs):
+                spare = None  # e.g. a compressed upload: its wire tensors are shaped otherwise
             return TensorStreamDecoder(specs, into=spare, max_chunk_size=self._chunk_size)
         self.spill_dir.mkdir(parents=True, exist_ok=True)
         path = self.spill_dir / f"{label}-{next(self._serial)}{SPILL_SUFFIX}"

@@ -6,6 +6,7 @@ from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from fedsilo.common.compression import DEFAULT_TOPK_FRACTION, Codec
 from fedsilo.common.devices import DEVICE_PATTERN
 from fedsilo.common.logging import LEVELS
 from fedsilo.server.config import ServerConfig
@@ -38,6 +39,9 @@ class SimConfig(BaseModel):
     device: str = Field("auto", pattern=DEVICE_PATTERN)
     threads: int | None = Field(None, ge=1)
     tensorboard: bool = False
+    compression: Codec = "none"
+    topk_fraction: float = Field(DEFAULT_TOPK_FRACTION, gt=0, le=1)
+    per_channel: bool = False
     log_level: str = Field("warning", pattern="^(" + "|".join(LEVELS) + ")$")
 
     def server_config(self, clients: int) -> ServerConfig:
@@ -66,6 +70,9 @@ class SimConfig(BaseModel):
                 "progress_timeout": SIM_ROUND_TIMEOUT,
                 "max_clients": max(clients, 1),
                 "tensorboard": self.tensorboard,
+                "compression": self.compression,
+                "topk_fraction": self.topk_fraction,
+                "per_channel": self.per_channel,
                 "log_level": self.log_level,
             }
         )

@@ -22,6 +22,7 @@ class ErrorCode(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     NAME_IN_USE: _ClassVar[ErrorCode]
     INTERNAL: _ClassVar[ErrorCode]
     NOT_ADMITTED: _ClassVar[ErrorCode]
+    UNSUPPORTED_CONFIG: _ClassVar[ErrorCode]
 ERROR_CODE_UNSPECIFIED: ErrorCode
 MALFORMED_MESSAGE: ErrorCode
 PROTOCOL_VERSION_MISMATCH: ErrorCode
@@ -34,6 +35,7 @@ BAD_TENSOR_STREAM: ErrorCode
 NAME_IN_USE: ErrorCode
 INTERNAL: ErrorCode
 NOT_ADMITTED: ErrorCode
+UNSUPPORTED_CONFIG: ErrorCode
 
 class ClientMessage(_message.Message):
     __slots__ = ("hello", "ready", "send_model", "chunk", "trailer", "eval_result", "heartbeat", "error")
@@ -96,7 +98,7 @@ class InitConfig(_message.Message):
     def __init__(self, client_id: _Optional[int] = ..., job: _Optional[_Union[JobConfig, _Mapping]] = ...) -> None: ...
 
 class JobConfig(_message.Message):
-    __slots__ = ("job_id", "task", "task_options", "seed", "rounds", "chunk_size", "heartbeat_seconds", "progress_timeout_seconds")
+    __slots__ = ("job_id", "task", "task_options", "seed", "rounds", "chunk_size", "heartbeat_seconds", "progress_timeout_seconds", "compression")
     JOB_ID_FIELD_NUMBER: _ClassVar[int]
     TASK_FIELD_NUMBER: _ClassVar[int]
     TASK_OPTIONS_FIELD_NUMBER: _ClassVar[int]
@@ -105,6 +107,7 @@ class JobConfig(_message.Message):
     CHUNK_SIZE_FIELD_NUMBER: _ClassVar[int]
     HEARTBEAT_SECONDS_FIELD_NUMBER: _ClassVar[int]
     PROGRESS_TIMEOUT_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    COMPRESSION_FIELD_NUMBER: _ClassVar[int]
     job_id: int
     task: str
     task_options: _struct_pb2.Struct
@@ -113,7 +116,18 @@ class JobConfig(_message.Message):
     chunk_size: int
     heartbeat_seconds: float
     progress_timeout_seconds: float
-    def __init__(self, job_id: _Optional[int] = ..., task: _Optional[str] = ..., task_options: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., seed: _Optional[int] = ..., rounds: _Optional[int] = ..., chunk_size: _Optional[int] = ..., heartbeat_seconds: _Optional[float] = ..., progress_timeout_seconds: _Optional[float] = ...) -> None: ...
+    compression: Compression
+    def __init__(self, job_id: _Optional[int] = ..., task: _Optional[str] = ..., task_options: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., seed: _Optional[int] = ..., rounds: _Optional[int] = ..., chunk_size: _Optional[int] = ..., heartbeat_seconds: _Optional[float] = ..., progress_timeout_seconds: _Optional[float] = ..., compression: _Optional[_Union[Compression, _Mapping]] = ...) -> None: ...
+
+class Compression(_message.Message):
+    __slots__ = ("codec", "topk_fraction", "per_channel")
+    CODEC_FIELD_NUMBER: _ClassVar[int]
+    TOPK_FRACTION_FIELD_NUMBER: _ClassVar[int]
+    PER_CHANNEL_FIELD_NUMBER: _ClassVar[int]
+    codec: str
+    topk_fraction: float
+    per_channel: bool
+    def __init__(self, codec: _Optional[str] = ..., topk_fraction: _Optional[float] = ..., per_channel: _Optional[bool] = ...) -> None: ...
 
 class Ready(_message.Message):
     __slots__ = ("train_examples", "test_examples")

@@ -235,6 +235,16 @@ def run_cli(tmp_path: Path, script: str, *args: str, env: dict[str, str] | None 
             "fl-server", ["--job-id", "1"], {"FEDSILO_ROUNDS": "abc"}, "rounds", id="env-rounds"
         ),
         pytest.param("fl-client", ["--server", "nocolon"], {}, "server", id="client-server"),
+        pytest.param(
+            "fl-server",
+            ["--job-id", "1", "--compression", "topk", "--topk-fraction", "0"],
+            {},
+            "topk_fraction",
+            id="topk-fraction",
+        ),
+        pytest.param(
+            "fl-sim", ["--topk-fraction", "1.5"], {}, "topk_fraction", id="sim-topk-fraction"
+        ),
     ],
 )
 def test_cli_bad_config_exits_2_with_one_line_naming_the_problem(
