@@ -193,3 +193,21 @@ def test_the_median_strategy_over_real_processes_gives_the_coordinate_median(
     expected = reference_run(read_metrics(run_dir), 2, aggregate=median_plain)
     for name, tensor in expected.items():
         torch.testing.assert_close(final[name], tensor, rtol=1e-5, atol=1e-6)
+
+
+def test_compressed_updates_cross_real_daemons_and_the_model_still_learns(
+    daemons: Daemons, tmp_path: Path
+) -> None:
+    run_dir = tmp_path / "int8"
+    daemons.federation(
+        JOB_ID,
+        CLIENTS,
+        *("--rounds", "3", "--min-clients", "3", "--seed", str(SEED), *TRAIN_FLAGS),
+        *("--compression", "int8", "--out", str(run_dir)),
+    )
+    rows = read_metrics(run_dir)
+    assert rows[-1]["eval_accuracy"] > rows[0]["eval_accuracy"]
+    for row in rows[1:]:
+        assert row["dropped"] == [] and sorted(row["participants"]) == [0, 1, 2]
+        # The model goes down whole (float32); updates come up as int8 deltas and scales.
+        assert row["bytes_up"] < row["bytes_down"] / 2
