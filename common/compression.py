@@ -230,7 +230,10 @@ def encode(
         tensors, seen = _encode_delta(name, spec, delta, setting)
         wire.update(tensors)
         if residual is not None:
-            residual[name] = delta - seen
+            rest = delta - seen
+            # A diverged round (NaN/inf weights: refused by the server) must not poison the rounds
+            # after it through the residual.
+            residual[name] = rest if bool(torch.isfinite(rest).all()) else torch.zeros_like(rest)
     return wire
 
 

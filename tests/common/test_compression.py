@@ -321,3 +321,13 @@ def test_setting_travels_in_init_config_and_unknown_codecs_are_refused():
     assert Compression.from_proto(pb.Compression(codec="int8")).codec == "int8"
     with pytest.raises(ConfigError, match="zstd"):
         Compression.from_proto(pb.Compression(codec="zstd"))
+
+
+def test_a_non_finite_round_does_not_poison_the_topk_residual():
+    setting = Compression(codec="topk", topk_fraction=0.5)
+    reference = {"w": torch.zeros(4)}
+    residual: dict[str, torch.Tensor] = {}
+    encode({"w": torch.tensor([1.0, float("nan"), 0.0, 0.0])}, reference, setting, residual)
+    assert torch.equal(residual["w"], torch.zeros(4))
+    wire = encode({"w": torch.tensor([0.0, 0.0, 3.0, 4.0])}, reference, setting, residual)
+    assert torch.isfinite(wire["w#val"]).all()
