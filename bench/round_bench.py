@@ -8,7 +8,8 @@ and evaluation do nothing, and its clients; every figure is framework overhead.
 
 - big: a ``--big-mib`` (256) MiB model, two ``fl-client`` processes.
 - many: a 0.01 MiB model and each of ``--counts`` clients: up to 10 as ``fl-client`` processes,
-  more as ``bench/many_clients.py`` processes of at most ``--per-process`` client threads.
+  more as ``bench/many_clients.py`` processes of at most ``--per-process`` (100) client
+  threads (250 a process measured twice as slow at 1,000: GIL and thread contention).
 
 The server waits for all clients (``--start-clients N --min-clients N``) before round 1. From
 its JSON log, per round r >= 2 (round 1 is warm-up):
@@ -26,9 +27,11 @@ measured rounds of all repeats; nothing passes or fails on time.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import math
 import os
+import re
 import statistics
 import subprocess
 import sys
@@ -45,6 +48,9 @@ REPO = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
 TASK = "bench.bench_task:NoopTask"
 TINY_MIB = 0.01
+# Clients log warnings only; FEDSILO_BENCH_CLIENT_LOG=debug shows each model_received, for
+# timelines with --keep.
+CLIENT_LOG_LEVEL = os.environ.get("FEDSILO_BENCH_CLIENT_LOG", "warning")
 PROCESS_CLIENTS_UP_TO = 10  # larger counts run as threads in bench/many_clients.py
 
 
@@ -92,7 +98,7 @@ def client_commands(case: Case, port: int, per_process: int) -> list[tuple[str, 
                     "--connect-timeout",
                     "120",
                     "--log-level",
-                    "warning",
+                    CLIENT_LOG_LEVEL,
                 ],
             )
             for index in range(case.clients)
@@ -113,6 +119,8 @@ def client_commands(case: Case, port: int, per_process: int) -> list[tuple[str, 
                 f"p{index}-",
                 "--connect-timeout",
                 "300",
+                "--log-level",
+                CLIENT_LOG_LEVEL,
             ],
         )
         for index, size in enumerate(sizes)
@@ -148,6 +156,14 @@ def evidence(server_err: Path, client_errs: list[Path]) -> str:
     return "\n".join(lines[:80])
 
 
+def cpu_seconds(path: Path) -> float:
+    """User + system CPU seconds of the process, from the 'CPU <user> <sys>' line of time."""
+    found = re.findall(r"CPU ([0-9.]+) ([0-9.]+)$", path.read_text(), flags=re.MULTILINE)
+    if not found:
+        raise RuntimeError(f"no CPU line in {path}")
+    return float(found[-1][0]) + float(found[-1][1])
+
+
 def run_job(
     case: Case, rounds: int, workdir: Path, per_process: int, job_timeout: float
 ) -> dict[str, Any]:
@@ -155,7 +171,7 @@ def run_job(
     port = free_port()
     config = workdir / "job.toml"
     config.write_text(f'task = "{TASK}"\n[task_options]\nmodel_mib = {case.model_mib}\n')
-    timing = ["/usr/bin/time", "-f", "MAXRSS %M"]
+    timing = ["/usr/bin/time", "-f", "CPU %U %S\nMAXRSS %M"]
     join_timeout = 60 + 0.3 * case.clients
     env = daemon_env()
     server_err = workdir / "server.err"
@@ -206,7 +222,7 @@ def run_job(
                 f"{case.name}: server still running after {job_timeout:g}s\n"
                 + evidence(server_err, client_errs)
             ) from None
-        deadline = time.monotonic() + 120
+        deadline = time.monotonic() + min(60.0, job_timeout)  # clients end after the server
         client_codes = []
         for process in processes[1:]:
             try:
@@ -233,16 +249,34 @@ def run_job(
         "server_peak_rss_mib": max_rss_mib(server_err),
         "client_peak_rss_mib": [max_rss_mib(path) for path in client_errs],
         "client_processes": len(client_errs),
+        "server_cpu_s": cpu_seconds(server_err),
+        "clients_cpu_s": sum(cpu_seconds(path) for path in client_errs),
+        "job_s": stamp(log[-1]) - listening,
     }
 
 
 def run_case(
-    case: Case, rounds: int, repeats: int, per_process: int, job_timeout: float
+    case: Case,
+    rounds: int,
+    repeats: int,
+    *,
+    per_process: int,
+    job_timeout: float,
+    keep: Path | None,
 ) -> dict[str, Any]:
-    """Run ``case`` ``repeats`` times; return its figures, or its failure with the evidence."""
+    """Run ``case`` ``repeats`` times; return its figures, or its failure with the evidence.
+
+    Each job runs in a temporary folder, or in a new folder under ``keep`` that is kept.
+    """
     runs = []
     for _ in range(repeats):
-        with tempfile.TemporaryDirectory(prefix=f"round-bench-{case.name}-") as tmp:
+        if keep is not None:
+            keep.mkdir(parents=True, exist_ok=True)
+        with contextlib.ExitStack() as stack:
+            if keep is None:
+                tmp = stack.enter_context(tempfile.TemporaryDirectory(prefix=f"{case.name}-"))
+            else:
+                tmp = tempfile.mkdtemp(prefix=f"{case.name}-", dir=keep)
             try:
                 runs.append(run_job(case, rounds, Path(tmp), per_process, job_timeout))
             except JobFailedError as failure:
@@ -257,6 +291,10 @@ def run_case(
         "join_s": summary([run["join_s"] for run in runs]),
         "server_peak_rss_mib": max(run["server_peak_rss_mib"] for run in runs),
         "client_peak_rss_mib": max(max(run["client_peak_rss_mib"]) for run in runs),
+        # CPU of whole jobs (start-up, all rounds, final evaluation), per job
+        "job_s": summary([run["job_s"] for run in runs]),
+        "server_cpu_s": summary([run["server_cpu_s"] for run in runs]),
+        "clients_cpu_s": summary([run["clients_cpu_s"] for run in runs]),
     }
 
 
@@ -302,8 +340,9 @@ def main() -> int:
     parser.add_argument("--rounds", type=int, default=6, help="rounds per job (round 1 skipped)")
     parser.add_argument("--repeats", type=int, default=1, help="jobs per case")
     parser.add_argument("--big-mib", type=float, default=256.0, help="model size of 'big'")
-    parser.add_argument("--per-process", type=int, default=250, help="client threads a process")
+    parser.add_argument("--per-process", type=int, default=100, help="client threads a process")
     parser.add_argument("--job-timeout", type=float, default=1800.0, help="seconds per job")
+    parser.add_argument("--keep", type=Path, help="keep each job's logs in a folder under this")
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
     if args.rounds < 2:
@@ -316,7 +355,12 @@ def main() -> int:
     results: dict[str, dict[str, Any]] = {}
     for case in cases(which, counts, args.big_mib):
         results[case.name] = run_case(
-            case, args.rounds, args.repeats, args.per_process, args.job_timeout
+            case,
+            args.rounds,
+            args.repeats,
+            per_process=args.per_process,
+            job_timeout=args.job_timeout,
+            keep=args.keep,
         )
         if "error" in results[case.name]:
             print(results[case.name]["error"], file=sys.stderr)
