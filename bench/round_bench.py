@@ -148,6 +148,8 @@ def evidence(server_err: Path, client_errs: list[Path]) -> str:
     for event in server_events:
         if event.get("level") in ("warning", "error") and event["event"] != "insecure_transport":
             lines.append("server: " + json.dumps(event)[:600])
+    for event in server_events[-3:]:
+        lines.append("server, last: " + json.dumps(event)[:300])
     plain = [raw for raw in server_err.read_text().splitlines() if not raw.startswith("{")]
     lines.extend("server stderr: " + raw[:600] for raw in plain[-10:])
     for path in client_errs:
