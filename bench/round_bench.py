@@ -32,6 +32,7 @@ import json
 import math
 import os
 import re
+import signal
 import statistics
 import subprocess
 import sys
@@ -128,14 +129,18 @@ def client_commands(case: Case, port: int, per_process: int) -> list[tuple[str, 
 
 
 def stop(process: subprocess.Popen[bytes]) -> None:
-    """End a process we started that is still running: SIGTERM, then SIGKILL after 10 s."""
+    """End a process we started, and its children, if still running: SIGTERM, then SIGKILL.
+
+    Each was started in its own process group (``start_new_session``): /usr/bin/time passes
+    no signal on to the daemon it wraps, so the whole group is signalled.
+    """
     if process.poll() is not None:
         return
-    process.terminate()
+    os.killpg(process.pid, signal.SIGTERM)
     try:
         process.wait(timeout=10)
     except subprocess.TimeoutExpired:
-        process.kill()
+        os.killpg(process.pid, signal.SIGKILL)
         process.wait(timeout=10)
 
 
@@ -207,7 +212,12 @@ def run_job(
     try:
         with server_err.open("wb") as err:
             server = subprocess.Popen(
-                server_cmd, stdout=subprocess.DEVNULL, stderr=err, env=env, cwd=workdir
+                server_cmd,
+                stdout=subprocess.DEVNULL,
+                stderr=err,
+                env=env,
+                cwd=workdir,
+                start_new_session=True,
             )
         processes.append(server)
         for label, argv in client_commands(case, port, per_process):
@@ -215,7 +225,14 @@ def run_job(
             client_errs.append(path)
             with path.open("wb") as err:
                 processes.append(
-                    subprocess.Popen([*timing, *argv], stdout=err, stderr=err, env=env, cwd=workdir)
+                    subprocess.Popen(
+                        [*timing, *argv],
+                        stdout=err,
+                        stderr=err,
+                        env=env,
+                        cwd=workdir,
+                        start_new_session=True,
+                    )
                 )
         try:
             code = server.wait(timeout=job_timeout)

@@ -33,6 +33,7 @@ import json
 import os
 import re
 import shutil
+import signal
 import socket
 import statistics
 import subprocess
@@ -160,14 +161,18 @@ def max_rss_mib(path: Path) -> float:
 
 
 def stop(process: subprocess.Popen[bytes]) -> None:
-    """End a process we started that is still running: SIGTERM, then SIGKILL after 10 s."""
+    """End a process we started, and its children, if still running: SIGTERM, then SIGKILL.
+
+    Each was started in its own process group (``start_new_session``): /usr/bin/time passes
+    no signal on to the daemon it wraps, so the whole group is signalled.
+    """
     if process.poll() is not None:
         return
-    process.terminate()
+    os.killpg(process.pid, signal.SIGTERM)
     try:
         process.wait(timeout=10)
     except subprocess.TimeoutExpired:
-        process.kill()
+        os.killpg(process.pid, signal.SIGKILL)
         process.wait(timeout=10)
 
 
@@ -186,12 +191,18 @@ def run_job(
         with server_out.open("wb") as out, server_err.open("wb") as err:
             argv = [str(python), script, "server", "--port", str(port)]
             argv += ["--mib", str(model_mib), "--clients", str(clients), "--rounds", str(rounds)]
-            processes.append(subprocess.Popen([*timing, *argv], stdout=out, stderr=err, env=env))
+            processes.append(
+                subprocess.Popen(
+                    [*timing, *argv], stdout=out, stderr=err, env=env, start_new_session=True
+                )
+            )
         for path in client_errs:
             with path.open("wb") as err:
                 argv = [str(python), script, "client", "--server", f"127.0.0.1:{port}"]
                 processes.append(
-                    subprocess.Popen([*timing, *argv], stdout=err, stderr=err, env=env)
+                    subprocess.Popen(
+                        [*timing, *argv], stdout=err, stderr=err, env=env, start_new_session=True
+                    )
                 )
         deadline = time.monotonic() + timeout
         codes = [p.wait(timeout=max(1.0, deadline - time.monotonic())) for p in processes]
