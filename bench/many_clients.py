@@ -87,7 +87,7 @@ def main() -> int:
     args = parser.parse_args()
     configure_logging(args.log_level)
     torch.set_num_threads(1)
-    connection.channel_options = _own_connection_options  # type: ignore[assignment]
+    connection.channel_options = _own_connection_options
     summary = run_clients(args.server, args.count, args.prefix, args.connect_timeout)
     print(json.dumps(summary), flush=True)
     return 0 if summary["failed"] == 0 else 1

@@ -23,6 +23,7 @@ import time
 from concurrent import futures
 from datetime import datetime
 from pathlib import Path
+from typing import Any
 
 import grpc
 
@@ -70,12 +71,12 @@ def grpc_ceiling(total: int) -> float:
     return total / seconds / 1e9
 
 
-def stamp(line: dict) -> float:
+def stamp(line: dict[str, Any]) -> float:
     """Seconds since the epoch of a structlog line."""
     return datetime.fromisoformat(line["timestamp"].replace("Z", "+00:00")).timestamp()
 
 
-def events(path: Path) -> list[dict]:
+def events(path: Path) -> list[dict[str, Any]]:
     """JSON lines of a daemon's stderr.
 
     A line may carry text after its JSON object: a daemon that logs from another thread while
