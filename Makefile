@@ -10,7 +10,8 @@ TYPECHECK_TREE := build/typecheck
 FMNIST_DIR := /usr/share/datasets/fashion-mnist
 FMNIST_PKG := dataset-fashion-mnist
 
-.PHONY: install test test-slow lint typecheck demo proto clean bench datasets datasets-if-possible
+.PHONY: install test test-slow lint typecheck demo proto clean bench bench-rounds bench-peers \
+	datasets datasets-if-possible
 
 install: $(STAMP) datasets-if-possible
 
@@ -63,6 +64,20 @@ bench: install
 	$(BIN)/python bench/codec_bench.py --json build/bench-codec.json
 	$(BIN)/python bench/transfer_bench.py --json build/bench-transfer.json
 	$(BIN)/python bench/compression_bench.py --json build/bench-compression.json
+
+# Seconds per round through the daemons (256 MiB x 2 clients; 10, 100, 1,000 clients): minutes,
+# so not part of `bench`.
+bench-rounds: install
+	@mkdir -p build
+	$(BIN)/python bench/round_bench.py --json build/bench-rounds.json
+
+# The same rounds with Flower 1.42 (legacy gRPC; its own venv bench/.venv-flwr, made on first
+# use) next to fedsilo's, measured in the same run; the ratio is Flower / fedsilo.
+bench-peers: install
+	@mkdir -p build
+	$(BIN)/python bench/round_bench.py --which big,many --counts 10 --json build/bench-rounds-peers.json
+	$(BIN)/python bench/peers/flower_bench.py --fedsilo build/bench-rounds-peers.json \
+		--json build/bench-peers.json
 
 demo: install
 	$(BIN)/python tools/demo.py

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import socket
 import statistics
 import subprocess
@@ -22,6 +23,7 @@ import time
 from concurrent import futures
 from datetime import datetime
 from pathlib import Path
+from typing import Any
 
 import grpc
 
@@ -69,26 +71,31 @@ def grpc_ceiling(total: int) -> float:
     return total / seconds / 1e9
 
 
-def stamp(line: dict) -> float:
+def stamp(line: dict[str, Any]) -> float:
     """Seconds since the epoch of a structlog line."""
     return datetime.fromisoformat(line["timestamp"].replace("Z", "+00:00")).timestamp()
 
 
-def events(path: Path) -> list[dict]:
-    """JSON lines of a daemon's stderr."""
+def events(path: Path) -> list[dict[str, Any]]:
+    """JSON lines of a daemon's stderr.
+
+    A line may carry text after its JSON object: a daemon that logs from another thread while
+    it exits can lose the line's newline, and /usr/bin/time then appends to the same line.
+    """
+    decoder = json.JSONDecoder()
     out = []
     for raw in path.read_text().splitlines():
         if raw.startswith("{"):
-            out.append(json.loads(raw))
+            out.append(decoder.raw_decode(raw)[0])
     return out
 
 
 def max_rss_mib(path: Path) -> float:
-    """The 'MAXRSS <kb>' line /usr/bin/time appended."""
-    for raw in reversed(path.read_text().splitlines()):
-        if raw.startswith("MAXRSS "):
-            return int(raw.split()[1]) / 1024
-    raise RuntimeError(f"no MAXRSS line in {path}")
+    """The 'MAXRSS <kb>' that /usr/bin/time appended (possibly after a line without newline)."""
+    found = re.findall(r"MAXRSS (\d+)$", path.read_text(), flags=re.MULTILINE)
+    if not found:
+        raise RuntimeError(f"no MAXRSS line in {path}")
+    return int(found[-1]) / 1024
 
 
 def one_run(mib: int, workdir: Path) -> dict[str, float]:
