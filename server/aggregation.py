@@ -42,6 +42,8 @@ class OrderedFold:
 
     def __post_init__(self) -> None:
         self.expected = sorted(set(self.expected))
+        self._expected_set = set(self.expected)
+        self._folded_set: set[int] = set()
         self._next = 0
         self._waiting: dict[int, _Waiting] = {}
         self._dropped_set: set[int] = set()
@@ -52,10 +54,10 @@ class OrderedFold:
     def is_open_for(self, client_id: int) -> bool:
         """Whether this round still takes an update from ``client_id``."""
         return (
-            client_id in self.expected
+            client_id in self._expected_set
             and client_id not in self._waiting
             and client_id not in self._dropped_set
-            and client_id not in self.folded
+            and client_id not in self._folded_set
         )
 
     def submit(self, client_id: int, weight: float, tensors: Mapping[str, torch.Tensor]) -> None:
@@ -140,6 +142,7 @@ class OrderedFold:
                         self.release(update.tensors, True)
                 self.total_weight += update.weight
                 self.folded.append(cid)
+                self._folded_set.add(cid)
                 self._next += 1
             else:
                 return

@@ -235,6 +235,11 @@ class Job:
             tensors, self.global_state, self.config.update_norm_bound, self.config.norm_bound_action
         )
 
+    def session_idle(self) -> None:
+        """Wake the coordinator: a session has just become idle (ready for a round)."""
+        with self._cond:
+            self._cond.notify_all()
+
     def mark_ready(self, session: ClientSession, ready: pb.Ready) -> None:
         """Note that a client has loaded its task and data."""
         session.log.info(

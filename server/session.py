@@ -164,6 +164,10 @@ class ClientSession:
                     self.close()
                 return
             self.state = self._resume if next_state is None else next_state
+            if self.state is SessionState.IDLE:
+                # Only now does the job count this client as ready for work: tell it so, or a
+                # coordinator that looked a moment earlier would sleep until its deadline.
+                self.job.session_idle()
 
     def offer(self, event: Event, payload: Any) -> bool:
         """Apply a job-side event (SYNC, EVALUATE) if legal now; return False if it is not."""
