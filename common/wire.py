@@ -8,6 +8,7 @@ Names and field numbers all come from the generated descriptors, so the .proto s
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Generic, TypeVar
@@ -195,11 +196,29 @@ class ModelFrames:
         chunk_bytes = [sum(part.nbytes for part in parts) for parts in encoder]
         self.trailer = serialize(trailer_of(encoder.checksum))
         self.nbytes = sum(framer.frame_size(size) for size in chunk_bytes) + len(self.trailer)
+        self._unfinished = 0
+        self._lock = threading.Lock()
 
     def __iter__(self) -> Iterator[bytes]:
         for parts in TensorStreamEncoder(self._tensors, self._chunk_size, checksum=False):
             yield self._framer.frame(parts)
         yield self.trailer
+
+    def reserve(self) -> None:
+        """Count one more stream that will read the tensors (until ``release``)."""
+        with self._lock:
+            self._unfinished += 1
+
+    def release(self) -> None:
+        """A reserved stream is done with the tensors (sent, or abandoned)."""
+        with self._lock:
+            self._unfinished -= 1
+
+    @property
+    def idle(self) -> bool:
+        """Whether no reserved stream may still read the tensors: they may be reused."""
+        with self._lock:
+            return self._unfinished == 0
 
 
 def tensor_stream_frames(

@@ -453,6 +453,7 @@ class Job:
             stream = OutgoingModel(serialize(sync), frames)
             current.bytes_down[cid] = stream.nbytes
             if not session.offer(Event.SYNC, (number, stream)):
+                stream.abandon()
                 with self._cond:
                     current.drop([cid], "disconnected", {cid: "download"})
         log.info("round_started", clients=selected, model_bytes=self.model_bytes)
@@ -483,7 +484,12 @@ class Job:
         else:
             new_state = self.strategy.next_global(self.global_state, current.fold.mean())
         current.fold.discard()
+        old_state = self.global_state
         self.global_state = {spec.name: new_state[spec.name].contiguous() for spec in self.specs}
+        if frames.idle and not self._checkpoints.busy:
+            # Nothing reads the old model any more: its memory takes the next upload, which then
+            # decodes into pages already mapped instead of faulting in fresh ones.
+            self.uploads.recycle(old_state, in_use=self.global_state)
         self.rounds_completed = number
         seconds = time.monotonic() - current.started
         self._write_row(current.evaluations)
@@ -521,13 +527,15 @@ class Job:
         evaluate = pb.ServerMessage(
             evaluate=pb.Evaluate(round=self.rounds_completed, model=codec.header_of(self.specs))
         )
-        stream = OutgoingModel(serialize(evaluate), frames)
+        opening = serialize(evaluate)
         with self._cond:
             self._final_expected = set(targets)
             self._final_evaluations = []
             sessions = {cid: self._sessions[cid] for cid in targets}
         for cid, session in sessions.items():
+            stream = OutgoingModel(opening, frames)
             if not session.offer(Event.EVALUATE, (self.rounds_completed, stream)):
+                stream.abandon()
                 with self._cond:
                     self._final_expected.discard(cid)
         self.log.info("final_evaluation_started", clients=sorted(self._final_expected))

@@ -40,12 +40,19 @@ class _Close:
 CLOSE = _Close()
 
 
-@dataclass(frozen=True)
 class OutgoingModel:
-    """A model stream queued for one client: its opening message, then the model's frames."""
+    """A model stream queued for one client: its opening message, then the model's frames.
 
-    opening: bytes
-    frames: ModelFrames
+    It holds a reservation on the frames' tensors from creation until it has been sent or
+    abandoned, so that the job knows when the model's memory is free to reuse. Iterate once.
+    """
+
+    def __init__(self, opening: bytes, frames: ModelFrames) -> None:
+        self.opening = opening
+        self.frames = frames
+        self._started = False
+        self._released = False
+        frames.reserve()
 
     @property
     def nbytes(self) -> int:
@@ -53,8 +60,24 @@ class OutgoingModel:
         return len(self.opening) + self.frames.nbytes
 
     def __iter__(self) -> Iterator[bytes]:
-        yield self.opening
-        yield from self.frames
+        if self._started:
+            raise RuntimeError("a model stream is sent once")
+        self._started = True
+        try:
+            yield self.opening
+            yield from self.frames
+        finally:  # also when the stream is cut off and the generator closed
+            self._release()
+
+    def abandon(self) -> None:
+        """Give up a stream that will not be sent (the session refused it)."""
+        if not self._started:
+            self._release()
+
+    def _release(self) -> None:
+        if not self._released:
+            self._released = True
+            self.frames.release()
 
 
 OutboxItem = Outbound | OutgoingModel | _Close

@@ -60,6 +60,22 @@ class UploadStore:
                 if self._spare is None:
                     self._spare = dict(tensors)
 
+    def recycle(
+        self, tensors: Mapping[str, torch.Tensor], in_use: Mapping[str, torch.Tensor]
+    ) -> bool:
+        """Keep a model nothing reads any more as the next upload's buffers; return if kept.
+
+        Refused when the spare slot is taken or when a tensor shares memory with ``in_use``.
+        """
+        busy = {tensor.data_ptr() for tensor in in_use.values()}
+        if any(tensor.data_ptr() in busy for tensor in tensors.values()):
+            return False
+        with self._lock:
+            if self._spare is not None:
+                return False
+            self._spare = dict(tensors)
+            return True
+
     def clear(self) -> None:
         """Delete every spill file (left by a crash, or by a round that was abandoned)."""
         if self.spill_dir.is_dir():

@@ -56,13 +56,12 @@ def test_model_streams_of_two_clients_never_interleave() -> None:
         trailer_of=lambda checksum: pb.ServerMessage(trailer=pb.TensorStreamTrailer()),
     )
     opening = pb.ServerMessage(heartbeat=pb.Heartbeat()).SerializeToString()
-    stream = OutgoingModel(opening, frames)  # 1 + 48 chunks + trailer = 50 frames
     links = []
     for name in ("a", "b", "c"):
         session = FakeSession()
         link = InProcessLink(session, RecordingProtocol(name, log), lock)  # type: ignore[arg-type]
         for _ in range(3):
-            session.outbox.put(stream)
+            session.outbox.put(OutgoingModel(opening, frames))  # 1 + 48 chunks + trailer = 50
         session.outbox.put(CLOSE)
         links.append(link)
     for link in links:
