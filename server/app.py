@@ -14,7 +14,7 @@ import grpc
 import structlog
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
-from fedsilo.common.allocator import return_big_blocks_promptly
+from fedsilo.common.allocator import tune_for_streams
 from fedsilo.common.bundles import load_server_bundle
 from fedsilo.common.errors import ConfigError, FedsiloError, PortInUseError
 from fedsilo.common.logging import get_logger
@@ -141,8 +141,8 @@ def make_job(
 def serve(config: ServerConfig) -> JobOutcome:
     """Run the job to its end and return its outcome. SIGTERM/SIGINT abort it cleanly."""
     # The server decodes many streams at once and trains nothing: freed message buffers must
-    # not pile up in allocator arenas (it would cost hundreds of MiB with many clients).
-    return_big_blocks_promptly()
+    # not pile up in allocator arenas (it would cost GiBs with many clients).
+    tune_for_streams(config.chunk_size)
     log = get_logger(job_id=config.job_id)
     # Before anything touches the run folder: a second server of this job must change nothing.
     check_port_free(config.host, config.port, config.job_id)

@@ -655,7 +655,7 @@ class Job:
             return
         row = self._last_round_row
         if self._checkpoints.saved_round != self.rounds_completed and row is not None:
-            self._checkpoints.offer(self._checkpoint(row))
+            self._checkpoints.offer(self._checkpoint(row), force=True)
             self._checkpoints.wait()
         save_model(self.global_state, self.model_path)
 

@@ -6,9 +6,9 @@ import platform
 
 import pytest
 
-from fedsilo.common.allocator import return_big_blocks_promptly
+from fedsilo.common.allocator import tune_for_streams
 
 
 @pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="mallopt is glibc's")
 def test_the_threshold_is_set_on_glibc():
-    assert return_big_blocks_promptly() is True
+    assert tune_for_streams(1 << 20) is True

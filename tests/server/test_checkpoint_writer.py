@@ -42,7 +42,8 @@ def test_a_checkpoint_offered_while_one_is_written_is_skipped(tmp_path: Path, mo
     release.set()
     writer.wait()
     assert writer.saved_round == 1 and not writer.busy
-    assert writer.offer(checkpoint(3))
+    assert not writer.offer(checkpoint(2))  # too soon after a write that took this long
+    assert writer.offer(checkpoint(3), force=True)  # the job's last round is always written
     writer.wait()
     assert writer.saved_round == 3
     loaded = load_checkpoint(tmp_path / "checkpoint.pt", IDENTITY)
@@ -58,3 +59,24 @@ def test_a_failed_write_is_raised_by_the_next_wait(tmp_path: Path):
     with pytest.raises(OSError):
         writer.wait()
     writer.wait()  # reported once
+
+
+def test_checkpoints_are_spaced_by_ten_times_the_last_write(tmp_path: Path, monkeypatch):
+    clock = [100.0]
+    monkeypatch.setattr(checkpoint_module.time, "monotonic", lambda: clock[0])
+    real_save = checkpoint_module.save_checkpoint
+
+    def save_taking_two_seconds(path: Path, value: Checkpoint) -> None:
+        clock[0] += 2.0
+        real_save(path, value)
+
+    monkeypatch.setattr(checkpoint_module, "save_checkpoint", save_taking_two_seconds)
+    writer = CheckpointWriter(tmp_path / "checkpoint.pt", structlog.get_logger())
+    assert writer.offer(checkpoint(1))
+    writer.wait()
+    clock[0] = 100.0 + 19.0
+    assert not writer.offer(checkpoint(2))  # 19 s after a 2 s write began: under 10 x 2 s
+    clock[0] = 100.0 + 20.5
+    assert writer.offer(checkpoint(3))
+    writer.wait()
+    assert writer.saved_round == 3
