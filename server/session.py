@@ -330,7 +330,7 @@ class ClientSession:
         upload = self.upload
         assert upload is not None
         self.upload = None
-        upload.decoder.discard()
+        self.job.uploads.discard(upload.decoder)
         self.job.reject_update(self, upload.round, reason)
         if discard_rest:
             raise StreamRefusedError(int(pb.BAD_TENSOR_STREAM), reason, SessionState.IDLE)
@@ -358,7 +358,7 @@ class ClientSession:
 
     def _do_drop(self, payload: Any, nbytes: int) -> None:
         if self.upload is not None:
-            self.upload.decoder.discard()
+            self.job.uploads.discard(self.upload.decoder)
         self.upload = None
         self.job.session_closed(self)
 

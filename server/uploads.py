@@ -4,9 +4,12 @@ Updates are folded in client-id order (``server/aggregation.py``), so an update 
 before its turn has to wait. Holding every waiting update in memory would cost one model per
 client; instead, an upload that begins while it is not next in the folding order is written
 straight to a spill file as its chunks arrive, and read back a tensor at a time when its turn
-comes. The result is bit-identical either way; memory stays at the global model, the running
-sum and the one upload whose turn it is. One set of model-shaped buffers from a folded update
-is kept for the next in-turn upload, so steady rounds decode into memory that is already mapped.
+comes. Small updates wait in memory as long as all of them together stay within
+``WAITING_IN_MEMORY_BYTES`` (a file per update of a tiny model would cost more than it saves).
+The result is bit-identical either way; memory stays at the global model, the running sum, the
+one upload whose turn it is and at most ``WAITING_IN_MEMORY_BYTES`` of waiting updates. One set
+of model-shaped buffers (a folded update's, or the previous global model's) is kept for the next
+in-turn upload, so steady rounds decode into memory that is already mapped.
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ from fedsilo.common.codec import SpilledTensors, TensorSpec, TensorStreamDecoder
 from fedsilo.server.validation import ClippedUpdate
 
 SPILL_SUFFIX = ".upload"
+WAITING_IN_MEMORY_BYTES = 64 << 20
 
 
 class UploadStore:
@@ -33,18 +37,31 @@ class UploadStore:
         self._spare: dict[str, torch.Tensor] | None = None
         self._lock = threading.Lock()
         self._serial = itertools.count()
+        self._waiting_bytes = 0
+        self._budgeted: dict[int, int] = {}  # id of a waiting update's tensors -> its bytes
         self.clear()
 
     def decoder(
         self, specs: Sequence[TensorSpec], in_turn: bool, label: str
     ) -> TensorStreamDecoder:
-        """Return the decoder of a new upload: into memory if ``in_turn``, else into a file."""
+        """Return the decoder of a new upload: into memory if ``in_turn`` or if it fits the
+        budget of waiting updates, else into a file."""
         if in_turn:
             with self._lock:
                 spare, self._spare = self._spare, None
             if spare is not None and specs_of(spare) != list(specs):
                 spare = None  # e.g. a compressed upload: its wire tensors are shaped otherwise
             return TensorStreamDecoder(specs, into=spare, max_chunk_size=self._chunk_size)
+        nbytes = sum(spec.nbytes for spec in specs)
+        with self._lock:
+            fits = self._waiting_bytes + nbytes <= WAITING_IN_MEMORY_BYTES
+            if fits:
+                self._waiting_bytes += nbytes
+        if fits:
+            decoder = TensorStreamDecoder(specs, max_chunk_size=self._chunk_size)
+            with self._lock:
+                self._budgeted[id(decoder.tensors)] = nbytes
+            return decoder
         self.spill_dir.mkdir(parents=True, exist_ok=True)
         path = self.spill_dir / f"{label}-{next(self._serial)}{SPILL_SUFFIX}"
         return TensorStreamDecoder(specs, max_chunk_size=self._chunk_size, spill_to=path)
@@ -55,10 +72,21 @@ class UploadStore:
             tensors = tensors.update
         if isinstance(tensors, SpilledTensors):
             tensors.remove()
-        elif reuse:
+            return
+        self._unbudget(tensors)
+        if reuse:
             with self._lock:
                 if self._spare is None:
                     self._spare = dict(tensors)
+
+    def discard(self, decoder: TensorStreamDecoder) -> None:
+        """Give up an upload that will not complete (a broken stream, a dropped client)."""
+        self._unbudget(decoder.tensors)
+        decoder.discard()
+
+    def _unbudget(self, tensors: Mapping[str, torch.Tensor]) -> None:
+        with self._lock:
+            self._waiting_bytes -= self._budgeted.pop(id(tensors), 0)
 
     def recycle(
         self, tensors: Mapping[str, torch.Tensor], in_use: Mapping[str, torch.Tensor]

@@ -9,11 +9,18 @@ import pytest
 import torch
 
 from fedsilo.common import codec
+from fedsilo.server import uploads
 from fedsilo.server.aggregation import OrderedFold
 from fedsilo.server.strategies import fedavg
 from fedsilo.server.uploads import UploadStore
 from fedsilo.server.validation import ClippedUpdate, check_finite
 from tests.server.test_aggregation import CLIENTS, LIKE, WEIGHTS, assert_identical, random_updates
+
+
+@pytest.fixture(autouse=True)
+def no_waiting_budget(monkeypatch):
+    """Spill every out-of-turn upload, however small (the tests' updates are tiny)."""
+    monkeypatch.setattr(uploads, "WAITING_IN_MEMORY_BYTES", 0)
 
 
 def receive(store: UploadStore, state: dict[str, torch.Tensor], in_turn: bool, label: str):
@@ -171,3 +178,23 @@ def test_blocks_of_a_spilled_tensor_cover_it_exactly(tmp_path: Path):
         )
         joined = torch.cat([block for _, block in pieces]) if pieces else torch.zeros(0)
         assert torch.equal(joined, tensor.reshape(-1).to(joined.dtype))
+
+
+def test_small_uploads_wait_in_memory_within_the_budget(tmp_path: Path, monkeypatch):
+    monkeypatch.setattr(uploads, "WAITING_IN_MEMORY_BYTES", 1000)
+    store = UploadStore(tmp_path / "spill", chunk_size=100)
+    first = receive(store, {"w": torch.randn(200)}, in_turn=False, label="a")  # 800 bytes
+    second = receive(store, {"w": torch.randn(200)}, in_turn=False, label="b")  # over budget
+    assert isinstance(first, dict) and isinstance(second, codec.SpilledTensors)
+    store.release(first, reuse=False)
+    third = receive(store, {"w": torch.randn(200)}, in_turn=False, label="c")  # room again
+    assert isinstance(third, dict)
+    header, _, _ = codec.encode_state({"w": torch.randn(200)}, chunk_size=100)
+    broken = store.decoder(codec.specs_from_header(header, 1 << 30), False, "d")
+    assert broken.spills  # the budget is still taken by the third
+    store.release(third, reuse=False)
+    store.discard(broken)
+    unfinished = store.decoder(codec.specs_from_header(header, 1 << 30), False, "e")
+    assert not unfinished.spills
+    store.discard(unfinished)  # a broken stream gives its share of the budget back
+    assert not store.decoder(codec.specs_from_header(header, 1 << 30), False, "f").spills
