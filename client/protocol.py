@@ -8,10 +8,9 @@ so a simulated client behaves exactly like a networked one.
 
 from __future__ import annotations
 
-import threading
 import time
 from collections.abc import Callable, Iterator, Mapping
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, NoReturn
@@ -20,6 +19,7 @@ import structlog
 import torch
 from google.protobuf import json_format
 
+from fedsilo.client.heartbeat import HeartbeatPacer
 from fedsilo.common import codec
 from fedsilo.common.compression import ClientCompressor, Compression
 from fedsilo.common.errors import (
@@ -88,6 +88,7 @@ class ClientProtocol:
         # Per client, never per (shared) model: it holds this client's top-k residual.
         self.compressor: ClientCompressor | None = None
         self._incoming: _Incoming | None = None
+        self._pacer = HeartbeatPacer()
         self.rounds_done = 0
 
     @property
@@ -321,28 +322,12 @@ class ClientProtocol:
         finally:
             self.model.to("cpu")
 
-    @contextmanager
-    def _heartbeats(self) -> Iterator[None]:
+    def _heartbeats(self) -> AbstractContextManager[None]:
         """Send a Heartbeat every ``heartbeat_seconds`` while the body runs (long local work)."""
         interval = self.job.heartbeat_seconds if self.job is not None else 0.0
-        if interval <= 0:
-            yield
-            return
-        done = threading.Event()
-        send = self._send
         beat = pb.ClientMessage(heartbeat=pb.Heartbeat())
-
-        def beat_until_done() -> None:
-            while not done.wait(interval):
-                send(beat)
-
-        thread = threading.Thread(target=beat_until_done, name="heartbeat", daemon=True)
-        thread.start()
-        try:
-            yield
-        finally:
-            done.set()
-            thread.join()
+        send = self._send
+        return self._pacer.running(lambda: send(beat), interval)
 
     def _send(self, message: Outbound | Iterator[bytes]) -> None:
         if self._send_to is None:
