@@ -36,6 +36,7 @@ from fedsilo.common.wire import (
     PROTOCOL_VERSION,
     Outbound,
     RawChunk,
+    inline_tensors,
     tensor_stream_frames,
 )
 
@@ -115,11 +116,12 @@ class ClientProtocol:
         if kind == "init_config":
             self._on_init(message.init_config)
         elif kind == "sync_model":
-            self._begin_model(
-                kind, message.sync_model.round, message.sync_model.train, message.sync_model.model
-            )
+            sync = message.sync_model
+            self._begin_model(kind, sync.round, sync.train, sync.model)
+            self._receive_inline(sync.model)
         elif kind == "evaluate":
             self._begin_model(kind, message.evaluate.round, None, message.evaluate.model)
+            self._receive_inline(message.evaluate.model)
         elif kind == "chunk":
             self._on_chunk(message.chunk.data)
         elif kind == "trailer":
@@ -218,6 +220,13 @@ class ClientProtocol:
             ),
         )
 
+    def _receive_inline(self, header: pb.TensorStreamHeader) -> None:
+        """A model that came whole in its header's message: its chunk and trailer, as streamed."""
+        if header.HasField("inline"):
+            if header.inline.data:
+                self._on_chunk(header.inline.data)
+            self._on_trailer(pb.TensorStreamTrailer(checksum=header.inline.checksum))
+
     def _on_chunk(self, data: bytes | memoryview) -> None:
         if self._incoming is None:
             self._protocol_violation("tensor chunk outside a model stream")
@@ -281,8 +290,13 @@ class ClientProtocol:
                 update=codec.header_of(codec.specs_of(wire)),
             )
         )
-        encoder = codec.TensorStreamEncoder(list(wire.values()), self.job.chunk_size)
-        self._send(tensor_stream_frames(send, encoder, CLIENT_CHUNKS, _client_trailer))
+        inline = inline_tensors(list(wire.values()), self.job.chunk_size)
+        if inline is not None:
+            send.send_model.update.inline.CopyFrom(inline)
+            self._send(send)
+        else:
+            encoder = codec.TensorStreamEncoder(list(wire.values()), self.job.chunk_size)
+            self._send(tensor_stream_frames(send, encoder, CLIENT_CHUNKS, _client_trailer))
         self.rounds_done += 1
         log.info(
             "update_sent",

@@ -192,14 +192,20 @@ class ModelFrames:
         self._tensors = list(tensors)
         self._chunk_size = chunk_size
         self._framer = framer
+        # A model that fits in one chunk travels inline, in the message that opens the stream.
+        self.inline = inline_tensors(self._tensors, chunk_size)
         encoder = TensorStreamEncoder(self._tensors, chunk_size)
         chunk_bytes = [sum(part.nbytes for part in parts) for parts in encoder]
         self.trailer = serialize(trailer_of(encoder.checksum))
-        self.nbytes = sum(framer.frame_size(size) for size in chunk_bytes) + len(self.trailer)
+        self.nbytes = 0
+        if self.inline is None:
+            self.nbytes = sum(framer.frame_size(n) for n in chunk_bytes) + len(self.trailer)
         self._unfinished = 0
         self._lock = threading.Lock()
 
     def __iter__(self) -> Iterator[bytes]:
+        if self.inline is not None:
+            return
         for parts in TensorStreamEncoder(self._tensors, self._chunk_size, checksum=False):
             yield self._framer.frame(parts)
         yield self.trailer
@@ -219,6 +225,19 @@ class ModelFrames:
         """Whether no reserved stream may still read the tensors: they may be reused."""
         with self._lock:
             return self._unfinished == 0
+
+
+def inline_tensors(tensors: Sequence[torch.Tensor], chunk_size: int) -> pb.InlineTensors | None:
+    """The whole tensor stream as one InlineTensors if its bytes fit in one chunk, else None.
+
+    Small models then cross in one message each way instead of three (header, chunk, trailer):
+    for a tiny model the per-message cost is most of a round.
+    """
+    encoder = TensorStreamEncoder(tensors, chunk_size)
+    if encoder.total_bytes > chunk_size:
+        return None
+    data = b"".join(part for parts in encoder for part in parts)
+    return pb.InlineTensors(data=data, checksum=encoder.checksum)
 
 
 def tensor_stream_frames(

@@ -423,7 +423,7 @@ class Job:
     def _run_round(self, number: int) -> None:
         log = self.log.bind(round=number)
         frames = self._model_frames()
-        header = codec.header_of(self.specs)
+        header = self._model_header(frames)
         with self._cond:
             self.phase = next_phase(self.phase, JobPhase.ROUND)
             selected = sample_clients(
@@ -525,7 +525,7 @@ class Job:
             )
         frames = self._model_frames()
         evaluate = pb.ServerMessage(
-            evaluate=pb.Evaluate(round=self.rounds_completed, model=codec.header_of(self.specs))
+            evaluate=pb.Evaluate(round=self.rounds_completed, model=self._model_header(frames))
         )
         opening = serialize(evaluate)
         with self._cond:
@@ -658,6 +658,12 @@ class Job:
             self._checkpoints.offer(self._checkpoint(row), force=True)
             self._checkpoints.wait()
         save_model(self.global_state, self.model_path)
+
+    def _model_header(self, frames: ModelFrames) -> pb.TensorStreamHeader:
+        header = codec.header_of(self.specs)
+        if frames.inline is not None:
+            header.inline.CopyFrom(frames.inline)
+        return header
 
     def _model_frames(self) -> ModelFrames:
         """The global model's frames, checksummed once and framed lazily by each stream."""

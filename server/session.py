@@ -160,10 +160,21 @@ class ClientSession:
             return
         try:
             self.dispatch(Event(kind), payload, inbound.nbytes)
+            if kind == "send_model" and payload.update.HasField("inline"):
+                self._receive_inline(payload.update.inline)
         except Exception:
             self.log.exception("session_internal_error", message_kind=kind)
             self._send_error(int(pb.INTERNAL), "internal server error; see the server log")
             self.close()
+
+    def _receive_inline(self, inline: pb.InlineTensors) -> None:
+        """An update that came whole in its SendModel: its chunk and trailer, as if streamed."""
+        with self._lock:
+            if self.state is not SessionState.UPLOADING:
+                return  # the SendModel was refused
+            if inline.data:
+                self.dispatch(Event.CHUNK, inline.data)
+            self.dispatch(Event.TRAILER, pb.TensorStreamTrailer(checksum=inline.checksum))
 
     def dispatch(self, event: Event, payload: Any = None, nbytes: int = 0) -> None:
         """Apply one event through the transition table, under the session lock."""

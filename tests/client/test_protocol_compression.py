@@ -81,7 +81,8 @@ def test_upload_header_is_the_wire_specs_of_the_negotiated_codec(name: str) -> N
     messages = run_one_round(protocol, sent)
     header = messages[0].send_model.update
     assert codec.specs_from_header(header, 1 << 30) == wire_specs(model_specs, setting)
-    assert messages[-1].HasField("trailer")
+    # The stream ends with its trailer, or is inline in the SendModel when it fits in one chunk.
+    assert messages[-1].HasField("trailer") or header.HasField("inline")
 
 
 def test_a_new_job_gets_a_fresh_residual_and_a_reconnect_keeps_it() -> None:

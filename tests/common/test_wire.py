@@ -14,6 +14,7 @@ from fedsilo.common.codec import (
     specs_from_header,
     specs_of,
 )
+from fedsilo.common.codec import encode_state as codec_encode_state
 from fedsilo.common.codec import header_of as codec_header_of
 from fedsilo.common.proto import federation_pb2 as pb
 from fedsilo.common.wire import (
@@ -23,6 +24,7 @@ from fedsilo.common.wire import (
     ModelFrames,
     RawChunk,
     channel_options,
+    inline_tensors,
     parse_server_message,
     serialize,
     tensor_stream_frames,
@@ -259,3 +261,16 @@ def test_model_frames_decode_count_their_bytes_and_can_be_sent_twice():
     decoded = decoder.finish(pb.ServerMessage.FromString(first[-1]).trailer.checksum)
     for name, tensor in state.items():
         assert torch.equal(decoded[name].view(torch.uint8), tensor.view(torch.uint8))
+
+
+def test_a_stream_that_fits_one_chunk_goes_inline_and_one_that_does_not_is_framed():
+    small, big = [torch.randn(10), torch.arange(3)], [torch.randn(300)]
+    inline = inline_tensors(small, chunk_size=1000)
+    assert inline is not None
+    _, chunks, checksum = codec_encode_state({"a": small[0], "b": small[1]})
+    assert inline.data == b"".join(chunks) and inline.checksum == checksum
+    assert inline_tensors(big, chunk_size=1000) is None
+    trailer = lambda c: pb.ServerMessage(trailer=pb.TensorStreamTrailer(checksum=c))  # noqa: E731
+    small_frames = ModelFrames(small, 1000, SERVER_CHUNKS, trailer)
+    assert small_frames.inline == inline and list(small_frames) == [] and small_frames.nbytes == 0
+    assert ModelFrames(big, 1000, SERVER_CHUNKS, trailer).inline is None

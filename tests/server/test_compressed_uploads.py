@@ -75,9 +75,18 @@ class Driver:
         (init,) = self.recv()
         assert Compression.from_proto(init.init_config.job.compression) == self.setting
         self.send(pb.ClientMessage(ready=pb.Ready(train_examples=10)))
-        head, *chunks, trailer = self.recv()
-        return codec.decode_state(
-            head.sync_model.model, [c.chunk.data for c in chunks], trailer.trailer.checksum
+        head, *rest = self.recv()
+        header = head.sync_model.model
+        if header.HasField("inline"):  # a model that fits in one chunk comes in one message
+            return codec.decode_state(header, [header.inline.data], header.inline.checksum)
+        *chunks, trailer = rest
+        return codec.decode_state(header, [c.chunk.data for c in chunks], trailer.trailer.checksum)
+
+    def upload_inline(self, wire: State) -> None:
+        header, chunks, checksum = codec.encode_state(wire)
+        header.inline.CopyFrom(pb.InlineTensors(data=b"".join(chunks), checksum=checksum))
+        self.send(
+            pb.ClientMessage(send_model=pb.SendModel(round=1, train_examples=10, update=header))
         )
 
     def upload(self, wire: State) -> None:
@@ -184,3 +193,22 @@ def test_a_header_of_the_right_size_with_other_tensors_is_refused(driver) -> Non
     global_state = run.start_round()
     run.upload(trained(global_state))  # the same bytes as the deltas, under the model's names
     expect_refused(run, "does not match")
+
+
+@pytest.mark.parametrize("broken", [False, True])
+def test_an_update_inline_in_its_send_model_is_folded_or_refused_like_a_stream(
+    driver, broken: bool
+) -> None:
+    run = driver(Compression("none"))
+    update = trained(run.start_round())
+    if broken:  # NaN: refused after the checksum, as a streamed one would be
+        next(t for t in update.values() if t.is_floating_point()).view(-1)[0] = math.nan
+    run.upload_inline(update)
+    if broken:
+        expect_refused(run, "NaN")
+        return
+    head, *_ = run.recv()
+    assert head.WhichOneof("body") == "evaluate"
+    for name, tensor in run.job.global_state.items():
+        # One client: the mean is its update (x10 / 10, up to rounding).
+        torch.testing.assert_close(tensor, update[name], rtol=1e-6, atol=0, msg=name)
