@@ -71,12 +71,14 @@ def main() -> None:
         assert head.HasField("sync_model"), head
         number = head.sync_model.round
         faulty = number == args.fault_round
+        header = head.sync_model.model
+        assert not header.HasField("inline"), "the faulty client needs a model streamed in chunks"
         chunks = []
         while (message := next(stream)).HasField("chunk"):
             chunks.append(message.chunk.data)
             if faulty and args.stop_at == "download":
                 block_forever("download")
-        state = codec.decode_state(head.sync_model.model, chunks, message.trailer.checksum)
+        state = codec.decode_state(header, chunks, message.trailer.checksum)
         if faulty and args.stop_at == "training":
             block_forever("training")
         if number == 1:

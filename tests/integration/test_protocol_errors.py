@@ -70,10 +70,12 @@ class RawSession:
         self._outbox.put(_END)
 
     def receive_model(self) -> tuple[pb.ServerMessage, dict]:
-        """Receive a SyncModel/Evaluate header, its chunks and trailer; return header + tensors."""
+        """Receive a SyncModel/Evaluate (inline, or chunks and trailer); return it + tensors."""
         head = self.recv()
         assert head.WhichOneof("body") in ("sync_model", "evaluate"), head
         header = head.sync_model.model if head.HasField("sync_model") else head.evaluate.model
+        if header.HasField("inline"):  # a model that fits in one chunk comes in one message
+            return head, codec.decode_state(header, [header.inline.data], header.inline.checksum)
         chunks = []
         while (message := self.recv()).WhichOneof("body") == "chunk":
             chunks.append(message.chunk.data)
