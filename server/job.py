@@ -271,13 +271,15 @@ class Job:
     def upload_decoder(
         self, session: ClientSession, specs: list[codec.TensorSpec], round_number: int
     ) -> codec.TensorStreamDecoder:
-        """Return the decoder of an update: in memory if it is folded next, else spilled."""
+        """Return the decoder of an update: in memory if it is the first to be folded (it
+        becomes the running sum), else spilled unless small (see UploadStore)."""
         with self._cond:
             current = self._round
             in_turn = (
                 current is not None
                 and current.number == round_number
                 and current.fold.in_turn == session.client_id
+                and not current.fold.folded
             )
         return self.uploads.decoder(specs, in_turn, f"r{round_number}-c{session.client_id}")
 

@@ -1,15 +1,15 @@
-"""Where a round's uploads land: in memory when their turn to be folded is next, else on disk.
+"""Where a round's uploads land: in memory for the first to be folded, else on disk.
 
 Updates are folded in client-id order (``server/aggregation.py``), so an update that arrives
 before its turn has to wait. Holding every waiting update in memory would cost one model per
-client; instead, an upload that begins while it is not next in the folding order is written
-straight to a spill file as its chunks arrive, and read back a tensor at a time when its turn
-comes. Small updates wait in memory as long as all of them together stay within
-``WAITING_IN_MEMORY_BYTES`` (a file per update of a tiny model would cost more than it saves).
-The result is bit-identical either way; memory stays at the global model, the running sum, the
-one upload whose turn it is and at most ``WAITING_IN_MEMORY_BYTES`` of waiting updates. One set
-of model-shaped buffers (a folded update's, or the previous global model's) is kept for the next
-in-turn upload, so steady rounds decode into memory that is already mapped.
+client; instead, only the upload that will be folded first (it becomes the running sum) is
+decoded into memory, and every other is written straight to a spill file as its chunks arrive
+and added to the sum from there, a block at a time, when its turn comes. Small updates stay in
+memory while all of them together fit in ``WAITING_IN_MEMORY_BYTES`` (a file per update of a
+tiny model would cost more than it saves). The result is bit-identical either way; memory stays
+at the global model, the running sum and at most ``WAITING_IN_MEMORY_BYTES`` of small updates.
+One set of model-shaped buffers (the previous global model's, or a small folded update's) is
+kept for the next first upload, so steady rounds decode into memory that is already mapped.
 """
 
 from __future__ import annotations
