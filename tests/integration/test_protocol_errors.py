@@ -181,10 +181,12 @@ def test_illegal_messages_get_errors_and_the_job_goes_on(
     raw.expect_error(pb.WRONG_ROUND)
     raw.send(*update_messages(2, state)[1:])  # swallowed with the refused SendModel
     raw.send(*update_messages(1, state))  # the right round: accepted, nothing comes back
-    raw.send(*update_messages(1, state))  # a duplicate: ignored quietly, counted once
 
     head, state = raw.receive_model()
     assert head.sync_model.round == 2
+    # A second update for round 1 (a duplicate, now late): ignored quietly, counted once. Sent
+    # once round 2 has begun, so that it cannot keep this client out of round 2's selection.
+    raw.send(*update_messages(1, state))
     bad_shape = {name: tensor[..., :1].contiguous() for name, tensor in state.items()}
     raw.send(*update_messages(2, bad_shape))
     assert "does not match" in raw.expect_error(pb.BAD_TENSOR_STREAM)
