@@ -31,7 +31,7 @@ from torch.utils.data import TensorDataset
 from fedsilo.common.task import Evaluation, LocalData, TrainConfig, TrainResult
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from bench.transfer_bench import BIN, REPO, events, free_port, max_rss_mib
+from bench.harness import BIN, REPO, events, free_port, import_baseline_mib, max_rss_mib
 
 MIB = 1 << 20
 TENSORS = 16
@@ -86,29 +86,6 @@ def upload_rank(order: str, clients: int, partition: int) -> int:
         random.Random(6).shuffle(permutation)
         return permutation.index(partition)
     raise ValueError(f"order must be natural, reverse or shuffled, not {order!r}")
-
-
-def baseline_rss_mib() -> float:
-    """Peak RSS of a process that imports the server and does nothing else."""
-    result = subprocess.run(
-        [
-            "/usr/bin/time",
-            "-f",
-            "MAXRSS %M",
-            str(BIN / "python"),
-            "-c",
-            "import fedsilo.server.app",
-        ],
-        capture_output=True,
-        check=True,
-        text=True,
-    )
-    path = Path(tempfile.mkstemp()[1])
-    path.write_text(result.stderr)
-    try:
-        return max_rss_mib(path)
-    finally:
-        path.unlink()
 
 
 def one_run(mib: int, clients: int, order: str, stagger: float, workdir: Path) -> dict:
@@ -194,7 +171,7 @@ def main() -> None:
     parser.add_argument("--stagger", type=float, default=0.6, help="seconds between uploads")
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
-    baseline = baseline_rss_mib()
+    baseline = import_baseline_mib()
     report: dict[str, dict] = {}
     models = {}
     for order in args.orders.split(","):

@@ -32,8 +32,6 @@ import json
 import math
 import os
 import re
-import signal
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -43,10 +41,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from transfer_bench import events, free_port, max_rss_mib, stamp
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from bench.harness import BIN, REPO, events, free_port, max_rss_mib, stamp, stop, summary
 
-REPO = Path(__file__).resolve().parent.parent
-BIN = Path(sys.executable).parent
 TASK = "bench.bench_task:NoopTask"
 TINY_MIB = 0.01
 # Clients log warnings only; FEDSILO_BENCH_CLIENT_LOG=debug shows each model_received, for
@@ -66,11 +63,6 @@ class Case:
     name: str
     model_mib: float
     clients: int
-
-
-def summary(values: list[float]) -> dict[str, float]:
-    """Median, min and max of ``values``."""
-    return {"median": statistics.median(values), "min": min(values), "max": max(values)}
 
 
 def daemon_env() -> dict[str, str]:
@@ -126,22 +118,6 @@ def client_commands(case: Case, port: int, per_process: int) -> list[tuple[str, 
         )
         for index, size in enumerate(sizes)
     ]
-
-
-def stop(process: subprocess.Popen[bytes]) -> None:
-    """End a process we started, and its children, if still running: SIGTERM, then SIGKILL.
-
-    Each was started in its own process group (``start_new_session``): /usr/bin/time passes
-    no signal on to the daemon it wraps, so the whole group is signalled.
-    """
-    if process.poll() is not None:
-        return
-    os.killpg(process.pid, signal.SIGTERM)
-    try:
-        process.wait(timeout=10)
-    except subprocess.TimeoutExpired:
-        os.killpg(process.pid, signal.SIGKILL)
-        process.wait(timeout=10)
 
 
 def evidence(server_err: Path, client_errs: list[Path]) -> str:

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import re
 import socket
 import statistics
 import subprocess
@@ -25,25 +24,26 @@ import tempfile
 import threading
 import time
 from concurrent import futures
-from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 import grpc
 
-REPO = Path(__file__).resolve().parent.parent
-BIN = Path(sys.executable).parent
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from bench.harness import (
+    BIN,
+    REPO,
+    events,
+    free_port,
+    import_baseline_mib,
+    max_rss_mib,
+    stamp,
+)
+
 MIB = 1 << 20
 # Round 1 decodes the upload into fresh memory (page faults); the median of the later rounds
 # is the steady state, where the upload lands in the memory of the previous model.
 ROUNDS = 4
-
-
-def free_port() -> int:
-    """A port nothing listens on now."""
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
 
 
 def grpc_ceiling(total: int) -> float:
@@ -76,33 +76,6 @@ def grpc_ceiling(total: int) -> float:
     server.stop(0)
     assert received == [total]
     return total / seconds / 1e9
-
-
-def stamp(line: dict[str, Any]) -> float:
-    """Seconds since the epoch of a structlog line."""
-    return datetime.fromisoformat(line["timestamp"].replace("Z", "+00:00")).timestamp()
-
-
-def events(path: Path) -> list[dict[str, Any]]:
-    """JSON lines of a daemon's stderr.
-
-    A line may carry text after its JSON object: a daemon that logs from another thread while
-    it exits can lose the line's newline, and /usr/bin/time then appends to the same line.
-    """
-    decoder = json.JSONDecoder()
-    out = []
-    for raw in path.read_text().splitlines():
-        if raw.startswith("{"):
-            out.append(decoder.raw_decode(raw)[0])
-    return out
-
-
-def max_rss_mib(path: Path) -> float:
-    """The 'MAXRSS <kb>' that /usr/bin/time appended (possibly after a line without newline)."""
-    found = re.findall(r"MAXRSS (\d+)$", path.read_text(), flags=re.MULTILINE)
-    if not found:
-        raise RuntimeError(f"no MAXRSS line in {path}")
-    return int(found[-1]) / 1024
 
 
 def one_run(mib: int, workdir: Path) -> dict[str, float]:
@@ -204,24 +177,6 @@ def tcp_ceiling(total: int) -> float:
             seconds = time.perf_counter() - started
     assert got == [total]
     return total / seconds / 1e9
-
-
-def import_baseline_mib() -> float:
-    """Peak RSS of a process that only imports the server (Python, torch, grpc, fedsilo)."""
-    result = subprocess.run(
-        [
-            "/usr/bin/time",
-            "-f",
-            "MAXRSS %M",
-            str(BIN / "python"),
-            "-c",
-            "import fedsilo.server.app",
-        ],
-        capture_output=True,
-        text=True,
-        check=True,
-    )
-    return int(re.findall(r"MAXRSS (\d+)$", result.stderr, flags=re.MULTILINE)[-1]) / 1024
 
 
 def main() -> None:

@@ -11,6 +11,7 @@ copies each chunk straight into preallocated tensors.
 
 from __future__ import annotations
 
+import io
 import sys
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -348,20 +349,10 @@ class SpilledTensors(Mapping[str, torch.Tensor]):
     def __getitem__(self, name: str) -> torch.Tensor:
         spec = self._specs[name]
         tensor = torch.empty(spec.shape, dtype=spec.dtype)
-        view = _byte_view(tensor).data
         with open(self.path, "rb", buffering=0) as handle:
             handle.seek(self._offsets[name])
-            filled = 0
-            while filled < spec.nbytes:
-                count = handle.readinto(view[filled:])
-                if not count:
-                    raise CodecError(f"spill file {self.path} ends inside tensor {name!r}")
-                filled += count
+            self._read_exactly(handle, _byte_view(tensor).data, name)
         return tensor
-
-    def spec(self, name: str) -> TensorSpec:
-        """The spec of one tensor, without reading it."""
-        return self._specs[name]
 
     def blocks(self, name: str, block_bytes: int) -> Iterator[tuple[int, torch.Tensor]]:
         """Yield (first element, flat block) of one tensor, read a block at a time.
@@ -377,13 +368,16 @@ class SpilledTensors(Mapping[str, torch.Tensor]):
             handle.seek(self._offsets[name])
             for start in range(0, spec.numel, per_block):
                 count = min(per_block, spec.numel - start)
-                wanted, filled = count * itemsize, 0
-                while filled < wanted:
-                    got = handle.readinto(raw[filled:wanted])
-                    if not got:
-                        raise CodecError(f"spill file {self.path} ends inside tensor {name!r}")
-                    filled += got
+                self._read_exactly(handle, raw[: count * itemsize], name)
                 yield start, buffer[:count]
+
+    def _read_exactly(self, handle: io.FileIO, into: memoryview, name: str) -> None:
+        filled = 0
+        while filled < len(into):
+            count = handle.readinto(into[filled:])
+            if not count:
+                raise CodecError(f"spill file {self.path} ends inside tensor {name!r}")
+            filled += count
 
     def __iter__(self) -> Iterator[str]:
         return iter(self._specs)

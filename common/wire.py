@@ -194,11 +194,12 @@ class ModelFrames:
         self._framer = framer
         # A model that fits in one chunk travels inline, in the message that opens the stream.
         self.inline = inline_tensors(self._tensors, chunk_size)
-        encoder = TensorStreamEncoder(self._tensors, chunk_size)
-        chunk_bytes = [sum(part.nbytes for part in parts) for parts in encoder]
-        self.trailer = serialize(trailer_of(encoder.checksum))
-        self.nbytes = 0
+        self.nbytes = 0  # bytes after the opening message
+        self.trailer = b""
         if self.inline is None:
+            encoder = TensorStreamEncoder(self._tensors, chunk_size)
+            chunk_bytes = [sum(part.nbytes for part in parts) for parts in encoder]
+            self.trailer = serialize(trailer_of(encoder.checksum))
             self.nbytes = sum(framer.frame_size(n) for n in chunk_bytes) + len(self.trailer)
         self._unfinished = 0
         self._lock = threading.Lock()

@@ -16,12 +16,13 @@ from fedsilo.common.errors import CodecError
 
 # dtypes numpy checks for NaN/infinity in one fast pass; others (bfloat16, float8) go through torch
 _NUMPY_FLOATS = (torch.float16, torch.float32, torch.float64, torch.complex64, torch.complex128)
-_BLOCK = 1 << 22  # elements per step when a tensor is converted to float64
 
 
 def _all_finite(tensors: Mapping[str, torch.Tensor], name: str) -> bool:
     mask: np.ndarray | None = None  # one small mask, reused: a model-sized one costs memory
     for _, block in codec.tensor_blocks(tensors, name):
+        if not (block.is_floating_point() or block.is_complex()):
+            return True  # integers and booleans are always finite
         if block.dtype in _NUMPY_FLOATS:
             values = block.detach().cpu().numpy()
             if mask is None or len(mask) < len(values):
@@ -36,27 +37,18 @@ def _all_finite(tensors: Mapping[str, torch.Tensor], name: str) -> bool:
 def check_finite(tensors: Mapping[str, torch.Tensor]) -> None:
     """Raise CodecError naming the first floating tensor that holds NaN or infinity."""
     for name in tensors:
-        spec_dtype = _dtype_of(tensors, name)
-        if (spec_dtype.is_floating_point or spec_dtype.is_complex) and not _all_finite(
-            tensors, name
-        ):
+        if not _all_finite(tensors, name):
             raise CodecError(f"tensor {name!r} holds NaN or infinite values")
-
-
-def _dtype_of(tensors: Mapping[str, torch.Tensor], name: str) -> torch.dtype:
-    if isinstance(tensors, codec.SpilledTensors):
-        return tensors.spec(name).dtype  # without reading the tensor
-    return tensors[name].dtype
 
 
 def update_norm(update: Mapping[str, torch.Tensor], reference: Mapping[str, torch.Tensor]) -> float:
     """Return the L2 norm of ``update - reference`` over all floating-point tensors."""
     total = 0.0
     for name in update:
-        if not _dtype_of(update, name).is_floating_point:
-            continue
         base = reference[name].reshape(-1)
         for start, block in codec.tensor_blocks(update, name):
+            if not block.is_floating_point():
+                break
             delta = block.double() - base[start : start + block.numel()].double()
             total += float(torch.dot(delta, delta))
     return float(total**0.5)
@@ -76,17 +68,17 @@ class ClippedUpdate(Mapping[str, torch.Tensor]):
         self._scale = scale
 
     def __getitem__(self, name: str) -> torch.Tensor:
-        tensor = self.update[name]
-        if not tensor.is_floating_point():
-            return tensor
         base = self._reference[name]
-        clipped = torch.empty_like(tensor)
-        flat, flat_base, out = tensor.reshape(-1), base.reshape(-1), clipped.reshape(-1)
-        for start in range(0, flat.numel(), _BLOCK):
-            stop = start + _BLOCK
+        if not base.is_floating_point():
+            return self.update[name]
+        clipped = torch.empty_like(base)
+        out, flat_base = clipped.reshape(-1), base.reshape(-1)
+        for start, block in codec.tensor_blocks(self.update, name):
+            stop = start + block.numel()
             block_base = flat_base[start:stop].double()
-            value = block_base + (flat[start:stop].double() - block_base) * self._scale
-            out[start:stop] = value.to(tensor.dtype)
+            out[start:stop] = (block_base + (block.double() - block_base) * self._scale).to(
+                base.dtype
+            )
         return clipped
 
     def __iter__(self) -> Iterator[str]:

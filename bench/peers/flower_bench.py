@@ -31,17 +31,16 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import re
 import shutil
-import signal
-import socket
-import statistics
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+from bench.harness import free_port, max_rss_mib, stop, summary
 
 HERE = Path(__file__).resolve().parent
 VENV = HERE.parent / ".venv-flwr"
@@ -138,42 +137,6 @@ def ensure_venv() -> Path:
     )
     stamp.touch()
     return python
-
-
-def free_port() -> int:
-    """A port nothing listens on now."""
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
-
-
-def summary(values: list[float]) -> dict[str, float]:
-    """Median, min and max of ``values``."""
-    return {"median": statistics.median(values), "min": min(values), "max": max(values)}
-
-
-def max_rss_mib(path: Path) -> float:
-    """The last 'MAXRSS <kb>' that /usr/bin/time wrote to ``path``."""
-    found = re.findall(r"MAXRSS (\d+)$", path.read_text(), flags=re.MULTILINE)
-    if not found:
-        raise RuntimeError(f"no MAXRSS line in {path}")
-    return int(found[-1]) / 1024
-
-
-def stop(process: subprocess.Popen[bytes]) -> None:
-    """End a process we started, and its children, if still running: SIGTERM, then SIGKILL.
-
-    Each was started in its own process group (``start_new_session``): /usr/bin/time passes
-    no signal on to the daemon it wraps, so the whole group is signalled.
-    """
-    if process.poll() is not None:
-        return
-    os.killpg(process.pid, signal.SIGTERM)
-    try:
-        process.wait(timeout=10)
-    except subprocess.TimeoutExpired:
-        os.killpg(process.pid, signal.SIGKILL)
-        process.wait(timeout=10)
 
 
 def run_job(
