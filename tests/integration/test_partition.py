@@ -98,15 +98,19 @@ def test_an_organisation_cut_off_mid_upload_is_dropped_and_rejoins_after_healing
     topology.heal(1)
     topology.unthrottle(1)
 
-    def delivered_again() -> bool:
-        return any(
-            line.get("event") == "update_received"
+    def rounds_delivered_again() -> list[int]:
+        return [
+            line["round"]
+            for line in server.log_lines()
+            if line.get("event") == "update_received"
             and line.get("client") == "org-1"
             and line.get("round", 0) > cut_round
-            for line in server.log_lines()
-        )
+        ]
 
-    wait_for(delivered_again, 120, "org-1 to rejoin and deliver again")
+    wait_for(lambda: bool(rounds_delivered_again()), 120, "org-1 to rejoin and deliver again")
+    # Its round must end before the stop, or no metrics row would hold org-1's update.
+    rejoined_round = rounds_delivered_again()[0]
+    wait_for(lambda: server.has_event("round_done", round=rejoined_round), 60, "that round")
     assert org_1.has_event("connection_lost")
     server.process.send_signal(signal.SIGTERM)
     assert server.wait(timeout=60) == 0, server.tail()
