@@ -45,7 +45,7 @@ $(STAMP): pyproject.toml
 # so it checks a tree of symlinks with the installed layout.
 typecheck: install
 	@mkdir -p $(TYPECHECK_TREE)/fedsilo
-	@for role in common server client provision report sim; do ln -sfn ../../../$$role $(TYPECHECK_TREE)/fedsilo/$$role; done
+	@for role in common tasks server client provision report sim; do ln -sfn ../../../$$role $(TYPECHECK_TREE)/fedsilo/$$role; done
 	cd $(TYPECHECK_TREE) && MYPYPATH=. ../../$(BIN)/python -m mypy --config-file ../../pyproject.toml -p fedsilo
 
 lint: install

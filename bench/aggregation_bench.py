@@ -28,7 +28,7 @@ from pathlib import Path
 import torch
 from torch.utils.data import TensorDataset
 
-from fedsilo.common.task import Evaluation, LocalData, TrainConfig, TrainResult
+from fedsilo.tasks import Evaluation, LocalData, TrainConfig, TrainResult
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from bench.harness import BIN, REPO, events, free_port, import_baseline_mib, max_rss_mib

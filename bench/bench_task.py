@@ -13,7 +13,7 @@ from pathlib import Path
 import torch
 from torch.utils.data import TensorDataset
 
-from fedsilo.common.task import Evaluation, LocalData, TrainConfig, TrainResult
+from fedsilo.tasks import Evaluation, LocalData, TrainConfig, TrainResult
 
 MIB = 1 << 20
 

@@ -30,7 +30,6 @@ from fedsilo.common.errors import (
     SessionLostError,
 )
 from fedsilo.common.proto import federation_pb2 as pb
-from fedsilo.common.task import LocalData, Task, TrainConfig, load_task
 from fedsilo.common.wire import (
     CLIENT_CHUNKS,
     PROTOCOL_VERSION,
@@ -39,6 +38,7 @@ from fedsilo.common.wire import (
     inline_tensors,
     tensor_stream_frames,
 )
+from fedsilo.tasks import LocalData, Task, TrainConfig, load_task
 
 Send = Callable[[Outbound | Iterator[bytes]], None]
 

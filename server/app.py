@@ -18,12 +18,12 @@ from fedsilo.common.allocator import tune_for_streams
 from fedsilo.common.bundles import load_server_bundle
 from fedsilo.common.errors import ConfigError, FedsiloError, PortInUseError
 from fedsilo.common.logging import get_logger
-from fedsilo.common.task import load_task
 from fedsilo.common.wire import SERVER_PING_POLICY, SERVICE_NAME, channel_options
 from fedsilo.server.checkpoint import CHECKPOINT_FILE, Checkpoint, job_identity, load_checkpoint
 from fedsilo.server.config import ServerConfig
 from fedsilo.server.job import Job, JobOutcome
 from fedsilo.server.service import FederationService
+from fedsilo.tasks import load_task
 
 SHUTDOWN_GRACE_SECONDS = 5.0
 

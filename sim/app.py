@@ -14,11 +14,11 @@ from fedsilo.client.protocol import ClientProtocol, LocalSettings
 from fedsilo.common.devices import resolve_device
 from fedsilo.common.errors import ConfigError, FedsiloError
 from fedsilo.common.logging import get_logger
-from fedsilo.common.task import load_task
 from fedsilo.server.app import make_job
 from fedsilo.server.job import Job, JobOutcome
 from fedsilo.sim.config import SimConfig
 from fedsilo.sim.transport import InProcessLink
+from fedsilo.tasks import load_task
 
 PROGRESS_SECONDS = 0.2
 

@@ -65,7 +65,7 @@ def test_wheel_installs_everything_under_the_fedsilo_namespace(tmp_path: Path) -
         "fedsilo/client/session.py",
         "fedsilo/common/codec.py",
         "fedsilo/common/proto/federation_pb2.py",
-        "fedsilo/common/tasks/synthetic.py",
+        "fedsilo/tasks/builtin/synthetic.py",
         "fedsilo/server/strategies/fedavg.py",
     ):
         assert module in names

@@ -19,11 +19,11 @@ import torch
 from torch.utils.data import TensorDataset
 
 from fedsilo.common.devices import resolve_device
-from fedsilo.common.models import CharLSTM
-from fedsilo.common.task import TrainConfig
-from fedsilo.common.training import evaluate_classifier, train_classifier
 from fedsilo.sim.app import simulate
 from fedsilo.sim.config import SimConfig
+from fedsilo.tasks import TrainConfig
+from fedsilo.tasks.models import CharLSTM
+from fedsilo.tasks.training import evaluate_classifier, train_classifier
 
 
 def run(task: str, device: str, out: Path) -> tuple[dict[str, torch.Tensor], float, float]:

@@ -21,13 +21,13 @@ import torch
 
 from fedsilo.common.errors import CodecError
 from fedsilo.common.seeding import derive_seed
-from fedsilo.common.task import TrainConfig
-from fedsilo.common.tasks.synthetic import SyntheticTask
 from fedsilo.server.strategies import fedavg
 from fedsilo.server.strategies.krum import Krum
 from fedsilo.server.strategies.median import Median
 from fedsilo.server.strategies.trimmed_mean import TrimmedMean
 from fedsilo.server.validation import check_finite
+from fedsilo.tasks import TrainConfig
+from fedsilo.tasks.builtin.synthetic import SyntheticTask
 
 State = dict[str, torch.Tensor]
 Aggregate = Callable[[State, list[State], list[float]], State]

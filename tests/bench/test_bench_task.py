@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from bench.bench_task import MIB, NoopTask
-from fedsilo.common.task import Evaluation, Task, TrainConfig, TrainResult, load_task
+from fedsilo.tasks import Evaluation, Task, TrainConfig, TrainResult, load_task
 
 
 def test_build_model_holds_a_payload_of_model_mib() -> None:

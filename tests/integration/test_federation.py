@@ -7,7 +7,7 @@ from pathlib import Path
 import torch
 
 from fedsilo.common.seeding import derive_seed
-from fedsilo.common.task import TrainConfig, load_task
+from fedsilo.tasks import TrainConfig, load_task
 from tests.integration.conftest import Daemons, free_port, read_metrics
 
 JOB_ID = 3

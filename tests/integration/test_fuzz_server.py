@@ -17,8 +17,8 @@ from hypothesis import strategies as st
 
 from fedsilo.common import codec
 from fedsilo.common.proto import federation_pb2 as pb
-from fedsilo.common.tasks.synthetic import SyntheticTask
 from fedsilo.common.wire import PROTOCOL_VERSION, SESSION_METHOD_PATH
+from fedsilo.tasks.builtin.synthetic import SyntheticTask
 from tests.integration.conftest import Daemons, free_port, wait_for
 
 JOB = 9

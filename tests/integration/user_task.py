@@ -10,8 +10,8 @@ from pathlib import Path
 import torch
 from torch.utils.data import TensorDataset
 
-from fedsilo.common.task import Evaluation, LocalData, TrainConfig, TrainResult
-from fedsilo.common.training import evaluate_classifier, train_classifier
+from fedsilo.tasks import Evaluation, LocalData, TrainConfig, TrainResult
+from fedsilo.tasks.training import evaluate_classifier, train_classifier
 
 
 class TinyTask:

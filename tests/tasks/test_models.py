@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from fedsilo.common.models import MLP, CharLSTM, SimpleCNN, SoftmaxRegression
+from fedsilo.tasks.models import MLP, CharLSTM, SimpleCNN, SoftmaxRegression
 
 
 def parameters(model: torch.nn.Module) -> int:

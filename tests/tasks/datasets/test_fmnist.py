@@ -9,13 +9,13 @@ from pathlib import Path
 import pytest
 import torch
 
-from fedsilo.common.datasets.fmnist import (
+from fedsilo.common.errors import TaskLoadError
+from fedsilo.tasks.datasets.fmnist import (
     DEFAULT_DIR,
     files_present,
     load_fashion_mnist,
     read_idx,
 )
-from fedsilo.common.errors import TaskLoadError
 
 needs_files = pytest.mark.skipif(
     not files_present(),

@@ -9,9 +9,9 @@ import pytest
 import torch
 from torch.utils.data import TensorDataset
 
-from fedsilo.common.task import TrainConfig
-from fedsilo.common.tasks.synthetic import SyntheticTask
-from fedsilo.common.training import proximal_term, train_classifier
+from fedsilo.tasks import TrainConfig
+from fedsilo.tasks.builtin.synthetic import SyntheticTask
+from fedsilo.tasks.training import proximal_term, train_classifier
 
 
 @dataclass(frozen=True)

@@ -9,9 +9,9 @@ import pytest
 import torch
 from torch.utils.data import Subset
 
-from fedsilo.common.datasets.fmnist import DEFAULT_DIR, files_present
 from fedsilo.common.errors import ConfigError, TaskLoadError
-from fedsilo.common.task import BUILTIN_TASKS, LocalData, TrainConfig, load_task
+from fedsilo.tasks import BUILTIN_TASKS, LocalData, TrainConfig, load_task
+from fedsilo.tasks.datasets.fmnist import DEFAULT_DIR, files_present
 
 needs_fmnist = pytest.mark.skipif(
     not files_present(),

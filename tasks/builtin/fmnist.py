@@ -4,7 +4,7 @@ Li et al. 2022, "Federated Learning on Non-IID Data Silos: An Experimental Study
 training images are split among ``clients`` (default: Dir(0.5) label skew); each client keeps
 its first 80 % for training and holds out the rest, so its test data has its own label mix. The
 official 10,000-image test set is not used. The files come from Debian's
-``dataset-fashion-mnist`` (see ``fedsilo.common.datasets.fmnist``); nothing is downloaded.
+``dataset-fashion-mnist`` (see ``fedsilo.tasks.datasets.fmnist``); nothing is downloaded.
 """
 
 from __future__ import annotations
@@ -14,12 +14,12 @@ from pathlib import Path
 import torch
 from torch.utils.data import TensorDataset
 
-from fedsilo.common.datasets.fmnist import CLASSES, DEFAULT_DIR, load_fashion_mnist
-from fedsilo.common.models import SimpleCNN
-from fedsilo.common.partition import LabelPartition
 from fedsilo.common.seeding import derive_seed
-from fedsilo.common.task import Evaluation, LocalData, TrainConfig, TrainResult
-from fedsilo.common.training import evaluate_classifier, train_classifier
+from fedsilo.tasks.datasets.fmnist import CLASSES, DEFAULT_DIR, load_fashion_mnist
+from fedsilo.tasks.interface import Evaluation, LocalData, TrainConfig, TrainResult
+from fedsilo.tasks.models import SimpleCNN
+from fedsilo.tasks.partition import LabelPartition
+from fedsilo.tasks.training import evaluate_classifier, train_classifier
 
 _MAX_PIXEL = 255.0
 

@@ -17,8 +17,8 @@ import torch
 from torch.utils.data import TensorDataset
 
 from fedsilo.common.seeding import derive_seed
-from fedsilo.common.task import Evaluation, LocalData, TrainConfig, TrainResult
-from fedsilo.common.training import evaluate_classifier, train_classifier
+from fedsilo.tasks.interface import Evaluation, LocalData, TrainConfig, TrainResult
+from fedsilo.tasks.training import evaluate_classifier, train_classifier
 
 FEATURES = 60
 CLASSES = 10

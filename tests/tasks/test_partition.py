@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from fedsilo.common.errors import ConfigError
-from fedsilo.common.partition import (
+from fedsilo.tasks.partition import (
     LabelPartition,
     dirichlet_label_skew,
     iid,

@@ -13,7 +13,7 @@ import torch
 from torch.nn import functional
 from torch.utils.data import DataLoader, Dataset
 
-from fedsilo.common.task import Evaluation, TrainConfig, TrainResult
+from fedsilo.tasks.interface import Evaluation, TrainConfig, TrainResult
 
 
 def proximal_term(

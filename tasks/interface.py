@@ -1,4 +1,4 @@
-"""The Task interface: the user's side of fedsilo, shared by the client daemon and simulations.
+"""The Task interface and the dataclasses it trades in: what a user's task implements.
 
 A Task is any class with these four methods (no base class to inherit from)::
 
@@ -10,29 +10,18 @@ A Task is any class with these four methods (no base class to inherit from)::
         def evaluate(self, model, data: LocalData) -> Evaluation: ...
 
 The server calls only ``build_model`` (for the initial weights and the tensor specs every update
-is checked against); clients call all four. ``fedsilo.common.training`` has ready-made loops for
+is checked against); clients call all four. ``fedsilo.tasks.training`` has ready-made loops for
 classifiers. Select a task with ``--task synthetic`` (built in) or ``--task package.module:Name``.
 """
 
 from __future__ import annotations
 
-import importlib
-from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
 import torch
 from torch.utils.data import Dataset
-
-from fedsilo.common.errors import TaskLoadError
-
-BUILTIN_TASKS: dict[str, str] = {
-    "synthetic": "fedsilo.common.tasks.synthetic:SyntheticTask",
-    "shakespeare": "fedsilo.common.tasks.shakespeare:ShakespeareTask",
-    "fmnist": "fedsilo.common.tasks.fmnist:FashionMnistTask",
-    "digits": "fedsilo.common.tasks.digits:DigitsTask",
-}
 
 
 @dataclass(frozen=True)
@@ -96,38 +85,3 @@ class Task(Protocol):
 
     def evaluate(self, model: torch.nn.Module, data: LocalData) -> Evaluation:
         """Evaluate ``model`` on ``data.test``."""
-
-
-def resolve_task_class(spec: str) -> type[Any]:
-    """Resolve a built-in task name or ``package.module:Name`` to a class."""
-    target = BUILTIN_TASKS.get(spec, spec)
-    module_name, sep, attr = target.partition(":")
-    if not sep or not module_name or not attr:
-        known = ", ".join(sorted(BUILTIN_TASKS))
-        raise TaskLoadError(
-            f"task {spec!r} is neither a built-in task ({known}) nor 'package.module:Name'"
-        )
-    try:
-        module = importlib.import_module(module_name)
-    except ImportError as exc:
-        raise TaskLoadError(f"task {spec!r}: cannot import {module_name!r}: {exc}") from exc
-    try:
-        task_class: type[Any] = getattr(module, attr)
-    except AttributeError:
-        raise TaskLoadError(f"task {spec!r}: module {module_name!r} has no {attr!r}") from None
-    return task_class
-
-
-def load_task(spec: str, options: Mapping[str, Any] | None = None) -> Task:
-    """Instantiate the task ``spec`` with ``options``; raise TaskLoadError with the reason."""
-    task_class = resolve_task_class(spec)
-    try:
-        task = task_class(**dict(options or {}))
-    except (TypeError, ValueError) as exc:
-        raise TaskLoadError(f"task {spec!r} rejected its options: {exc}") from exc
-    if not isinstance(task, Task):
-        raise TaskLoadError(
-            f"task {spec!r} lacks build_model, load_data, train or evaluate "
-            "(see fedsilo.common.task)"
-        )
-    return task

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from fedsilo.common.datasets.digits import CLASSES, FEATURES, load_digits
+from fedsilo.tasks.datasets.digits import CLASSES, FEATURES, load_digits
 
 
 def test_digits_are_1797_scaled_images_of_ten_classes():
