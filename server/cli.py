@@ -20,6 +20,7 @@ from fedsilo.common.compression import CODECS
 from fedsilo.common.logging import LEVELS
 from fedsilo.server.app import serve
 from fedsilo.server.config import ServerConfig
+from fedsilo.server.run_files import MODEL_FILE
 from fedsilo.server.strategies import STRATEGIES
 
 PROG = "fl-server"
@@ -112,6 +113,13 @@ def add_job_flags(parser: argparse.ArgumentParser, min_clients_default: int) -> 
 def run_job(config: ServerConfig) -> int:
     """Serve one job to its end; 0 when it finished or was stopped, 1 when it aborted."""
     outcome = serve(config)
+    if outcome.already_finished:
+        print(
+            f"{PROG}: job {config.job_id} is finished ({outcome.rounds_completed} rounds; model in "
+            f"{config.run_dir / MODEL_FILE}); nothing to resume",
+            file=sys.stderr,
+        )
+        return 0
     if not outcome.finished and not outcome.stopped:
         print(f"{PROG}: job {config.job_id} aborted: {outcome.reason}", file=sys.stderr)
         return 1
