@@ -124,7 +124,7 @@ def check_file_keys(model: type[BaseModel], values: Mapping[str, Any], path: Pat
         if key in model.model_fields:
             continue
         near = closest(key, model.model_fields, SUGGEST_RATIO)
-        hint = f"; did you mean {near}?" if near else ""
+        hint = f" (did you mean {near}?)" if near else ""
         problems.append(f"{key}: unknown setting in {path}{hint}")
     if problems:
         raise ConfigError("; ".join(problems))
@@ -151,7 +151,7 @@ def check_environment(
             continue
         near = closest(name, fields, TYPO_RATIO)
         if near is not None:
-            raise ConfigError(f"{key}: not a setting; did you mean {ENV_PREFIX}{near.upper()}?")
+            raise ConfigError(f"{key}: not a setting (did you mean {ENV_PREFIX}{near.upper()}?)")
         warn(f"{key} is not a setting of this program; ignored")
 
 
@@ -204,7 +204,7 @@ def load_config(
     except ValidationError as exc:
         raise ConfigError(describe_validation_error(exc)) from exc
     except SettingsError as exc:  # e.g. FEDSILO_TASK_OPTIONS that is not JSON
-        raise ConfigError(str(exc)) from exc
+        raise ConfigError(f"{exc}: {exc.__cause__}") from exc
 
 
 def _validate(
