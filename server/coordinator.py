@@ -12,7 +12,6 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
 
 import structlog
 import torch
@@ -192,7 +191,7 @@ class Coordinator:
         if self.strategy.state_dict():
             self.recorder.wait_for_checkpoint()  # a checkpoint being written may read that state
         self.log.debug("round_aggregating", round=current.number)
-        strategy: Any = self.strategy
+        strategy = self.strategy
         if strategy.needs_all_updates:
             updates, weights = current.fold.collected()
             new_state = strategy.combine(self.global_state, updates, weights)

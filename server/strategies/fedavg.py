@@ -8,8 +8,10 @@ no logging, no clock.
 from __future__ import annotations
 
 from collections.abc import Mapping
+from typing import Literal
 
 import torch
+from pydantic import BaseModel, ConfigDict
 
 from fedsilo.common import codec
 
@@ -80,11 +82,17 @@ def aggregate(updates: list[Mapping[str, torch.Tensor]], weights: list[float]) -
     return weighted_mean(weighted_sum, sum(weights), updates[0])
 
 
+class FedAvgOptions(BaseModel):
+    """FedAvg takes no options."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
 class FedAvg:
     """FedAvg keeps no state across rounds: the new global model is the weighted mean."""
 
     name = "fedavg"
-    needs_all_updates = False  # updates are folded into a running sum as they arrive
+    needs_all_updates: Literal[False] = False  # updates are folded into a running sum
 
     def next_global(self, global_state: State, mean_update: State) -> State:
         """Return the next global model given the current one and the mean of client models."""
