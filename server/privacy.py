@@ -42,6 +42,10 @@ from fedsilo.tasks.privacy import add_gaussian_noise_, noise_generator
 State = dict[str, torch.Tensor]
 Method = Literal["rdp", "pld"]
 METHODS: tuple[Method, ...] = ("rdp", "pld")
+# PLD's loss grid (dp-accounting's default is 1e-4). Measured here: 1e-3 gives the same epsilon
+# to 4-5 digits at epsilon 5-95 and 0.7 % more at epsilon 0.38 (pessimistic: still an upper
+# bound), 8-12x faster (50 rounds, q=1, z=1: 0.56 s instead of 6.6 s); 1e-2 was 55 % off at 0.38.
+PLD_DISCRETIZATION = 1e-3
 
 
 class DpFedAvgSettings(BaseModel):
@@ -173,7 +177,10 @@ def job_epsilon(
     ]
     if not events:
         return 0.0
-    accountant = rdp.RdpAccountant() if method == "rdp" else pld.PLDAccountant()
+    if method == "rdp":
+        accountant = rdp.RdpAccountant()
+    else:
+        accountant = pld.PLDAccountant(value_discretization_interval=PLD_DISCRETIZATION)
     accountant.compose(dp_accounting.ComposedDpEvent(events))
     return float(accountant.get_epsilon(delta))
 
