@@ -108,14 +108,19 @@ class PrivateTraining:
         return sum(int(steps) for _, _, steps in self.accountant.history)
 
     def report(self) -> DpSgdReport:
-        """Return what this round's DP-SGD did, for the client's PrivacyBudget."""
+        """Return what this round's DP-SGD did, for the client's PrivacyBudget.
+
+        Noise and sampling rate come from the accountant's history (what the optimizer really
+        used); ValueError if they changed during the round.
+        """
         kinds = {(float(z), float(q)) for z, q, _ in self.accountant.history}
         if len(kinds) > 1:
             raise ValueError(f"noise or sampling rate changed during the round: {sorted(kinds)}")
+        noise, rate = kinds.pop() if kinds else (self.config.noise_multiplier, self.sample_rate)
         return DpSgdReport(
-            noise_multiplier=self.config.noise_multiplier,
+            noise_multiplier=noise,
             max_grad_norm=self.config.max_grad_norm,
-            sample_rate=self.sample_rate,
+            sample_rate=rate,
             steps=self.steps,
         )
 
@@ -139,8 +144,8 @@ def _check_compatible(model: torch.nn.Module) -> None:
 
 def _sampling_loader(loader: DataLoader[Any], generator: torch.Generator) -> DataLoader[Any]:
     """Return ``loader`` with ``generator`` as its own: Opacus draws Poisson batches from it."""
-    if loader.drop_last:
-        raise ValueError("DP-SGD needs a DataLoader with drop_last=False")
+    if loader.batch_size is None or loader.drop_last:
+        raise ValueError("DP-SGD needs a DataLoader with a batch_size and drop_last=False")
     return DataLoader(
         loader.dataset,
         batch_size=loader.batch_size,
