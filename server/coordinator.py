@@ -16,9 +16,9 @@ from dataclasses import dataclass
 import structlog
 import torch
 
-from fedsilo.common import codec
 from fedsilo.common.errors import JobAbortedError
 from fedsilo.common.proto import federation_pb2 as pb
+from fedsilo.common.specs import specs_of
 from fedsilo.common.wire import SERVER_CHUNKS, ModelFrames
 from fedsilo.server import messages, metrics
 from fedsilo.server.aggregation import OrderedFold
@@ -66,7 +66,7 @@ class Coordinator:
         self.recorder = recorder
         self.strategy = strategy
         self.global_state = global_state  # replaced, never changed in place, after each round
-        self.specs = codec.specs_of(global_state)
+        self.specs = specs_of(global_state)
         self.model_bytes = sum(spec.nbytes for spec in self.specs)
         self.store = store
         self.log = log

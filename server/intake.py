@@ -21,9 +21,11 @@ from typing import NoReturn
 import structlog
 import torch
 
-from fedsilo.common import codec, compression
+from fedsilo.common import compression
 from fedsilo.common.errors import CodecError, ProtocolError
 from fedsilo.common.proto import federation_pb2 as pb
+from fedsilo.common.specs import TensorSpec, check_specs_match, specs_from_header
+from fedsilo.common.tensor_stream import TensorStreamDecoder
 from fedsilo.server import messages, metrics
 from fedsilo.server.job_state import JobState, Round
 from fedsilo.server.registry import Member, SessionHandle, Stage
@@ -59,7 +61,7 @@ class UploadRefusedError(ProtocolError):
 class UploadChecks:
     """What every update of this job is checked against."""
 
-    wire_specs: list[codec.TensorSpec]  # the tensors an update carries under the job's codec
+    wire_specs: list[TensorSpec]  # the tensors an update carries under the job's codec
     compression: compression.Compression
     norm_bound: float | None
     norm_action: str
@@ -127,10 +129,10 @@ class Intake:
                     tell_client=False,
                 )
             try:
-                specs = codec.specs_from_header(
+                specs = specs_from_header(
                     send.update, self.checks.wire_bytes, max_tensors=len(self.checks.wire_specs)
                 )
-                codec.check_specs_match(specs, self.checks.wire_specs)
+                check_specs_match(specs, self.checks.wire_specs)
                 if send.train_examples == 0:
                     raise CodecError("update weight train_examples must be > 0")
             except CodecError as exc:
@@ -176,7 +178,7 @@ class Upload:
         client_id: int,
         session: SessionHandle,
         send: pb.SendModel,
-        decoder: codec.TensorStreamDecoder,
+        decoder: TensorStreamDecoder,
         global_state: Mapping[str, torch.Tensor],
         log: Log,
     ) -> None:
@@ -186,7 +188,7 @@ class Upload:
         self.round = send.round
         self.weight = send.train_examples
         self.metrics = send.metrics
-        self._decoder: codec.TensorStreamDecoder | None = decoder
+        self._decoder: TensorStreamDecoder | None = decoder
         self._global_state = global_state
         self._log = log
         self.started = time.monotonic()

@@ -17,9 +17,10 @@ from collections.abc import Callable, Mapping
 import structlog
 import torch
 
-from fedsilo.common import codec, compression
+from fedsilo.common import compression
 from fedsilo.common.errors import ConfigError, ProtocolError
 from fedsilo.common.proto import federation_pb2 as pb
+from fedsilo.common.specs import check_specs_match, specs_of
 from fedsilo.server import messages
 from fedsilo.server.checkpoint import Checkpoint
 from fedsilo.server.config import ServerConfig
@@ -67,7 +68,7 @@ class Job:
         registry = ClientRegistry(config.job_id, ClientIdLog(run_dir / CLIENT_IDS_FILE), admitted)
         self.state = JobState(registry=registry)
         self.store = UploadStore(run_dir / SPILL_DIR, config.chunk_size)
-        specs = codec.specs_of(global_state)
+        specs = specs_of(global_state)
         self.intake = Intake(
             self.state,
             self.store,
@@ -100,7 +101,7 @@ class Job:
             self.recorder.begin_fresh()
             return
         coordinator = self.coordinator
-        codec.check_specs_match(codec.specs_of(checkpoint.global_state), coordinator.specs)
+        check_specs_match(specs_of(checkpoint.global_state), coordinator.specs)
         coordinator.global_state = {
             spec.name: checkpoint.global_state[spec.name] for spec in coordinator.specs
         }

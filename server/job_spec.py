@@ -14,8 +14,8 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from pydantic.fields import FieldInfo
 
-from fedsilo.common.codec import DEFAULT_CHUNK_SIZE
 from fedsilo.common.compression import DEFAULT_TOPK_FRACTION, Codec
+from fedsilo.common.tensor_stream import DEFAULT_CHUNK_SIZE
 from fedsilo.server.strategies import STRATEGIES, strategy_options_problem, unknown_strategy
 
 # Flags other than --field-name that exist for a job setting.
