@@ -36,7 +36,7 @@ def encode_state(
     return header, chunks, encoder.checksum
 
 
-def decode_state(  # noqa: PLR0917 - mirrors the wire order: header, chunks, trailer
+def decode_state(
     header: pb.TensorStreamHeader,
     chunks: Sequence[bytes],
     checksum: int,
