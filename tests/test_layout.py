@@ -69,4 +69,3 @@ def test_wheel_installs_everything_under_the_fedsilo_namespace(tmp_path: Path) -
         "fedsilo/server/strategies/fedavg.py",
     ):
         assert module in names
-
