@@ -32,6 +32,7 @@ from fedsilo.server.intake import Intake, UploadChecks
 from fedsilo.server.job_state import JobState
 from fedsilo.server.recorder import JobRecorder
 from fedsilo.server.registry import ClientRegistry, Stage, WorkKind
+from fedsilo.server.report_checks import ReportError, check_evaluation
 from fedsilo.server.run_files import CLIENT_IDS_FILE, ClientIdLog, MetricsLog
 from fedsilo.server.session import ClientSession
 from fedsilo.server.state_machine import JobPhase
@@ -262,12 +263,20 @@ class Job:
         """Store a client's evaluation of the final model."""
         cid = session.client_id
         assert cid is not None
+        try:
+            check_evaluation(result.evaluation, self.config.max_examples, "final evaluation")
+        except ReportError as exc:
+            session.log.warning("evaluation_refused", round=result.round, reason=str(exc))
+            valid = False
+        else:
+            valid = True
         with self.state.cond:
             final = self.state.final
             member = self.state.registry.current(cid, session)
             if final is not None and cid in final.expected and result.round == final.round:
                 final.expected.discard(cid)
-                final.evaluations.append(messages.client_evaluation(cid, result.evaluation))
+                if valid:
+                    final.evaluations.append(messages.client_evaluation(cid, result.evaluation))
             if member is not None:
                 self.state.registry.release(member)
             self.state.cond.notify_all()
