@@ -57,12 +57,19 @@ def acquire(run_dir: Path, job_id: int, port: int) -> int:
 
     Raise ConfigError naming the folder and the holder when another process holds it.
     """
-    run_dir.mkdir(parents=True, exist_ok=True)
     path = run_dir / LOCK_FILE
-    # No O_TRUNC: a refused server must leave the holder's record as it is.
-    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        # No O_TRUNC: a refused server must leave the holder's record as it is.
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+    except OSError as exc:
+        raise ConfigError(f"cannot use run folder {run_dir}: {exc.strerror}") from exc
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        record = json.dumps(holder_record(job_id, port), sort_keys=True).encode() + b"\n"
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, record, 0)
+        os.fsync(fd)
     except BlockingIOError:
         holder = describe_holder(os.pread(fd, MAX_HOLDER_BYTES, 0))
         os.close(fd)
@@ -70,13 +77,12 @@ def acquire(run_dir: Path, job_id: int, port: int) -> int:
             f"run folder {run_dir} is in use by {holder}; stop that server or choose another "
             f"--out (nothing was changed)"
         ) from None
+    except OSError as exc:  # e.g. a file system without flock
+        os.close(fd)
+        raise ConfigError(f"cannot lock {path}: {exc.strerror}") from exc
     except BaseException:
         os.close(fd)
         raise
-    record = json.dumps(holder_record(job_id, port), sort_keys=True).encode() + b"\n"
-    os.ftruncate(fd, 0)
-    os.pwrite(fd, record, 0)
-    os.fsync(fd)
     return fd
 
 

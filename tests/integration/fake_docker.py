@@ -242,7 +242,7 @@ def start(project: Project, service: str) -> None:
     check_ports(service, spec)
     argv, env = as_process(project, service, [str(part) for part in command])
     folder = project.service_dir(service)
-    if (folder / "pid").exists() and not (folder / "rc").exists():
+    if (folder / "plan.json").exists() and not (folder / "rc").exists():
         raise RefusedError(f"{service} is already running")
     shutil.rmtree(folder, ignore_errors=True)
     (folder / "home").mkdir(parents=True)
@@ -255,7 +255,7 @@ def start(project: Project, service: str) -> None:
         stderr=subprocess.DEVNULL,
         start_new_session=True,
     )
-    wait_until((folder / "pid").exists, f"{service} to start")
+    wait_until(lambda: (folder / "pid").exists() or (folder / "rc").exists(), f"{service} to start")
 
 
 def supervise(plan_file: str) -> int:
@@ -263,12 +263,17 @@ def supervise(plan_file: str) -> int:
     plan = json.loads(Path(plan_file).read_text())
     folder = Path(plan["folder"])
     with (folder / "log").open("wb") as log:
-        child = subprocess.Popen(
-            plan["argv"], env=plan["env"], cwd=plan["cwd"], stdout=log, stderr=log
-        )
-    signal.signal(signal.SIGTERM, lambda signum, frame: child.send_signal(signal.SIGTERM))
-    (folder / "pid").write_text(str(child.pid))
-    code = child.wait()
+        try:
+            child = subprocess.Popen(
+                plan["argv"], env=plan["env"], cwd=plan["cwd"], stdout=log, stderr=log
+            )
+        except OSError as exc:  # as a container whose command cannot start: exit 127
+            log.write(f"cannot start {plan['argv'][0]}: {exc}\n".encode())
+            code = 127
+        else:
+            signal.signal(signal.SIGTERM, lambda signum, frame: child.send_signal(signal.SIGTERM))
+            (folder / "pid").write_text(str(child.pid))
+            code = child.wait()
     (folder / "rc.tmp").write_text(str(code))
     (folder / "rc.tmp").replace(folder / "rc")
     return 0
@@ -354,7 +359,7 @@ def wait(project: Project, args: argparse.Namespace) -> int:
     """Block until every named service has exited; say so as compose does, exit with the code."""
     code = 0
     for name in args.services:
-        if not (project.service_dir(name) / "pid").exists():
+        if not (project.service_dir(name) / "plan.json").exists():
             raise RefusedError(f"{name} was never started")
         wait_until(lambda n=name: exit_code(project, n) is not None, f"{name} to exit")
         code = exit_code(project, name) or 0

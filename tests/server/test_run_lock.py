@@ -100,3 +100,9 @@ def test_a_holder_that_wrote_nothing_yet_is_still_a_holder(tmp_path: Path) -> No
             acquire(tmp_path, 1, 50001)
     finally:
         os.close(fd)
+
+
+def test_a_run_folder_that_cannot_be_created_is_a_one_line_config_error(tmp_path: Path) -> None:
+    (tmp_path / "file").write_text("not a folder")
+    with pytest.raises(ConfigError, match=r"cannot use run folder .*file/run"):
+        acquire(tmp_path / "file" / "run", 1, 50001)
