@@ -4,6 +4,7 @@ folder is free and a --resume start continues the job."""
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import signal
@@ -29,6 +30,15 @@ def snapshot(folder: Path) -> dict[str, str]:
     }
 
 
+def all_threads_stopped(pid: int) -> bool:
+    """Whether every thread of ``pid`` is in state T (stopped), so no write is in flight."""
+    states = []
+    for stat in Path(f"/proc/{pid}/task").glob("*/stat"):
+        with contextlib.suppress(OSError):  # a thread that ended meanwhile
+            states.append(stat.read_text().rsplit(")", 1)[1].split()[0])
+    return bool(states) and all(state == "T" for state in states)
+
+
 def test_a_second_server_on_a_held_run_folder_exits_2_and_a_resume_after_kill_9_works(
     daemons: Daemons, tmp_path: Path
 ) -> None:
@@ -41,6 +51,7 @@ def test_a_second_server_on_a_held_run_folder_exits_2_and_a_resume_after_kill_9_
     wait_for(lambda: first.has_event("checkpoint_saved", round=1), 90, "round 1's checkpoint")
     # Stopped, the holder is alive (it keeps its lock) and writes nothing while we look.
     first.process.send_signal(signal.SIGSTOP)
+    wait_for(lambda: all_threads_stopped(first.process.pid), 30, "the first server to stop")
     before = snapshot(run_dir)
     assert "metrics.jsonl" in before and "checkpoint.pt" in before
 
