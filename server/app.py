@@ -23,6 +23,7 @@ from fedsilo.server.checkpoint import CHECKPOINT_FILE, Checkpoint, job_identity,
 from fedsilo.server.config import ServerConfig
 from fedsilo.server.job import Job, JobOutcome
 from fedsilo.server.run_files import MODEL_FILE, finished_rounds
+from fedsilo.server.run_lock import hold_run_folder
 from fedsilo.server.service import FederationService
 from fedsilo.tasks import load_task
 
@@ -149,6 +150,13 @@ def serve(config: ServerConfig) -> JobOutcome:
     log = get_logger(job_id=config.job_id)
     # Before anything touches the run folder: a second server of this job must change nothing.
     check_port_free(config.host, config.port, config.job_id)
+    # Whatever its port, a second server on this run folder exits here, changing nothing in it.
+    with hold_run_folder(config.run_dir, config.job_id, config.port):
+        return serve_held(config, log)
+
+
+def serve_held(config: ServerConfig, log: structlog.typing.FilteringBoundLogger) -> JobOutcome:
+    """Run the job whose run folder this process holds; see ``serve``."""
     done = finished_rounds(config.run_dir) if config.resume else None
     if done is not None:
         log.info("job_already_finished", rounds=done, model=str(config.run_dir / MODEL_FILE))
