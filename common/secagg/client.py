@@ -6,8 +6,8 @@
 
 Each method takes and returns the dataclasses of ``messages.py``; a message that breaks the
 protocol raises SecAggRefusedError and moves the attempt to FAILED, where it answers nothing
-more (the transport leaves the round). One object is one attempt: its keys and self-mask seed are drawn when it is made,
-so a round run again (new attempt nonce) never reuses a mask.
+more (the transport leaves the round). One object is one attempt: its keys and self-mask seed
+are drawn when it is made, so a round run again (new attempt nonce) never reuses a mask.
 
 The core safety rule: for no peer does this client ever reveal both its self-mask share and its
 mask-key share. One unmask answer per attempt, the two asked sets disjoint, each peer in exactly
@@ -261,36 +261,30 @@ class SecAggClient:
         scratch = Scratch(chunk_words)
         pending = np.empty(chunk_words, dtype=WORD)
         filled, total = 0, 0
-        for piece in self._pieces(values, weight):
+        for piece in self._pieces(values):
             total += len(piece)
-            if total > self.setup.length + 1:
+            if total > self.setup.length:
                 raise SecAggRefusedError(f"the update has more than {self.setup.length} values")
             taken = 0
             while taken < len(piece):
                 count = min(len(piece) - taken, chunk_words - filled)
                 target = pending[filled : filled + count]
-                if piece.dtype == WORD:  # the weight word
-                    target[:] = piece[taken : taken + count]
-                else:
-                    self.quantizer.encode_into(piece[taken : taken + count], factor, weight, target)
+                self.quantizer.encode_into(piece[taken : taken + count], factor, weight, target)
                 filled, taken = filled + count, taken + count
                 if filled == chunk_words:
                     yield _masked(pending, streams, scratch)
                     filled = 0
-        if total != self.setup.length + 1:
-            raise SecAggRefusedError(f"the update has {total - 1} values, not {self.setup.length}")
-        if filled:
-            yield _masked(pending[:filled], streams, scratch)
+        if total != self.setup.length:
+            raise SecAggRefusedError(f"the update has {total} values, not {self.setup.length}")
+        pending[filled] = self.quantizer.weight_word(weight)[0]  # the last word (always room)
+        yield _masked(pending[: filled + 1], streams, scratch)
         self.stage = ClientStage.UNMASK
 
-    def _pieces(
-        self, values: Iterable[NDArray[np.floating]], weight: int
-    ) -> Iterator[NDArray[np.floating] | NDArray[np.uint32]]:
+    def _pieces(self, values: Iterable[NDArray[np.floating]]) -> Iterator[NDArray[np.floating]]:
         for array in values:
             if not np.issubdtype(array.dtype, np.floating):
                 raise SecAggRefusedError(f"the update holds {array.dtype} values, not floats")
             yield array.reshape(-1)
-        yield self.quantizer.weight_word(weight)
 
     def unmask(self, request: UnmaskRequest) -> UnmaskResponse:
         """Reveal survivors' self-mask shares and dropped peers' mask-key shares, never both."""
@@ -313,7 +307,8 @@ class SecAggClient:
             )
         if len(survivors) < self.plan.threshold:
             raise SecAggRefusedError(
-                f"only {len(survivors)} survivors in this client's group, below {self.plan.threshold}"
+                f"only {len(survivors)} survivors in this client's group,"
+                f" below the threshold {self.plan.threshold}"
             )
         view = (frozenset(survivors), frozenset(dropped))
         self.ledger.check(self.setup.round, view)

@@ -9,6 +9,8 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from fedsilo.common.secagg.plan import ThreatModel
 
+DEFAULT_THREAT = ThreatModel.model_validate({})
+
 
 class SecAggConfig(BaseModel):
     """Quantization range, threat model and key signing of a job's secure aggregation."""
@@ -23,7 +25,7 @@ class SecAggConfig(BaseModel):
         allow_inf_nan=False,
         description="clamp each element of the clipped delta to +-this (default: clip_norm)",
     )
-    threat: ThreatModel = ThreatModel()
+    threat: ThreatModel = Field(DEFAULT_THREAT, description="what the job assumes of its members")
     allow_unsigned: bool = Field(
         False, description="plaintext mode: keys are not signed, a server can substitute them"
     )

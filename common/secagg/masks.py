@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import numpy as np
 from cryptography.hazmat.primitives import hashes
-from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
+from cryptography.hazmat.primitives.ciphers import Cipher, CipherContext, algorithms, modes
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 from numpy.typing import NDArray
 
@@ -34,12 +34,12 @@ class Scratch:
         self._out = bytearray(max_words * WORD_BYTES + _AES_BLOCK)
         self._zeros_view = memoryview(self._zeros)
 
-    def keystream(self, encryptor: object, count: int) -> Words:
+    def keystream(self, encryptor: CipherContext, count: int) -> Words:
         """Fill and return a view of the next ``count`` words of ``encryptor``'s keystream."""
         if count > self.max_words:
             raise ValueError(f"{count} words exceed the scratch buffer's {self.max_words}")
         size = count * WORD_BYTES
-        written = encryptor.update_into(self._zeros_view[:size], self._out)  # type: ignore[attr-defined]
+        written = encryptor.update_into(self._zeros_view[:size], self._out)
         assert written == size
         return np.frombuffer(self._out, dtype=WORD, count=count)
 

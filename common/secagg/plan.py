@@ -207,4 +207,3 @@ def make_plan(clients: Sequence[int], selected: int, seed: bytes, threat: Threat
 def _rank(seed: bytes, client: int) -> bytes:
     # Sorting by a keyed hash is a uniformly random order that any language can reproduce.
     return hashlib.sha256(seed + client.to_bytes(8, "big")).digest()
-

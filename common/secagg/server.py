@@ -34,6 +34,7 @@ from fedsilo.common.secagg import keys, shamir
 from fedsilo.common.secagg.config import SecAggConfig
 from fedsilo.common.secagg.masks import WORD_BYTES, MaskStream, Scratch
 from fedsilo.common.secagg.messages import (
+    EncryptedShare,
     KeyAdvert,
     KeyRoster,
     KeyShares,
@@ -136,7 +137,10 @@ class SecAggServer:
             self._expect(ServerStage.ADVERTISE, "closing the key stage")
             clients = sorted(set(self._adverts) - self._gone)
             plan = make_plan(
-                clients, len(self.setup.participants), keys.graph_seed(self.digest), self.config.threat
+                clients,
+                len(self.setup.participants),
+                keys.graph_seed(self.digest),
+                self.config.threat,
             )
             self.plan = plan
             self.stage = ServerStage.SHARE
@@ -180,7 +184,7 @@ class SecAggServer:
                         f"client {client}'s shares reached {holders} live holders,"
                         f" {plan.threshold} are needed"
                     )
-            routed: dict[int, list] = {client: [] for client in sharers}
+            routed: dict[int, list[EncryptedShare]] = {client: [] for client in sharers}
             for sender in sorted(sharers):
                 for share in self._shares[sender].shares:
                     if share.recipient in sharers:
@@ -203,18 +207,21 @@ class SecAggServer:
             return upload
 
     def _abandon_locked(self, upload: MaskedUpload, replay: Iterable[bytes] | None) -> None:
-        if upload.words and replay is None:
+        upload.abandoned = True
+        if not upload.words:
+            return
+        if replay is None:
             self._broken = (
                 f"client {upload.client}'s upload broke off after {upload.words} of"
                 f" {self.sum.length} words with no copy to subtract: run the round again"
             )
-        elif upload.words:
-            removed = 0
-            for chunk in replay:  # type: ignore[union-attr]
-                removed += self.sum.subtract(removed, chunk)
-            if removed != upload.words:
-                raise SecAggError(f"replayed {removed} words of {upload.words} added")
-        upload.abandoned = True
+            return
+        removed = 0
+        for chunk in replay:
+            removed += self.sum.subtract(removed, chunk)
+        if removed != upload.words:
+            self._broken = f"client {upload.client}: {removed} words replayed, {upload.words} added"
+            raise SecAggError(self._broken)
 
     def close_uploads(self) -> dict[int, UnmaskRequest]:
         """Fix who uploaded (U3) and return each uploader's unmask request."""
@@ -363,4 +370,3 @@ class MaskedUpload:
         with self._server._lock:
             if not self.finished and not self.abandoned:
                 self._server._abandon_locked(self, replay)
-

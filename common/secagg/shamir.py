@@ -38,7 +38,7 @@ def _random_element(entropy: Entropy) -> int:
 def split(
     secret: bytes, holders: list[int], threshold: int, entropy: Entropy = secrets.token_bytes
 ) -> dict[int, bytes]:
-    """Split a 32-byte ``secret`` into one share per holder (client id); any ``threshold`` rebuild it."""
+    """Split a 32-byte ``secret`` into a share per holder (client id); ``threshold`` rebuild it."""
     if len(secret) != SECRET_BYTES:
         raise ValueError(f"a secret is {SECRET_BYTES} bytes, not {len(secret)}")
     if not 1 <= threshold <= len(holders) or len(set(holders)) != len(holders):
@@ -56,7 +56,7 @@ def split(
 
 
 def reconstruct(shares: Mapping[int, bytes], threshold: int) -> bytes:
-    """Rebuild the secret from at least ``threshold`` shares keyed by holder (uses the lowest ids)."""
+    """Rebuild the secret from ``threshold`` or more shares keyed by holder (the lowest ids)."""
     if len(shares) < threshold:
         raise ValueError(f"{len(shares)} shares, {threshold} needed")
     chosen = sorted(shares)[:threshold]

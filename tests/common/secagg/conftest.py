@@ -5,8 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import pytest
-from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography import x509
+from cryptography.hazmat.primitives.asymmetric import ec
 
 from fedsilo.common.secagg import Identity, Trust
 from fedsilo.provision import certs

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from fedsilo.common.bundles import load_client_bundle
-from fedsilo.common.errors import ConfigError, SecAggRefusedError
+from fedsilo.common.errors import ConfigError, SecAggError, SecAggRefusedError
 from fedsilo.common.secagg import (
     Identity,
     Quantizer,
@@ -40,7 +40,10 @@ SIGNED = SecAggConfig(clip_norm=4.0, max_weight=1000)
 def test_a_signed_round_gives_the_exact_sum(federation) -> None:
     inputs = make_inputs(5, LENGTH)
     result = run_round(
-        make_setup(5, LENGTH), SIGNED, inputs, identities=federation.identities,
+        make_setup(5, LENGTH),
+        SIGNED,
+        inputs,
+        identities=federation.identities,
         trust=federation.trust,
     )
     quantizer = Quantizer.for_round(SIGNED, 5)
@@ -85,7 +88,7 @@ def _swap_advert(roster, client, **changes):
 def test_a_substituted_public_key_is_refused_by_the_peer(federation, field) -> None:
     _, _, clients, rosters = _advertised(federation)
     forged = _swap_advert(rosters[0], 2, **{field: bytes(range(32))})  # the server's own key
-    with pytest.raises(SecAggRefusedError, match="client 2 .*do not match its signature"):
+    with pytest.raises(SecAggRefusedError, match=r"client 2 .*do not match its signature"):
         clients[0].share_keys(forged)
 
 
@@ -116,7 +119,9 @@ def test_a_certificate_of_another_federation_is_refused(federation) -> None:
     setup = make_setup(3, LENGTH)
     advert = make_clients(setup, SIGNED, identities, federation.trust)[1].advertise()
     server = SecAggServer(setup, SIGNED, trust=federation.trust)
-    with pytest.raises(SecAggRefusedError, match="not a valid client certificate of this federation"):
+    with pytest.raises(
+        SecAggRefusedError, match="not a valid client certificate of this federation"
+    ):
         server.receive_advert(advert)
 
 
@@ -201,7 +206,9 @@ def _at_unmask(n=5, ledger=None, attempt=b"\x01" * 16, config=None):
             continue
         upload = server.begin_upload(c)
         delta, weight = inputs[c]
-        for chunk in clients[c].masked_input([delta], norm=float(np.linalg.norm(delta)), weight=weight):
+        for chunk in clients[c].masked_input(
+            [delta], norm=float(np.linalg.norm(delta)), weight=weight
+        ):
             upload.add(chunk)
         upload.finish()
     return server, clients, server.close_uploads()
@@ -215,7 +222,7 @@ def test_a_request_for_both_shares_of_one_peer_is_refused() -> None:
     with pytest.raises(SecAggRefusedError, match=r"both shares of client\(s\) \[2\]"):
         clients[0].unmask(greedy)
     # A refusal ends the attempt: not even the honest request is answered afterwards.
-    with pytest.raises(SecAggRefusedError, match="out of order .*failed"):
+    with pytest.raises(SecAggRefusedError, match=r"out of order .*failed"):
         clients[0].unmask(honest)
 
 
@@ -248,7 +255,7 @@ def test_a_request_for_this_clients_own_mask_key_is_refused() -> None:
 
 
 def test_a_request_that_leaves_out_a_peer_is_refused() -> None:
-    _, clients, requests = _at_unmask()
+    _, clients, _ = _at_unmask()
     partial = UnmaskRequest((0, 1, 2), (4,))  # 3 uploaded but is named in neither set
     with pytest.raises(SecAggRefusedError, match="not the clients whose shares"):
         clients[0].unmask(partial)
@@ -315,6 +322,36 @@ def test_a_share_replayed_from_another_sender_does_not_decrypt() -> None:
 def test_revealed_shares_other_than_asked_are_refused() -> None:
     server, clients, requests = _at_unmask()
     response = clients[0].unmask(requests[0])
-    extra = dataclasses.replace(response, mask_key_shares={**response.mask_key_shares, 1: b"\x00" * 66})
+    extra = dataclasses.replace(
+        response, mask_key_shares={**response.mask_key_shares, 1: b"\x00" * 66}
+    )
     with pytest.raises(SecAggRefusedError, match="revealed other shares than asked"):
         server.receive_unmask(extra)
+
+
+def _nudged(share: bytes) -> bytes:
+    return (int.from_bytes(share, "big") + 1).to_bytes(len(share), "big")
+
+
+def test_a_corrupt_self_mask_share_is_caught_by_the_commitment() -> None:
+    server, clients, requests = _at_unmask()
+    for c, request in requests.items():
+        response = clients[c].unmask(request)
+        if c == 0:  # the lowest holder: its share is among the t used
+            shares = {**response.self_mask_shares, 1: _nudged(response.self_mask_shares[1])}
+            response = dataclasses.replace(response, self_mask_shares=shares)
+        server.receive_unmask(response)
+    with pytest.raises(SecAggError, match="client 1's self-mask shares do not rebuild its seed"):
+        server.finish()
+
+
+def test_a_corrupt_mask_key_share_is_caught_by_the_advertised_key() -> None:
+    server, clients, requests = _at_unmask()
+    for c, request in requests.items():
+        response = clients[c].unmask(request)
+        if c == 0:
+            shares = {4: _nudged(response.mask_key_shares[4])}
+            response = dataclasses.replace(response, mask_key_shares=shares)
+        server.receive_unmask(response)
+    with pytest.raises(SecAggError, match="dropped client 4's shares do not rebuild its mask key"):
+        server.finish()

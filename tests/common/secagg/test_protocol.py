@@ -68,8 +68,14 @@ def test_chunked_means_equal_the_whole_mean() -> None:
 
 @pytest.mark.parametrize(
     "stage",
-    ["before_advert", "before_shares", "before_upload", "mid_upload", "after_upload",
-     "during_unmask"],
+    [
+        "before_advert",
+        "before_shares",
+        "before_upload",
+        "mid_upload",
+        "after_upload",
+        "during_unmask",
+    ],
 )
 @pytest.mark.parametrize("n", [10, 50])
 def test_dropouts_at_each_stage_leave_the_survivors_sum(stage, n) -> None:
@@ -140,7 +146,9 @@ def test_an_upload_cut_off_without_a_copy_makes_the_attempt_fail_clearly() -> No
     upload = server.begin_upload(0)
     upload.add(next(clients[0].masked_input([delta], norm=0.0, weight=1, chunk_words=CHUNK)))
     server.drop(0)
-    with pytest.raises(SecAggError, match="broke off after 512 of 3001 words.*run the round again"):
+    with pytest.raises(
+        SecAggError, match=r"broke off after 512 of 3001 words.*run the round again"
+    ):
         server.close_uploads()
 
 
@@ -179,8 +187,10 @@ def test_uploads_arrive_in_any_order_and_interleaved_chunks_give_the_same_sum() 
             clients[c].receive_shares(routed)
             delta, weight = inputs[c]
             norm = float(np.linalg.norm(delta.astype(np.float64)))
-            streams[c] = (server.begin_upload(c), clients[c].masked_input(
-                [delta], norm=norm, weight=weight, chunk_words=CHUNK))
+            streams[c] = (
+                server.begin_upload(c),
+                clients[c].masked_input([delta], norm=norm, weight=weight, chunk_words=CHUNK),
+            )
         pending = list(order)
         while pending:  # round-robin over the uploads, one chunk each
             for c in list(pending):

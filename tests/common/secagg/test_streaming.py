@@ -68,7 +68,9 @@ def test_a_256_mib_update_is_masked_and_summed_chunk_by_chunk() -> None:
     ramp = np.linspace(-1.0, 1.0, CHUNK, dtype=np.float32) * 1e-5
     for index in range(0, LENGTH // CHUNK, 7):  # every 7th chunk: all seven patterns, cheaply
         expected = sum(
-            quantizer.encode(ramp * ((c + index) % 7 - 3), 1.0, 5 + c).view(np.int32).astype(np.int64)
+            quantizer.encode(ramp * ((c + index) % 7 - 3), 1.0, 5 + c)
+            .view(np.int32)
+            .astype(np.int64)
             for c in range(3)
         )
         assert np.array_equal(words[index * CHUNK : (index + 1) * CHUNK], expected), index
