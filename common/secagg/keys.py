@@ -77,6 +77,9 @@ def round_digest(setup: RoundSetup, config: SecAggConfig) -> bytes:
     if len(setup.attempt) != ATTEMPT_BYTES:
         raise SecAggRefusedError(f"attempt nonce of {len(setup.attempt)} bytes, not 16")
     ids = sorted(setup.participants)
+    numbers = [setup.job_id, setup.round, setup.length, *ids]
+    if len(set(ids)) != len(ids) or not all(0 <= number < 1 << 64 for number in numbers):
+        raise SecAggRefusedError("a round setup with repeated ids or numbers out of range")
     data = b"".join(
         [
             TAG + b" round",

@@ -20,6 +20,7 @@ ATTEMPT_BYTES = 16
 KEY_BYTES = 32
 DIGEST_BYTES = 32
 NONCE_BYTES = 12
+SEALED_BYTES = 2 * 66 + 16  # two shares and the AES-GCM tag
 
 
 @dataclass(frozen=True)

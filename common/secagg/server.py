@@ -34,6 +34,8 @@ from fedsilo.common.secagg import keys, shamir
 from fedsilo.common.secagg.config import SecAggConfig
 from fedsilo.common.secagg.masks import WORD_BYTES, MaskStream, Scratch
 from fedsilo.common.secagg.messages import (
+    NONCE_BYTES,
+    SEALED_BYTES,
     EncryptedShare,
     KeyAdvert,
     KeyRoster,
@@ -161,6 +163,9 @@ class SecAggServer:
                 raise SecAggRefusedError(f"client {sender} did not advertise keys this round")
             if sender in self._shares:
                 raise SecAggRefusedError(f"client {sender} sent its shares twice")
+            for share in shares.shares:
+                if len(share.nonce) != NONCE_BYTES or len(share.ciphertext) != SEALED_BYTES:
+                    raise SecAggRefusedError(f"client {sender} sent a share of the wrong size")
             recipients = [share.recipient for share in shares.shares]
             senders = {share.sender for share in shares.shares}
             if senders - {sender} or sorted(recipients) != sorted(self.plan.neighbours[sender]):
@@ -283,6 +288,7 @@ class SecAggServer:
         """Rebuild the needed secrets from the answers, remove all masks, return the sum."""
         with self._lock:
             self._expect(ServerStage.UNMASK, "finishing the round")
+            self.stage = ServerStage.DONE  # once only, even if it fails: masks come off in place
             self._check_holders(self._uploaders, frozenset(self._responses))
             scratch = Scratch()
             for client in sorted(self._uploaders):
@@ -290,7 +296,6 @@ class SecAggServer:
                 self.sum.apply(MaskStream(seed), -1, scratch)
             for client in sorted(self._sharers - self._uploaders):
                 self._remove_pair_masks(client, scratch)
-            self.stage = ServerStage.DONE
             dropped = tuple(sorted(set(self._adverts) - self._uploaders))
             return AggregateResult(
                 self.sum.words, self.quantizer, tuple(sorted(self._uploaders)), dropped

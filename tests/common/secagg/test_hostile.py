@@ -13,6 +13,7 @@ from fedsilo.common.errors import ConfigError, SecAggError, SecAggRefusedError
 from fedsilo.common.secagg import (
     Identity,
     Quantizer,
+    RoundSetup,
     RoutedShares,
     SecAggClient,
     SecAggConfig,
@@ -355,3 +356,42 @@ def test_a_corrupt_mask_key_share_is_caught_by_the_advertised_key() -> None:
         server.receive_unmask(response)
     with pytest.raises(SecAggError, match="dropped client 4's shares do not rebuild its mask key"):
         server.finish()
+
+
+def test_shares_of_the_wrong_size_are_refused_by_the_server() -> None:
+    config = SecAggConfig(clip_norm=4.0, max_weight=1000, allow_unsigned=True)
+    setup = make_setup(3, LENGTH)
+    server = SecAggServer(setup, config, trust=None)
+    clients = make_clients(setup, config)
+    for client in clients.values():
+        server.receive_advert(client.advertise())
+    roster = server.close_adverts()[0]
+    shares = clients[0].share_keys(roster)
+    padded = dataclasses.replace(shares.shares[0], ciphertext=shares.shares[0].ciphertext + b"x")
+    with pytest.raises(SecAggRefusedError, match="a share of the wrong size"):
+        server.receive_shares(dataclasses.replace(shares, shares=(padded, *shares.shares[1:])))
+    with pytest.raises(SecAggRefusedError, match="not to its neighbours"):
+        server.receive_shares(dataclasses.replace(shares, shares=shares.shares[:1]))
+
+
+def test_the_server_finishes_once() -> None:
+    server, clients, requests = _at_unmask()
+    for c, request in requests.items():
+        server.receive_unmask(clients[c].unmask(request))
+    server.finish()
+    with pytest.raises(SecAggRefusedError, match="out of order"):
+        server.finish()
+
+
+@pytest.mark.parametrize(
+    "setup",
+    [
+        RoundSetup(1, 1, b"\x01" * 15, (0, 1), 10),
+        RoundSetup(1, 1, b"\x01" * 16, (0, 0, 1), 10),
+        RoundSetup(-1, 1, b"\x01" * 16, (0, 1), 10),
+    ],
+)
+def test_a_malformed_round_setup_is_refused(setup) -> None:
+    config = SecAggConfig(clip_norm=4.0, max_weight=1000, allow_unsigned=True)
+    with pytest.raises(SecAggRefusedError):
+        SecAggClient(setup, 0, config, identity=None, trust=None)
