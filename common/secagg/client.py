@@ -101,7 +101,9 @@ class SecAggClient:
             raise ConfigError("secure aggregation signs keys: a certificate and the CA are needed")
         self.log = get_logger(round=setup.round, client_id=client_id)
         if config.allow_unsigned:
-            self.log.warning("secagg_keys_unsigned", risk="the server can substitute keys")
+            self.log.warning(
+                "secagg_keys_unsigned", risk="a server can substitute keys and read updates"
+            )
         self.setup, self.client_id, self.config = setup, client_id, config
         self.identity = None if config.allow_unsigned else identity
         self.trust = None if config.allow_unsigned else trust

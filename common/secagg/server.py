@@ -30,6 +30,7 @@ from collections.abc import Iterable
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
 from fedsilo.common.errors import ConfigError, SecAggError, SecAggRefusedError
+from fedsilo.common.logging import get_logger
 from fedsilo.common.secagg import keys, shamir
 from fedsilo.common.secagg.config import SecAggConfig
 from fedsilo.common.secagg.masks import WORD_BYTES, MaskStream, Scratch
@@ -68,6 +69,10 @@ class SecAggServer:
     ) -> None:
         if not config.allow_unsigned and trust is None:
             raise ConfigError("secure aggregation checks signed keys: the CA is needed")
+        if config.allow_unsigned:
+            get_logger(round=setup.round).warning(
+                "secagg_keys_unsigned", risk="a server can substitute keys and read updates"
+            )
         self.setup, self.config = setup, config
         self.trust = None if config.allow_unsigned else trust
         self.digest = keys.round_digest(setup, config)
