@@ -118,16 +118,32 @@ def run_round(
     inputs: dict[int, tuple[NDArray[np.float32], int]],
     *,
     drops: Drops | None = None,
-    identities: dict[int, Identity] | None = None,
-    trust: Trust | None = None,
+    signing: tuple[dict[int, Identity], Trust] | None = None,
     chunk_words: int = DEFAULT_CHUNK_WORDS,
     seed: int = 0,
     uploads_seen: dict[int, bytes] | None = None,
 ) -> AggregateResult:
     """Run one attempt end to end; ``inputs`` maps client id to (delta, weight)."""
     drops = drops or Drops()
+    identities, trust = signing if signing is not None else (None, None)
     server = SecAggServer(setup, config, trust=trust)
     clients = make_clients(setup, config, identities, trust, seed)
+    _key_stages(server, clients, drops)
+    for c, routed in server.close_shares().items():
+        clients[c].receive_shares(routed)
+        if drops.alive(c, "before_upload"):
+            _upload(server, clients[c], inputs[c], drops, chunk_words, uploads_seen)
+        else:
+            server.drop(c)
+    for c, request in server.close_uploads().items():
+        if drops.alive(c, "during_unmask"):
+            server.receive_unmask(clients[c].unmask(request))
+        else:
+            server.drop(c)
+    return server.finish()
+
+
+def _key_stages(server: SecAggServer, clients: dict[int, SecAggClient], drops: Drops) -> None:
     for c, client in clients.items():
         advert = client.advertise()
         if drops.alive(c, "before_advert"):
@@ -140,32 +156,31 @@ def run_round(
             server.receive_shares(shares)
         else:
             server.drop(c)
-    for c, routed in server.close_shares().items():
-        clients[c].receive_shares(routed)
-        if not drops.alive(c, "before_upload"):
+
+
+def _upload(
+    server: SecAggServer,
+    client: SecAggClient,
+    update: tuple[NDArray[np.float32], int],
+    drops: Drops,
+    chunk_words: int,
+    uploads_seen: dict[int, bytes] | None,
+) -> None:
+    c = client.client_id
+    delta, weight = update
+    norm = float(np.linalg.norm(delta.astype(np.float64)))
+    upload = server.begin_upload(c)
+    sent = []
+    chunks = client.masked_input([delta], norm=norm, weight=weight, chunk_words=chunk_words)
+    for index, chunk in enumerate(chunks):
+        if not drops.alive(c, "mid_upload") and index == 2:
+            upload.abandon(replay=sent)  # the transport's copy of what it had added
             server.drop(c)
-            continue
-        delta, weight = inputs[c]
-        norm = float(np.linalg.norm(delta.astype(np.float64)))
-        upload = server.begin_upload(c)
-        sent = []
-        chunks = clients[c].masked_input([delta], norm=norm, weight=weight, chunk_words=chunk_words)
-        for index, chunk in enumerate(chunks):
-            if not drops.alive(c, "mid_upload") and index == 2:
-                upload.abandon(replay=sent)  # the transport's copy of what it had added
-                server.drop(c)
-                break
-            upload.add(chunk)
-            sent.append(chunk)
-        else:
-            upload.finish()
-            if uploads_seen is not None:
-                uploads_seen[c] = b"".join(sent)
-            if not drops.alive(c, "after_upload"):
-                server.drop(c)
-    for c, request in server.close_uploads().items():
-        if drops.alive(c, "during_unmask"):
-            server.receive_unmask(clients[c].unmask(request))
-        else:
-            server.drop(c)
-    return server.finish()
+            return
+        upload.add(chunk)
+        sent.append(chunk)
+    upload.finish()
+    if uploads_seen is not None:
+        uploads_seen[c] = b"".join(sent)
+    if not drops.alive(c, "after_upload"):
+        server.drop(c)

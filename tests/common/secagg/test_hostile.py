@@ -40,13 +40,8 @@ SIGNED = SecAggConfig(clip_norm=4.0, max_weight=1000)
 
 def test_a_signed_round_gives_the_exact_sum(federation) -> None:
     inputs = make_inputs(5, LENGTH)
-    result = run_round(
-        make_setup(5, LENGTH),
-        SIGNED,
-        inputs,
-        identities=federation.identities,
-        trust=federation.trust,
-    )
+    signing = (federation.identities, federation.trust)
+    result = run_round(make_setup(5, LENGTH), SIGNED, inputs, signing=signing)
     quantizer = Quantizer.for_round(SIGNED, 5)
     assert np.array_equal(result.model_words, expected_words(quantizer, inputs, list(range(5))))
 
@@ -58,7 +53,7 @@ def test_keys_signed_with_a_bundle_written_by_fl_certs_verify(tmp_path: Path) ->
     identities = {c: Identity.from_bundle(bundle) for c, bundle in enumerate(bundles)}
     trust = Trust.from_pem(bundles[0].root_certificates)
     inputs = make_inputs(3, LENGTH)
-    result = run_round(make_setup(3, LENGTH), SIGNED, inputs, identities=identities, trust=trust)
+    result = run_round(make_setup(3, LENGTH), SIGNED, inputs, signing=(identities, trust))
     assert result.survivors == (0, 1, 2)
 
 
