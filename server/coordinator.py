@@ -198,7 +198,7 @@ class Coordinator:
     def _step(self, current: Round, frames: ModelFrames) -> None:
         """Turn the round's fold into the next global model through the strategy."""
         if self.strategy.state_dict():
-            self.recorder.wait_for_checkpoint()  # a checkpoint being written may read that state
+            self.recorder.release_checkpoint()  # a checkpoint being written may read that state
         self.log.debug("round_aggregating", round=current.number)
         strategy = self.strategy
         if strategy.needs_all_updates:
@@ -213,9 +213,11 @@ class Coordinator:
             raise JobAbortedError(f"round {current.number}: the new global model: {exc}") from exc
         old_state = self.global_state
         self.global_state = {spec.name: new_state[spec.name].contiguous() for spec in self.specs}
-        if frames.idle and not self.recorder.checkpoint_busy:
-            # Nothing reads the old model any more: its memory takes the next upload, which then
-            # decodes into pages already mapped instead of faulting in fresh ones.
+        if frames.idle:
+            # Nothing reads the old model any more (a checkpoint still writing it is stopped:
+            # the next one is newer): its memory takes the next round's sums and uploads, which
+            # then land in pages already mapped instead of faulting in fresh ones.
+            self.recorder.release_checkpoint()
             self.store.recycle(old_state, in_use=self.global_state)
 
     # ------------------------------------------------------------------ the end

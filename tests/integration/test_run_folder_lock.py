@@ -10,8 +10,8 @@ import json
 import signal
 from pathlib import Path
 
-import torch
-
+from fedsilo.server import checkpoint_file
+from fedsilo.server.checkpoint import CHECKPOINT_FILE
 from tests.integration.conftest import Daemons, free_port, read_metrics, wait_for
 
 JOB = 5
@@ -53,7 +53,7 @@ def test_a_second_server_on_a_held_run_folder_exits_2_and_a_resume_after_kill_9_
     first.process.send_signal(signal.SIGSTOP)
     wait_for(lambda: all_threads_stopped(first.process.pid), 30, "the first server to stop")
     before = snapshot(run_dir)
-    assert "metrics.jsonl" in before and "checkpoint.pt" in before
+    assert "metrics.jsonl" in before and CHECKPOINT_FILE in before
 
     for extra in ((), ("--resume",)):
         second = daemons.start(
@@ -75,7 +75,7 @@ def test_a_second_server_on_a_held_run_folder_exits_2_and_a_resume_after_kill_9_
         client.process.send_signal(signal.SIGKILL)
         client.process.wait(timeout=10)
 
-    checkpoint_round = torch.load(run_dir / "checkpoint.pt", weights_only=True)["round"]
+    checkpoint_round = checkpoint_file.load(run_dir / CHECKPOINT_FILE)[0]["round"]
     rounds = checkpoint_round + 2
     resumed = daemons.server(
         JOB,
