@@ -5,6 +5,7 @@ from __future__ import annotations
 import errno
 import signal
 import socket
+import sys
 import threading
 from collections.abc import Callable
 from concurrent import futures
@@ -25,6 +26,7 @@ from fedsilo.server.job import Job, JobOutcome
 from fedsilo.server.run_files import MODEL_FILE, finished_rounds
 from fedsilo.server.run_lock import hold_run_folder
 from fedsilo.server.service import FederationService
+from fedsilo.server.stderr_router import StderrRouter
 from fedsilo.tasks import load_task
 
 SHUTDOWN_GRACE_SECONDS = 5.0
@@ -152,7 +154,14 @@ def serve(config: ServerConfig) -> JobOutcome:
     check_port_free(config.host, config.port, config.job_id)
     # Whatever its port, a second server on this run folder exits here, changing nothing in it.
     with hold_run_folder(config.run_dir, config.job_id, config.port):
-        return serve_held(config, log)
+        router = StderrRouter({"job_id": config.job_id}) if not sys.stderr.isatty() else None
+        if router is not None:
+            router.start()
+        try:
+            return serve_held(config, log)
+        finally:
+            if router is not None:
+                router.stop()
 
 
 def serve_held(config: ServerConfig, log: structlog.typing.FilteringBoundLogger) -> JobOutcome:
