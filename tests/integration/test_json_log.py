@@ -35,9 +35,11 @@ def test_a_refused_tls_handshake_is_a_json_line_in_the_server_log(
         JOB, port - JOB, "--tls", str(certs / "server"), "--rounds", "1", "--min-clients", "1"
     )
     # A plaintext client against the TLS port: refused in the handshake, by gRPC's core.
-    with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
-        with contextlib.suppress(grpc.FutureTimeoutError):
-            grpc.channel_ready_future(channel).result(timeout=3)
+    with (
+        grpc.insecure_channel(f"127.0.0.1:{port}") as channel,
+        contextlib.suppress(grpc.FutureTimeoutError),
+    ):
+        grpc.channel_ready_future(channel).result(timeout=3)
     wait_for(lambda: server.has_event("grpc_core"), 30, "gRPC's own line, wrapped")
     for raw in server.stderr.read_text().splitlines():
         assert isinstance(json.loads(raw), dict), raw
