@@ -18,6 +18,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from fedsilo.common.bundles import ServerBundle, load_server_bundle
 from fedsilo.common.errors import ConfigError, FedsiloError, PortInUseError
 from fedsilo.common.logging import get_logger
+from fedsilo.common.progress import round_progress
 from fedsilo.common.wire import SERVER_PING_POLICY, SERVICE_NAME, channel_options
 from fedsilo.server.allocator import tune_for_streams
 from fedsilo.server.checkpoint import CHECKPOINT_FILE, Checkpoint, job_identity, load_checkpoint
@@ -197,7 +198,8 @@ def serve_held(config: ServerConfig, log: structlog.typing.FilteringBoundLogger)
 
     def drive() -> None:
         try:
-            outcome.append(job.run())
+            with round_progress(config.rounds, job.progress):
+                outcome.append(job.run())
         except Exception:
             log.exception("job_crashed")
             raise
