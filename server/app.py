@@ -21,6 +21,7 @@ from fedsilo.common.logging import get_logger
 from fedsilo.common.progress import round_progress
 from fedsilo.common.wire import SERVER_PING_POLICY, SERVICE_NAME, channel_options
 from fedsilo.server.allocator import tune_for_streams
+from fedsilo.server.central_eval import central_evaluator
 from fedsilo.server.checkpoint import CHECKPOINT_FILE, Checkpoint, job_identity, load_checkpoint
 from fedsilo.server.config import ServerConfig
 from fedsilo.server.job import Job, JobOutcome
@@ -140,7 +141,8 @@ def make_job(
     """Load the task, build the initial model and the job, fresh or from ``checkpoint``."""
     task = load_task(config.task, config.task_options)
     model = task.build_model(config.seed)
-    job = Job(config, dict(model.state_dict()), log, admitted_clients(config))
+    central = central_evaluator(task, config.seed, config.central_data)
+    job = Job(config, dict(model.state_dict()), log, admitted_clients(config), central=central)
     job.begin(checkpoint)
     return job
 

@@ -22,6 +22,7 @@ from fedsilo.common.specs import specs_of
 from fedsilo.common.wire import SERVER_CHUNKS, ModelFrames
 from fedsilo.server import messages, metrics
 from fedsilo.server.aggregation import OrderedFold
+from fedsilo.server.central_eval import CentralEvaluator
 from fedsilo.server.checkpoint import Checkpoint
 from fedsilo.server.config import ServerConfig
 from fedsilo.server.job_state import FinalEvaluation, JobState, Round
@@ -62,6 +63,7 @@ class Coordinator:
         global_state: dict[str, torch.Tensor],
         store: UploadStore,
         log: structlog.typing.FilteringBoundLogger,
+        central: CentralEvaluator | None = None,
     ) -> None:
         self.config = config
         self.state = state
@@ -72,11 +74,14 @@ class Coordinator:
         self.model_bytes = sum(spec.nbytes for spec in self.specs)
         self.store = store
         self.log = log
+        self.central = central
 
     def run(self) -> JobOutcome:
         """Drive the whole job; return how it ended. Blocks until then."""
         try:
             first = self.state.rounds_completed + 1
+            if first == 1:  # row 0: the initial model
+                self.recorder.annotate_pending(self._central_fields())
             for number in range(first, self.config.rounds + 1):
                 self._await_clients(number, first_of_run=number == first)
                 self._run_round(number)
@@ -185,6 +190,7 @@ class Coordinator:
             bytes_down=current.bytes_down,
             seconds=seconds,
         )
+        row.update(self._central_fields())
         with state.cond:
             state.rounds_completed = number
         self.recorder.round_done(row, self._checkpoint(row), last=number == self.config.rounds)
@@ -326,6 +332,12 @@ class Coordinator:
             )
             self._raise_if_stopping()
         return in_time
+
+    def _central_fields(self) -> dict[str, object]:
+        """The central evaluation of the current global model, as metrics-row fields."""
+        if self.central is None:
+            return {}
+        return self.central.row_fields(self.global_state, self.log)
 
     def _sum_buffers(self) -> dict[str, torch.Tensor]:
         dtypes = {name: accumulator_dtype(t.dtype) for name, t in self.global_state.items()}

@@ -25,6 +25,7 @@ from fedsilo.common.proto import federation_pb2 as pb
 from fedsilo.common.specs import check_specs_match, specs_of
 from fedsilo.common.text import shown
 from fedsilo.server import messages
+from fedsilo.server.central_eval import CentralEvaluator
 from fedsilo.server.checkpoint import Checkpoint
 from fedsilo.server.config import ServerConfig
 from fedsilo.server.coordinator import Coordinator, JobOutcome
@@ -55,6 +56,7 @@ class Job:
         initial_state: dict[str, torch.Tensor],
         log: structlog.typing.FilteringBoundLogger,
         admitted: Callable[[], ServerBundle] | None = None,
+        central: CentralEvaluator | None = None,
     ) -> None:
         self.config = config
         self.log = log
@@ -105,6 +107,7 @@ class Job:
             global_state=global_state,
             store=self.store,
             log=log,
+            central=central,
         )
         self._job_message = messages.job_config(config, setting)
 

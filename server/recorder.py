@@ -61,6 +61,11 @@ class JobRecorder:
         """Make sure no checkpoint write still reads the job's tensors (see CheckpointWriter)."""
         self._checkpoints.release()
 
+    def annotate_pending(self, fields: Mapping[str, Any]) -> None:
+        """Add fields to the row waiting for its evaluation (row 0: the initial model's)."""
+        if self._pending_row is not None:
+            self._pending_row = {**self._pending_row, **fields}
+
     def write_row(self, evaluations: Sequence[metrics.ClientEvaluation]) -> None:
         """Complete the pending row with the evaluations of its model and append it."""
         if self._pending_row is None:
