@@ -65,8 +65,34 @@ def build_parser() -> ArgumentParser:
         type=int,
         help="CPU threads for training; 1 suits several clients sharing one machine",
     )
+    parser.add_argument(
+        "--out", type=Path, help="run folder for audit.jsonl (default runs/client-<name>)"
+    )
+    parser.add_argument(
+        "--idle-timeout",
+        type=float,
+        help="give up after this many seconds without progress either way (default 3600)",
+    )
+    add_policy_flags(parser)
     parser.add_argument("--log-level", choices=LEVELS, help="default info")
     return parser
+
+
+def add_policy_flags(parser: argparse.ArgumentParser) -> None:
+    """Add the flags of the client's policy: its task and the bounds on local training."""
+    policy = parser.add_argument_group(
+        "policy", "what this organisation runs; task_options go in --config or policy.toml"
+    )
+    policy.add_argument(
+        "--task",
+        help="the task this client runs: built-in name or package.module:Name; the server must "
+        "ask for exactly it (default: any built-in task the server names)",
+    )
+    policy.add_argument("--max-local-epochs", type=int, help="default 100")
+    policy.add_argument("--min-batch-size", type=int, help="default 1")
+    policy.add_argument("--max-batch-size", type=int, help="default 65536")
+    policy.add_argument("--max-learning-rate", type=float, help="default 10")
+    policy.add_argument("--max-rounds", type=int, help="most rounds a job may have (100000)")
 
 
 def take_part(config: ClientConfig) -> int:

@@ -16,13 +16,13 @@ from typing import Any
 
 import structlog
 import torch
-from google.protobuf import struct_pb2
 
 from fedsilo.common import codec, compression
 from fedsilo.common.errors import ConfigError, JobAbortedError, ProtocolError
 from fedsilo.common.names import CLIENT_NAME_RULE, is_client_name
 from fedsilo.common.proto import federation_pb2 as pb
 from fedsilo.common.seeding import derive_seed
+from fedsilo.common.task_identity import TaskIdentity
 from fedsilo.common.wire import PROTOCOL_VERSION, SERVER_CHUNKS, ModelFrames, serialize
 from fedsilo.report.tensorboard import TensorBoardSink
 from fedsilo.server import metrics
@@ -683,12 +683,19 @@ class Job:
         )
 
     def _job_config(self) -> pb.JobConfig:
-        options = struct_pb2.Struct()
-        options.update(self.config.task_options)
+        # The task's identity as clients check it against their own policy (docs/protocol.md).
+        identity = TaskIdentity.of(self.config.task, self.config.task_options)
         return pb.JobConfig(
             job_id=self.config.job_id,
-            task=self.config.task,
-            task_options=options,
+            task=identity.name,
+            task_options_json=identity.options_json,
+            task_hash=identity.hash,
+            train=pb.TrainConfig(
+                local_epochs=self.config.local_epochs,
+                batch_size=self.config.batch_size,
+                learning_rate=self.config.learning_rate,
+                proximal_mu=self.config.proximal_mu,
+            ),
             seed=self.config.seed,
             rounds=self.config.rounds,
             chunk_size=self.chunk_size,
