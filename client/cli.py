@@ -88,7 +88,7 @@ def add_policy_flags(parser: argparse.ArgumentParser) -> None:
         help="the task this client runs: built-in name or package.module:Name; the server must "
         "ask for exactly it (default: any built-in task the server names)",
     )
-    policy.add_argument("--max-local-epochs", type=int, help="default 100")
+    policy.add_argument("--max-local-epochs", type=int, help="default 1000")
     policy.add_argument("--min-batch-size", type=int, help="default 1")
     policy.add_argument("--max-batch-size", type=int, help="default 65536")
     policy.add_argument("--max-learning-rate", type=float, help="default 10")

@@ -57,7 +57,7 @@ class PolicySettings(BaseModel):
         default_factory=dict,
         description="Options of the local task (config file or policy.toml only).",
     )
-    max_local_epochs: int = Field(100, ge=1, description="Most local epochs a round may ask.")
+    max_local_epochs: int = Field(1000, ge=1, description="Most local epochs a round may ask.")
     min_batch_size: int = Field(1, ge=1, description="Smallest batch size a round may ask.")
     max_batch_size: int = Field(65536, ge=1, description="Largest batch size a round may ask.")
     max_learning_rate: float = Field(
@@ -90,7 +90,7 @@ _BOUNDS = (
 class TrainingBounds:
     """What a server may ask of local training, at most (or at least)."""
 
-    max_local_epochs: int = 100
+    max_local_epochs: int = 1000
     min_batch_size: int = 1
     max_batch_size: int = 65536
     max_learning_rate: float = 10.0

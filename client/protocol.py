@@ -255,7 +255,9 @@ class ClientProtocol:
                 ProtocolError,
             )
         try:
-            self.local.policy.bounds.check_training(sync.train, f"round {number}'s training settings")
+            self.local.policy.bounds.check_training(
+                sync.train, f"round {number}'s training settings"
+            )
         except PolicyError as exc:
             self._refuse(pb.POLICY_MISMATCH, f"refused the server's round: {exc}", PolicyError)
         self._last_round = number

@@ -167,7 +167,7 @@ def test_local_epochs_out_of_bounds_at_join_are_refused(daemons: Daemons, tmp_pa
     attack = init_config(CANARY, {}, train=train_config(local_epochs=10**6))
     with HostileCoordinator(send_only(attack)) as coordinator:
         client = start_client(daemons, coordinator.port, *LOCAL)
-        assert_refused(client, tmp_path, 2, "local_epochs 1000000 not in 1..100")
+        assert_refused(client, tmp_path, 2, "local_epochs 1000000 not in 1..1000")
     assert error_codes(coordinator) == ["POLICY_MISMATCH"]
 
 
