@@ -47,6 +47,9 @@ class Joined:
     # Per client, never per (shared) model: it holds this client's top-k residual.
     compressor: ClientCompressor
     partition: int
+    # The round's received weights, for the update's norm and the lossy codecs: kept between
+    # rounds and overwritten in place (fresh pages for a big model cost more than the copy).
+    reference: dict[str, torch.Tensor] | None = None
 
     def is_same_job(self, client_id: int, job: pb.JobConfig, identity: TaskIdentity) -> bool:
         """Whether an InitConfig continues this job (a reconnect), so task and data are kept."""

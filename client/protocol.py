@@ -301,6 +301,7 @@ class ClientProtocol:
             self._bad_stream(str(exc))
         self._record(
             "model_received",
+            durable=False,  # fsynced with what this client sends next, before it leaves
             round=incoming.round,
             purpose="train" if incoming.train is not None else "final_evaluation",
             bytes=incoming.decoder.total_bytes,
@@ -390,11 +391,11 @@ class ClientProtocol:
             raise RuntimeError("start_session() first")
         self._send_to(message)
 
-    def _record(self, event: str, **fields: Any) -> None:
+    def _record(self, event: str, durable: bool = True, **fields: Any) -> None:
         if self.audit is not None:
             joined = self.joined
             where = {"job_id": joined.job.job_id, "client_id": joined.client_id} if joined else {}
-            self.audit.record(event, **where, **fields)
+            self.audit.record(event, durable, **where, **fields)
 
     def _bad_stream(self, reason: str) -> NoReturn:
         self._refuse(

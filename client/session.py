@@ -30,9 +30,17 @@ from fedsilo.client.protocol import ClientProtocol, LocalSettings
 from fedsilo.client.reconnect import Outage
 from fedsilo.client.silence import SilenceWatch
 from fedsilo.common.devices import resolve_device
-from fedsilo.common.errors import ConnectError, FedsiloError, SessionLostError, StopRequestedError
+from fedsilo.common.errors import (
+    ConnectError,
+    FedsiloError,
+    ProtocolError,
+    SessionLostError,
+    StopRequestedError,
+)
 from fedsilo.common.proto import federation_pb2 as pb
 from fedsilo.common.wire import (
+    MAX_CHUNK_SIZE,
+    MESSAGE_OVERHEAD_BYTES,
     SESSION_METHOD_PATH,
     Outbound,
     RawChunk,
@@ -144,6 +152,14 @@ class FederationClient:
                     f"the server at {self.endpoint.address} made no progress for "
                     f"{self.config.idle_timeout:g}s (--idle-timeout); giving up"
                 ) from exc
+            if _oversized(exc):
+                # Not an outage: the server broke the message cap. Reconnecting would only
+                # bring the same message again (and a fresh outage budget with each join).
+                raise ProtocolError(
+                    int(pb.MALFORMED_MESSAGE),
+                    f"the server broke the protocol: a message above this client's cap of "
+                    f"{MAX_CHUNK_SIZE + MESSAGE_OVERHEAD_BYTES} bytes ({exc.details()})",
+                ) from exc
             if not finished:
                 raise SessionLostError(f"{exc.code().name}: {exc.details()}") from exc
         finally:
@@ -167,6 +183,12 @@ def _close_after_refusal(call: grpc.Call, outbox: queue.SimpleQueue[OutboxItem])
         pass
     finally:
         timer.cancel()
+
+
+def _oversized(exc: grpc.RpcError) -> bool:
+    """Whether the call failed because a received message exceeded the channel's cap."""
+    details = exc.details() or ""
+    return exc.code() is grpc.StatusCode.RESOURCE_EXHAUSTED and "larger than max" in details
 
 
 def _parse_or_none(raw: bytes) -> pb.ServerMessage | RawChunk | None:

@@ -66,8 +66,10 @@ def train_round(
     started = time.monotonic()
     # One copy of the received weights serves the codec's delta and the audit's update norm.
     lossy = compressor.setting.codec != "none"
-    reference = floating_copy(model.state_dict()) if measure_norm or lossy else None
-    if reference is not None:
+    reference = None
+    if measure_norm or lossy:
+        reference = floating_copy(model.state_dict(), into=joined.reference)
+        joined.reference = reference
         compressor.remember_global(reference, copy=False)
     with heartbeats, on_device(model, device):
         evaluation = joined.task.evaluate(model, joined.data)

@@ -118,7 +118,8 @@ def test_the_audit_records_the_join_what_came_in_and_what_went_out(tmp_path: Pat
     # By hand: the L2 distance between the trained weights and the model as received.
     norm = sum(float(((trained[k].double() - v.double()) ** 2).sum()) for k, v in received.items())
     norm = norm**0.5
-    assert sent["update_norm"] == pytest.approx(norm, rel=1e-12) and norm > 0
+    # The client subtracts in float32 and sums in float64 pieces: within float32's precision.
+    assert sent["update_norm"] == pytest.approx(norm, rel=1e-6) and norm > 0
     assert sent["bytes"] == len(data) and sent["codec"] == "none"
     assert sent["train_examples"] == upload.send_model.train_examples
     assert sent["metrics"]["train_loss"] == upload.send_model.metrics.train_loss

@@ -287,3 +287,14 @@ def test_a_server_that_sends_nothing_after_init_config_is_given_up(
         gave_up_after = time.monotonic() - ready_at[0]
     # 2 s of silence, the watch polls every 0.5 s, and the process exits: well under 10 s.
     assert 2.0 <= gave_up_after < 10.0
+
+
+def test_a_message_above_the_clients_cap_ends_it_without_a_retry(
+    daemons: Daemons, tmp_path: Path
+) -> None:
+    cap = (64 << 20) + (4 << 20)  # docs/protocol.md, "Message cap"
+    oversized = pb.ServerMessage(chunk=pb.TensorChunk(data=b"\x00" * (cap + 1)))
+    with HostileCoordinator(joined_then(oversized)) as coordinator:
+        client = start_client(daemons, coordinator.port, *LOCAL)
+        assert_refused(client, tmp_path, 1, "a message above this client's cap of 71303168 bytes")
+    assert coordinator.sessions == 1  # it did not come back for more
