@@ -13,11 +13,13 @@ import torch
 
 from fedsilo.client.config import ClientConfig
 from fedsilo.client.connection import resolve_endpoint
+from fedsilo.client.policy import PolicySettings
 from fedsilo.client.session import FederationClient
 from fedsilo.common.cli import (
     INSECURE_HELP,
     ArgumentParser,
     add_config_flag,
+    add_model_flags,
     add_switch,
     exit_process,
     run_daemon,
@@ -79,20 +81,11 @@ def build_parser() -> ArgumentParser:
 
 
 def add_policy_flags(parser: argparse.ArgumentParser) -> None:
-    """Add the flags of the client's policy: its task and the bounds on local training."""
+    """Add the flags of the client's policy (its task, the bounds), derived from its fields."""
     policy = parser.add_argument_group(
         "policy", "what this organisation runs; task_options go in --config or policy.toml"
     )
-    policy.add_argument(
-        "--task",
-        help="the task this client runs: built-in name or package.module:Name; the server must "
-        "ask for exactly it (default: any built-in task the server names)",
-    )
-    policy.add_argument("--max-local-epochs", type=int, help="default 1000")
-    policy.add_argument("--min-batch-size", type=int, help="default 1")
-    policy.add_argument("--max-batch-size", type=int, help="default 65536")
-    policy.add_argument("--max-learning-rate", type=float, help="default 10")
-    policy.add_argument("--max-rounds", type=int, help="most rounds a job may have (100000)")
+    add_model_flags(policy, PolicySettings)
 
 
 def take_part(config: ClientConfig) -> int:

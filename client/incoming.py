@@ -14,10 +14,11 @@ from dataclasses import dataclass
 
 import torch
 
-from fedsilo.common import codec
 from fedsilo.common.errors import CodecError
 from fedsilo.common.proto import federation_pb2 as pb
+from fedsilo.common.specs import check_specs_match, specs_from_header, specs_of
 from fedsilo.common.tensor_checks import first_non_finite
+from fedsilo.common.tensor_stream import TensorStreamDecoder
 
 
 @dataclass
@@ -26,7 +27,7 @@ class IncomingModel:
 
     round: int
     train: pb.TrainConfig | None  # a round's training settings; None for the final evaluation
-    decoder: codec.TensorStreamDecoder
+    decoder: TensorStreamDecoder
 
     @classmethod
     def begin(
@@ -39,14 +40,12 @@ class IncomingModel:
     ) -> IncomingModel:
         """Check ``header`` against the local model and prepare to decode into it."""
         state = model.state_dict()
-        expected = codec.specs_of(state)
-        specs = codec.specs_from_header(
+        expected = specs_of(state)
+        specs = specs_from_header(
             header, sum(spec.nbytes for spec in expected), max_tensors=len(expected)
         )
-        codec.check_specs_match(specs, expected)
-        decoder = codec.TensorStreamDecoder(
-            specs, into=_decodable(state), max_chunk_size=chunk_size
-        )
+        check_specs_match(specs, expected)
+        decoder = TensorStreamDecoder(specs, into=_decodable(state), max_chunk_size=chunk_size)
         return cls(round_number, train, decoder)
 
     def feed(self, data: bytes | memoryview) -> None:

@@ -50,18 +50,18 @@ class PolicySettings(BaseModel):
     task: str | None = Field(
         None,
         min_length=1,
-        description="Task this client runs (built-in name or package.module:Name); the server "
-        "must ask for exactly it. Default: any built-in task the server names.",
+        description="The task this client runs, a built-in name or package.module:Name; the "
+        "server must ask for exactly it (default: any built-in task the server names).",
     )
     task_options: dict[str, OptionValue] = Field(
         default_factory=dict,
         description="Options of the local task (config file or policy.toml only).",
     )
-    max_local_epochs: int = Field(1000, ge=1, description="Most local epochs a round may ask.")
-    min_batch_size: int = Field(1, ge=1, description="Smallest batch size a round may ask.")
-    max_batch_size: int = Field(65536, ge=1, description="Largest batch size a round may ask.")
-    max_learning_rate: float = Field(
-        10.0, gt=0, allow_inf_nan=False, description="Largest learning rate a round may ask."
+    max_epochs: int = Field(1000, ge=1, description="Most local epochs a round may ask for.")
+    min_batch: int = Field(1, ge=1, description="Smallest batch size a round may ask for.")
+    max_batch: int = Field(65536, ge=1, description="Largest batch size a round may ask for.")
+    max_lr: float = Field(
+        10.0, gt=0, allow_inf_nan=False, description="Largest learning rate a round may ask for."
     )
     max_rounds: int = Field(100_000, ge=1, description="Most rounds a job may have.")
 
@@ -69,19 +69,16 @@ class PolicySettings(BaseModel):
     def _consistent(self) -> PolicySettings:
         if self.task_options and self.task is None:
             raise ValueError("task_options: options belong to a local task; set task too")
-        if self.min_batch_size > self.max_batch_size:
-            raise ValueError(
-                f"min_batch_size: {self.min_batch_size} is above max_batch_size "
-                f"{self.max_batch_size}"
-            )
+        if self.min_batch > self.max_batch:
+            raise ValueError(f"min_batch: {self.min_batch} is above max_batch {self.max_batch}")
         return self
 
 
 _BOUNDS = (
-    "max_local_epochs",
-    "min_batch_size",
-    "max_batch_size",
-    "max_learning_rate",
+    "max_epochs",
+    "min_batch",
+    "max_batch",
+    "max_lr",
     "max_rounds",
 )
 
@@ -90,24 +87,22 @@ _BOUNDS = (
 class TrainingBounds:
     """What a server may ask of local training, at most (or at least)."""
 
-    max_local_epochs: int = 1000
-    min_batch_size: int = 1
-    max_batch_size: int = 65536
-    max_learning_rate: float = 10.0
+    max_epochs: int = 1000
+    min_batch: int = 1
+    max_batch: int = 65536
+    max_lr: float = 10.0
     max_rounds: int = 100_000
 
     def problems(self, train: pb.TrainConfig) -> list[str]:
         """Return what in ``train`` is out of bounds, one phrase each (empty: all in bounds)."""
         found = []
-        if not 1 <= train.local_epochs <= self.max_local_epochs:
-            found.append(f"local_epochs {train.local_epochs} not in 1..{self.max_local_epochs}")
-        if not self.min_batch_size <= train.batch_size <= self.max_batch_size:
-            found.append(
-                f"batch_size {train.batch_size} not in {self.min_batch_size}..{self.max_batch_size}"
-            )
+        if not 1 <= train.local_epochs <= self.max_epochs:
+            found.append(f"local_epochs {train.local_epochs} not in 1..{self.max_epochs}")
+        if not self.min_batch <= train.batch_size <= self.max_batch:
+            found.append(f"batch_size {train.batch_size} not in {self.min_batch}..{self.max_batch}")
         lr = train.learning_rate
-        if not (math.isfinite(lr) and 0 < lr <= self.max_learning_rate):
-            found.append(f"learning_rate {lr:g} not in (0, {self.max_learning_rate:g}]")
+        if not (math.isfinite(lr) and 0 < lr <= self.max_lr):
+            found.append(f"learning_rate {lr:g} not in (0, {self.max_lr:g}]")
         mu = train.proximal_mu
         if not (math.isfinite(mu) and mu >= 0):
             found.append(f"proximal_mu {mu:g} is not a finite number >= 0")

@@ -16,9 +16,10 @@ import torch
 
 from fedsilo.client.joined import Joined
 from fedsilo.client.policy import ClientPolicy
-from fedsilo.common import codec
 from fedsilo.common.proto import federation_pb2 as pb
+from fedsilo.common.specs import header_of, specs_of
 from fedsilo.common.tensor_checks import floating_copy, update_norm
+from fedsilo.common.tensor_stream import TensorStreamEncoder
 from fedsilo.common.wire import (
     CLIENT_CHUNKS,
     PROTOCOL_VERSION,
@@ -88,7 +89,7 @@ def train_round(
     trained = model.state_dict()
     norm = update_norm(trained, reference) if measure_norm and reference is not None else None
     wire = compressor.encode(trained)
-    specs = codec.specs_of(wire)
+    specs = specs_of(wire)
     metrics = pb.LocalMetrics(
         train_loss=result.loss, train_seconds=seconds, evaluation=evaluation_message(evaluation)
     )
@@ -97,7 +98,7 @@ def train_round(
             round=round_number,
             train_examples=result.examples,
             metrics=metrics,
-            update=codec.header_of(specs),
+            update=header_of(specs),
         )
     )
     frames: pb.ClientMessage | Iterator[bytes] = send
@@ -105,7 +106,7 @@ def train_round(
     if inline is not None:
         send.send_model.update.inline.CopyFrom(inline)
     else:
-        encoder = codec.TensorStreamEncoder(list(wire.values()), joined.job.chunk_size)
+        encoder = TensorStreamEncoder(list(wire.values()), joined.job.chunk_size)
         frames = tensor_stream_frames(send, encoder, CLIENT_CHUNKS, _client_trailer)
     record = {
         "round": round_number,
@@ -177,10 +178,10 @@ def join_record(joined: Joined, rejoined: bool, policy: ClientPolicy) -> dict[st
         },
         "training": {k: v for k, v in train_record(job.train).items() if k != "seed"},
         "bounds": {
-            "max_local_epochs": bounds.max_local_epochs,
-            "min_batch_size": bounds.min_batch_size,
-            "max_batch_size": bounds.max_batch_size,
-            "max_learning_rate": bounds.max_learning_rate,
+            "max_epochs": bounds.max_epochs,
+            "min_batch": bounds.min_batch,
+            "max_batch": bounds.max_batch,
+            "max_lr": bounds.max_lr,
             "max_rounds": bounds.max_rounds,
         },
         "partition": joined.partition,

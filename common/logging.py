@@ -9,11 +9,12 @@ from __future__ import annotations
 
 import logging
 import sys
-from typing import Any
+from typing import Any, Literal, get_args
 
 import structlog
 
-LEVELS = ("debug", "info", "warning", "error")
+LogLevel = Literal["debug", "info", "warning", "error"]
+LEVELS: tuple[str, ...] = get_args(LogLevel)
 
 
 def configure_logging(level: str = "info", json: bool | None = None) -> None:

@@ -1,17 +1,27 @@
 """Checks on received tensors that both ends make: finite values, and how far an update moved.
 
-Both visit one tensor a block at a time (``codec.tensor_blocks``), so a big model costs one
-small buffer, never a model-sized mask or a float64 copy.
+Both visit one tensor a block at a time, so a big model costs one small buffer, never a
+model-sized mask or a float64 copy. (The server checks uploads that may be spilled to disk with
+its own block reader, ``server/spill.py``.)
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 
 import numpy as np
 import torch
 
-from fedsilo.common import codec
+BLOCK_BYTES = 16 << 20  # what one pass over a big tensor holds at once
+
+
+def _blocks(tensor: torch.Tensor) -> Iterator[tuple[int, torch.Tensor]]:
+    """Yield (first element, flat block) of an in-memory tensor."""
+    flat = tensor.reshape(-1)
+    per_block = max(1, BLOCK_BYTES // max(1, flat.element_size()))
+    for start in range(0, flat.numel(), per_block):
+        yield start, flat[start : start + per_block]
+
 
 # dtypes numpy checks for NaN/infinity in one fast pass; others (bfloat16, float8) are upcast
 _NUMPY_FLOATS = (torch.float16, torch.float32, torch.float64, torch.complex64, torch.complex128)
@@ -19,7 +29,7 @@ _NUMPY_FLOATS = (torch.float16, torch.float32, torch.float64, torch.complex64, t
 
 def _all_finite(tensors: Mapping[str, torch.Tensor], name: str) -> bool:
     mask: np.ndarray | None = None  # one small mask, reused
-    for _, block in codec.tensor_blocks(tensors, name):
+    for _, block in _blocks(tensors[name]):
         if not (block.is_floating_point() or block.is_complex()):
             return True  # integers and booleans are always finite
         if block.dtype in _NUMPY_FLOATS:
@@ -84,7 +94,7 @@ def update_norm(update: Mapping[str, torch.Tensor], reference: Mapping[str, torc
         work = torch.float64 if base_tensor.dtype == torch.float64 else torch.float32
         base = base_tensor.reshape(-1)
         left, right = torch.empty(_PIECE, dtype=work), torch.empty(_PIECE, dtype=work)
-        for start, block in codec.tensor_blocks(update, name):
+        for start, block in _blocks(update[name]):
             for offset in range(0, block.numel(), _PIECE):
                 count = min(_PIECE, block.numel() - offset)
                 piece = block[offset : offset + count]

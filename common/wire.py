@@ -16,8 +16,8 @@ from typing import Generic, TypeVar
 import torch
 from google.protobuf.message import DecodeError, Message
 
-from fedsilo.common.codec import TensorStreamEncoder
 from fedsilo.common.proto import federation_pb2 as pb
+from fedsilo.common.tensor_stream import TensorStreamEncoder
 
 # 2: JobConfig carries the task identity (canonical options JSON and hash, no protobuf Struct)
 # and the job's training settings. A version-1 peer would read the options as empty and run the

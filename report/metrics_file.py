@@ -1,15 +1,16 @@
 """Read a run folder's metrics.jsonl into typed rows; a bad line is one ConfigError naming it.
 
 The rows are written by ``fedsilo.server.run_files.MetricsLog`` (fields in README.md). Any field
-may be missing (row 0 has no training fields, an aborted run's last row has no evaluation); a
-field that is present must have the right type.
+may be missing (row 0 has no training fields, an aborted run's last row has no evaluation, files
+written before central evaluation, named metrics or DP have none of those); a field that is
+present must have the right type. Fields this reader does not know are ignored.
 """
 
 from __future__ import annotations
 
 import json
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +28,9 @@ class ClientEval:
     examples: int | None
     loss: float | None
     accuracy: float | None
+    metrics: Mapping[str, float] = field(default_factory=dict)
+    # Why this client has no evaluation this round, when it reported one instead.
+    error: str | None = None
 
 
 @dataclass(frozen=True)
@@ -49,6 +53,15 @@ class Row:
     eval_accuracy: float | None = None
     eval_examples: int | None = None
     eval_clients: tuple[ClientEval, ...] = ()
+    # Named extra metrics (AUROC, sensitivity, ...) of the clients' evaluation.
+    eval_metrics: Mapping[str, float] = field(default_factory=dict)
+    # The global model on the server's own evaluation set, when the task has one.
+    central_loss: float | None = None
+    central_accuracy: float | None = None
+    central_examples: int | None = None
+    central_metrics: Mapping[str, float] = field(default_factory=dict)
+    # The DP accountant's epsilon spent up to this round.
+    epsilon: float | None = None
     train_loss: float | None = None
     train_examples: int | None = None
     participants: tuple[int, ...] | None = None
@@ -99,6 +112,25 @@ def _objects(obj: Mapping[str, Any], key: str) -> list[Mapping[str, Any]]:
     return value
 
 
+def _named(obj: Mapping[str, Any], key: str) -> dict[str, float]:
+    """Return an object of named metrics; a null value counts as absent."""
+    value = obj.get(key)
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise _FieldError(f"{key} is not an object of named metrics")
+    metrics = {}
+    for name, number in value.items():
+        if not name:
+            raise _FieldError(f"{key} has a metric without a name")
+        if number is None:
+            continue
+        if isinstance(number, bool) or not isinstance(number, (int, float)):
+            raise _FieldError(f"{key}.{name} is {number!r}, not a number")
+        metrics[name] = float(number)
+    return metrics
+
+
 def _ids(obj: Mapping[str, Any], key: str) -> tuple[int, ...] | None:
     value = obj.get(key)
     if value is None:
@@ -117,6 +149,18 @@ def _client_id(obj: Mapping[str, Any], key: str) -> int:
     return client_id
 
 
+def _client_eval(item: Mapping[str, Any]) -> ClientEval:
+    """Return one entry of eval_clients: its values, or the error it reported instead."""
+    return ClientEval(
+        client_id=_client_id(item, "eval_clients"),
+        examples=_int(item, "examples"),
+        loss=_float(item, "loss"),
+        accuracy=_float(item, "accuracy"),
+        metrics=_named(item, "metrics"),
+        error=_str(item, "error"),
+    )
+
+
 def _row(obj: Any) -> Row:
     """Return the Row for one decoded JSON line; raise _FieldError naming a wrong field."""
     if not isinstance(obj, dict):
@@ -130,15 +174,13 @@ def _row(obj: Any) -> Row:
         eval_loss=_float(obj, "eval_loss"),
         eval_accuracy=_float(obj, "eval_accuracy"),
         eval_examples=_int(obj, "eval_examples"),
-        eval_clients=tuple(
-            ClientEval(
-                client_id=_client_id(item, "eval_clients"),
-                examples=_int(item, "examples"),
-                loss=_float(item, "loss"),
-                accuracy=_float(item, "accuracy"),
-            )
-            for item in _objects(obj, "eval_clients")
-        ),
+        eval_clients=tuple(_client_eval(item) for item in _objects(obj, "eval_clients")),
+        eval_metrics=_named(obj, "eval_metrics"),
+        central_loss=_float(obj, "central_loss"),
+        central_accuracy=_float(obj, "central_accuracy"),
+        central_examples=_int(obj, "central_examples"),
+        central_metrics=_named(obj, "central_metrics"),
+        epsilon=_float(obj, "epsilon"),
         train_loss=_float(obj, "train_loss"),
         train_examples=_int(obj, "train_examples"),
         participants=_ids(obj, "participants"),

@@ -127,3 +127,25 @@ def summary_markdown(runs: Sequence[Run]) -> str:
         "",
     ]
     return "\n".join(lines)
+
+
+# At most this many failed evaluations are spelled out per run; the count covers all.
+ERRORS_SHOWN = 5
+
+
+def errors_section(runs: Sequence[Run]) -> str:
+    """Return a section naming the client evaluations that reported an error, or ""."""
+    lines = []
+    for run in runs:
+        failed = [(row.round, c) for row in run.rows for c in row.eval_clients if c.error]
+        if not failed:
+            continue
+        shown = "; ".join(
+            f"r{number} client {c.client_id}: {' '.join((c.error or '').split())}"
+            for number, c in failed[:ERRORS_SHOWN]
+        )
+        more = f"; {len(failed) - ERRORS_SHOWN} more" if len(failed) > ERRORS_SHOWN else ""
+        lines.append(f"- {_cell(run.label)}: {len(failed)} ({_cell(shown)}{more})")
+    if not lines:
+        return ""
+    return "\n".join(["## Client evaluation errors", "", *lines, ""]) + "\n"

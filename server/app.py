@@ -14,14 +14,15 @@ import grpc
 import structlog
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
-from fedsilo.common.allocator import tune_for_streams
 from fedsilo.common.bundles import load_server_bundle
 from fedsilo.common.errors import ConfigError, FedsiloError, PortInUseError
 from fedsilo.common.logging import get_logger
 from fedsilo.common.wire import SERVER_PING_POLICY, SERVICE_NAME, channel_options
+from fedsilo.server.allocator import tune_for_streams
 from fedsilo.server.checkpoint import CHECKPOINT_FILE, Checkpoint, job_identity, load_checkpoint
 from fedsilo.server.config import ServerConfig
 from fedsilo.server.job import Job, JobOutcome
+from fedsilo.server.run_files import MODEL_FILE, finished_rounds
 from fedsilo.server.service import FederationService
 from fedsilo.tasks import load_task
 
@@ -146,6 +147,10 @@ def serve(config: ServerConfig) -> JobOutcome:
     log = get_logger(job_id=config.job_id)
     # Before anything touches the run folder: a second server of this job must change nothing.
     check_port_free(config.host, config.port, config.job_id)
+    done = finished_rounds(config.run_dir) if config.resume else None
+    if done is not None:
+        log.info("job_already_finished", rounds=done, model=str(config.run_dir / MODEL_FILE))
+        return JobOutcome(finished=True, rounds_completed=done, already_finished=True)
     job = make_job(config, log, find_checkpoint(config, log))
     health_service = health.HealthServicer()
     server = build_server(config, job, health_service)

@@ -27,7 +27,7 @@ from fedsilo.server.run_files import atomic_write
 
 CHECKPOINT_FILE = "checkpoint.pt"
 CHECKPOINT_NICENESS = 10
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: client ids live in client_ids.jsonl, no longer here
 
 
 @dataclass(frozen=True)
@@ -38,7 +38,6 @@ class Checkpoint:
     global_state: dict[str, torch.Tensor]
     strategy_state: dict[str, Any]
     pending_row: dict[str, Any]
-    client_ids: dict[str, int]
     identity: dict[str, Any]
 
 
@@ -62,7 +61,6 @@ def save_checkpoint(path: Path, checkpoint: Checkpoint) -> None:
         "global_state": checkpoint.global_state,
         "strategy_state": checkpoint.strategy_state,
         "pending_row": checkpoint.pending_row,
-        "client_ids": checkpoint.client_ids,
         "identity": checkpoint.identity,
     }
     atomic_write(path, lambda handle: torch.save(payload, handle))
@@ -111,6 +109,7 @@ class CheckpointWriter:
 
         def run() -> None:
             _lower_priority_of_this_thread()
+            self._log.debug("checkpoint_writing", round=checkpoint.round)
             started = time.monotonic()
             try:
                 save_checkpoint(self.path, checkpoint)
@@ -164,6 +163,5 @@ def load_checkpoint(path: Path, identity: Mapping[str, Any]) -> Checkpoint:
         global_state=dict(payload["global_state"]),
         strategy_state=dict(payload["strategy_state"]),
         pending_row=dict(payload["pending_row"]),
-        client_ids={str(k): int(v) for k, v in payload["client_ids"].items()},
         identity=dict(payload["identity"]),
     )

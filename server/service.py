@@ -22,7 +22,8 @@ from fedsilo.common.wire import (
     tolerant_deserializer,
 )
 from fedsilo.server.job import Job
-from fedsilo.server.session import CLOSE, ClientSession, OutgoingModel
+from fedsilo.server.outbox import CLOSE, OutgoingModel
+from fedsilo.server.session import ClientSession
 
 
 class FederationService:
@@ -44,18 +45,21 @@ class FederationService:
             daemon=True,
         )
         reader.start()
-        while True:
-            item = session.outbox.get()
-            if item is CLOSE:
-                return
-            if isinstance(item, OutgoingModel):
-                for frame in item:
-                    yield frame
+        try:
+            while True:
+                item = session.outbox.get()
+                if item is CLOSE:
+                    return
+                if isinstance(item, OutgoingModel):
+                    for frame in item:
+                        yield frame
+                        session.touch()
+                    session.model_sent()
+                else:
+                    yield item  # type: ignore[misc]
                     session.touch()
-                session.downloading = False
-            else:
-                yield item  # type: ignore[misc]
-                session.touch()
+        finally:
+            session.stream_ended()
 
     def handler(self) -> grpc.GenericRpcHandler:
         """Return the generic handler registering Session with fedsilo's (de)serializers."""

@@ -17,13 +17,17 @@ A refused SendModel (wrong round, bad header, round already closed) or a broken 
 session to DISCARDING, which swallows the rest of that tensor stream up to its trailer.
 
 The job's phases advance along ``JOB_PHASES``: WAITING -> ROUND -> ... -> EVALUATING -> FINISHED,
-with ABORTED reachable from any phase before the end.
+with ABORTED reachable from any phase before the end. A job resumed from a checkpoint starts in
+RESTORED, from which it waits for clients for its next round, or, when every round was already
+done, goes straight to EVALUATING (which waits for its clients itself). A move that is not in
+the table is a bug, never a traceback: it aborts the job with a line saying which move it was.
 """
 
 from __future__ import annotations
 
 from enum import Enum
 
+from fedsilo.common.errors import JobAbortedError
 from fedsilo.common.proto import federation_pb2 as pb
 
 
@@ -127,6 +131,7 @@ def illegal_code(state: SessionState, event: Event) -> int:
 class JobPhase(Enum):
     """Where the whole job is."""
 
+    RESTORED = "restored"  # resumed from a checkpoint; this run has not waited for clients yet
     WAITING = "waiting"
     ROUND = "round"
     EVALUATING = "evaluating"
@@ -135,6 +140,7 @@ class JobPhase(Enum):
 
 
 JOB_PHASES: dict[JobPhase, frozenset[JobPhase]] = {
+    JobPhase.RESTORED: frozenset({JobPhase.WAITING, JobPhase.EVALUATING, JobPhase.ABORTED}),
     JobPhase.WAITING: frozenset({JobPhase.ROUND, JobPhase.ABORTED}),
     JobPhase.ROUND: frozenset(
         {JobPhase.WAITING, JobPhase.ROUND, JobPhase.EVALUATING, JobPhase.ABORTED}
@@ -146,7 +152,13 @@ JOB_PHASES: dict[JobPhase, frozenset[JobPhase]] = {
 
 
 def next_phase(current: JobPhase, target: JobPhase) -> JobPhase:
-    """Return ``target`` if the job may move there from ``current``; raise otherwise."""
+    """Return ``target`` if the job may move there from ``current``; else raise PhaseError."""
     if target not in JOB_PHASES[current]:
-        raise RuntimeError(f"job cannot move from {current.value} to {target.value}")
+        raise PhaseError(
+            f"internal error: the job cannot move from {current.value} to {target.value}"
+        )
     return target
+
+
+class PhaseError(JobAbortedError, RuntimeError):
+    """A phase transition that the table does not allow: the job aborts with this line."""

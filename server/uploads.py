@@ -21,7 +21,9 @@ from pathlib import Path
 
 import torch
 
-from fedsilo.common.codec import SpilledTensors, TensorSpec, TensorStreamDecoder, specs_of
+from fedsilo.common.specs import TensorSpec, specs_of
+from fedsilo.common.tensor_stream import TensorStreamDecoder
+from fedsilo.server.spill import SpilledTensors, SpillSink
 from fedsilo.server.validation import ClippedUpdate
 
 SPILL_SUFFIX = ".upload"
@@ -64,7 +66,9 @@ class UploadStore:
             return decoder
         self.spill_dir.mkdir(parents=True, exist_ok=True)
         path = self.spill_dir / f"{label}-{next(self._serial)}{SPILL_SUFFIX}"
-        return TensorStreamDecoder(specs, max_chunk_size=self._chunk_size, spill_to=path)
+        return TensorStreamDecoder(
+            specs, max_chunk_size=self._chunk_size, sink=SpillSink(path, specs)
+        )
 
     def release(self, tensors: Mapping[str, torch.Tensor], reuse: bool) -> None:
         """Take back a decoded update: delete its spill file, or keep its buffers if ``reuse``."""

@@ -5,12 +5,19 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Sequence
-from pathlib import Path
 from typing import NoReturn
 
-from fedsilo.common.cli import ArgumentParser, add_config_flag, exit_process, run_daemon
-from fedsilo.common.logging import LEVELS
-from fedsilo.server.cli import add_job_flags
+from fedsilo.client.config import ClientConfig
+from fedsilo.common.cli import (
+    ArgumentParser,
+    add_config_flag,
+    add_model_flags,
+    exit_process,
+    file_only_epilog,
+    run_daemon,
+)
+from fedsilo.server.config import ServerConfig
+from fedsilo.server.job_spec import JOB_FLAG_ALIASES, JobSpec
 from fedsilo.server.run_files import METRICS_FILE, MODEL_FILE
 from fedsilo.sim.app import simulate, tty_progress
 from fedsilo.sim.config import SimConfig
@@ -19,21 +26,30 @@ PROG = "fl-sim"
 
 
 def build_parser() -> ArgumentParser:
-    """Return the fl-sim argument parser; every flag maps to a SimConfig field."""
+    """Return the fl-sim argument parser: one flag per SimConfig field (tables excepted)."""
     parser = ArgumentParser(
         prog=PROG,
         description="Simulate a federation in one process with the server's own job loop and "
-        "strategy and the client's own protocol. Flags can also be FEDSILO_<NAME> or --config.",
+        "strategy and the client's own protocol. Each setting can also be set as "
+        "FEDSILO_<NAME> or in --config; flags win over the environment, which wins over the file.",
         argument_default=argparse.SUPPRESS,
     )
     add_config_flag(parser)
-    add_job_flags(parser, min_clients_default=1)
-    parser.add_argument("--clients", type=int, help="simulated clients (default: the task's own)")
-    parser.add_argument("--out", type=Path, help="run folder (default runs/sim)")
-    parser.add_argument("--device", help="auto (a GPU when there is one), cpu, cuda, cuda:N")
-    parser.add_argument("--threads", type=int, help="CPU threads for torch")
-    parser.add_argument("--log-level", choices=LEVELS, help="default warning")
+    file_only = add_model_flags(
+        parser.add_argument_group("the job (shared with fl-server)"),
+        SimConfig,
+        JobSpec.model_fields,
+        JOB_FLAG_ALIASES,
+    )
+    own = [name for name in SimConfig.model_fields if name not in JobSpec.model_fields]
+    file_only += add_model_flags(parser.add_argument_group("the simulation"), SimConfig, own)
+    parser.epilog = file_only_epilog(file_only)
     return parser
+
+
+# Settings of the daemons that may share fl-sim's environment: never taken for a typo of ours
+# (FEDSILO_MAX_CLIENTS is fl-server's, not a misspelt min_clients).
+FOREIGN_SETTINGS = frozenset(ServerConfig.model_fields) | frozenset(ClientConfig.model_fields)
 
 
 def run_simulation(config: SimConfig) -> int:
@@ -55,7 +71,9 @@ def run_simulation(config: SimConfig) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of ``fl-sim``."""
-    return run_daemon(PROG, build_parser(), SimConfig, run_simulation, argv)
+    return run_daemon(
+        PROG, build_parser(), SimConfig, run_simulation, argv, foreign=FOREIGN_SETTINGS
+    )
 
 
 def entry_point() -> NoReturn:

@@ -21,7 +21,8 @@ from fedsilo.common.wire import (
     serialize,
     tolerant_deserializer,
 )
-from fedsilo.server.session import CLOSE, ClientSession, OutgoingModel
+from fedsilo.server.outbox import CLOSE, OutgoingModel
+from fedsilo.server.session import ClientSession
 
 _parse_client = tolerant_deserializer(pb.ClientMessage, CLIENT_CHUNKS)
 
@@ -75,7 +76,10 @@ class InProcessLink:
                         if self.protocol.handle(message):
                             self.finished.set()
                         self.session.touch()
+                if isinstance(item, OutgoingModel):
+                    self.session.model_sent()
         except Exception as exc:  # recorded; the simulator re-raises it
             self.failure = exc
         finally:
+            self.session.stream_ended()
             self.session.disconnect()

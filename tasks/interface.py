@@ -25,6 +25,37 @@ from torch.utils.data import Dataset
 
 
 @dataclass(frozen=True)
+class DpSgdConfig:
+    """Record-level DP-SGD of one round (Opacus): noise multiplier, clipping norm, seed.
+
+    ``seed=None`` (the default) draws Poisson sampling and noise from generators seeded by
+    ``os.urandom``: the only private choice. An int makes the round reproducible, but whoever
+    knows it (the coordinator, when it is the job's training seed) can recompute the noise and
+    the batches, so a seeded round is not private against them: for research simulations only.
+    """
+
+    noise_multiplier: float
+    max_grad_norm: float
+    seed: int | None = None
+
+    def __post_init__(self) -> None:
+        if not self.noise_multiplier > 0:
+            raise ValueError(f"noise_multiplier must be > 0, got {self.noise_multiplier}")
+        if not self.max_grad_norm > 0:
+            raise ValueError(f"max_grad_norm must be > 0, got {self.max_grad_norm}")
+
+
+@dataclass(frozen=True)
+class DpSgdReport:
+    """What DP-SGD did in one round: the input of the privacy accountant."""
+
+    noise_multiplier: float
+    max_grad_norm: float
+    sample_rate: float  # Poisson sampling probability of each record per step
+    steps: int  # noisy optimizer steps taken
+
+
+@dataclass(frozen=True)
 class TrainConfig:
     """Hyper-parameters of one client's local training in one round."""
 
@@ -33,14 +64,21 @@ class TrainConfig:
     learning_rate: float
     seed: int
     proximal_mu: float = 0.0  # FedProx (Li et al. 2020): 0 is plain local training
+    privacy: DpSgdConfig | None = None  # record-level DP-SGD; None: plain training
 
 
 @dataclass(frozen=True)
 class TrainResult:
-    """What local training reports: examples seen per epoch (the update's weight) and mean loss."""
+    """What local training reports: examples seen per epoch (the update's weight) and mean loss.
+
+    ``steps`` counts optimizer steps; ``privacy`` says what DP-SGD did, and must be set by a
+    Task whose TrainConfig carried ``privacy`` (the client refuses a round without it).
+    """
 
     examples: int
     loss: float
+    steps: int = 0
+    privacy: DpSgdReport | None = None
 
 
 @dataclass(frozen=True)

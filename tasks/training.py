@@ -1,7 +1,8 @@
 """Ready-made local training and evaluation loops for classifiers, for Tasks to call.
 
 Plain functions, deterministic from the seed in TrainConfig: shuffling uses its own
-torch.Generator, never the global RNG.
+torch.Generator, never the global RNG. With DP-SGD (``TrainConfig.privacy``) batches and noise
+come from ``privacy.seed`` instead, secret unless the operator set one (``tasks/privacy.py``).
 """
 
 from __future__ import annotations
@@ -34,11 +35,16 @@ def train_classifier(
     With ``config.proximal_mu > 0`` the objective adds FedProx's proximal term (Li et al. 2020,
     https://arxiv.org/abs/1812.06127) pulling the weights towards those training started from,
     the global model. The reported loss is the cross-entropy alone, comparable across mu.
+    With ``config.privacy`` set, training is DP-SGD (``fedsilo.tasks.privacy.make_private``):
+    Poisson-sampled batches of ``batch_size`` in expectation, ``ceil(examples / batch_size)``
+    noisy steps per epoch, and the result's ``privacy`` says what was done.
     """
     # getattr: TrainConfig gains proximal_mu (default 0) in a separate change.
     mu = float(getattr(config, "proximal_mu", 0.0))
     if not mu >= 0:
         raise ValueError(f"proximal_mu must be >= 0, got {mu}")
+    if getattr(config, "privacy", None) is not None:
+        return _train_private(model, dataset, config, mu)
     generator = torch.Generator().manual_seed(config.seed)
     loader = DataLoader(dataset, batch_size=config.batch_size, shuffle=True, generator=generator)
     parameters = list(model.parameters())
@@ -56,7 +62,61 @@ def train_classifier(
             optimizer.step()
             total_loss += float(loss.detach())
             batches += 1
-    return TrainResult(examples=len(dataset), loss=total_loss / max(batches, 1))  # type: ignore[arg-type]
+    return TrainResult(
+        examples=len(dataset),  # type: ignore[arg-type]
+        loss=total_loss / max(batches, 1),
+        steps=batches,
+    )
+
+
+def _add_proximal_gradient(
+    parameters: Sequence[torch.Tensor], anchor: Sequence[torch.Tensor], mu: float
+) -> None:
+    """Add the gradient of proximal_term, ``mu * (w - w_global)``, to each parameter's grad."""
+    for p, a in zip(parameters, anchor, strict=True):
+        if p.grad is not None:
+            p.grad.add_(p.detach() - a, alpha=mu)
+
+
+def _train_private(
+    model: torch.nn.Module, dataset: Dataset[Any], config: TrainConfig, mu: float
+) -> TrainResult:
+    """Train as train_classifier does, with DP-SGD: per-sample clipping, noise, Poisson batches."""
+    from fedsilo.tasks.privacy import make_private
+
+    assert config.privacy is not None
+    parameters = list(model.parameters())
+    anchor = [p.detach().clone() for p in parameters] if mu > 0 else []
+    optimizer = torch.optim.SGD(parameters, lr=config.learning_rate)
+    device = parameters[0].device
+    loader = DataLoader(dataset, batch_size=config.batch_size)
+    model.train()
+    total_loss, batches = 0.0, 0
+    with make_private(model, optimizer, loader, config.privacy) as private:
+        for _ in range(config.local_epochs):
+            for inputs, labels in private.loader:
+                private.optimizer.zero_grad(set_to_none=True)
+                count = len(labels)
+                logits = model(inputs.to(device))
+                # A Poisson batch may be empty: its mean is NaN, its sum 0 (the step still adds
+                # noise and is counted by the accountant).
+                loss = functional.cross_entropy(logits, labels.to(device), reduction="sum")
+                (loss / max(count, 1)).backward()  # type: ignore[no-untyped-call]
+                # The proximal gradient depends on no record: add it after clipping and noise.
+                if private.optimizer.pre_step():
+                    if anchor:
+                        _add_proximal_gradient(parameters, anchor, mu)
+                    private.optimizer.original_optimizer.step()
+                if count:
+                    total_loss += float(loss.detach()) / count
+                    batches += 1
+        report = private.report()
+    return TrainResult(
+        examples=len(dataset),  # type: ignore[arg-type]
+        loss=total_loss / max(batches, 1),
+        steps=report.steps,
+        privacy=report,
+    )
 
 
 @torch.no_grad()

@@ -8,10 +8,12 @@ no logging, no clock.
 from __future__ import annotations
 
 from collections.abc import Mapping
+from typing import Literal
 
 import torch
+from pydantic import BaseModel, ConfigDict
 
-from fedsilo.common import codec
+from fedsilo.server.spill import tensor_blocks
 
 State = dict[str, torch.Tensor]
 
@@ -50,7 +52,7 @@ def fold(weighted_sum: State, update: Mapping[str, torch.Tensor], weight: float)
     """
     for name, total in weighted_sum.items():
         flat = total.view(-1)
-        for start, block in codec.tensor_blocks(update, name):
+        for start, block in tensor_blocks(update, name):
             flat[start : start + block.numel()].add_(block.to(total.dtype), alpha=weight)
 
 
@@ -80,11 +82,17 @@ def aggregate(updates: list[Mapping[str, torch.Tensor]], weights: list[float]) -
     return weighted_mean(weighted_sum, sum(weights), updates[0])
 
 
+class FedAvgOptions(BaseModel):
+    """FedAvg takes no options."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
 class FedAvg:
     """FedAvg keeps no state across rounds: the new global model is the weighted mean."""
 
     name = "fedavg"
-    needs_all_updates = False  # updates are folded into a running sum as they arrive
+    needs_all_updates: Literal[False] = False  # updates are folded into a running sum
 
     def next_global(self, global_state: State, mean_update: State) -> State:
         """Return the next global model given the current one and the mean of client models."""

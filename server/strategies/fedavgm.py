@@ -21,8 +21,10 @@ I/O, no logging, no clock.
 from __future__ import annotations
 
 from collections.abc import Mapping
+from typing import Literal
 
 import torch
+from pydantic import BaseModel, ConfigDict, Field
 
 from fedsilo.server.strategies.fedopt import ServerBuffers, assemble, pseudo_gradient
 
@@ -42,19 +44,25 @@ def momentum_step(
     return g + server_learning_rate * new_velocity, new_velocity
 
 
+class FedAvgMOptions(BaseModel):
+    """FedAvgM's options (``strategy_options``); the defaults are explained above."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    server_learning_rate: float = Field(1.0, gt=0, description="Step along the velocity.")
+    momentum: float = Field(0.9, ge=0, lt=1, description="Heavy-ball momentum of the velocity.")
+
+
 class FedAvgM:
     """FedAvgM: the server steps along a momentum of the clients' mean deltas; keeps v."""
 
     name = "fedavgm"
-    needs_all_updates = False  # needs only the streamed weighted mean
+    needs_all_updates: Literal[False] = False  # needs only the streamed weighted mean
 
     def __init__(self, server_learning_rate: float = 1.0, momentum: float = 0.9) -> None:
-        if not server_learning_rate > 0:
-            raise ValueError(f"server_learning_rate must be > 0, got {server_learning_rate}")
-        if not 0 <= momentum < 1:
-            raise ValueError(f"momentum must be in [0, 1), got {momentum}")
-        self.server_learning_rate = float(server_learning_rate)
-        self.momentum = float(momentum)
+        options = FedAvgMOptions(server_learning_rate=server_learning_rate, momentum=momentum)
+        self.server_learning_rate = options.server_learning_rate
+        self.momentum = options.momentum
         self.buffers = ServerBuffers({"v": 0.0})
 
     def next_global(self, global_state: State, mean_update: State) -> State:

@@ -32,6 +32,7 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 import torch
+from pydantic import BaseModel, ConfigDict, Field
 
 State = dict[str, torch.Tensor]
 Rule = Literal["adagrad", "adam", "yogi"]
@@ -145,7 +146,7 @@ class ServerBuffers:
         self.tensors = tensors if self.step else {}
 
 
-def adaptive_step(
+def adaptive_step(  # noqa: PLR0913 - the symbols of Algorithm 2, one per parameter
     g: torch.Tensor,
     delta: torch.Tensor,
     m: torch.Tensor,
@@ -171,6 +172,26 @@ def adaptive_step(
     return g + eta * new_m / (new_v.sqrt() + tau), new_m, new_v
 
 
+class FedAdagradOptions(BaseModel):
+    """FedAdagrad's options (``strategy_options``); the defaults are explained above."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    eta: float = Field(1e-2, gt=0, description="Server learning rate.")
+    beta1: float = Field(0.9, ge=0, lt=1, description="Decay of the first moment m.")
+    tau: float = Field(1e-3, gt=0, description="Added to sqrt(v): the degree of adaptivity.")
+    initial_v: float | None = Field(None, ge=0, description="Start of v (default tau**2).")
+
+
+class FedAdamOptions(FedAdagradOptions):
+    """FedAdam's options: FedAdagrad's and the decay of v."""
+
+    beta2: float = Field(0.99, ge=0, lt=1, description="Decay of the second moment v.")
+
+
+FedYogiOptions = FedAdamOptions  # Yogi has Adam's hyper-parameters; only its v update differs
+
+
 @dataclass(frozen=True)
 class AdaptiveOptions:
     """Hyper-parameters of one adaptive server optimizer (``beta2`` is unused by adagrad)."""
@@ -182,30 +203,24 @@ class AdaptiveOptions:
     tau: float
     initial_v: float
 
-    def __post_init__(self) -> None:
-        if not self.eta > 0:
-            raise ValueError(f"eta must be > 0, got {self.eta}")
-        for beta in ("beta1", "beta2"):
-            if not 0 <= getattr(self, beta) < 1:
-                raise ValueError(f"{beta} must be in [0, 1), got {getattr(self, beta)}")
-        if not self.tau > 0:
-            raise ValueError(f"tau must be > 0, got {self.tau}")
-        if not self.initial_v >= 0:
-            raise ValueError(f"initial_v must be >= 0, got {self.initial_v}")
-
 
 def adaptive_options(
     rule: Rule, *, eta: float, beta1: float, beta2: float, tau: float, initial_v: float | None
 ) -> AdaptiveOptions:
-    """Return validated options; ``initial_v=None`` means ``tau**2``."""
-    tau = float(tau)
+    """Return options checked by the rule's options model; ``initial_v=None`` means ``tau**2``."""
+    if rule == "adagrad":
+        checked: FedAdagradOptions = FedAdagradOptions(
+            eta=eta, beta1=beta1, tau=tau, initial_v=initial_v
+        )
+    else:
+        checked = FedAdamOptions(eta=eta, beta1=beta1, beta2=beta2, tau=tau, initial_v=initial_v)
     return AdaptiveOptions(
         rule=rule,
-        eta=float(eta),
-        beta1=float(beta1),
-        beta2=float(beta2),
-        tau=tau,
-        initial_v=tau**2 if initial_v is None else float(initial_v),
+        eta=checked.eta,
+        beta1=checked.beta1,
+        beta2=checked.beta2 if isinstance(checked, FedAdamOptions) else 0.0,
+        tau=checked.tau,
+        initial_v=checked.tau**2 if checked.initial_v is None else checked.initial_v,
     )
 
 
@@ -247,7 +262,7 @@ class FedAdagrad:
     """FedAdagrad: Adagrad on the server, fed the clients' mean pseudo-gradient; keeps m and v."""
 
     name = "fedadagrad"
-    needs_all_updates = False  # needs only the streamed weighted mean
+    needs_all_updates: Literal[False] = False  # needs only the streamed weighted mean
 
     def __init__(
         self,
@@ -278,7 +293,7 @@ class FedAdam:
     """FedAdam: Adam on the server, fed the clients' mean pseudo-gradient; keeps m and v."""
 
     name = "fedadam"
-    needs_all_updates = False  # needs only the streamed weighted mean
+    needs_all_updates: Literal[False] = False  # needs only the streamed weighted mean
 
     def __init__(
         self,
@@ -310,7 +325,7 @@ class FedYogi:
     """FedYogi: Yogi on the server, fed the clients' mean pseudo-gradient; keeps m and v."""
 
     name = "fedyogi"
-    needs_all_updates = False  # needs only the streamed weighted mean
+    needs_all_updates: Literal[False] = False  # needs only the streamed weighted mean
 
     def __init__(
         self,

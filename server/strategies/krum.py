@@ -12,8 +12,10 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
+from typing import Literal
 
 import torch
+from pydantic import BaseModel, ConfigDict, Field
 
 from fedsilo.server.strategies import fedavg
 from fedsilo.server.strategies.trimmed_mean import check_updates
@@ -85,6 +87,15 @@ def krum(updates: Sequence[Mapping[str, torch.Tensor]], byzantine: int, multi: i
     return fedavg.aggregate(chosen, [1.0] * len(chosen))
 
 
+class KrumOptions(BaseModel):
+    """Krum's options (``strategy_options``)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    byzantine: int = Field(1, ge=0, description="f, the Byzantine clients to tolerate.")
+    multi: int = Field(1, ge=1, description="Updates selected (1: Krum; more: Multi-Krum).")
+
+
 class Krum:
     """Krum / Multi-Krum over whole client models; keeps no state across rounds.
 
@@ -95,17 +106,19 @@ class Krum:
     """
 
     name = "krum"
-    needs_all_updates = True  # the job must collect every update of a round
+    needs_all_updates: Literal[True] = True  # the job must collect every update of a round
 
     def __init__(self, byzantine: int = 1, multi: int = 1) -> None:
-        if byzantine < 0:
-            raise ValueError(f"byzantine must be >= 0, got {byzantine}")
-        if multi < 1:
-            raise ValueError(f"multi must be >= 1, got {multi}")
-        self.byzantine = int(byzantine)
-        self.multi = int(multi)
+        options = KrumOptions(byzantine=byzantine, multi=multi)
+        self.byzantine = options.byzantine
+        self.multi = options.multi
 
-    def combine(self, global_state: State, updates: list[State], weights: list[float]) -> State:
+    def combine(
+        self,
+        global_state: State,
+        updates: Sequence[Mapping[str, torch.Tensor]],
+        weights: list[float],
+    ) -> State:
         """Return the next global model chosen by (Multi-)Krum, weights ignored."""
         if len(weights) != len(updates):
             raise ValueError(f"{len(updates)} updates but {len(weights)} weights")

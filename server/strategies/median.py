@@ -11,8 +11,10 @@ arithmetic: no I/O, no logging, no clock.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from typing import Literal
 
 import torch
+from pydantic import BaseModel, ConfigDict
 
 from fedsilo.server.strategies.trimmed_mean import mean_of_middle
 
@@ -28,6 +30,12 @@ def coordinate_median(updates: Sequence[Mapping[str, torch.Tensor]]) -> State:
     return mean_of_middle(updates, (len(updates) - 1) // 2)
 
 
+class MedianOptions(BaseModel):
+    """The median takes no options."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
 class Median:
     """Coordinate-wise median over whole client models; keeps no state across rounds.
 
@@ -38,9 +46,14 @@ class Median:
     """
 
     name = "median"
-    needs_all_updates = True  # the job must collect every update of a round
+    needs_all_updates: Literal[True] = True  # the job must collect every update of a round
 
-    def combine(self, global_state: State, updates: list[State], weights: list[float]) -> State:
+    def combine(
+        self,
+        global_state: State,
+        updates: Sequence[Mapping[str, torch.Tensor]],
+        weights: list[float],
+    ) -> State:
         """Return the next global model: the coordinate-wise median, weights ignored."""
         if len(weights) != len(updates):
             raise ValueError(f"{len(updates)} updates but {len(weights)} weights")

@@ -10,8 +10,10 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping, Sequence
 from fractions import Fraction
+from typing import Literal
 
 import torch
+from pydantic import BaseModel, ConfigDict, Field
 
 from fedsilo.server.strategies import fedavg
 
@@ -79,6 +81,16 @@ def trimmed_mean(updates: Sequence[Mapping[str, torch.Tensor]], trim_fraction: f
     return mean_of_middle(updates, trim_count(len(updates), trim_fraction))
 
 
+class TrimmedMeanOptions(BaseModel):
+    """The trimmed mean's options (``strategy_options``)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    trim_fraction: float = Field(
+        0.2, ge=0, lt=0.5, description="Fraction of values dropped at each end, per coordinate."
+    )
+
+
 class TrimmedMean:
     """Coordinate-wise trimmed mean over whole client models; keeps no state across rounds.
 
@@ -89,13 +101,18 @@ class TrimmedMean:
     """
 
     name = "trimmed-mean"
-    needs_all_updates = True  # the job must collect every update of a round
+    needs_all_updates: Literal[True] = True  # the job must collect every update of a round
 
     def __init__(self, trim_fraction: float = 0.2) -> None:
-        trim_count(1, trim_fraction)  # validates the fraction now, not at the first round
-        self.trim_fraction = float(trim_fraction)
+        options = TrimmedMeanOptions(trim_fraction=trim_fraction)  # now, not at round 1
+        self.trim_fraction = float(options.trim_fraction)
 
-    def combine(self, global_state: State, updates: list[State], weights: list[float]) -> State:
+    def combine(
+        self,
+        global_state: State,
+        updates: Sequence[Mapping[str, torch.Tensor]],
+        weights: list[float],
+    ) -> State:
         """Return the next global model: the trimmed mean of the updates, weights ignored."""
         if len(weights) != len(updates):
             raise ValueError(f"{len(updates)} updates but {len(weights)} weights")

@@ -7,9 +7,9 @@ import torch
 
 from fedsilo.client.audit import AuditLog
 from fedsilo.client.protocol import ClientProtocol, LocalSettings
-from fedsilo.common import codec
 from fedsilo.common.proto import federation_pb2 as pb
 from fedsilo.common.task_identity import TaskIdentity
+from tests.wire_helpers import encode_state
 
 TASK, OPTIONS = "synthetic", {"max_samples": 40}
 TRAIN = pb.TrainConfig(local_epochs=1, batch_size=8, learning_rate=0.5, seed=1)
@@ -63,7 +63,7 @@ class Driven:
         self, state: dict[str, torch.Tensor], chunk_size: int
     ) -> tuple[pb.TensorStreamHeader, list[bytes], int]:
         """Header, chunks and checksum of ``state``."""
-        return codec.encode_state(state, chunk_size)
+        return encode_state(state, chunk_size)
 
     def own_state(self) -> dict[str, torch.Tensor]:
         """A copy of the client's model weights (what an honest server sends in round 1)."""

@@ -61,7 +61,7 @@ def test_a_forged_hash_is_refused() -> None:
 
 
 def test_every_setting_out_of_bounds_is_named() -> None:
-    bounds = TrainingBounds(max_local_epochs=5, min_batch_size=8, max_batch_size=64)
+    bounds = TrainingBounds(max_epochs=5, min_batch=8, max_batch=64)
     train = pb.TrainConfig(
         local_epochs=6, batch_size=4, learning_rate=float("nan"), proximal_mu=float("inf")
     )
@@ -78,27 +78,27 @@ def test_every_setting_out_of_bounds_is_named() -> None:
 def test_the_bundles_policy_file_is_used_when_nothing_is_given(tmp_path: Path) -> None:
     bundle = bundle_with_policy(
         tmp_path,
-        'task = "synthetic"\nmax_local_epochs = 5\n[task_options]\nmax_samples = 40\n',
+        'task = "synthetic"\nmax_epochs = 5\n[task_options]\nmax_samples = 40\n',
     )
     policy = policy_of(PolicySettings(), bundle)
     assert policy.identity == TaskIdentity.of("synthetic", {"max_samples": 40})
-    assert policy.bounds.max_local_epochs == 5
+    assert policy.bounds.max_epochs == 5
 
 
 def test_settings_given_explicitly_win_over_the_bundle_and_options_follow_their_task(
     tmp_path: Path,
 ) -> None:
     bundle = bundle_with_policy(
-        tmp_path, 'task = "synthetic"\nmax_local_epochs = 5\n[task_options]\nmax_samples = 40\n'
+        tmp_path, 'task = "synthetic"\nmax_epochs = 5\n[task_options]\nmax_samples = 40\n'
     )
-    policy = policy_of(PolicySettings(task="digits", max_local_epochs=9), bundle)
+    policy = policy_of(PolicySettings(task="digits", max_epochs=9), bundle)
     assert policy.identity == TaskIdentity.of("digits", {})  # not synthetic's options
-    assert policy.bounds.max_local_epochs == 9
+    assert policy.bounds.max_epochs == 9
 
 
 def test_a_bad_policy_file_is_one_line_naming_it(tmp_path: Path) -> None:
-    bundle = bundle_with_policy(tmp_path, "max_epochs = 5\n")
-    with pytest.raises(ConfigError, match=r"policy.toml: max_epochs: unknown setting"):
+    bundle = bundle_with_policy(tmp_path, "max_epoch = 5\n")
+    with pytest.raises(ConfigError, match=r"policy.toml: max_epoch: unknown setting"):
         policy_of(PolicySettings(), bundle)
 
 
@@ -122,7 +122,7 @@ def cli_logging() -> Iterator[None]:
     [
         (["--task", "no_such_module:Task"], "cannot import 'no_such_module'"),
         (["--task", "synthetic", "--config", "{config}"], "no option 'hidden'"),
-        (["--min-batch-size", "9", "--max-batch-size", "8"], "min_batch_size: 9 is above"),
+        (["--min-batch", "9", "--max-batch", "8"], "min_batch: 9 is above"),
     ],
 )
 def test_a_bad_local_policy_exits_2_before_connecting(

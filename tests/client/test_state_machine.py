@@ -7,7 +7,6 @@ from collections.abc import Callable
 import pytest
 
 from fedsilo.client.state_machine import TRANSITIONS, ClientState, ServerEvent
-from fedsilo.common import codec
 from fedsilo.common.errors import (
     JobAbortedError,
     ProtocolError,
@@ -15,13 +14,14 @@ from fedsilo.common.errors import (
     SessionLostError,
 )
 from fedsilo.common.proto import federation_pb2 as pb
+from fedsilo.common.specs import header_of, specs_of
 from tests.client.helpers import TRAIN, Driven, init_message
 
 CHUNK = 1024  # the synthetic model's 2,440 bytes then stream in three chunks, never inline
 
 
-def header_of(driven: Driven) -> pb.TensorStreamHeader:
-    return codec.header_of(codec.specs_of(driven.own_state()))
+def model_header(driven: Driven) -> pb.TensorStreamHeader:
+    return header_of(specs_of(driven.own_state()))
 
 
 def message_of(event: ServerEvent, driven: Driven) -> pb.ServerMessage:
@@ -29,10 +29,10 @@ def message_of(event: ServerEvent, driven: Driven) -> pb.ServerMessage:
     if event is ServerEvent.INIT_CONFIG:
         return init_message(CHUNK)
     if event is ServerEvent.SYNC_MODEL:
-        model = header_of(driven) if driven.protocol.model is not None else None
+        model = model_header(driven) if driven.protocol.model is not None else None
         return pb.ServerMessage(sync_model=pb.SyncModel(round=1, train=TRAIN, model=model))
     if event is ServerEvent.EVALUATE:
-        model = header_of(driven) if driven.protocol.model is not None else None
+        model = model_header(driven) if driven.protocol.model is not None else None
         return pb.ServerMessage(evaluate=pb.Evaluate(round=1, model=model))
     bodies: dict[ServerEvent, Callable[[], pb.ServerMessage]] = {
         ServerEvent.CHUNK: lambda: pb.ServerMessage(chunk=pb.TensorChunk(data=b"\x00" * 8)),

@@ -14,7 +14,10 @@ from fedsilo.client.config import ClientConfig
 from fedsilo.common.errors import ConfigError
 from fedsilo.common.ports import job_port
 from fedsilo.common.settings import load_config
+from fedsilo.server.cli import main as server_main
 from fedsilo.server.config import ServerConfig
+from fedsilo.sim.cli import main as sim_main
+from fedsilo.sim.config import SimConfig
 
 BIN = Path(sys.executable).parent
 
@@ -276,3 +279,153 @@ def test_client_without_bundle_or_insecure_refuses_to_start(tmp_path):
 def test_tls_and_insecure_together_are_refused():
     with pytest.raises(ConfigError, match="exclude each other"):
         load_config(ServerConfig, {"job_id": 1, "tls": "x"}, environ=PLAIN)
+
+
+# ------------------------------------------------------------------ unknown names: did you mean
+
+
+def test_unknown_file_key_suggests_the_closest_setting(tmp_path):
+    path = write_toml(tmp_path, "job_id = 1\nrondus = 3\nzzz_qqq = 1\n")
+    with pytest.raises(ConfigError) as info:
+        load_config(ServerConfig, {}, path, environ=PLAIN)
+    assert "rondus: unknown setting" in str(info.value)
+    assert "did you mean rounds?" in str(info.value)
+    assert "zzz_qqq: unknown setting" in str(info.value)  # no near name: no suggestion for it
+    assert str(info.value).count("did you mean") == 1
+
+
+def test_env_typo_of_a_setting_is_refused_with_the_suggestion():
+    environ = {**PLAIN, "FEDSILO_JOB_ID": "1", "FEDSILO_ROUNDZ": "3"}
+    with pytest.raises(ConfigError, match="FEDSILO_ROUNDZ") as info:
+        load_config(ServerConfig, {}, environ=environ, warn=pytest.fail)
+    assert "did you mean FEDSILO_ROUNDS?" in str(info.value)
+
+
+def test_env_name_no_setting_is_close_to_only_warns_and_loading_goes_on():
+    warnings: list[str] = []
+    environ = {**PLAIN, "FEDSILO_BUNDLE": "/x", "FEDSILO_ROUNDS": "4", "FEDSILO_CACHE_DIR": "/c"}
+    config = load_config(ServerConfig, {"job_id": 1}, environ=environ, warn=warnings.append)
+    assert config.rounds == 4
+    assert warnings == ["FEDSILO_BUNDLE is not a setting of this program; ignored"]
+
+
+def test_env_name_of_a_sibling_program_is_ignored_without_a_word():
+    # FEDSILO_MAX_CLIENTS is fl-server's; to fl-sim it looks like a typo of min_clients (0.82).
+    warnings: list[str] = []
+    environ = {"FEDSILO_MAX_CLIENTS": "8"}
+    config = load_config(
+        SimConfig, {}, environ=environ, warn=warnings.append, foreign={"max_clients"}
+    )
+    assert warnings == []
+    assert config.min_clients == 1
+    with pytest.raises(ConfigError, match="did you mean FEDSILO_MIN_CLIENTS"):
+        load_config(SimConfig, {}, environ=environ, warn=warnings.append)
+
+
+def test_table_setting_from_env_is_json():
+    environ = {
+        **PLAIN,
+        "FEDSILO_STRATEGY": "fedavgm",
+        "FEDSILO_STRATEGY_OPTIONS": '{"momentum": 0.5}',
+    }
+    config = load_config(ServerConfig, {"job_id": 1}, environ=environ)
+    assert config.strategy_options == {"momentum": 0.5}
+    with pytest.raises(ConfigError, match="strategy_options"):
+        load_config(
+            ServerConfig, {"job_id": 1}, environ={**environ, "FEDSILO_STRATEGY_OPTIONS": "{"}
+        )
+
+
+def test_a_config_built_in_code_ignores_the_environment(monkeypatch):
+    monkeypatch.setenv("FEDSILO_ROUNDS", "9")
+    assert ServerConfig(insecure=True, job_id=1).rounds == 5
+    monkeypatch.setenv("FEDSILO_INSECURE", "true")
+    assert load_config(ServerConfig, {"job_id": 1}).rounds == 9
+
+
+# ------------------------------------------------------------------ the command lines, again
+
+
+def test_fl_sim_takes_flag_over_env_over_file_over_default_and_warns_about_a_stranger(tmp_path):
+    path = write_toml(tmp_path, 'rounds = 4\nclients = 3\nout = "from-file"\n')
+    env = {
+        "FEDSILO_ROUNDS": "3",
+        "FEDSILO_CLIENTS": "2",
+        "FEDSILO_CONFIG": str(path),
+        "FEDSILO_ZEBRA_STRIPES": "7",  # no fedsilo program's setting, close to none of fl-sim's
+        "FEDSILO_MAX_CLIENTS": "9",  # fl-server's (and FEDSILO_INSECURE, from run_cli): silent
+    }
+    result = run_cli(tmp_path, "fl-sim", "--rounds", "1", "--threads", "1", env=env)
+    assert result.returncode == 0, result.stderr
+    assert "2 clients" in result.stdout  # env over file
+    assert "1 rounds" in result.stdout  # flag over env and file
+    assert (tmp_path / "from-file" / "model.pt").exists()  # file over the default runs/sim
+    assert not (tmp_path / "runs").exists()
+    assert result.stderr.splitlines() == [
+        "fl-sim: warning: FEDSILO_ZEBRA_STRIPES is not a setting of this program; ignored"
+    ]
+
+
+@pytest.fixture
+def in_clean_env(tmp_path, monkeypatch):
+    """Run in tmp_path with no FEDSILO_* variable but those a test sets (and --insecure)."""
+    for key in [key for key in os.environ if key.startswith("FEDSILO_")]:
+        monkeypatch.delenv(key)
+    for key, value in PLAIN.items():
+        monkeypatch.setenv(key, value)
+    monkeypatch.chdir(tmp_path)
+    return monkeypatch
+
+
+@pytest.mark.parametrize(
+    ("argv", "env", "expected"),
+    [
+        pytest.param(
+            ["fl-server", "--job-id", "1"],
+            {"FEDSILO_LERNING_RATE": "0.2"},
+            "FEDSILO_LERNING_RATE: not a setting (did you mean FEDSILO_LEARNING_RATE?)",
+            id="server-env-typo",
+        ),
+        pytest.param(
+            ["fl-sim"],
+            {"FEDSILO_ROUNDZ": "2"},
+            "FEDSILO_ROUNDZ: not a setting (did you mean FEDSILO_ROUNDS?)",
+            id="sim-env-typo",
+        ),
+        pytest.param(
+            ["fl-server", "--job-id", "1", "--config", "server.toml"],
+            {},
+            "batchsize: unknown setting in server.toml (did you mean batch_size?)",
+            id="server-file-typo",
+        ),
+        pytest.param(
+            ["fl-sim", "--config", "server.toml"],
+            {},
+            "batchsize: unknown setting in server.toml (did you mean batch_size?)",
+            id="sim-file-typo",
+        ),
+    ],
+)
+def test_cli_unknown_name_close_to_a_setting_exits_2_suggesting_it(
+    in_clean_env, capsys, argv, env, expected
+):
+    write_toml(Path(), "batchsize = 8\n")
+    for key, value in env.items():
+        in_clean_env.setenv(key, value)
+    script, *args = argv
+    main = server_main if script == "fl-server" else sim_main
+    assert main(args) == 2  # refused before anything runs: no job, no logging set up
+    assert capsys.readouterr().err.splitlines() == [f"{script}: error: {expected}"]
+    assert not Path("runs").exists()
+
+
+def test_cli_wrong_strategy_option_names_it_and_the_valid_ones(tmp_path):
+    write_toml(tmp_path, 'strategy = "fedavgm"\nstrategy_options = {momentun = 0.9}\n')
+    result = run_cli(tmp_path, "fl-server", "--job-id", "1", "--config", "server.toml")
+    assert result.returncode == 2, result.stderr
+    (line,) = result.stderr.splitlines()
+    assert line == (
+        "fl-server: error: strategy_options: fedavgm has no option 'momentun'; "
+        "valid options of fedavgm: momentum, server_learning_rate"
+    )
+    assert "unexpected keyword" not in line

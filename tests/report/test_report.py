@@ -14,7 +14,7 @@ import pytest
 from fedsilo.common.errors import ConfigError
 from fedsilo.report.cli import main
 from fedsilo.report.metrics_file import Dropout, read_metrics
-from fedsilo.report.tensorboard import TensorBoardSink
+from fedsilo.server.tensorboard import TensorBoardSink
 
 FL_REPORT = Path(sys.executable).parent / "fl-report"
 MIB = 1024 * 1024

@@ -21,7 +21,6 @@ def checkpoint(round_number: int) -> Checkpoint:
         global_state={"w": torch.full((4,), float(round_number))},
         strategy_state={},
         pending_row={"round": round_number},
-        client_ids={"a": 0},
         identity=IDENTITY,
     )
 

@@ -45,6 +45,12 @@ class FakeSession:
     def disconnect(self) -> None:
         pass
 
+    def model_sent(self) -> None:
+        pass
+
+    def stream_ended(self) -> None:
+        pass
+
 
 def test_model_streams_of_two_clients_never_interleave() -> None:
     log: list[str] = []

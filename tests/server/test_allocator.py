@@ -6,7 +6,7 @@ import platform
 
 import pytest
 
-from fedsilo.common.allocator import tune_for_streams
+from fedsilo.server.allocator import tune_for_streams
 
 
 @pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="mallopt is glibc's")

@@ -1,0 +1,111 @@
+"""What a job trains and how: the settings fl-server and fl-sim share, each declared once.
+
+``ServerConfig`` (server/config.py) and ``SimConfig`` (sim/config.py) derive from ``JobSpec``
+and add only their own settings; their flags, ``FEDSILO_*`` variables and config-file keys all
+come from these fields (common/cli.py, common/settings.py). A program whose default differs
+re-declares the field with ``job_field(name, default=...)``, which keeps the description and
+the bounds.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic.fields import FieldInfo
+
+from fedsilo.common.compression import DEFAULT_TOPK_FRACTION, Codec
+from fedsilo.common.tensor_stream import DEFAULT_CHUNK_SIZE
+from fedsilo.server.strategies import STRATEGIES, strategy_options_problem, unknown_strategy
+
+# Flags other than --field-name that exist for a job setting.
+JOB_FLAG_ALIASES: dict[str, tuple[str, ...]] = {"learning_rate": ("--lr",)}
+
+
+class JobSpec(BaseModel):
+    """The settings of one federated job that do not depend on how it is run."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    task: str = Field(
+        "synthetic", min_length=1, description="Built-in task or package.module:Name."
+    )
+    task_options: dict[str, str | int | float | bool] = Field(
+        default_factory=dict,
+        description="Keyword arguments of the task (config file, or JSON in the environment).",
+    )
+    rounds: int = Field(5, ge=1, description="Number of training rounds.")
+    seed: int = Field(
+        0, ge=0, lt=2**63, description="Seed of the model, data, client sampling and training."
+    )
+    strategy: str = Field(
+        "fedavg",
+        description=f"Aggregation strategy: {', '.join(STRATEGIES)}; options in strategy_options.",
+    )
+    strategy_options: dict[str, float | int] = Field(
+        default_factory=dict,
+        description="Options of the strategy (config file, or JSON in the environment).",
+    )
+    min_clients: int = Field(2, ge=1, description="Clients needed to start and to finish a round.")
+    clients_per_round: int | None = Field(
+        None, ge=1, description="Sample this many ready clients per round (seeded)."
+    )
+    fraction: float | None = Field(
+        None, gt=0, le=1, description="Sample this fraction of ready clients per round (seeded)."
+    )
+    local_epochs: int = Field(1, ge=1, description="Local epochs per round on each client.")
+    batch_size: int = Field(32, ge=1, description="Local mini-batch size.")
+    learning_rate: float = Field(0.1, gt=0, description="Local SGD learning rate.")
+    proximal_mu: float = Field(0.0, ge=0, description="FedProx proximal weight mu (0: off).")
+    compression: Codec = Field(
+        "none",
+        description="How clients encode their updates: full weights (none), deltas (delta), "
+        "deltas cast (fp16, bf16), int8-quantized or top-k sparsified deltas.",
+    )
+    topk_fraction: float = Field(
+        DEFAULT_TOPK_FRACTION, gt=0, le=1, description="topk: fraction of each tensor sent."
+    )
+    per_channel: bool = Field(False, description="int8: one scale per slice along dim 0.")
+    update_norm_bound: float | None = Field(
+        None, gt=0, description="L2 bound on an update's change to the global model."
+    )
+    norm_bound_action: Literal["reject", "clip"] = Field(
+        "reject", description="What to do with an update over the bound."
+    )
+    tensorboard: bool = Field(
+        False, description="Also write TensorBoard scalars to <out>/tensorboard (extra)."
+    )
+    chunk_size: int = Field(
+        DEFAULT_CHUNK_SIZE, ge=1024, le=64 << 20, description="Raw bytes per tensor chunk."
+    )
+
+    @field_validator("strategy")
+    @classmethod
+    def _strategy_known(cls, value: str) -> str:
+        if value not in STRATEGIES:
+            raise ValueError(unknown_strategy(value))
+        return value
+
+    @model_validator(mode="after")
+    def _strategy_options_fit(self) -> JobSpec:
+        problem = strategy_options_problem(self.strategy, self.strategy_options)
+        if problem is not None:
+            raise ValueError(f"strategy_options: {problem}")
+        return self
+
+    @model_validator(mode="after")
+    def _sampling_consistent(self) -> JobSpec:
+        if self.clients_per_round is not None and self.fraction is not None:
+            raise ValueError("clients_per_round: give clients_per_round or fraction, not both")
+        if self.clients_per_round is not None and self.clients_per_round < self.min_clients:
+            raise ValueError(
+                f"clients_per_round: {self.clients_per_round} is below min_clients "
+                f"{self.min_clients}, so no round could complete"
+            )
+        return self
+
+
+def job_field(name: str, *, default: Any) -> Any:
+    """Return JobSpec's field ``name`` with another default (description and bounds kept)."""
+    field: FieldInfo = JobSpec.model_fields[name]
+    return FieldInfo.merge_field_infos(field, default=default)

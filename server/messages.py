@@ -1,0 +1,108 @@
+"""Every protobuf message the server builds, in one place; the rest of the server speaks domain.
+
+Builders only: no state, no I/O. The session and the coordinator call these to turn what the
+job decided into what crosses the wire.
+"""
+
+from __future__ import annotations
+
+from typing import cast
+
+from fedsilo.common.compression import Compression
+from fedsilo.common.proto import federation_pb2 as pb
+from fedsilo.common.seeding import derive_seed
+from fedsilo.common.specs import TensorSpec, header_of
+from fedsilo.common.task_identity import TaskIdentity
+from fedsilo.common.wire import ModelFrames, serialize
+from fedsilo.server import metrics
+from fedsilo.server.config import ServerConfig
+
+
+def job_config(config: ServerConfig, compression: Compression) -> pb.JobConfig:
+    """Return the JobConfig every client gets in its InitConfig."""
+    # The task's identity as clients check it against their own policy (docs/protocol.md).
+    identity = TaskIdentity.of(config.task, config.task_options)
+    return pb.JobConfig(
+        job_id=config.job_id,
+        task=identity.name,
+        task_options_json=identity.options_json,
+        task_hash=identity.hash,
+        train=pb.TrainConfig(
+            local_epochs=config.local_epochs,
+            batch_size=config.batch_size,
+            learning_rate=config.learning_rate,
+            proximal_mu=config.proximal_mu,
+        ),
+        seed=config.seed,
+        rounds=config.rounds,
+        chunk_size=config.chunk_size,
+        heartbeat_seconds=config.progress_timeout / 4,
+        progress_timeout_seconds=config.progress_timeout,
+        compression=compression.to_proto(),
+    )
+
+
+def init_config(client_id: int, job: pb.JobConfig) -> pb.ServerMessage:
+    """Return the InitConfig answering an admitted client's Hello."""
+    return pb.ServerMessage(init_config=pb.InitConfig(client_id=client_id, job=job))
+
+
+def train_config(config: ServerConfig, round_number: int, client_id: int) -> pb.TrainConfig:
+    """Return one client's training settings for one round (its seed derives from both)."""
+    return pb.TrainConfig(
+        local_epochs=config.local_epochs,
+        batch_size=config.batch_size,
+        learning_rate=config.learning_rate,
+        seed=derive_seed(config.seed, "train", round_number, client_id),
+        proximal_mu=config.proximal_mu,
+    )
+
+
+def model_header(specs: list[TensorSpec], frames: ModelFrames) -> pb.TensorStreamHeader:
+    """Return the header of a model stream; a model that fits in one chunk travels inline."""
+    header = header_of(specs)
+    if frames.inline is not None:
+        header.inline.CopyFrom(frames.inline)
+    return header
+
+
+def sync_opening(round_number: int, train: pb.TrainConfig, header: pb.TensorStreamHeader) -> bytes:
+    """Return the serialized SyncModel that opens a round's model stream."""
+    return serialize(
+        pb.ServerMessage(sync_model=pb.SyncModel(round=round_number, train=train, model=header))
+    )
+
+
+def evaluate_opening(round_number: int, header: pb.TensorStreamHeader) -> bytes:
+    """Return the serialized Evaluate that opens the final model's stream."""
+    return serialize(pb.ServerMessage(evaluate=pb.Evaluate(round=round_number, model=header)))
+
+
+def trailer(checksum: int) -> pb.ServerMessage:
+    """Return the trailer that ends a model stream."""
+    return pb.ServerMessage(trailer=pb.TensorStreamTrailer(checksum=checksum))
+
+
+def error(code: int, message: str) -> pb.ServerMessage:
+    """Return an Error message."""
+    return pb.ServerMessage(error=pb.Error(code=cast("pb.ErrorCode", code), message=message))
+
+
+def finish(rounds_completed: int) -> pb.ServerMessage:
+    """Return the Finish every client gets when the job ends well."""
+    return pb.ServerMessage(finish=pb.Finish(rounds_completed=rounds_completed))
+
+
+def abort(reason: str, retry: bool) -> pb.ServerMessage:
+    """Return the Abort every client gets when the job ends early (retry: it may resume)."""
+    return pb.ServerMessage(abort=pb.Abort(reason=reason, retry=retry))
+
+
+def client_evaluation(client_id: int, evaluation: pb.Evaluation) -> metrics.ClientEvaluation:
+    """Turn a client's Evaluation message into the metrics module's record."""
+    return metrics.ClientEvaluation(
+        client_id=client_id,
+        examples=evaluation.examples,
+        loss=evaluation.loss,
+        accuracy=evaluation.accuracy,
+    )

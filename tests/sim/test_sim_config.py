@@ -1,0 +1,62 @@
+"""fl-sim's server config carries every job setting: none is copied by hand, none is lost."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from fedsilo.common.errors import ConfigError
+from fedsilo.server.job_spec import JobSpec
+from fedsilo.sim.config import SimConfig
+
+# A value other than the default for every JobSpec field (consistent with each other).
+NOT_DEFAULT = {
+    "task": "digits",
+    "task_options": {"partition": "iid"},
+    "rounds": 7,
+    "seed": 11,
+    "strategy": "trimmed-mean",
+    "strategy_options": {"trim_fraction": 0.25},
+    "min_clients": 3,
+    "clients_per_round": 4,
+    "fraction": None,  # excludes clients_per_round; its default is None too, see below
+    "local_epochs": 2,
+    "batch_size": 8,
+    "learning_rate": 0.05,
+    "proximal_mu": 0.01,
+    "compression": "topk",
+    "topk_fraction": 0.5,
+    "per_channel": True,
+    "update_norm_bound": 3.0,
+    "norm_bound_action": "clip",
+    "tensorboard": True,
+    "chunk_size": 4096,
+}
+
+
+def test_the_table_names_every_job_setting():
+    # Fails when a field is added to JobSpec: give it a value here, and the test below checks
+    # that fl-sim carries it into the server's config.
+    assert sorted(NOT_DEFAULT) == sorted(JobSpec.model_fields)
+
+
+def test_server_config_carries_every_job_setting(tmp_path):
+    config = SimConfig(**NOT_DEFAULT, clients=6, out=tmp_path, log_level="debug")
+    server = config.server_config(6)
+    for name, value in NOT_DEFAULT.items():
+        assert getattr(server, name) == value, name
+        if name != "fraction":
+            assert value != JobSpec.model_fields[name].get_default(call_default_factory=True)
+    assert (server.start_clients, server.max_clients, server.run_dir) == (6, 6, tmp_path)
+    assert server.log_level == "debug"
+
+
+def test_fraction_is_carried_too(tmp_path):
+    config = SimConfig(fraction=0.5, out=tmp_path)
+    assert config.server_config(4).fraction == 0.5
+
+
+def test_fewer_clients_than_min_clients_is_one_config_error():
+    with pytest.raises(ConfigError, match="min_clients 3"):
+        SimConfig(min_clients=3, out=Path("x")).server_config(2)
