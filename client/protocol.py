@@ -14,7 +14,6 @@ log, and one exception whose text is the one line the CLI prints.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Iterator
 from typing import Any, NoReturn, cast
 
@@ -25,10 +24,15 @@ from fedsilo.client import work
 from fedsilo.client.audit import AuditLog
 from fedsilo.client.heartbeat import HeartbeatPacer
 from fedsilo.client.incoming import IncomingModel
-from fedsilo.client.joined import Joined, LocalSettings, join
-from fedsilo.client.policy import AdmittedTask
+from fedsilo.client.joined import (
+    Joined,
+    LocalSettings,
+    check_same_task,
+    job_compression,
+    join,
+)
 from fedsilo.client.state_machine import ClientState, ServerEvent, transition
-from fedsilo.common.compression import ClientCompressor, Compression
+from fedsilo.common.compression import ClientCompressor
 from fedsilo.common.errors import (
     CodecError,
     ConfigError,
@@ -41,7 +45,7 @@ from fedsilo.common.errors import (
     TaskLoadError,
 )
 from fedsilo.common.proto import federation_pb2 as pb
-from fedsilo.common.wire import MAX_CHUNK_SIZE, PROTOCOL_VERSION, Outbound, RawChunk
+from fedsilo.common.wire import PROTOCOL_VERSION, Outbound, RawChunk
 from fedsilo.tasks import LocalData, Task
 
 __all__ = ["ClientProtocol", "LocalSettings", "Send"]
@@ -170,26 +174,19 @@ class ClientProtocol:
     def _do_join(self, init: pb.InitConfig) -> None:
         self._joined_this_session = True
         job = init.job
-        setting = self._check_transport(job)
+        try:
+            setting = job_compression(job)
+        except ConfigError as exc:
+            self._refuse(pb.UNSUPPORTED_CONFIG, str(exc), ConfigError)
         try:
             admitted = self.local.policy.admit(job)
-            self._check_same_task(job, admitted)
+            check_same_task(self.joined, job, admitted)
         except PolicyError as exc:
             self._refuse(pb.POLICY_MISMATCH, f"refused the server's job: {exc}", PolicyError)
-        previous = self.joined
-        rejoined = previous is not None and previous.is_same_job(
-            init.client_id, job, admitted.identity
-        )
-        if previous is not None and rejoined:  # after a reconnect, task and data are kept
-            previous.job, previous.client_id = job, init.client_id
-            if previous.compressor.setting != setting:
-                previous.compressor = ClientCompressor(setting)
-            joined = previous
-        else:
-            try:
-                joined = join(init, admitted, setting, self.local)
-            except TaskLoadError as exc:
-                self._refuse(pb.UNSUPPORTED_CONFIG, str(exc), TaskLoadError)
+        try:
+            joined, rejoined = join(self.joined, init, admitted, setting, self.local)
+        except TaskLoadError as exc:
+            self._refuse(pb.UNSUPPORTED_CONFIG, str(exc), TaskLoadError)
         self.joined = joined
         self.log = self.log.bind(job_id=job.job_id, client_id=init.client_id)
         self.log.info(
@@ -207,40 +204,6 @@ class ClientProtocol:
             train_examples=joined.data.train_examples, test_examples=joined.data.test_examples
         )
         self._send(pb.ClientMessage(ready=ready))
-
-    def _check_transport(self, job: pb.JobConfig) -> Compression:
-        """Return the job's update codec; refuse settings this client cannot apply."""
-        try:
-            setting = Compression.from_proto(job.compression)
-        except ConfigError as exc:
-            self._refuse(
-                pb.UNSUPPORTED_CONFIG,
-                f"cannot apply the job's update compression: {exc}",
-                ConfigError,
-            )
-        if not 1 <= job.chunk_size <= MAX_CHUNK_SIZE:
-            self._refuse(
-                pb.UNSUPPORTED_CONFIG,
-                f"chunk_size {job.chunk_size} is not in 1..{MAX_CHUNK_SIZE} (this client's cap)",
-                ConfigError,
-            )
-        if not (math.isfinite(job.heartbeat_seconds) and job.heartbeat_seconds >= 0):
-            self._refuse(
-                pb.UNSUPPORTED_CONFIG,
-                f"heartbeat_seconds {job.heartbeat_seconds} is not a finite number >= 0",
-                ConfigError,
-            )
-        return setting
-
-    def _check_same_task(self, job: pb.JobConfig, admitted: AdmittedTask) -> None:
-        previous = self.joined
-        if previous is None or previous.job.job_id != job.job_id:
-            return
-        if previous.identity != admitted.identity:
-            raise PolicyError(
-                f"the server changed job {job.job_id}'s task mid-job, from "
-                f"{previous.identity.describe()} to {admitted.identity.describe()}"[:MAX_REASON]
-            )
 
     # ------------------------------------------------------------------ actions: model streams
 
