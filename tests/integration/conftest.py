@@ -117,6 +117,8 @@ class Daemons:
                 cwd=self.workdir,
             )
         daemon = Daemon(name, process, stdout, stderr)
+        if program == "fl-server":  # however it was started: clients run its task
+            self.client_task_args = self.task_policy(args)
         self.started.append(daemon)
         return daemon
 
@@ -133,7 +135,6 @@ class Daemons:
             *args,
             name=name,
         )
-        self.client_task_args = self.task_policy(args)
         wait_for(
             lambda: daemon.has_event("server_listening") or daemon.process.poll() is not None,
             STARTUP_TIMEOUT,
