@@ -16,6 +16,7 @@ import torch
 
 from fedsilo.common.errors import CodecError
 from fedsilo.common.proto import federation_pb2 as pb
+from fedsilo.common.text import shown
 
 MAX_DIMS = 64  # torch's own limit on tensor rank
 MAX_DIM = (1 << 62) - 1  # any larger dimension cannot be allocated even when another is 0
@@ -109,16 +110,16 @@ def specs_from_header(
     total = 0
     for wire in header.tensors:
         if wire.dtype not in DTYPES:
-            raise CodecError(f"tensor {wire.name!r}: unknown dtype {wire.dtype!r}")
+            raise CodecError(f"tensor {shown(wire.name)}: unknown dtype {shown(wire.dtype)}")
         if wire.name in seen:
-            raise CodecError(f"tensor {wire.name!r} appears twice in the header")
+            raise CodecError(f"tensor {shown(wire.name)} appears twice in the header")
         seen.add(wire.name)
         if len(wire.shape) > MAX_DIMS or any(dim > MAX_DIM for dim in wire.shape):
-            raise CodecError(f"tensor {wire.name!r}: shape {list(wire.shape)} is out of range")
+            raise CodecError(f"tensor {shown(wire.name)}: shape {list(wire.shape)} is out of range")
         spec = TensorSpec(wire.name, DTYPES[wire.dtype], tuple(int(d) for d in wire.shape))
         if spec.nbytes != wire.nbytes:
             raise CodecError(
-                f"tensor {wire.name!r}: header says {wire.nbytes} bytes, "
+                f"tensor {shown(wire.name)}: header says {wire.nbytes} bytes, "
                 f"{wire.dtype}{list(spec.shape)} needs {spec.nbytes}"
             )
         total += spec.nbytes
@@ -137,7 +138,7 @@ def check_specs_match(received: Sequence[TensorSpec], expected: Sequence[TensorS
     for got, want in zip(received, expected, strict=True):
         if got != want:
             raise CodecError(
-                f"tensor {got.name!r} {dtype_name(got.dtype)}{list(got.shape)} does not match "
+                f"tensor {shown(got.name)} {dtype_name(got.dtype)}{list(got.shape)} does not match "
                 f"the model's {want.name!r} {dtype_name(want.dtype)}{list(want.shape)}"
             )
 

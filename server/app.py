@@ -5,6 +5,7 @@ from __future__ import annotations
 import errno
 import signal
 import socket
+import sys
 import threading
 from collections.abc import Callable
 from concurrent import futures
@@ -14,19 +15,24 @@ import grpc
 import structlog
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
-from fedsilo.common.bundles import load_server_bundle
+from fedsilo.common.bundles import ServerBundle, load_server_bundle
 from fedsilo.common.errors import ConfigError, FedsiloError, PortInUseError
 from fedsilo.common.logging import get_logger
+from fedsilo.common.progress import round_progress
 from fedsilo.common.wire import SERVER_PING_POLICY, SERVICE_NAME, channel_options
 from fedsilo.server.allocator import tune_for_streams
+from fedsilo.server.central_eval import central_evaluator
 from fedsilo.server.checkpoint import CHECKPOINT_FILE, Checkpoint, job_identity, load_checkpoint
 from fedsilo.server.config import ServerConfig
 from fedsilo.server.job import Job, JobOutcome
 from fedsilo.server.run_files import MODEL_FILE, finished_rounds
+from fedsilo.server.run_lock import hold_run_folder
 from fedsilo.server.service import FederationService
+from fedsilo.server.stderr_router import StderrRouter
 from fedsilo.tasks import load_task
 
 SHUTDOWN_GRACE_SECONDS = 5.0
+HANDSHAKE_SLOTS = 64
 
 
 def check_port_free(host: str, port: int, job_id: int) -> None:
@@ -50,10 +56,11 @@ def build_server(
     config: ServerConfig, job: Job, health_service: health.HealthServicer
 ) -> grpc.Server:
     """Create the gRPC server for ``job`` and bind its port (not yet started)."""
+    # Room beyond max_clients for streams that have not said Hello yet, so that silent streams
+    # (cut off after HANDSHAKE_SECONDS) cannot keep real clients out; admission caps members.
+    streams = config.max_clients + HANDSHAKE_SLOTS
     server = grpc.server(
-        futures.ThreadPoolExecutor(
-            max_workers=config.max_clients + 4, thread_name_prefix="session"
-        ),
+        futures.ThreadPoolExecutor(max_workers=streams + 4, thread_name_prefix="session"),
         handlers=[FederationService(job).handler()],
         # so_reuseport=0: a second server on the same port must fail, not share it silently.
         options=[
@@ -61,7 +68,7 @@ def build_server(
             *SERVER_PING_POLICY,
             ("grpc.so_reuseport", 0),
         ],
-        maximum_concurrent_rpcs=config.max_clients,
+        maximum_concurrent_rpcs=streams,
     )
     address = (
         f"[{config.host}]:{config.port}" if ":" in config.host else (f"{config.host}:{config.port}")
@@ -99,13 +106,13 @@ def build_health_server(port: int, health_service: health.HealthServicer) -> grp
     return server
 
 
-def admitted_clients(config: ServerConfig) -> Callable[[], frozenset[str]] | None:
+def admitted_clients(config: ServerConfig) -> Callable[[], ServerBundle] | None:
     """With TLS, return a reader of the admitted names (re-read at each Hello, so that
     ``fl-certs add-org`` takes effect without a restart); None without TLS."""
     folder = config.tls
     if folder is None:
         return None
-    return lambda: load_server_bundle(folder).allowed_clients
+    return lambda: load_server_bundle(folder)
 
 
 def find_checkpoint(
@@ -134,7 +141,8 @@ def make_job(
     """Load the task, build the initial model and the job, fresh or from ``checkpoint``."""
     task = load_task(config.task, config.task_options)
     model = task.build_model(config.seed)
-    job = Job(config, dict(model.state_dict()), log, admitted_clients(config))
+    central = central_evaluator(task, config.seed, config.central_data)
+    job = Job(config, dict(model.state_dict()), log, admitted_clients(config), central=central)
     job.begin(checkpoint)
     return job
 
@@ -147,6 +155,20 @@ def serve(config: ServerConfig) -> JobOutcome:
     log = get_logger(job_id=config.job_id)
     # Before anything touches the run folder: a second server of this job must change nothing.
     check_port_free(config.host, config.port, config.job_id)
+    # Whatever its port, a second server on this run folder exits here, changing nothing in it.
+    with hold_run_folder(config.run_dir, config.job_id, config.port):
+        router = StderrRouter({"job_id": config.job_id}) if not sys.stderr.isatty() else None
+        if router is not None:
+            router.start()
+        try:
+            return serve_held(config, log)
+        finally:
+            if router is not None:
+                router.stop()
+
+
+def serve_held(config: ServerConfig, log: structlog.typing.FilteringBoundLogger) -> JobOutcome:
+    """Run the job whose run folder this process holds; see ``serve``."""
     done = finished_rounds(config.run_dir) if config.resume else None
     if done is not None:
         log.info("job_already_finished", rounds=done, model=str(config.run_dir / MODEL_FILE))
@@ -178,7 +200,8 @@ def serve(config: ServerConfig) -> JobOutcome:
 
     def drive() -> None:
         try:
-            outcome.append(job.run())
+            with round_progress(config.rounds, job.progress):
+                outcome.append(job.run())
         except Exception:
             log.exception("job_crashed")
             raise

@@ -9,6 +9,7 @@ the bounds.
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
@@ -71,6 +72,21 @@ class JobSpec(BaseModel):
     )
     norm_bound_action: Literal["reject", "clip"] = Field(
         "reject", description="What to do with an update over the bound."
+    )
+    central_data: Path | None = Field(
+        None,
+        description="Folder of the task's central evaluation set (for tasks that offer one; "
+        "default: the task's own location).",
+    )
+    weighting: Literal["examples", "uniform"] = Field(
+        "examples",
+        description="Weight of an update in FedAvg: its training examples, or 1 for every client.",
+    )
+    max_examples: int = Field(
+        10**9,
+        ge=1,
+        description="Most training examples a client may claim (clients.json can lower it "
+        "per organisation); an update never weighs more than its client's Ready said.",
     )
     tensorboard: bool = Field(
         False, description="Also write TensorBoard scalars to <out>/tensorboard (extra)."

@@ -88,6 +88,14 @@ def error(code: int, message: str) -> pb.ServerMessage:
     return pb.ServerMessage(error=pb.Error(code=cast("pb.ErrorCode", code), message=message))
 
 
+def code_name(code: int) -> str:
+    """Return an ErrorCode's name, or the number for one this server does not know."""
+    try:
+        return pb.ErrorCode.Name(code)
+    except ValueError:
+        return str(code)
+
+
 def finish(rounds_completed: int) -> pb.ServerMessage:
     """Return the Finish every client gets when the job ends well."""
     return pb.ServerMessage(finish=pb.Finish(rounds_completed=rounds_completed))

@@ -5,7 +5,7 @@ block at a time. Server only.
 from __future__ import annotations
 
 import io
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import BinaryIO
 
@@ -20,9 +20,15 @@ class SpillSink:
 
     spills = True
 
-    def __init__(self, path: Path, specs: Sequence[TensorSpec]) -> None:
+    def __init__(
+        self,
+        path: Path,
+        specs: Sequence[TensorSpec],
+        on_remove: Callable[[], None] = lambda: None,
+    ) -> None:
         self.path = path
         self._specs = list(specs)
+        self._on_remove = on_remove  # called once, when the file is deleted
         self._handle: BinaryIO | None = open(path, "xb", buffering=0)  # noqa: SIM115 - closed by result/discard
 
     def write(self, index: int, offset: int, data: memoryview) -> None:
@@ -35,14 +41,15 @@ class SpillSink:
         if self._handle is not None:
             self._handle.close()
             self._handle = None
-        return SpilledTensors(self.path, self._specs)
+        return SpilledTensors(self.path, self._specs, self._on_remove)
 
     def discard(self) -> None:
         """Close and delete the file."""
         if self._handle is not None:
             self._handle.close()
             self._handle = None
-        self.path.unlink(missing_ok=True)
+            self.path.unlink(missing_ok=True)
+            self._on_remove()
 
 
 def _write_all(handle: BinaryIO, data: memoryview) -> None:
@@ -58,8 +65,14 @@ class SpilledTensors(Mapping[str, torch.Tensor]):
     ``remove`` deletes the file once the tensors are no longer needed.
     """
 
-    def __init__(self, path: Path, specs: Sequence[TensorSpec]) -> None:
+    def __init__(
+        self,
+        path: Path,
+        specs: Sequence[TensorSpec],
+        on_remove: Callable[[], None] = lambda: None,
+    ) -> None:
         self.path = path
+        self._on_remove: Callable[[], None] | None = on_remove
         self._specs = {spec.name: spec for spec in specs}
         self._offsets: dict[str, int] = {}
         offset = 0
@@ -107,8 +120,11 @@ class SpilledTensors(Mapping[str, torch.Tensor]):
         return len(self._specs)
 
     def remove(self) -> None:
-        """Delete the file."""
+        """Delete the file (its space is given back to whoever counted it, once)."""
         self.path.unlink(missing_ok=True)
+        callback, self._on_remove = self._on_remove, None
+        if callback is not None:
+            callback()
 
 
 BLOCK_BYTES = 16 << 20  # what a pass over a big tensor holds at once

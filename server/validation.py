@@ -41,6 +41,34 @@ def check_finite(tensors: Mapping[str, torch.Tensor]) -> None:
             raise CodecError(f"tensor {name!r} holds NaN or infinite values")
 
 
+FLOAT32_MAX = float(torch.finfo(torch.float32).max)
+
+
+def magnitude_limit(total_weight_bound: float) -> float:
+    """Return the largest |value| an update may hold so that any weighted sum stays finite.
+
+    With every weight at most its bound and the bounds summing to W, a sum of weighted values
+    of magnitude at most F / (2 W) has magnitude at most F / 2: finite in float32, the dtype of
+    the running sum. Honest models are many orders of magnitude below this.
+    """
+    return FLOAT32_MAX / (2.0 * max(total_weight_bound, 1.0))
+
+
+def check_magnitude(tensors: Mapping[str, torch.Tensor], limit: float) -> None:
+    """Raise CodecError naming the first floating tensor with |value| > ``limit`` (NaN too)."""
+    for name in tensors:
+        for _, block in tensor_blocks(tensors, name):
+            if not (block.is_floating_point() or block.is_complex()):
+                break
+            # float8: torch computes little on it; widen first
+            values = block.float() if block.dtype.itemsize == 1 else block
+            if not bool(values.abs().le(limit).all()):  # NaN compares False too
+                raise CodecError(
+                    f"tensor {name!r} holds NaN or infinite values, or values "
+                    f"beyond {limit:.3g} in magnitude"
+                )
+
+
 def update_norm(update: Mapping[str, torch.Tensor], reference: Mapping[str, torch.Tensor]) -> float:
     """Return the L2 norm of ``update - reference`` over all floating-point tensors."""
     total = 0.0

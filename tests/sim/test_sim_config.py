@@ -32,6 +32,9 @@ NOT_DEFAULT = {
     "norm_bound_action": "clip",
     "tensorboard": True,
     "chunk_size": 4096,
+    "weighting": "uniform",
+    "central_data": Path("/srv/central"),
+    "max_examples": 5000,
 }
 
 
