@@ -24,7 +24,7 @@ from fedsilo.common.cli import (
     exit_process,
     run_daemon,
 )
-from fedsilo.common.errors import StopRequestedError
+from fedsilo.common.errors import PrivacyBudgetSpentError, StopRequestedError
 from fedsilo.common.logging import LEVELS, get_logger
 
 PROG = "fl-client"
@@ -89,7 +89,7 @@ def add_policy_flags(parser: argparse.ArgumentParser) -> None:
 
 
 def take_part(config: ClientConfig) -> int:
-    """Run the client until the job finishes or SIGTERM/SIGINT (0); failures raise."""
+    """Run until the job finishes, SIGTERM/SIGINT or the DP budget ends it (0); failures raise."""
     log = get_logger()
     if config.insecure:
         log.warning("insecure_transport", detail="no TLS: traffic and identities are unprotected")
@@ -106,6 +106,8 @@ def take_part(config: ClientConfig) -> int:
         FederationClient(config, resolve_endpoint(config), log).run()
     except StopRequestedError as stop:
         log.info("client_stopped", client=config.name, reason=str(stop))
+    except PrivacyBudgetSpentError as spent:  # told the server; a clean end, exit 0
+        log.warning("left_job", client=config.name, reason=str(spent))
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)

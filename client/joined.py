@@ -15,6 +15,7 @@ from pathlib import Path
 
 import torch
 
+from fedsilo.client.dp_budget import SiloBudget
 from fedsilo.client.policy import AdmittedTask, ClientPolicy
 from fedsilo.common.compression import ClientCompressor, Compression
 from fedsilo.common.errors import ConfigError, PolicyError
@@ -38,6 +39,8 @@ class LocalSettings:
     # Only for clients that never work concurrently (fl-sim): every round overwrites all
     # weights before use, so one model per task can serve them all.
     shared_models: SharedModels | None = None
+    # Where the client keeps state across restarts (its DP-SGD budget); None: memory only.
+    state_dir: Path | None = None
 
 
 @dataclass
@@ -56,6 +59,8 @@ class Joined:
     # The round's received weights, for the update's norm and the lossy codecs: kept between
     # rounds and overwritten in place (fresh pages for a big model cost more than the copy).
     reference: dict[str, torch.Tensor] | None = None
+    # Record-level DP-SGD of this job, when the policy asks for it.
+    budget: SiloBudget | None = None
 
     def is_same_job(self, client_id: int, job: pb.JobConfig, identity: TaskIdentity) -> bool:
         """Whether an InitConfig continues this job (a reconnect), so task and data are kept."""
@@ -103,7 +108,8 @@ def join(
     """Return the client's part in the job, and whether it continues ``previous``.
 
     After a reconnect to the same job, task, model and data are kept (and the codec's
-    residual, unless the codec changed); otherwise the admitted task is built anew.
+    residual, unless the codec changed, and the DP budget); otherwise the admitted task is
+    built anew. Raises TaskLoadError, or ConfigError for a DP budget that cannot be opened.
     """
     if previous is not None and previous.is_same_job(init.client_id, init.job, admitted.identity):
         previous.job = init.job
@@ -129,6 +135,10 @@ def build(
         model = shared[key]
     partition = local.partition if local.partition is not None else init.client_id
     data = task.load_data(partition, job.seed, local.data)
+    dp = local.policy.dp
+    budget = None
+    if dp is not None:
+        budget = SiloBudget.open(dp, job, data.train_examples, local.state_dir)
     return Joined(
         client_id=init.client_id,
         job=job,
@@ -138,4 +148,5 @@ def build(
         data=data,
         compressor=ClientCompressor(setting),
         partition=partition,
+        budget=budget,
     )

@@ -20,8 +20,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import ConfigDict, Field, ValidationError, model_validator
 
+from fedsilo.client.dp_budget import RECORD_DP_FIELDS, RecordDpSettings
 from fedsilo.common.bundles import POLICY_FILE, read_bundle_policy
 from fedsilo.common.errors import ConfigError, PolicyError, TaskLoadError
 from fedsilo.common.proto import federation_pb2 as pb
@@ -38,11 +39,12 @@ from fedsilo.tasks.loading import (
     resolve_builtin_task,
     resolve_task_class,
 )
+from fedsilo.tasks.privacy_budget import DpSgdPolicy
 
 OptionValue = str | int | float | bool
 
 
-class PolicySettings(BaseModel):
+class PolicySettings(RecordDpSettings):
     """The policy's settings, as flags, FEDSILO_* variables, a config file or ``policy.toml``."""
 
     model_config = ConfigDict(frozen=True, extra="forbid")
@@ -140,6 +142,7 @@ class ClientPolicy:
     task_class: type[Any] | None = None
     options: dict[str, OptionValue] = field(default_factory=dict)
     bounds: TrainingBounds = field(default_factory=TrainingBounds)
+    dp: DpSgdPolicy | None = None  # record-level DP-SGD of every round (client/dp_budget.py)
 
     @classmethod
     def pinned(
@@ -147,6 +150,7 @@ class ClientPolicy:
         task: str,
         options: Mapping[str, OptionValue],
         bounds: TrainingBounds | None = None,
+        dp: DpSgdPolicy | None = None,
     ) -> ClientPolicy:
         """Return a policy running ``task`` with ``options``; resolve it now (TaskLoadError)."""
         task_class = resolve_task_class(task)
@@ -155,7 +159,7 @@ class ClientPolicy:
             identity = TaskIdentity.of(task, options)
         except TaskIdentityError as exc:
             raise ConfigError(f"task_options: {exc}") from exc
-        return cls(identity, task_class, dict(options), bounds or TrainingBounds())
+        return cls(identity, task_class, dict(options), bounds or TrainingBounds(), dp)
 
     @property
     def mode(self) -> str:
@@ -187,6 +191,11 @@ class ClientPolicy:
             raise PolicyError(describe_difference(theirs, ours))
         self.bounds.check_rounds(job.rounds)
         self.bounds.check_training(job.train, "the job's training settings")
+        if job.require_dp and self.dp is None:
+            raise PolicyError(
+                "the job requires record-level DP-SGD (--require-dp) and this client's policy "
+                "sets none (record_dp_epsilon or record_dp_noise)"
+            )
         if ours is None:
             return _admit_builtin(theirs)
         assert self.task_class is not None
@@ -229,15 +238,20 @@ def policy_of(settings: PolicySettings, bundle: Path | None) -> ClientPolicy:
             raise ConfigError(f"{bundle}/{POLICY_FILE}: {detail}") from exc
         merged = _merge(settings, from_bundle)
     bounds = TrainingBounds(**{name: getattr(merged, name) for name in _BOUNDS})
+    try:
+        dp = merged.dp_policy()
+    except ValidationError as exc:
+        raise ConfigError(describe_validation_error(exc)) from exc
     if merged.task is None:
-        return ClientPolicy(bounds=bounds)
-    return ClientPolicy.pinned(merged.task, merged.task_options, bounds)
+        return ClientPolicy(bounds=bounds, dp=dp)
+    return ClientPolicy.pinned(merged.task, merged.task_options, bounds, dp)
 
 
 def _merge(explicit: PolicySettings, from_bundle: PolicySettings) -> PolicySettings:
     given = explicit.model_fields_set
     values: dict[str, Any] = {
-        name: getattr(explicit if name in given else from_bundle, name) for name in _BOUNDS
+        name: getattr(explicit if name in given else from_bundle, name)
+        for name in (*_BOUNDS, *RECORD_DP_FIELDS)
     }
     source = explicit if given & {"task", "task_options"} else from_bundle
     values["task"], values["task_options"] = source.task, source.task_options

@@ -39,6 +39,7 @@ from fedsilo.common.errors import (
     FedsiloError,
     JobAbortedError,
     PolicyError,
+    PrivacyBudgetSpentError,
     ProtocolError,
     ServerRefusedError,
     SessionLostError,
@@ -185,8 +186,8 @@ class ClientProtocol:
             self._refuse(pb.POLICY_MISMATCH, f"refused the server's job: {exc}", PolicyError)
         try:
             joined, rejoined = join(self.joined, init, admitted, setting, self.local)
-        except TaskLoadError as exc:
-            self._refuse(pb.UNSUPPORTED_CONFIG, str(exc), TaskLoadError)
+        except (TaskLoadError, ConfigError) as exc:
+            self._refuse(pb.UNSUPPORTED_CONFIG, str(exc), type(exc))
         self.joined = joined
         self.log = self.log.bind(job_id=job.job_id, client_id=init.client_id)
         self.log.info(
@@ -200,8 +201,11 @@ class ClientProtocol:
             test_examples=joined.data.test_examples,
         )
         self._record("joined", **work.join_record(joined, rejoined, self.local.policy))
+        self._check_budget("its next round", job.train)
         ready = pb.Ready(
-            train_examples=joined.data.train_examples, test_examples=joined.data.test_examples
+            train_examples=joined.data.train_examples,
+            test_examples=joined.data.test_examples,
+            record_dp=joined.budget.announcement() if joined.budget else None,
         )
         self._send(pb.ClientMessage(ready=ready))
 
@@ -223,6 +227,7 @@ class ClientProtocol:
             )
         except PolicyError as exc:
             self._refuse(pb.POLICY_MISMATCH, f"refused the server's round: {exc}", PolicyError)
+        self._check_budget(f"round {number}", sync.train)
         self._last_round = number
         self._begin_stream(number, sync.train, sync.model)
 
@@ -278,14 +283,19 @@ class ClientProtocol:
     def _do_train_and_upload(self, trailer: pb.TensorStreamTrailer) -> None:
         incoming = self._finish_stream(trailer)
         assert incoming.train is not None
-        upload = work.train_round(
-            self._joined(),
-            incoming.round,
-            incoming.train,
-            device=self.local.device,
-            heartbeats=self._heartbeats(),
-            measure_norm=self.audit is not None,
-        )
+        try:
+            upload = work.train_round(
+                self._joined(),
+                incoming.round,
+                incoming.train,
+                device=self.local.device,
+                heartbeats=self._heartbeats(),
+                measure_norm=self.audit is not None,
+            )
+        except PrivacyBudgetSpentError as exc:
+            self._refuse(pb.PRIVACY_BUDGET_SPENT, str(exc), PrivacyBudgetSpentError)
+        except ConfigError as exc:  # the task did not train with the budget's DP-SGD
+            self._refuse(pb.UNSUPPORTED_CONFIG, f"nothing sent: {exc}", ConfigError)
         self._record("update_sent", **upload.record)
         self._send(upload.frames)
         self.rounds_done += 1
@@ -340,6 +350,13 @@ class ClientProtocol:
     def _joined(self) -> Joined:
         assert self.joined is not None  # the table allows these actions only once joined
         return self.joined
+
+    def _check_budget(self, which: str, train: pb.TrainConfig) -> None:
+        """Leave the job (PRIVACY_BUDGET_SPENT) if ``which`` round would pass the DP budget."""
+        budget = self._joined().budget
+        reason = budget.refusal(which, train) if budget is not None else None
+        if reason is not None:
+            self._refuse(pb.PRIVACY_BUDGET_SPENT, reason, PrivacyBudgetSpentError)
 
     def _heartbeats(self) -> work.Heartbeats:
         """Send a Heartbeat every ``heartbeat_seconds`` while the body runs (long local work)."""

@@ -72,12 +72,14 @@ class FederationClient:
         self.endpoint = endpoint
         self.log = log.bind(client=endpoint.name)
         policy = policy_of(config, config.bundle)  # the local task is resolved here, once
-        self.audit = AuditLog(config.run_dir(endpoint.name) / "audit.jsonl", endpoint.name)
+        run_dir = config.run_dir(endpoint.name)
+        self.audit = AuditLog(run_dir / "audit.jsonl", endpoint.name)
         local = LocalSettings(
             partition=config.partition,
             data=config.data,
             device=resolve_device(config.device),
             policy=policy,
+            state_dir=run_dir,  # the DP-SGD budget of each job, next to audit.jsonl
         )
         self.protocol = ClientProtocol(endpoint.name, endpoint.job_id, local, log, self.audit)
         identity = policy.identity
@@ -86,6 +88,7 @@ class FederationClient:
             policy=policy.mode,
             task=identity.name if identity else None,
             task_hash=identity.hash if identity else None,
+            record_dp=policy.dp.model_dump() if policy.dp else None,
             audit=str(self.audit.path),
         )
 

@@ -72,6 +72,7 @@ def train_round(
         reference = floating_copy(model.state_dict(), into=joined.reference)
         joined.reference = reference
         compressor.remember_global(reference, copy=False)
+    budget = joined.budget
     with heartbeats, on_device(model, device):
         evaluation = joined.task.evaluate(model, joined.data)
         result = joined.task.train(
@@ -83,15 +84,21 @@ def train_round(
                 learning_rate=train.learning_rate,
                 seed=train.seed,
                 proximal_mu=train.proximal_mu,
+                privacy=budget.training(train.seed) if budget is not None else None,
             ),
         )
+    # Charged and saved before anything of the round leaves (raises past the budget).
+    epsilon = budget.charge(round_number, result.privacy) if budget is not None else None
     seconds = time.monotonic() - started
     trained = model.state_dict()
     norm = update_norm(trained, reference) if measure_norm and reference is not None else None
     wire = compressor.encode(trained)
     specs = specs_of(wire)
     metrics = pb.LocalMetrics(
-        train_loss=result.loss, train_seconds=seconds, evaluation=evaluation_message(evaluation)
+        train_loss=result.loss,
+        train_seconds=seconds,
+        evaluation=evaluation_message(evaluation),
+        dp_epsilon=epsilon,
     )
     send = pb.ClientMessage(
         send_model=pb.SendModel(
@@ -121,11 +128,13 @@ def train_round(
             "eval_loss": evaluation.loss,
             "eval_accuracy": evaluation.accuracy,
         },
+        **({"record_dp": budget.record()} if budget is not None else {}),
     }
     summary = {
         "train_loss": round(result.loss, 5),
         "train_seconds": round(seconds, 3),
         "eval_accuracy": round(evaluation.accuracy, 5),
+        **({"dp_epsilon": round(epsilon, 5)} if epsilon is not None else {}),
     }
     return Upload(frames, record, summary)
 
@@ -185,6 +194,8 @@ def join_record(joined: Joined, rejoined: bool, policy: ClientPolicy) -> dict[st
             "max_rounds": bounds.max_rounds,
         },
         "partition": joined.partition,
+        "require_dp": job.require_dp,
+        "record_dp": joined.budget.record() if joined.budget is not None else None,
         "train_examples": joined.data.train_examples,
         "test_examples": joined.data.test_examples,
     }

@@ -11,6 +11,7 @@
     ├── SessionLostError          a client's stream broke; it reconnects within its budget
     ├── ServerRefusedError        the server answered a client with an Error message
     ├── StopRequestedError        SIGTERM/SIGINT asked a daemon to leave (exit 0)
+    ├── PrivacyBudgetSpentError   a client leaves before a round past its DP budget (exit 0)
     ├── JobAbortedError           the job ended without finishing its rounds
     └── SecAggError               a secure-aggregation round cannot complete (too few survivors)
         └── SecAggRefusedError    a secure-aggregation message refused (bad signature, a
@@ -68,6 +69,12 @@ class ProtocolError(FedsiloError):
 
 class ConnectError(FedsiloError):
     """The server could not be reached within the allowed time."""
+
+
+class PrivacyBudgetSpentError(FedsiloError):
+    """A client leaves the job: one more round would pass its record-level privacy budget."""
+
+    exit_code = 0
 
 
 class JobAbortedError(FedsiloError):

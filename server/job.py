@@ -225,8 +225,19 @@ class Job:
                 f"Ready claims {ready.train_examples} training and {ready.test_examples} "
                 f"held-out examples; this job allows at most {cap} for {session.name!r}",
             )
+        if self.config.require_dp and not ready.HasField("record_dp"):
+            raise ProtocolError(
+                int(pb.NOT_ADMITTED),
+                "this job requires record-level DP-SGD (--require-dp); the client's Ready "
+                "declares none",
+            )
+        dp = ready.record_dp if ready.HasField("record_dp") else None
         session.log.info(
-            "client_ready", train_examples=ready.train_examples, test_examples=ready.test_examples
+            "client_ready",
+            train_examples=ready.train_examples,
+            test_examples=ready.test_examples,
+            record_dp_epsilon=dp.target_epsilon if dp else None,
+            record_dp_noise=dp.noise_multiplier if dp else None,
         )
         with self.state.cond:
             member = self.state.registry.current(session.client_id, session)
@@ -280,22 +291,28 @@ class Job:
             self.state.cond.notify_all()
 
     def peer_error(self, session: ClientSession, error: pb.Error) -> None:
-        """Record an Error a client sent."""
+        """Record an Error a client sent; one that left for its DP budget is dropped at once."""
         session.log.warning(
             "client_reported_error",
             code=messages.code_name(error.code),
             message=shown(error.message, 300),
         )
+        if error.code == pb.PRIVACY_BUDGET_SPENT:
+            self._forget(session, "privacy budget spent")
+            session.close()
 
     def closed(self, session: ClientSession) -> None:
         """Forget a session whose stream ended; drop it from the work it owed."""
+        self._forget(session, "disconnected")
+
+    def _forget(self, session: ClientSession, reason: str) -> None:
         with self.state.cond:
             self.state.pending.pop(session, None)
             member = self.state.registry.remove(session.client_id, session)
             if member is None:
                 return
-            self._leave_work(member.client_id, "disconnected", member.stage.value)
-        session.log.info("client_left", phase=member.stage.value)
+            self._leave_work(member.client_id, reason, member.stage.value)
+        session.log.info("client_left", phase=member.stage.value, reason=reason)
 
     def _leave_work(self, client_id: int, reason: str, stage: str) -> None:
         """Drop a client from the round or final evaluation it was part of (cond held)."""

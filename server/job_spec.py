@@ -95,6 +95,11 @@ class JobSpec(BaseModel):
         DEFAULT_CHUNK_SIZE, ge=1024, le=64 << 20, description="Raw bytes per tensor chunk."
     )
 
+    require_dp: bool = Field(
+        False,
+        description="Admit only clients that train with record-level DP-SGD under their own "
+        "policy (fl-client --record-dp-epsilon or --record-dp-noise).",
+    )
     dp_noise_multiplier: float | None = Field(
         None,
         gt=0,

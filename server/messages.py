@@ -39,6 +39,7 @@ def job_config(config: ServerConfig, compression: Compression) -> pb.JobConfig:
         heartbeat_seconds=config.progress_timeout / 4,
         progress_timeout_seconds=config.progress_timeout,
         compression=compression.to_proto(),
+        require_dp=config.require_dp,
     )
 
 
@@ -104,6 +105,11 @@ def finish(rounds_completed: int) -> pb.ServerMessage:
 def abort(reason: str, retry: bool) -> pb.ServerMessage:
     """Return the Abort every client gets when the job ends early (retry: it may resume)."""
     return pb.ServerMessage(abort=pb.Abort(reason=reason, retry=retry))
+
+
+def dp_epsilon(local: pb.LocalMetrics) -> float | None:
+    """Return the record-level epsilon a client reported with its update, if any."""
+    return local.dp_epsilon if local.HasField("dp_epsilon") else None
 
 
 def client_evaluation(client_id: int, evaluation: pb.Evaluation) -> metrics.ClientEvaluation:

@@ -26,6 +26,7 @@ class ClientReport:
     bytes_down: int
     bytes_up: int
     seconds: float
+    dp_epsilon: float | None = None  # the silo's record-level epsilon so far, as it reported
 
 
 @dataclass(frozen=True)
@@ -78,6 +79,7 @@ def round_row(
                 "bytes_down": c.bytes_down,
                 "bytes_up": c.bytes_up,
                 "seconds": round(c.seconds, 4),
+                **({"dp_epsilon": c.dp_epsilon} if c.dp_epsilon is not None else {}),
             }
             for c in clients
         ],

@@ -13,6 +13,7 @@ from fedsilo.common.proto import federation_pb2 as pb
 
 MAX_LOSS = 1e12  # a loss beyond this is a diverged or hostile model, not a measurement
 MAX_SECONDS = 1e7  # about 116 days
+MAX_EPSILON = 1e9  # record-level epsilon: beyond this nothing is protected anyway
 
 
 class ReportError(ValueError):
@@ -39,5 +40,7 @@ def check_local_metrics(metrics: pb.LocalMetrics, max_examples: int) -> None:
     """Raise ReportError unless the metrics sent with an update are finite and in range."""
     _check("train_loss", metrics.train_loss, -MAX_LOSS, MAX_LOSS)
     _check("train_seconds", metrics.train_seconds, 0.0, MAX_SECONDS)
+    if metrics.HasField("dp_epsilon"):
+        _check("dp_epsilon", metrics.dp_epsilon, 0.0, MAX_EPSILON)
     if metrics.HasField("evaluation"):
         check_evaluation(metrics.evaluation, max_examples, "evaluation")

@@ -193,6 +193,7 @@ class Upload:
             bytes_down=current.bytes_down.get(self.client_id, 0),
             bytes_up=self.nbytes,
             seconds=time.monotonic() - current.started,
+            dp_epsilon=messages.dp_epsilon(self.metrics),
         )
         if self.metrics.HasField("evaluation"):
             current.evaluations.append(

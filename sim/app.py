@@ -13,7 +13,7 @@ import torch
 from fedsilo.client.policy import ClientPolicy
 from fedsilo.client.protocol import ClientProtocol, LocalSettings
 from fedsilo.common.devices import resolve_device
-from fedsilo.common.errors import ConfigError, FedsiloError
+from fedsilo.common.errors import ConfigError, FedsiloError, PrivacyBudgetSpentError
 from fedsilo.common.logging import get_logger
 from fedsilo.server.app import make_job
 from fedsilo.server.job import Job, JobOutcome
@@ -60,7 +60,7 @@ def simulate(
     # One model for all: clients work one at a time (work_lock) and each round's model
     # overwrites every weight, so hundreds of clients cost one model's memory.
     # The simulation's operator chose the task: every simulated client's policy runs exactly it.
-    policy = ClientPolicy.pinned(config.task, config.task_options)
+    policy = ClientPolicy.pinned(config.task, config.task_options, dp=config.dp_policy())
     local = LocalSettings(device=resolve_device(config.device), policy=policy, shared_models={})
     work_lock = threading.Lock()
     links = []
@@ -73,7 +73,12 @@ def simulate(
     outcome = _run_with_progress(job, config.rounds, on_progress)
     for link in links:
         link.join(timeout=60)
-    failures = [link.failure for link in links if link.failure is not None]
+    # A silo that left for its privacy budget told the server so; the job went on without it.
+    failures = [
+        link.failure
+        for link in links
+        if link.failure is not None and not isinstance(link.failure, PrivacyBudgetSpentError)
+    ]
     if failures:
         raise FedsiloError(f"a simulated client failed: {failures[0]}") from failures[0]
     return SimResult(

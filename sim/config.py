@@ -7,6 +7,7 @@ from typing import Any
 
 from pydantic import Field
 
+from fedsilo.client.dp_budget import RecordDpSettings
 from fedsilo.common.devices import DEVICE_PATTERN
 from fedsilo.common.errors import ConfigError
 from fedsilo.common.logging import LogLevel
@@ -17,8 +18,12 @@ from fedsilo.server.job_spec import JobSpec, job_field
 SIM_ROUND_TIMEOUT = 7 * 24 * 3600.0  # in-process clients cannot vanish; no deadline is needed
 
 
-class SimConfig(JobSpec, FedsiloSettings):
-    """Everything one ``fl-sim`` run needs: JobSpec's settings and these; frozen once loaded."""
+class SimConfig(JobSpec, RecordDpSettings, FedsiloSettings):
+    """Everything one ``fl-sim`` run needs: JobSpec's settings and these; frozen once loaded.
+
+    The ``record_dp_*`` settings are every simulated silo's own DP-SGD policy, as each
+    fl-client's operator would set it.
+    """
 
     model_config = FedsiloSettings.model_config  # JobSpec's and more: env prefix
 

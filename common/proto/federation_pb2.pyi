@@ -23,6 +23,7 @@ class ErrorCode(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     NOT_ADMITTED: _ClassVar[ErrorCode]
     UNSUPPORTED_CONFIG: _ClassVar[ErrorCode]
     POLICY_MISMATCH: _ClassVar[ErrorCode]
+    PRIVACY_BUDGET_SPENT: _ClassVar[ErrorCode]
 ERROR_CODE_UNSPECIFIED: ErrorCode
 MALFORMED_MESSAGE: ErrorCode
 PROTOCOL_VERSION_MISMATCH: ErrorCode
@@ -37,6 +38,7 @@ INTERNAL: ErrorCode
 NOT_ADMITTED: ErrorCode
 UNSUPPORTED_CONFIG: ErrorCode
 POLICY_MISMATCH: ErrorCode
+PRIVACY_BUDGET_SPENT: ErrorCode
 
 class ClientMessage(_message.Message):
     __slots__ = ("hello", "ready", "send_model", "chunk", "trailer", "eval_result", "heartbeat", "error")
@@ -99,7 +101,7 @@ class InitConfig(_message.Message):
     def __init__(self, client_id: _Optional[int] = ..., job: _Optional[_Union[JobConfig, _Mapping]] = ...) -> None: ...
 
 class JobConfig(_message.Message):
-    __slots__ = ("job_id", "task", "seed", "rounds", "chunk_size", "heartbeat_seconds", "progress_timeout_seconds", "compression", "task_options_json", "task_hash", "train")
+    __slots__ = ("job_id", "task", "seed", "rounds", "chunk_size", "heartbeat_seconds", "progress_timeout_seconds", "compression", "task_options_json", "task_hash", "train", "require_dp")
     JOB_ID_FIELD_NUMBER: _ClassVar[int]
     TASK_FIELD_NUMBER: _ClassVar[int]
     SEED_FIELD_NUMBER: _ClassVar[int]
@@ -111,6 +113,7 @@ class JobConfig(_message.Message):
     TASK_OPTIONS_JSON_FIELD_NUMBER: _ClassVar[int]
     TASK_HASH_FIELD_NUMBER: _ClassVar[int]
     TRAIN_FIELD_NUMBER: _ClassVar[int]
+    REQUIRE_DP_FIELD_NUMBER: _ClassVar[int]
     job_id: int
     task: str
     seed: int
@@ -122,7 +125,8 @@ class JobConfig(_message.Message):
     task_options_json: str
     task_hash: str
     train: TrainConfig
-    def __init__(self, job_id: _Optional[int] = ..., task: _Optional[str] = ..., seed: _Optional[int] = ..., rounds: _Optional[int] = ..., chunk_size: _Optional[int] = ..., heartbeat_seconds: _Optional[float] = ..., progress_timeout_seconds: _Optional[float] = ..., compression: _Optional[_Union[Compression, _Mapping]] = ..., task_options_json: _Optional[str] = ..., task_hash: _Optional[str] = ..., train: _Optional[_Union[TrainConfig, _Mapping]] = ...) -> None: ...
+    require_dp: bool
+    def __init__(self, job_id: _Optional[int] = ..., task: _Optional[str] = ..., seed: _Optional[int] = ..., rounds: _Optional[int] = ..., chunk_size: _Optional[int] = ..., heartbeat_seconds: _Optional[float] = ..., progress_timeout_seconds: _Optional[float] = ..., compression: _Optional[_Union[Compression, _Mapping]] = ..., task_options_json: _Optional[str] = ..., task_hash: _Optional[str] = ..., train: _Optional[_Union[TrainConfig, _Mapping]] = ..., require_dp: _Optional[bool] = ...) -> None: ...
 
 class Compression(_message.Message):
     __slots__ = ("codec", "topk_fraction", "per_channel")
@@ -135,12 +139,28 @@ class Compression(_message.Message):
     def __init__(self, codec: _Optional[str] = ..., topk_fraction: _Optional[float] = ..., per_channel: _Optional[bool] = ...) -> None: ...
 
 class Ready(_message.Message):
-    __slots__ = ("train_examples", "test_examples")
+    __slots__ = ("train_examples", "test_examples", "record_dp")
     TRAIN_EXAMPLES_FIELD_NUMBER: _ClassVar[int]
     TEST_EXAMPLES_FIELD_NUMBER: _ClassVar[int]
+    RECORD_DP_FIELD_NUMBER: _ClassVar[int]
     train_examples: int
     test_examples: int
-    def __init__(self, train_examples: _Optional[int] = ..., test_examples: _Optional[int] = ...) -> None: ...
+    record_dp: RecordDp
+    def __init__(self, train_examples: _Optional[int] = ..., test_examples: _Optional[int] = ..., record_dp: _Optional[_Union[RecordDp, _Mapping]] = ...) -> None: ...
+
+class RecordDp(_message.Message):
+    __slots__ = ("target_epsilon", "delta", "noise_multiplier", "max_grad_norm", "epsilon_spent")
+    TARGET_EPSILON_FIELD_NUMBER: _ClassVar[int]
+    DELTA_FIELD_NUMBER: _ClassVar[int]
+    NOISE_MULTIPLIER_FIELD_NUMBER: _ClassVar[int]
+    MAX_GRAD_NORM_FIELD_NUMBER: _ClassVar[int]
+    EPSILON_SPENT_FIELD_NUMBER: _ClassVar[int]
+    target_epsilon: float
+    delta: float
+    noise_multiplier: float
+    max_grad_norm: float
+    epsilon_spent: float
+    def __init__(self, target_epsilon: _Optional[float] = ..., delta: _Optional[float] = ..., noise_multiplier: _Optional[float] = ..., max_grad_norm: _Optional[float] = ..., epsilon_spent: _Optional[float] = ...) -> None: ...
 
 class TrainConfig(_message.Message):
     __slots__ = ("local_epochs", "batch_size", "learning_rate", "seed", "proximal_mu")
@@ -195,14 +215,16 @@ class EvalResult(_message.Message):
     def __init__(self, round: _Optional[int] = ..., evaluation: _Optional[_Union[Evaluation, _Mapping]] = ...) -> None: ...
 
 class LocalMetrics(_message.Message):
-    __slots__ = ("train_loss", "train_seconds", "evaluation")
+    __slots__ = ("train_loss", "train_seconds", "evaluation", "dp_epsilon")
     TRAIN_LOSS_FIELD_NUMBER: _ClassVar[int]
     TRAIN_SECONDS_FIELD_NUMBER: _ClassVar[int]
     EVALUATION_FIELD_NUMBER: _ClassVar[int]
+    DP_EPSILON_FIELD_NUMBER: _ClassVar[int]
     train_loss: float
     train_seconds: float
     evaluation: Evaluation
-    def __init__(self, train_loss: _Optional[float] = ..., train_seconds: _Optional[float] = ..., evaluation: _Optional[_Union[Evaluation, _Mapping]] = ...) -> None: ...
+    dp_epsilon: float
+    def __init__(self, train_loss: _Optional[float] = ..., train_seconds: _Optional[float] = ..., evaluation: _Optional[_Union[Evaluation, _Mapping]] = ..., dp_epsilon: _Optional[float] = ...) -> None: ...
 
 class Evaluation(_message.Message):
     __slots__ = ("examples", "loss", "accuracy")
