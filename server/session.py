@@ -63,6 +63,9 @@ class SessionJob(Protocol):
     def peer_error(self, session: ClientSession, error: pb.Error) -> None:
         """Record an Error the client sent."""
 
+    def secagg_message(self, session: ClientSession, message: Any) -> None:
+        """Take a secure-aggregation stage message (raises ProtocolError when refused)."""
+
     def closed(self, session: ClientSession) -> None:
         """Forget a session whose stream ended."""
 
@@ -276,6 +279,9 @@ class ClientSession:
 
     def _do_end_discard(self, trailer: pb.TensorStreamTrailer, nbytes: int) -> None:
         self.job.stream_discarded(self)
+
+    def _do_record_secagg(self, message: Any, nbytes: int) -> None:
+        self.job.secagg_message(self, message)
 
     def _do_log_peer_error(self, error: pb.Error, nbytes: int) -> None:
         self.job.peer_error(self, error)
