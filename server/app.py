@@ -18,12 +18,15 @@ from fedsilo.common.bundles import load_server_bundle
 from fedsilo.common.errors import ConfigError, FedsiloError, PortInUseError
 from fedsilo.common.logging import get_logger
 from fedsilo.common.wire import SERVER_PING_POLICY, SERVICE_NAME, channel_options
+from fedsilo.server.admin import AdminServer
 from fedsilo.server.allocator import tune_for_streams
 from fedsilo.server.checkpoint import CHECKPOINT_FILE, Checkpoint, job_identity, load_checkpoint
 from fedsilo.server.config import ServerConfig
 from fedsilo.server.job import Job, JobOutcome
 from fedsilo.server.run_files import MODEL_FILE, finished_rounds
 from fedsilo.server.service import FederationService
+from fedsilo.server.status import StatusView
+from fedsilo.server.status_metrics import register_state_metrics
 from fedsilo.tasks import load_task
 
 SHUTDOWN_GRACE_SECONDS = 5.0
@@ -139,6 +142,25 @@ def make_job(
     return job
 
 
+def make_job_closing(
+    config: ServerConfig, log: structlog.typing.FilteringBoundLogger, admin: AdminServer | None
+) -> Job:
+    """Make the job (see make_job); if that fails, close the admin port bound for it."""
+    try:
+        return make_job(config, log, find_checkpoint(config, log))
+    except BaseException:
+        if admin is not None:
+            admin.stop()
+        raise
+
+
+def start_admin(admin: AdminServer, config: ServerConfig, job: Job) -> None:
+    """Serve the job's status, page and metrics on the admin port."""
+    view = StatusView(config, job.state, job.telemetry)
+    register_state_metrics(view)
+    admin.start(view)
+
+
 def serve(config: ServerConfig) -> JobOutcome:
     """Run the job to its end and return its outcome. SIGTERM/SIGINT abort it cleanly."""
     # The server decodes many streams at once and trains nothing: freed message buffers must
@@ -151,7 +173,9 @@ def serve(config: ServerConfig) -> JobOutcome:
     if done is not None:
         log.info("job_already_finished", rounds=done, model=str(config.run_dir / MODEL_FILE))
         return JobOutcome(finished=True, rounds_completed=done, already_finished=True)
-    job = make_job(config, log, find_checkpoint(config, log))
+    # Bound before the run folder is touched, like the job's port: a taken port changes nothing.
+    admin = AdminServer(config, log) if config.admin_port is not None else None
+    job = make_job_closing(config, log, admin)
     health_service = health.HealthServicer()
     server = build_server(config, job, health_service)
     health_server = (
@@ -162,6 +186,8 @@ def serve(config: ServerConfig) -> JobOutcome:
     server.start()
     if health_server is not None:
         health_server.start()
+    if admin is not None:
+        start_admin(admin, config, job)
     health_service.set("", health_pb2.HealthCheckResponse.SERVING)
     health_service.set(SERVICE_NAME, health_pb2.HealthCheckResponse.SERVING)
     log.info(
@@ -186,6 +212,8 @@ def serve(config: ServerConfig) -> JobOutcome:
             health_service.enter_graceful_shutdown()
             if health_server is not None:
                 health_server.stop(0)
+            if admin is not None:
+                admin.stop()
             server.stop(SHUTDOWN_GRACE_SECONDS)
 
     def on_signal(signum: int, frame: FrameType | None) -> None:

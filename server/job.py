@@ -64,6 +64,7 @@ class Job:
             raise ConfigError(f"strategy: {exc}") from exc
         run_dir = config.run_dir
         self.recorder = JobRecorder(config, log)
+        self.telemetry = self.recorder.telemetry
         registry = ClientRegistry(config.job_id, ClientIdLog(run_dir / CLIENT_IDS_FILE), admitted)
         self.state = JobState(registry=registry)
         self.store = UploadStore(run_dir / SPILL_DIR, config.chunk_size)
