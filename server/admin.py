@@ -105,6 +105,10 @@ class _Server(ThreadingHTTPServer):
         finally:
             secured.close()
 
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        """Log a connection that broke (a peer that hung up mid-answer) instead of printing."""
+        self.log.info("admin_connection_failed", peer=client_address[0], exc_info=True)
+
 
 class _Server6(_Server):
     address_family = socket.AF_INET6
@@ -137,9 +141,7 @@ class _Handler(BaseHTTPRequestHandler):
             self._send_json(HTTPStatus.NOT_FOUND, {"error": f"no such page: {path}"})
             return
         view = self.server.view
-        if view is None:
-            self._send_json(HTTPStatus.SERVICE_UNAVAILABLE, {"error": "the job is starting"})
-            return
+        assert view is not None, "serving starts with a view"
         try:
             route(view)
         except Exception:
@@ -227,7 +229,7 @@ class AdminServer:
         """Serve ``view`` on a thread of its own until ``stop``."""
         self._server.view = view
         self._thread = threading.Thread(
-            target=self._server.serve_forever, name="admin", kwargs={"poll_interval": 0.5}
+            target=self._server.serve_forever, name="admin", kwargs={"poll_interval": 0.1}
         )
         self._thread.daemon = True
         self._thread.start()

@@ -92,10 +92,16 @@ def fetch(target: Target, path: str, timeout: float) -> bytes:
         connection.request("GET", path, headers={"Accept": "application/json"})
         response = connection.getresponse()
         body = response.read(MAX_BODY_BYTES)
+    except ssl.SSLCertVerificationError as exc:
+        raise ConnectError(
+            f"TLS with {target.address} failed: certificate verify failed: {exc.verify_message}"
+        ) from exc
     except ssl.SSLError as exc:
         raise ConnectError(f"TLS with {target.address} failed: {exc.reason or exc}") from exc
     except (OSError, http.client.HTTPException) as exc:
-        hint = "" if target.tls else " (an admin port off loopback needs --bundle)"
+        # Plaintext against a TLS port: the server ends the handshake it cannot read.
+        hung_up = isinstance(exc, (ConnectionResetError, http.client.BadStatusLine))
+        hint = " (an admin port off loopback needs --bundle)" if hung_up and not target.tls else ""
         reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
         raise ConnectError(
             f"cannot reach {target.address}: {reason or type(exc).__name__}{hint}"
