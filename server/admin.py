@@ -44,6 +44,8 @@ ASSETS = {
     "/": ("index.html", "text/html; charset=utf-8"),
     "/static/status.js": ("status.js", "text/javascript; charset=utf-8"),
     "/static/status.css": ("status.css", "text/css; charset=utf-8"),
+    "/static/favicon.svg": ("favicon.svg", "image/svg+xml"),
+    "/favicon.ico": ("favicon.svg", "image/svg+xml"),
 }
 SECURITY_HEADERS = {
     "X-Content-Type-Options": "nosniff",

@@ -136,7 +136,7 @@ function niceTicks(low, high, count) {
   return ticks;
 }
 
-function drawChart(node, history, names, fixedRange) {
+function drawChart(node, history, names, fixedRange, fromZero) {
   const series = names.map((name) => ({
     name,
     points: history
@@ -150,11 +150,12 @@ function drawChart(node, history, names, fixedRange) {
       node).textContent = "no rounds yet";
     return;
   }
-  const xs = all.map((p) => p[0]);
+  // Every chart spans the same rounds, so that the curves line up one above the other.
+  const xs = history.map((entry) => entry.round);
   const ys = all.map((p) => p[1]);
   const x0 = Math.min(...xs);
   const x1 = Math.max(Math.max(...xs), x0 + 1);
-  let [y0, y1] = fixedRange || [Math.min(...ys), Math.max(...ys)];
+  let [y0, y1] = fixedRange || [fromZero ? Math.min(0, ...ys) : Math.min(...ys), Math.max(...ys)];
   if (y1 - y0 < 1e-9) [y0, y1] = [y0 - 0.5, y1 + 0.5];
   const w = CHART.width - CHART.left - CHART.right;
   const h = CHART.height - CHART.top - CHART.bottom;
@@ -187,8 +188,8 @@ function render(status) {
   renderSummary(status);
   renderClients(status.clients);
   renderHistory(status.history);
-  drawChart(byId("loss-chart"), status.history, ["train_loss", "eval_loss"], null);
-  drawChart(byId("accuracy-chart"), status.history, ["eval_accuracy"], [0, 1]);
+  drawChart(byId("loss-chart"), status.history, ["train_loss", "eval_loss"], null, true);
+  drawChart(byId("accuracy-chart"), status.history, ["eval_accuracy"], [0, 1], false);
   updates += 1;
   document.body.dataset.updates = String(updates);
   document.body.dataset.phase = status.job.phase;
