@@ -197,7 +197,7 @@ class AdminServer:
     """The admin port of one job: bound before the job starts, serving once it exists."""
 
     def __init__(self, config: ServerConfig, log: Log) -> None:
-        host, port = config.admin_host, config.admin_port
+        host, port = config.health_host, config.health_port
         assert port is not None, "the admin port is off"
         loopback = is_loopback(host)
         # ServerConfig makes sure --tls is given whenever the address is not loopback.
@@ -208,9 +208,9 @@ class AdminServer:
         except OSError as exc:
             if exc.errno == errno.EADDRINUSE:
                 raise PortInUseError(
-                    f"admin port {port} on {host} is already in use; choose another --admin-port"
+                    f"admin port {port} on {host} is already in use; choose another --health-port"
                 ) from exc
-            raise ConfigError(f"cannot listen on {host}:{port} (--admin-host): {exc}") from exc
+            raise ConfigError(f"cannot listen on {host}:{port} (--health-host): {exc}") from exc
         self.tls = tls is not None
         self._thread: threading.Thread | None = None
         self._log = log

@@ -89,19 +89,6 @@ def build_server(
     return server
 
 
-def build_health_server(port: int, health_service: health.HealthServicer) -> grpc.Server:
-    """A plaintext server on 127.0.0.1 with only the gRPC health service (container probes)."""
-    server = grpc.server(
-        futures.ThreadPoolExecutor(max_workers=2), options=[("grpc.so_reuseport", 0)]
-    )
-    health_pb2_grpc.add_HealthServicer_to_server(health_service, server)
-    try:
-        server.add_insecure_port(f"127.0.0.1:{port}")
-    except RuntimeError as exc:
-        raise PortInUseError(f"health port {port} is already in use") from exc
-    return server
-
-
 def admitted_clients(config: ServerConfig) -> Callable[[], frozenset[str]] | None:
     """With TLS, return a reader of the admitted names (re-read at each Hello, so that
     ``fl-certs add-org`` takes effect without a restart); None without TLS."""
@@ -174,18 +161,13 @@ def serve(config: ServerConfig) -> JobOutcome:
         log.info("job_already_finished", rounds=done, model=str(config.run_dir / MODEL_FILE))
         return JobOutcome(finished=True, rounds_completed=done, already_finished=True)
     # Bound before the run folder is touched, like the job's port: a taken port changes nothing.
-    admin = AdminServer(config, log) if config.admin_port is not None else None
+    admin = AdminServer(config, log) if config.health_port is not None else None
     job = make_job_closing(config, log, admin)
     health_service = health.HealthServicer()
     server = build_server(config, job, health_service)
-    health_server = (
-        build_health_server(config.health_port, health_service) if config.health_port else None
-    )
     if config.insecure:
         log.warning("insecure_transport", detail="no TLS: traffic and identities are unprotected")
     server.start()
-    if health_server is not None:
-        health_server.start()
     if admin is not None:
         start_admin(admin, config, job)
     health_service.set("", health_pb2.HealthCheckResponse.SERVING)
@@ -210,8 +192,6 @@ def serve(config: ServerConfig) -> JobOutcome:
             raise
         finally:
             health_service.enter_graceful_shutdown()
-            if health_server is not None:
-                health_server.stop(0)
             if admin is not None:
                 admin.stop()
             server.stop(SHUTDOWN_GRACE_SECONDS)

@@ -44,15 +44,12 @@ class ServerConfig(JobSpec, FedsiloSettings):
     )
     insecure: bool = Field(False, description="Plaintext without certificates (trusted nets).")
     health_port: int | None = Field(
-        None, ge=1, le=MAX_PORT, description="Also serve gRPC health, plaintext, on 127.0.0.1."
-    )
-    admin_port: int | None = Field(
         None,
         ge=1,
         le=MAX_PORT,
-        description="Serve the admin HTTP API (status page, /status, /metrics, /healthz) here.",
+        description="The admin port (HTTP): the status page, /status, /metrics and /healthz.",
     )
-    admin_host: str = Field(
+    health_host: str = Field(
         "127.0.0.1",
         min_length=1,
         description="Address of the admin port; any but loopback needs --tls (mutual TLS).",
@@ -72,11 +69,11 @@ class ServerConfig(JobSpec, FedsiloSettings):
 
     @model_validator(mode="after")
     def _admin_elsewhere_needs_tls(self) -> ServerConfig:
-        if self.admin_port is not None and self.tls is None and not is_loopback(self.admin_host):
+        if self.health_port is not None and self.tls is None and not is_loopback(self.health_host):
             raise ValueError(
-                f"admin_host: {self.admin_host} is not a loopback address, and off loopback the "
+                f"health_host: {self.health_host} is not a loopback address, and off loopback the "
                 "admin port answers only mutual TLS: give --tls DIR/server, or leave "
-                "--admin-host at 127.0.0.1"
+                "--health-host at 127.0.0.1"
             )
         return self
 

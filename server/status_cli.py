@@ -49,7 +49,7 @@ def parse_address(value: str) -> tuple[str, int]:
     host, sep, port = value.rpartition(":")
     host = host.strip("[]")
     if not sep or not host or not port.isdigit() or not 1 <= int(port) <= MAX_PORT:
-        raise ConfigError(f"{value!r} is not HOST:PORT (the server's --admin-port)")
+        raise ConfigError(f"{value!r} is not HOST:PORT (the server's --health-port)")
     return host, int(port)
 
 

@@ -41,7 +41,7 @@ from fedsilo.server.outbox import OutgoingModel
 
 # Without this every counter and histogram also exposes a `<name>_created` gauge family (a
 # process-wide setting of prometheus_client): noise beside each series in the text format.
-disable_created_metrics()
+disable_created_metrics()  # type: ignore[no-untyped-call]
 
 DIRECTIONS = ("down", "up")
 HISTORY_ROUNDS = 10_000  # compact rows kept for the curves (a few hundred bytes each)

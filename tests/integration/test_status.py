@@ -1,5 +1,5 @@
-"""Watching a real job: fl-server --admin-port with real fl-clients, read by fl-status and
-Prometheus' parser; off loopback the admin port takes mutual TLS only (fl-certs certificates)."""
+"""Watching a real job: fl-server's admin port (--health-port) with real fl-clients, read by
+fl-status and Prometheus' parser; off loopback it takes mutual TLS only (fl-certs certificates)."""
 
 from __future__ import annotations
 
@@ -57,7 +57,7 @@ def test_fl_status_follows_a_running_job_and_metrics_parse(
         JOB,
         port - JOB,
         *("--task", TASK, "--rounds", str(ROUNDS), "--min-clients", "2", *SLOW_TRAINING),
-        *("--admin-port", str(admin), "--out", str(tmp_path / "run")),
+        *("--health-port", str(admin), "--out", str(tmp_path / "run")),
     )
     waiting = status_of(address)
     assert waiting is not None and waiting["job"]["phase"] == "waiting"
@@ -128,13 +128,13 @@ def test_an_admin_port_off_loopback_without_tls_is_a_config_error(
     server = daemons.start(
         "fl-server",
         *("--job-id", str(JOB), "--port-base", str(port - JOB), "--host", "127.0.0.1"),
-        *("--admin-host", "0.0.0.0", "--admin-port", str(free_port())),
+        *("--health-host", "0.0.0.0", "--health-port", str(free_port())),
         *("--out", str(tmp_path / "run")),
     )
     assert server.wait(timeout=60) == 2
     lines = server.stderr.read_text().strip().splitlines()
     assert len(lines) == 1, lines
-    assert lines[0].startswith("fl-server: error: admin_host: 0.0.0.0 is not a loopback address")
+    assert lines[0].startswith("fl-server: error: health_host: 0.0.0.0 is not a loopback address")
     assert not (tmp_path / "run").exists(), "a refused config changed the run folder"
 
 
@@ -169,7 +169,7 @@ def test_off_loopback_the_admin_port_answers_only_the_federations_certificates(
         3,  # the job the certificates name
         port - 3,
         *("--tls", str(certs / "server"), "--rounds", "1", "--min-clients", "1"),
-        *("--admin-host", "0.0.0.0", "--admin-port", str(admin), "--out", str(tmp_path / "run")),
+        *("--health-host", "0.0.0.0", "--health-port", str(admin), "--out", str(tmp_path / "run")),
     )
     address = f"127.0.0.1:{admin}"
     wait_for(lambda: server.has_event("admin_listening"), 30, "the admin port")

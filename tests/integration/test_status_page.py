@@ -74,7 +74,7 @@ def test_the_status_page_shows_the_clients_and_follows_the_rounds(
         port - JOB,
         *("--task", "tests.integration.user_task:TinyTask", "--rounds", str(ROUNDS)),
         *("--min-clients", "2", "--local-epochs", "150", "--batch-size", "16"),
-        *("--admin-port", str(admin), "--out", str(tmp_path / "run")),
+        *("--health-port", str(admin), "--out", str(tmp_path / "run")),
     )
     page = browser.new_page(viewport={"width": 1100, "height": 900})
     errors: list[str] = []

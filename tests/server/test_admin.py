@@ -43,7 +43,7 @@ def get(port: int, path: str, method: str = "GET", host: str | None = None):
 def admin(tmp_path_factory: pytest.TempPathFactory) -> Iterator[AdminServer]:
     tmp_path = tmp_path_factory.mktemp("admin")
     fed = federation(tmp_path)
-    settings = config(tmp_path, admin_port=free_port())
+    settings = config(tmp_path, health_port=free_port())
     view = StatusView(settings, fed.state, fed.telemetry)
     register_state_metrics(view)
     server = AdminServer(settings, _quiet_log())
@@ -137,18 +137,18 @@ def test_a_taken_admin_port_is_one_clear_error(tmp_path: Path) -> None:
         taken.listen()
         port = taken.getsockname()[1]
         with pytest.raises(PortInUseError, match=f"admin port {port} .* already in use"):
-            AdminServer(config(tmp_path, admin_port=port), _quiet_log())
+            AdminServer(config(tmp_path, health_port=port), _quiet_log())
 
 
 def test_off_loopback_the_admin_port_needs_tls(tmp_path: Path) -> None:
-    flags = {"job_id": 3, "insecure": True, "admin_port": 9100, "admin_host": "0.0.0.0"}
+    flags = {"job_id": 3, "insecure": True, "health_port": 9100, "health_host": "0.0.0.0"}
     with pytest.raises(
-        ConfigError, match=re.escape("admin_host: 0.0.0.0 is not a loopback address")
+        ConfigError, match=re.escape("health_host: 0.0.0.0 is not a loopback address")
     ):
         load_config(ServerConfig, flags, None, environ={})
     # Loopback needs nothing; an unused admin host is not checked.
-    load_config(ServerConfig, {**flags, "admin_host": "127.0.0.1"}, None, environ={})
-    load_config(ServerConfig, {**flags, "admin_port": None}, None, environ={})
+    load_config(ServerConfig, {**flags, "health_host": "127.0.0.1"}, None, environ={})
+    load_config(ServerConfig, {**flags, "health_port": None}, None, environ={})
 
 
 @pytest.mark.parametrize(
