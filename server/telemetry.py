@@ -128,6 +128,7 @@ class JobTelemetry:
         self._lock = threading.Lock()
         # Guarded by _lock:
         self._names: dict[int, str] = {}
+        self._bytes_up: dict[int, Counter] = {}  # each client's labelled counter, looked up once
         self._transfers: dict[tuple[int, str], Transfer] = {}  # (client id, direction)
         self._history: deque[dict[str, Any]] = deque(maxlen=HISTORY_ROUNDS)
         self._recent: deque[dict[str, Any]] = deque(maxlen=RECENT_ROWS)
@@ -217,8 +218,10 @@ class JobTelemetry:
         """A Hello was admitted: ``client_id`` is ``name`` from now on."""
         if client_id is None or name is None:
             return
+        counter = self.bytes.labels(name, "up")
         with self._lock:
             self._names[client_id] = name
+            self._bytes_up[client_id] = counter
             self._forget(client_id)
         self.admissions.inc()
 
@@ -227,12 +230,12 @@ class JobTelemetry:
         if client_id is None:
             return
         with self._lock:
-            name = self._names.get(client_id)
+            counter = self._bytes_up.get(client_id)
             upload = self._transfers.get((client_id, "up"))
             if upload is not None:
                 upload.done += nbytes
-        if name is not None:
-            self.bytes.labels(name, "up").inc(nbytes)
+        if counter is not None:
+            counter.inc(nbytes)
 
     def download_started(self, client_id: int | None, stream: OutgoingModel) -> None:
         """A model stream was queued for a client."""
