@@ -20,8 +20,9 @@ from pathlib import Path
 
 import torch
 
-from fedsilo.common import codec
 from fedsilo.common.proto import federation_pb2 as pb
+from fedsilo.common.specs import header_of, specs_from_header, specs_of
+from fedsilo.common.tensor_stream import TensorStreamDecoder, TensorStreamEncoder
 from fedsilo.common.wire import SERVER_CHUNKS
 
 MIB = 1 << 20
@@ -56,12 +57,12 @@ def main() -> None:
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
     state = make_state()
-    specs = codec.specs_of(state)
-    header = codec.header_of(specs)
+    specs = specs_of(state)
+    header = header_of(specs)
     frames: list[bytes] = []
 
     def encode() -> None:
-        encoder = codec.TensorStreamEncoder(list(state.values()))
+        encoder = TensorStreamEncoder(list(state.values()))
         frames[:] = [SERVER_CHUNKS.frame(parts) for parts in encoder]
         frames.append(
             pb.ServerMessage(
@@ -72,7 +73,7 @@ def main() -> None:
     target = {name: torch.empty_like(t) for name, t in state.items()}
 
     def decode() -> None:
-        decoder = codec.TensorStreamDecoder(codec.specs_from_header(header, TOTAL), into=target)
+        decoder = TensorStreamDecoder(specs_from_header(header, TOTAL), into=target)
         for frame in frames[:-1]:
             decoder.feed(pb.ServerMessage.FromString(frame).chunk.data)
         decoder.finish(pb.ServerMessage.FromString(frames[-1]).trailer.checksum)

@@ -20,7 +20,6 @@ import torch
 from google.protobuf import json_format
 
 from fedsilo.client.heartbeat import HeartbeatPacer
-from fedsilo.common import codec
 from fedsilo.common.compression import ClientCompressor, Compression
 from fedsilo.common.errors import (
     CodecError,
@@ -30,6 +29,8 @@ from fedsilo.common.errors import (
     SessionLostError,
 )
 from fedsilo.common.proto import federation_pb2 as pb
+from fedsilo.common.specs import check_specs_match, header_of, specs_from_header, specs_of
+from fedsilo.common.tensor_stream import TensorStreamDecoder, TensorStreamEncoder
 from fedsilo.common.wire import (
     CLIENT_CHUNKS,
     PROTOCOL_VERSION,
@@ -62,7 +63,7 @@ class _Incoming:
     kind: str  # "sync_model" or "evaluate"
     round: int
     train: pb.TrainConfig | None
-    decoder: codec.TensorStreamDecoder
+    decoder: TensorStreamDecoder
 
 
 class ClientProtocol:
@@ -107,7 +108,7 @@ class ClientProtocol:
             hello.job_id = self.job_id
         return pb.ClientMessage(hello=hello)
 
-    def handle(self, message: pb.ServerMessage | RawChunk) -> bool:
+    def handle(self, message: pb.ServerMessage | RawChunk) -> bool:  # noqa: C901 - until the client has its transition table
         """Handle one server message; return True when the session is over."""
         if isinstance(message, RawChunk):
             self._on_chunk(message.data)
@@ -203,19 +204,19 @@ class ClientProtocol:
             self._protocol_violation(f"{kind} at the wrong time")
         assert self.model is not None and self.job is not None
         state = self.model.state_dict()
-        expected = codec.specs_of(state)
+        expected = specs_of(state)
         try:
-            specs = codec.specs_from_header(
+            specs = specs_from_header(
                 header, sum(s.nbytes for s in expected), max_tensors=len(expected)
             )
-            codec.check_specs_match(specs, expected)
+            check_specs_match(specs, expected)
         except CodecError as exc:
             self._protocol_violation(f"model from the server does not fit the task: {exc}")
         self._incoming = _Incoming(
             kind=kind,
             round=round_number,
             train=train,
-            decoder=codec.TensorStreamDecoder(
+            decoder=TensorStreamDecoder(
                 specs, into=_decodable(state), max_chunk_size=self.job.chunk_size
             ),
         )
@@ -287,7 +288,7 @@ class ClientProtocol:
                     train_seconds=seconds,
                     evaluation=_evaluation(evaluation),
                 ),
-                update=codec.header_of(codec.specs_of(wire)),
+                update=header_of(specs_of(wire)),
             )
         )
         inline = inline_tensors(list(wire.values()), self.job.chunk_size)
@@ -295,7 +296,7 @@ class ClientProtocol:
             send.send_model.update.inline.CopyFrom(inline)
             self._send(send)
         else:
-            encoder = codec.TensorStreamEncoder(list(wire.values()), self.job.chunk_size)
+            encoder = TensorStreamEncoder(list(wire.values()), self.job.chunk_size)
             self._send(tensor_stream_frames(send, encoder, CLIENT_CHUNKS, _client_trailer))
         self.rounds_done += 1
         log.info(

@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import json
 import stat
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -41,6 +42,8 @@ class ServerBundle:
     private_key: bytes
     root_certificates: bytes
     allowed_clients: frozenset[str]
+    # Per organisation, the most training examples it may claim (clients.json "max_examples").
+    max_examples: Mapping[str, int] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -74,13 +77,19 @@ def load_server_bundle(folder: Path) -> ServerBundle:
     chain, key = _read_pair(folder / SERVER_CERT, folder / SERVER_KEY)
     roots = _read_certificates(folder / CA_CERT)
     path = folder / CLIENTS_FILE
-    data = _read_json_object(path, {"clients"})
+    data = _read_json_object(path, {"clients"}, optional={"max_examples"})
     clients = data.get("clients")
     if not isinstance(clients, list) or not all(isinstance(name, str) for name in clients):
         raise ConfigError(f"{path}: 'clients' must be a list of names")
     for name in clients:
         _check_name(path, name)
-    return ServerBundle(chain, key, roots, frozenset(clients))
+    caps = data.get("max_examples", {})
+    if not isinstance(caps, dict) or not all(
+        name in clients and isinstance(cap, int) and not isinstance(cap, bool) and cap >= 1
+        for name, cap in caps.items()
+    ):
+        raise ConfigError(f"{path}: 'max_examples' must map admitted client names to integers >= 1")
+    return ServerBundle(chain, key, roots, frozenset(clients), dict(caps))
 
 
 def load_client_bundle(folder: Path) -> ClientBundle:
@@ -90,9 +99,9 @@ def load_client_bundle(folder: Path) -> ClientBundle:
     roots = _read_certificates(folder / CA_CERT)
     path = folder / CONNECTION_FILE
     data = _read_json_object(path, {"server", "job_id", "server_name", "name"})
-    for field in ("server", "server_name", "name"):
-        if not isinstance(data.get(field), str) or not data[field]:
-            raise ConfigError(f"{path}: {field!r} must be a non-empty string")
+    for key_name in ("server", "server_name", "name"):
+        if not isinstance(data.get(key_name), str) or not data[key_name]:
+            raise ConfigError(f"{path}: {key_name!r} must be a non-empty string")
     job_id = data.get("job_id")
     if not isinstance(job_id, int) or isinstance(job_id, bool) or job_id < 0:
         raise ConfigError(f"{path}: 'job_id' must be an integer >= 0 (got {job_id!r})")
@@ -157,7 +166,9 @@ def _read_pair(cert_path: Path, key_path: Path) -> tuple[bytes, bytes]:
     return chain, key_pem
 
 
-def _read_json_object(path: Path, fields: set[str]) -> dict[str, Any]:
+def _read_json_object(
+    path: Path, fields: set[str], optional: frozenset[str] | set[str] = frozenset()
+) -> dict[str, Any]:
     try:
         data = json.loads(_read_bytes(path))
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
@@ -167,7 +178,7 @@ def _read_json_object(path: Path, fields: set[str]) -> dict[str, Any]:
     missing = sorted(fields - set(data))
     if missing:
         raise ConfigError(f"{path}: missing {', '.join(missing)}")
-    unknown = sorted(set(data) - fields)
+    unknown = sorted(set(data) - fields - set(optional))
     if unknown:
         raise ConfigError(f"{path}: unknown {', '.join(unknown)}")
     return data

@@ -40,9 +40,9 @@ from typing import Literal, get_args
 
 import torch
 
-from fedsilo.common.codec import TensorSpec, check_specs_match, specs_of
 from fedsilo.common.errors import CodecError, ConfigError
 from fedsilo.common.proto import federation_pb2 as pb
+from fedsilo.common.specs import TensorSpec, check_specs_match, specs_of
 
 Codec = Literal["none", "delta", "fp16", "bf16", "int8", "topk"]
 CODECS: tuple[str, ...] = get_args(Codec)

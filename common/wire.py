@@ -16,8 +16,8 @@ from typing import Generic, TypeVar
 import torch
 from google.protobuf.message import DecodeError, Message
 
-from fedsilo.common.codec import TensorStreamEncoder
 from fedsilo.common.proto import federation_pb2 as pb
+from fedsilo.common.tensor_stream import TensorStreamEncoder
 
 PROTOCOL_VERSION = 1
 

@@ -196,7 +196,8 @@ def add_organisation(out: Path, org: str, days: int = DEFAULT_DAYS) -> None:
         ca_key, ca_cert = certs.load_ca(ca_pem, key_pem)
     except (OSError, ValueError) as exc:
         raise ConfigError(f"cannot use the CA in {out}: {exc}") from exc
-    allowed = load_server_bundle(out / SERVER_FOLDER).allowed_clients
+    server_bundle = load_server_bundle(out / SERVER_FOLDER)
+    allowed = server_bundle.allowed_clients
     if org in allowed or (out / org).exists():
         raise ConfigError(f"organisation {org!r} already exists in {out}")
     # The server's address and job live only in the org bundles; any existing one has them.
@@ -217,7 +218,10 @@ def add_organisation(out: Path, org: str, days: int = DEFAULT_DAYS) -> None:
     staged = clients_path.with_name(CLIENTS_FILE + ".new")
     try:
         _write_bundle(out / org, CLIENT_KEY, key, _client_files(cert, ca_pem, connection, org))
-        staged.write_bytes(_json_bytes({"clients": sorted(allowed | {org})}))
+        admitted: dict[str, object] = {"clients": sorted(allowed | {org})}
+        if server_bundle.max_examples:  # the operator's caps stay as they were
+            admitted["max_examples"] = dict(server_bundle.max_examples)
+        staged.write_bytes(_json_bytes(admitted))
         # os.replace is atomic: the server never reads a half-written clients.json.
         os.replace(staged, clients_path)
     except OSError as exc:

@@ -8,11 +8,18 @@ updates that wait for their turn (the server spills those to disk: see ``server/
 Given a ``release`` callback, the fold owns the updates it is given: the first one folded is
 scaled in place and becomes the running sum (no model-sized buffer of zeros), and every update
 is handed to ``release`` once folded, with ``reuse`` saying whether its buffers are free again.
-Not thread-safe: the job calls it under its lock.
+
+The update whose turn has come can also be folded as it streams (``begin_stream``): its blocks
+are added to the running sum as they arrive, written into a second sum buffer, so that the sum
+itself is untouched until the whole update has passed its checks (``commit_stream``); a refused
+one leaves no trace (``abandon_stream``). Same additions in the same order: the same bits.
+Not thread-safe: the job calls it under its lock, except ``StreamedFold.add``, which the
+upload's reader thread calls while it holds the only stream.
 """
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 
@@ -27,6 +34,47 @@ class _Waiting:
     tensors: Mapping[str, torch.Tensor]
 
 
+class StreamedFold:
+    """Writes ``base + weight * update`` (or ``weight * update`` first) into ``target``, by block.
+
+    ``base`` is the running sum, only read here; ``target`` becomes the sum on commit. Blocks
+    arrive in stream order from one reader thread; ``stop`` (from the job's thread) makes every
+    later block a no-op, so that a stream given up never writes into buffers reused elsewhere.
+    """
+
+    def __init__(
+        self,
+        client_id: int,
+        base: fedavg.State | None,
+        target: fedavg.State,
+        weight: float,
+    ) -> None:
+        self.client_id = client_id
+        self.base = base
+        self.target = target
+        self.weight = weight
+        self._lock = threading.Lock()
+        self._alive = True
+
+    def add(self, name: str, start: int, block: torch.Tensor) -> None:
+        """Fold elements ``start .. start + len(block)`` of tensor ``name``."""
+        with self._lock:
+            if not self._alive:
+                return
+            out = self.target[name].view(-1)[start : start + block.numel()]
+            values = block.to(out.dtype)
+            if self.base is None:
+                torch.mul(values, self.weight, out=out)
+            else:
+                base = self.base[name].view(-1)[start : start + block.numel()]
+                torch.add(base, values, alpha=self.weight, out=out)
+
+    def stop(self) -> None:
+        """Make every later ``add`` a no-op (waits for one in progress)."""
+        with self._lock:
+            self._alive = False
+
+
 @dataclass
 class OrderedFold:
     """Running example-weighted sum of one round's updates, folded in client-id order."""
@@ -36,6 +84,8 @@ class OrderedFold:
     # Keep every update (in client-id order) instead of summing: for robust strategies.
     keep_all: bool = False
     release: Callable[[Mapping[str, torch.Tensor], bool], None] | None = None
+    # Model-shaped buffers in the sum's dtypes for a streamed fold (default: freshly allocated).
+    sum_buffers: Callable[[], fedavg.State] | None = None
     folded: list[int] = field(default_factory=list)
     dropped: list[int] = field(default_factory=list)
     total_weight: float = 0.0
@@ -50,6 +100,61 @@ class OrderedFold:
         self._sum: fedavg.State | None = None
         self._mean: fedavg.State | None = None
         self._kept: list[tuple[Mapping[str, torch.Tensor], float]] = []
+        self._stream: StreamedFold | None = None
+        self._spare_sum: fedavg.State | None = None
+
+    @property
+    def streaming(self) -> bool:
+        """Whether an update is being folded as it streams."""
+        return self._stream is not None
+
+    def can_stream(self, client_id: int) -> bool:
+        """Whether ``client_id``'s update may be folded as it streams: its turn, nothing kept."""
+        return (
+            not self.keep_all
+            and self._stream is None
+            and self.in_turn == client_id
+            and self.is_open_for(client_id)
+        )
+
+    def begin_stream(self, client_id: int, weight: float) -> StreamedFold:
+        """Start folding ``client_id``'s update as it streams (``can_stream`` must hold)."""
+        if not self.can_stream(client_id):
+            raise ValueError(f"client {client_id}'s update cannot be streamed into the fold now")
+        if weight <= 0:
+            raise ValueError("update weight must be positive")
+        target, self._spare_sum = self._spare_sum, None
+        if target is None:
+            target = self.sum_buffers() if self.sum_buffers is not None else self._new_sum()
+        self._stream = StreamedFold(client_id, self._sum, target, weight)
+        return self._stream
+
+    def commit_stream(self, stream: StreamedFold) -> None:
+        """The streamed update passed its checks: its target becomes the running sum."""
+        if stream is not self._stream or not self.is_open_for(stream.client_id):
+            raise ValueError(f"no open stream of client {stream.client_id} to commit")
+        stream.stop()
+        self._stream = None
+        self._spare_sum, self._sum = self._sum, stream.target
+        self.total_weight += stream.weight
+        self.folded.append(stream.client_id)
+        self._folded_set.add(stream.client_id)
+        self._next += 1
+        self._advance()
+
+    def abandon_stream(self, stream: StreamedFold) -> None:
+        """Give a streamed update up: the sum is as it was; its buffer is kept for the next."""
+        if stream is not self._stream:
+            return
+        stream.stop()
+        self._stream = None
+        self._spare_sum = stream.target
+
+    def _new_sum(self) -> fedavg.State:
+        return {
+            name: torch.empty(t.shape, dtype=fedavg.accumulator_dtype(t.dtype))
+            for name, t in self.like.items()
+        }
 
     def is_open_for(self, client_id: int) -> bool:
         """Whether this round still takes an update from ``client_id``."""
@@ -75,6 +180,8 @@ class OrderedFold:
         for cid in gone:
             self._dropped_set.add(cid)
             self.dropped.append(cid)
+            if self._stream is not None and self._stream.client_id == cid:
+                self.abandon_stream(self._stream)
         self._advance()
         return gone
 
@@ -115,12 +222,17 @@ class OrderedFold:
 
     def discard(self) -> None:
         """Release every update still held (kept or waiting): the round is over or abandoned."""
+        if self._stream is not None:
+            self.abandon_stream(self._stream)
         held = [t for t, _ in self._kept] + [w.tensors for w in self._waiting.values()]
         self._kept.clear()
         self._waiting.clear()
+        spare, self._spare_sum = self._spare_sum, None
         if self.release is not None:
             for tensors in held:
                 self.release(tensors, False)
+            if spare is not None:
+                self.release(spare, True)  # a sum buffer: free for the next round
 
     def _advance(self) -> None:
         while self._next < len(self.expected):

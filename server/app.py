@@ -14,7 +14,7 @@ import grpc
 import structlog
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
-from fedsilo.common.bundles import load_server_bundle
+from fedsilo.common.bundles import ServerBundle, load_server_bundle
 from fedsilo.common.errors import ConfigError, FedsiloError, PortInUseError
 from fedsilo.common.logging import get_logger
 from fedsilo.common.wire import SERVER_PING_POLICY, SERVICE_NAME, channel_options
@@ -30,6 +30,7 @@ from fedsilo.server.status_metrics import register_state_metrics
 from fedsilo.tasks import load_task
 
 SHUTDOWN_GRACE_SECONDS = 5.0
+HANDSHAKE_SLOTS = 64
 
 
 def check_port_free(host: str, port: int, job_id: int) -> None:
@@ -53,10 +54,11 @@ def build_server(
     config: ServerConfig, job: Job, health_service: health.HealthServicer
 ) -> grpc.Server:
     """Create the gRPC server for ``job`` and bind its port (not yet started)."""
+    # Room beyond max_clients for streams that have not said Hello yet, so that silent streams
+    # (cut off after HANDSHAKE_SECONDS) cannot keep real clients out; admission caps members.
+    streams = config.max_clients + HANDSHAKE_SLOTS
     server = grpc.server(
-        futures.ThreadPoolExecutor(
-            max_workers=config.max_clients + 4, thread_name_prefix="session"
-        ),
+        futures.ThreadPoolExecutor(max_workers=streams + 4, thread_name_prefix="session"),
         handlers=[FederationService(job).handler()],
         # so_reuseport=0: a second server on the same port must fail, not share it silently.
         options=[
@@ -64,7 +66,7 @@ def build_server(
             *SERVER_PING_POLICY,
             ("grpc.so_reuseport", 0),
         ],
-        maximum_concurrent_rpcs=config.max_clients,
+        maximum_concurrent_rpcs=streams,
     )
     address = (
         f"[{config.host}]:{config.port}" if ":" in config.host else (f"{config.host}:{config.port}")
@@ -89,13 +91,13 @@ def build_server(
     return server
 
 
-def admitted_clients(config: ServerConfig) -> Callable[[], frozenset[str]] | None:
+def admitted_clients(config: ServerConfig) -> Callable[[], ServerBundle] | None:
     """With TLS, return a reader of the admitted names (re-read at each Hello, so that
     ``fl-certs add-org`` takes effect without a restart); None without TLS."""
     folder = config.tls
     if folder is None:
         return None
-    return lambda: load_server_bundle(folder).allowed_clients
+    return lambda: load_server_bundle(folder)
 
 
 def find_checkpoint(

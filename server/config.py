@@ -39,6 +39,12 @@ class ServerConfig(JobSpec, FedsiloSettings):
         False, description="Continue from the run folder's checkpoint (fresh if there is none)."
     )
     max_clients: int = Field(1024, ge=1, description="Most client sessions served at once.")
+    spill_budget_mib: int = Field(
+        4096,
+        ge=0,
+        description="Disk for uploads that arrive before their turn (MiB); beyond it they wait "
+        "in line, unread, until their turn.",
+    )
     tls: Path | None = Field(
         None, description="Server bundle folder from fl-certs (mutual TLS, admitted clients)."
     )

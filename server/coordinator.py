@@ -16,9 +16,9 @@ from dataclasses import dataclass
 import structlog
 import torch
 
-from fedsilo.common import codec
-from fedsilo.common.errors import JobAbortedError
+from fedsilo.common.errors import CodecError, JobAbortedError
 from fedsilo.common.proto import federation_pb2 as pb
+from fedsilo.common.specs import specs_of
 from fedsilo.common.wire import SERVER_CHUNKS, ModelFrames
 from fedsilo.server import messages, metrics
 from fedsilo.server.aggregation import OrderedFold
@@ -31,7 +31,9 @@ from fedsilo.server.registry import Member, Stage, Work, WorkKind
 from fedsilo.server.sampling import sample_clients
 from fedsilo.server.state_machine import Event, JobPhase
 from fedsilo.server.strategies import Strategy
+from fedsilo.server.strategies.fedavg import accumulator_dtype
 from fedsilo.server.uploads import UploadStore
+from fedsilo.server.validation import check_finite
 
 FINISH_DELIVERY_SECONDS = 5.0  # how long the end of a job waits for its last messages to go out
 
@@ -66,7 +68,7 @@ class Coordinator:
         self.recorder = recorder
         self.strategy = strategy
         self.global_state = global_state  # replaced, never changed in place, after each round
-        self.specs = codec.specs_of(global_state)
+        self.specs = specs_of(global_state)
         self.model_bytes = sum(spec.nbytes for spec in self.specs)
         self.store = store
         self.log = log
@@ -137,8 +139,15 @@ class Coordinator:
                 self.global_state,
                 keep_all=self.strategy.needs_all_updates,
                 release=self.store.release,
+                sum_buffers=self._sum_buffers,
             )
-            current = Round(number, fold, self.global_state)
+            current = Round(
+                number,
+                fold,
+                self.global_state,
+                deadline=time.monotonic() + self.config.round_timeout,
+                weight_bound=self._weight_bound(selected),
+            )
             state.round = current
             work = Work(WorkKind.TRAIN, number)
             members = {cid: state.registry.assign(cid, work) for cid in selected}
@@ -198,6 +207,10 @@ class Coordinator:
         else:
             new_state = strategy.next_global(self.global_state, current.fold.mean())
         current.fold.discard()
+        try:
+            check_finite(new_state)
+        except CodecError as exc:  # the magnitude bound should make this impossible
+            raise JobAbortedError(f"round {current.number}: the new global model: {exc}") from exc
         old_state = self.global_state
         self.global_state = {spec.name: new_state[spec.name].contiguous() for spec in self.specs}
         if frames.idle and not self.recorder.checkpoint_busy:
@@ -337,7 +350,22 @@ class Coordinator:
                 )
                 member.session.cut_off()
 
+    def _sum_buffers(self) -> dict[str, torch.Tensor]:
+        dtypes = {name: accumulator_dtype(t.dtype) for name, t in self.global_state.items()}
+        return self.store.sum_buffers(self.global_state, dtypes)
+
+    def _weight_bound(self, selected: list[int]) -> float:
+        """The most the selected clients' weights can add up to (cond held)."""
+        if self.config.weighting == "uniform":
+            return float(len(selected))
+        registry = self.state.registry
+        return float(
+            sum(m.declared_examples for cid in selected if (m := registry.get(cid)) is not None)
+        )
+
     def _stalled(self, member: Member) -> bool:
+        if member.stage is Stage.QUEUED:
+            return False  # the server chose not to read it yet
         uploading = member.stage is Stage.UPLOAD
         return member.session.progress.idle_seconds(uploading) > self.config.progress_timeout
 

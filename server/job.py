@@ -12,19 +12,23 @@ implemented here; each takes the job's condition for the few lines that change s
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Mapping
 
 import structlog
 import torch
 
-from fedsilo.common import codec, compression
+from fedsilo.common import compression
+from fedsilo.common.bundles import ServerBundle
 from fedsilo.common.errors import ConfigError, ProtocolError
 from fedsilo.common.proto import federation_pb2 as pb
+from fedsilo.common.specs import check_specs_match, specs_of
+from fedsilo.common.text import shown
 from fedsilo.server import messages
 from fedsilo.server.checkpoint import Checkpoint
 from fedsilo.server.config import ServerConfig
 from fedsilo.server.coordinator import Coordinator, JobOutcome
-from fedsilo.server.intake import Intake, Upload, UploadChecks
+from fedsilo.server.intake import Intake, UploadChecks
 from fedsilo.server.job_state import JobState
 from fedsilo.server.recorder import JobRecorder
 from fedsilo.server.registry import ClientRegistry, Stage, WorkKind
@@ -32,7 +36,9 @@ from fedsilo.server.run_files import CLIENT_IDS_FILE, ClientIdLog, MetricsLog
 from fedsilo.server.session import ClientSession
 from fedsilo.server.state_machine import JobPhase
 from fedsilo.server.strategies import make_strategy
+from fedsilo.server.upload import Upload
 from fedsilo.server.uploads import UploadStore
+from fedsilo.server.watch import SessionWatch
 
 SPILL_DIR = "spill"  # in the run folder: uploads that wait for their turn to be folded
 
@@ -47,7 +53,7 @@ class Job:
         config: ServerConfig,
         initial_state: dict[str, torch.Tensor],
         log: structlog.typing.FilteringBoundLogger,
-        admitted: Callable[[], frozenset[str]] | None = None,
+        admitted: Callable[[], ServerBundle] | None = None,
     ) -> None:
         self.config = config
         self.log = log
@@ -67,8 +73,10 @@ class Job:
         self.telemetry = self.recorder.telemetry
         registry = ClientRegistry(config.job_id, ClientIdLog(run_dir / CLIENT_IDS_FILE), admitted)
         self.state = JobState(registry=registry)
-        self.store = UploadStore(run_dir / SPILL_DIR, config.chunk_size)
-        specs = codec.specs_of(global_state)
+        self.store = UploadStore(
+            run_dir / SPILL_DIR, config.chunk_size, spill_budget=config.spill_budget_mib << 20
+        )
+        specs = specs_of(global_state)
         self.intake = Intake(
             self.state,
             self.store,
@@ -78,6 +86,15 @@ class Job:
                 norm_bound=config.update_norm_bound,
                 norm_action=config.norm_bound_action,
                 chunk_size=config.chunk_size,
+                uniform_weights=config.weighting == "uniform",
+                max_examples=config.max_examples,
+                # Folding as it streams needs the full weights on the wire, a sum to fold
+                # into, and no bound that changes the update (clip needs the whole of it).
+                streams=setting.codec == "none"
+                and not strategy.needs_all_updates
+                and not (
+                    config.update_norm_bound is not None and config.norm_bound_action == "clip"
+                ),
             ),
         )
         self.coordinator = Coordinator(
@@ -101,7 +118,7 @@ class Job:
             self.recorder.begin_fresh()
             return
         coordinator = self.coordinator
-        codec.check_specs_match(codec.specs_of(checkpoint.global_state), coordinator.specs)
+        check_specs_match(specs_of(checkpoint.global_state), coordinator.specs)
         coordinator.global_state = {
             spec.name: checkpoint.global_state[spec.name] for spec in coordinator.specs
         }
@@ -114,7 +131,12 @@ class Job:
 
     def run(self) -> JobOutcome:
         """Drive the whole job (see Coordinator); return how it ended."""
-        return self.coordinator.run()
+        watch = SessionWatch(self.state, self.config.progress_timeout, self.log)
+        watch.start()
+        try:
+            return self.coordinator.run()
+        finally:
+            watch.stop()
 
     def request_stop(self, reason: str) -> None:
         """Ask the coordinator to abort the job (e.g. on SIGTERM); returns at once."""
@@ -148,7 +170,10 @@ class Job:
         self, peer: str, cancel: Callable[[], object], certificate_name: str | None
     ) -> ClientSession:
         """Create the session object of a newly opened stream (``cancel`` cuts it off)."""
-        return ClientSession(self, peer, cancel, certificate_name)
+        session = ClientSession(self, peer, cancel, certificate_name)
+        with self.state.cond:
+            self.state.pending[session] = time.monotonic()
+        return session
 
     # ------------------------------------------------------------------ SessionJob
 
@@ -159,6 +184,15 @@ class Job:
         with self.state.cond:
             if self.state.phase in (JobPhase.FINISHED, JobPhase.ABORTED):
                 raise ProtocolError(int(pb.ILLEGAL_MESSAGE), "the job is over")
+            known = registry.ids.get(hello.client_name)
+            if (known is None or registry.get(known) is None) and len(
+                registry.members()
+            ) >= self.config.max_clients:
+                raise ProtocolError(
+                    int(pb.NOT_ADMITTED),
+                    f"the job is full: max_clients={self.config.max_clients} are connected",
+                )
+            self.state.pending.pop(session, None)
             member, replaced = registry.admit(hello.client_name, session)
             if replaced is not None:
                 self._leave_work(
@@ -180,7 +214,19 @@ class Job:
         return member.client_id, messages.init_config(member.client_id, self._job_message)
 
     def ready(self, session: ClientSession, ready: pb.Ready) -> None:
-        """Note that a client has loaded its task and data: it is available for work."""
+        """Note that a client has loaded its task and data: it is available for work.
+
+        Its training examples bound the weight of every update it sends; more than the job
+        (or its line in clients.json) allows is refused, and the stream closed.
+        """
+        assert session.name is not None
+        cap = self.state.registry.examples_cap(session.name, self.config.max_examples)
+        if ready.train_examples > cap or ready.test_examples > self.config.max_examples:
+            raise ProtocolError(
+                int(pb.NOT_ADMITTED),
+                f"Ready claims {ready.train_examples} training and {ready.test_examples} "
+                f"held-out examples; this job allows at most {cap} for {session.name!r}",
+            )
         session.log.info(
             "client_ready", train_examples=ready.train_examples, test_examples=ready.test_examples
         )
@@ -230,12 +276,15 @@ class Job:
     def peer_error(self, session: ClientSession, error: pb.Error) -> None:
         """Record an Error a client sent."""
         session.log.warning(
-            "client_reported_error", code=pb.ErrorCode.Name(error.code), message=error.message[:500]
+            "client_reported_error",
+            code=messages.code_name(error.code),
+            message=shown(error.message, 300),
         )
 
     def closed(self, session: ClientSession) -> None:
         """Forget a session whose stream ended; drop it from the work it owed."""
         with self.state.cond:
+            self.state.pending.pop(session, None)
             member = self.state.registry.remove(session.client_id, session)
             if member is None:
                 return

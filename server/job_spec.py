@@ -14,8 +14,8 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from pydantic.fields import FieldInfo
 
-from fedsilo.common.codec import DEFAULT_CHUNK_SIZE
 from fedsilo.common.compression import DEFAULT_TOPK_FRACTION, Codec
+from fedsilo.common.tensor_stream import DEFAULT_CHUNK_SIZE
 from fedsilo.server.strategies import STRATEGIES, strategy_options_problem, unknown_strategy
 
 # Flags other than --field-name that exist for a job setting.
@@ -71,6 +71,16 @@ class JobSpec(BaseModel):
     )
     norm_bound_action: Literal["reject", "clip"] = Field(
         "reject", description="What to do with an update over the bound."
+    )
+    weighting: Literal["examples", "uniform"] = Field(
+        "examples",
+        description="Weight of an update in FedAvg: its training examples, or 1 for every client.",
+    )
+    max_examples: int = Field(
+        10**9,
+        ge=1,
+        description="Most training examples a client may claim (clients.json can lower it "
+        "per organisation); an update never weighs more than its client's Ready said.",
     )
     tensorboard: bool = Field(
         False, description="Also write TensorBoard scalars to <out>/tensorboard (extra)."

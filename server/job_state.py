@@ -17,6 +17,7 @@ taken last and never held across a call.
 
 from __future__ import annotations
 
+import math
 import threading
 import time
 from dataclasses import dataclass, field
@@ -36,6 +37,8 @@ class Round:
     fold: OrderedFold
     global_state: dict[str, Any]  # the model this round trains; updates are checked against it
     started: float = field(default_factory=time.monotonic)
+    deadline: float = math.inf  # monotonic time at which the round stops waiting for updates
+    weight_bound: float = 1.0  # the sum of the selected clients' weight bounds
     bytes_down: dict[int, int] = field(default_factory=dict)
     reports: dict[int, metrics.ClientReport] = field(default_factory=dict)
     evaluations: list[metrics.ClientEvaluation] = field(default_factory=list)
@@ -73,6 +76,8 @@ class JobState:
     round: Round | None = None
     final: FinalEvaluation | None = None
     stop_reason: str | None = None
+    # Streams opened but not yet admitted, with the monotonic time each opened (SessionWatch).
+    pending: dict[Any, float] = field(default_factory=dict)
     cond: threading.Condition = field(default_factory=threading.Condition)
 
     def move_to(self, phase: JobPhase) -> None:

@@ -10,10 +10,10 @@ from typing import cast
 
 from google.protobuf import struct_pb2
 
-from fedsilo.common import codec
 from fedsilo.common.compression import Compression
 from fedsilo.common.proto import federation_pb2 as pb
 from fedsilo.common.seeding import derive_seed
+from fedsilo.common.specs import TensorSpec, header_of
 from fedsilo.common.wire import ModelFrames, serialize
 from fedsilo.server import metrics
 from fedsilo.server.config import ServerConfig
@@ -52,9 +52,9 @@ def train_config(config: ServerConfig, round_number: int, client_id: int) -> pb.
     )
 
 
-def model_header(specs: list[codec.TensorSpec], frames: ModelFrames) -> pb.TensorStreamHeader:
+def model_header(specs: list[TensorSpec], frames: ModelFrames) -> pb.TensorStreamHeader:
     """Return the header of a model stream; a model that fits in one chunk travels inline."""
-    header = codec.header_of(specs)
+    header = header_of(specs)
     if frames.inline is not None:
         header.inline.CopyFrom(frames.inline)
     return header
@@ -80,6 +80,14 @@ def trailer(checksum: int) -> pb.ServerMessage:
 def error(code: int, message: str) -> pb.ServerMessage:
     """Return an Error message."""
     return pb.ServerMessage(error=pb.Error(code=cast("pb.ErrorCode", code), message=message))
+
+
+def code_name(code: int) -> str:
+    """Return an ErrorCode's name, or the number for one this server does not know."""
+    try:
+        return pb.ErrorCode.Name(code)
+    except ValueError:
+        return str(code)
 
 
 def finish(rounds_completed: int) -> pb.ServerMessage:

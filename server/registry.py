@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any, Protocol
 
+from fedsilo.common.bundles import ServerBundle
 from fedsilo.common.errors import ProtocolError
 from fedsilo.common.names import CLIENT_NAME_RULE, is_client_name
 from fedsilo.common.proto import federation_pb2 as pb
@@ -32,6 +33,7 @@ class Stage(Enum):
     DOWNLOAD = "download"  # a model is being sent to it
     TRAINING = "training"
     UPLOAD = "upload"
+    QUEUED = "queued"  # its upload waits, unread, for its turn to be folded
     EVALUATING = "evaluating"
     DISCARDING = "discarding"  # the server swallows the rest of a stream it refused
 
@@ -106,11 +108,11 @@ class ClientRegistry:
         self,
         job_id: int,
         id_log: ClientIdLog,
-        admitted: Callable[[], frozenset[str]] | None = None,
+        admitted: Callable[[], ServerBundle] | None = None,
     ) -> None:
         self._job_id = job_id
         self._id_log = id_log
-        self._admitted = admitted  # with mutual TLS: reads the names the job admits
+        self._admitted = admitted  # with mutual TLS: reads clients.json (names, caps) afresh
         self._ids: dict[str, int] = {}
         self._members: dict[int, Member] = {}
 
@@ -153,7 +155,7 @@ class ClientRegistry:
             return
         if certificate_name is None:
             raise ProtocolError(int(pb.NOT_ADMITTED), "no client certificate")
-        if certificate_name not in self._admitted():
+        if certificate_name not in self._admitted().allowed_clients:
             raise ProtocolError(
                 int(pb.NOT_ADMITTED),
                 f"certificate {certificate_name!r} is not admitted to job {self._job_id}",
@@ -163,6 +165,12 @@ class ClientRegistry:
                 int(pb.NOT_ADMITTED),
                 f"certificate {certificate_name!r} may not use the client name {client_name!r}",
             )
+
+    def examples_cap(self, name: str, job_cap: int) -> int:
+        """The most training examples ``name`` may claim: the job's cap, or its own if lower."""
+        if self._admitted is None:
+            return job_cap
+        return min(job_cap, self._admitted().max_examples.get(name, job_cap))
 
     def admit(self, name: str, session: SessionHandle) -> tuple[Member, Member | None]:
         """Give ``name`` its id (durably, if new) and ``session``; return it and whom it replaced.

@@ -24,12 +24,18 @@ from fedsilo.common.errors import ProtocolError
 from fedsilo.common.proto import federation_pb2 as pb
 from fedsilo.common.wire import Inbound, Outbound, RawChunk
 from fedsilo.server import messages
-from fedsilo.server.intake import Upload, UploadRefusedError
 from fedsilo.server.outbox import CLOSE, OutboxItem, OutgoingModel
 from fedsilo.server.state_machine import Event, SessionState, illegal_code, transition
 from fedsilo.server.telemetry import JobTelemetry
+from fedsilo.server.upload import Upload, UploadRefusedError
 
 Log = structlog.typing.FilteringBoundLogger
+
+# A real client errs a handful of times at most; a stream that keeps erring costs log and
+# memory (each error is answered) until it is closed.
+LOGGED_ERRORS = 10
+LOGGED_ERRORS_EVERY = 100
+MAX_ERRORS = 100
 
 
 class SessionJob(Protocol):
@@ -114,6 +120,7 @@ class ClientSession:
         self.round = 0  # round this session was last synced for
         self.upload: Upload | None = None
         self._resume = SessionState.IDLE
+        self._errors = 0
         self.log: Log = job.log.bind(peer=peer)
 
     # ------------------------------------------------------------------ inbound
@@ -230,7 +237,11 @@ class ClientSession:
         self.send(init)
 
     def _do_mark_ready(self, ready: pb.Ready, nbytes: int) -> None:
-        self.job.ready(self, ready)
+        try:
+            self.job.ready(self, ready)
+        except ProtocolError:
+            self.close()  # it cannot take part: tell it why (dispatch does) and end the stream
+            raise
 
     def _do_send_sync(self, work: tuple[int, OutgoingModel], nbytes: int) -> None:
         self.round, stream = work
@@ -335,8 +346,25 @@ class ClientSession:
         self.close()
 
     def _send_error(self, code: int, message: str) -> None:
-        self.log.warning(
-            "protocol_error", code=pb.ErrorCode.Name(code), message=message, state=self.state.value
-        )
+        """Answer with an Error; log the first few, and end a stream that keeps erring."""
+        self._errors += 1
+        if self._errors <= LOGGED_ERRORS or self._errors % LOGGED_ERRORS_EVERY == 0:
+            self.log.warning(
+                "protocol_error",
+                code=pb.ErrorCode.Name(code),
+                message=message,
+                state=self.state.value,
+                errors=self._errors,
+            )
+        if self._errors > MAX_ERRORS:
+            return  # already told why it is closed
         self.job.telemetry.protocol_error(code)
         self.send(messages.error(code, message))
+        if self._errors == MAX_ERRORS:
+            self.send(
+                messages.error(
+                    int(pb.ILLEGAL_MESSAGE), f"{MAX_ERRORS} protocol errors: closing the stream"
+                )
+            )
+            self.log.warning("session_closed_for_errors", errors=self._errors)
+            self.cut_off()

@@ -26,6 +26,7 @@ STATE_OF_STAGE = {
     Stage.DOWNLOAD: "downloading",
     Stage.TRAINING: "training",
     Stage.UPLOAD: "uploading",
+    Stage.QUEUED: "queued",  # its update waits, unread, for its turn to be folded
     Stage.EVALUATING: "evaluating",
     Stage.DISCARDING: "discarding",
 }

@@ -58,14 +58,18 @@ DROP_REASONS = (
     ("update refused", "update_refused"),
     ("replaced by a new connection", "replaced"),
 )
-# Why an update was refused, matched on the CodecError's words (common/codec.py,
-# common/compression.py, server/validation.py); first match wins.
+# Why an update was refused, matched on the words of the check that refused it
+# (common/specs.py, common/tensor_stream.py, common/compression.py, server/validation.py,
+# server/report_checks.py, server/intake.py); first match wins.
 REFUSAL_REASONS = (
     ("checksum", "checksum"),
+    ("is not a finite number", "metrics"),
+    ("examples, more than", "metrics"),
     ("nan or infinite", "not_finite"),
     ("not finite", "not_finite"),
     ("norm", "norm_bound"),
     ("train_examples", "weight"),
+    ("training examples", "weight"),
     ("header", "header"),
     ("does not match the model", "header"),
     ("the model has", "header"),

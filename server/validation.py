@@ -1,7 +1,7 @@
 """Checks an update must pass before it may touch the aggregate. Pure functions.
 
 Every function takes the update as a Mapping and visits one tensor at a time, so an update
-spilled to disk (``codec.SpilledTensors``) is checked without being loaded whole.
+spilled to disk (``SpilledTensors``) is checked without being loaded whole.
 """
 
 from __future__ import annotations
@@ -11,8 +11,8 @@ from collections.abc import Iterator, Mapping
 import numpy as np
 import torch
 
-from fedsilo.common import codec
 from fedsilo.common.errors import CodecError
+from fedsilo.server.spill import tensor_blocks
 
 # dtypes numpy checks for NaN/infinity in one fast pass; others (bfloat16, float8) go through torch
 _NUMPY_FLOATS = (torch.float16, torch.float32, torch.float64, torch.complex64, torch.complex128)
@@ -20,7 +20,7 @@ _NUMPY_FLOATS = (torch.float16, torch.float32, torch.float64, torch.complex64, t
 
 def _all_finite(tensors: Mapping[str, torch.Tensor], name: str) -> bool:
     mask: np.ndarray | None = None  # one small mask, reused: a model-sized one costs memory
-    for _, block in codec.tensor_blocks(tensors, name):
+    for _, block in tensor_blocks(tensors, name):
         if not (block.is_floating_point() or block.is_complex()):
             return True  # integers and booleans are always finite
         if block.dtype in _NUMPY_FLOATS:
@@ -41,12 +41,40 @@ def check_finite(tensors: Mapping[str, torch.Tensor]) -> None:
             raise CodecError(f"tensor {name!r} holds NaN or infinite values")
 
 
+FLOAT32_MAX = float(torch.finfo(torch.float32).max)
+
+
+def magnitude_limit(total_weight_bound: float) -> float:
+    """Return the largest |value| an update may hold so that any weighted sum stays finite.
+
+    With every weight at most its bound and the bounds summing to W, a sum of weighted values
+    of magnitude at most F / (2 W) has magnitude at most F / 2: finite in float32, the dtype of
+    the running sum. Honest models are many orders of magnitude below this.
+    """
+    return FLOAT32_MAX / (2.0 * max(total_weight_bound, 1.0))
+
+
+def check_magnitude(tensors: Mapping[str, torch.Tensor], limit: float) -> None:
+    """Raise CodecError naming the first floating tensor with |value| > ``limit`` (NaN too)."""
+    for name in tensors:
+        for _, block in tensor_blocks(tensors, name):
+            if not (block.is_floating_point() or block.is_complex()):
+                break
+            # float8: torch computes little on it; widen first
+            values = block.float() if block.dtype.itemsize == 1 else block
+            if not bool(values.abs().le(limit).all()):  # NaN compares False too
+                raise CodecError(
+                    f"tensor {name!r} holds NaN or infinite values, or values "
+                    f"beyond {limit:.3g} in magnitude"
+                )
+
+
 def update_norm(update: Mapping[str, torch.Tensor], reference: Mapping[str, torch.Tensor]) -> float:
     """Return the L2 norm of ``update - reference`` over all floating-point tensors."""
     total = 0.0
     for name in update:
         base = reference[name].reshape(-1)
-        for start, block in codec.tensor_blocks(update, name):
+        for start, block in tensor_blocks(update, name):
             if not block.is_floating_point():
                 break
             delta = block.double() - base[start : start + block.numel()].double()
@@ -73,7 +101,7 @@ class ClippedUpdate(Mapping[str, torch.Tensor]):
             return self.update[name]
         clipped = torch.empty_like(base)
         out, flat_base = clipped.reshape(-1), base.reshape(-1)
-        for start, block in codec.tensor_blocks(self.update, name):
+        for start, block in tensor_blocks(self.update, name):
             stop = start + block.numel()
             block_base = flat_base[start:stop].double()
             out[start:stop] = (block_base + (block.double() - block_base) * self._scale).to(

@@ -63,7 +63,7 @@ def test_wheel_installs_everything_under_the_fedsilo_namespace(tmp_path: Path) -
     for module in (
         "fedsilo/server/job.py",
         "fedsilo/client/session.py",
-        "fedsilo/common/codec.py",
+        "fedsilo/common/tensor_stream.py",
         "fedsilo/common/proto/federation_pb2.py",
         "fedsilo/tasks/builtin/synthetic.py",
         "fedsilo/server/strategies/fedavg.py",

@@ -13,7 +13,7 @@ from typing import Literal
 import torch
 from pydantic import BaseModel, ConfigDict
 
-from fedsilo.common import codec
+from fedsilo.server.spill import tensor_blocks
 
 State = dict[str, torch.Tensor]
 
@@ -52,7 +52,7 @@ def fold(weighted_sum: State, update: Mapping[str, torch.Tensor], weight: float)
     """
     for name, total in weighted_sum.items():
         flat = total.view(-1)
-        for start, block in codec.tensor_blocks(update, name):
+        for start, block in tensor_blocks(update, name):
             flat[start : start + block.numel()].add_(block.to(total.dtype), alpha=weight)
 
 

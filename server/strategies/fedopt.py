@@ -146,7 +146,7 @@ class ServerBuffers:
         self.tensors = tensors if self.step else {}
 
 
-def adaptive_step(
+def adaptive_step(  # noqa: PLR0913 - the symbols of Algorithm 2, one per parameter
     g: torch.Tensor,
     delta: torch.Tensor,
     m: torch.Tensor,

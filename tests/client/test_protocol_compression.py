@@ -7,10 +7,11 @@ import structlog
 import torch
 
 from fedsilo.client.protocol import ClientProtocol, LocalSettings
-from fedsilo.common import codec
 from fedsilo.common.compression import Compression, wire_specs
 from fedsilo.common.errors import ConfigError
 from fedsilo.common.proto import federation_pb2 as pb
+from fedsilo.common.specs import specs_from_header, specs_of
+from tests.wire_helpers import encode_state
 
 TASK_OPTIONS = {"max_samples": 40}
 
@@ -60,7 +61,7 @@ def run_one_round(protocol: ClientProtocol, sent: list[object]) -> list[pb.Clien
     """Feed a SyncModel of the protocol's own model; return the upload's messages."""
     assert protocol.model is not None
     state = {k: v.clone() for k, v in protocol.model.state_dict().items()}
-    header, chunks, checksum = codec.encode_state(state)
+    header, chunks, checksum = encode_state(state)
     sent.clear()
     train = pb.TrainConfig(local_epochs=1, batch_size=8, learning_rate=0.5, seed=1)
     protocol.handle(pb.ServerMessage(sync_model=pb.SyncModel(round=1, train=train, model=header)))
@@ -77,10 +78,10 @@ def test_upload_header_is_the_wire_specs_of_the_negotiated_codec(name: str) -> N
     setting = Compression(name, topk_fraction=0.1)
     protocol.handle(init_config(setting.to_proto()))
     assert protocol.model is not None
-    model_specs = codec.specs_of(protocol.model.state_dict())
+    model_specs = specs_of(protocol.model.state_dict())
     messages = run_one_round(protocol, sent)
     header = messages[0].send_model.update
-    assert codec.specs_from_header(header, 1 << 30) == wire_specs(model_specs, setting)
+    assert specs_from_header(header, 1 << 30) == wire_specs(model_specs, setting)
     # The stream ends with its trailer, or is inline in the SendModel when it fits in one chunk.
     assert messages[-1].HasField("trailer") or header.HasField("inline")
 

@@ -11,20 +11,18 @@ import xxhash
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from fedsilo.common.codec import (
+from fedsilo.common.errors import CodecError
+from fedsilo.common.proto import federation_pb2 as pb
+from fedsilo.common.specs import (
     DTYPES,
     TensorSpec,
-    TensorStreamDecoder,
-    TensorStreamEncoder,
     check_specs_match,
-    decode_state,
-    encode_state,
     header_of,
     specs_from_header,
     specs_of,
 )
-from fedsilo.common.errors import CodecError
-from fedsilo.common.proto import federation_pb2 as pb
+from fedsilo.common.tensor_stream import TensorStreamDecoder, TensorStreamEncoder
+from tests.wire_helpers import decode_state, encode_state
 
 MAX_TOTAL = 1 << 30
 

@@ -7,14 +7,10 @@ from google.protobuf.message import DecodeError
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from fedsilo.common.codec import (
-    TensorStreamDecoder,
-    check_specs_match,
-    specs_from_header,
-    specs_of,
-)
 from fedsilo.common.errors import CodecError
 from fedsilo.common.proto import federation_pb2 as pb
+from fedsilo.common.specs import check_specs_match, specs_from_header, specs_of
+from fedsilo.common.tensor_stream import TensorStreamDecoder
 
 MODEL = specs_of({"w": torch.zeros(4, 3), "b": torch.zeros(3, dtype=torch.bfloat16)})
 MODEL_BYTES = sum(spec.nbytes for spec in MODEL)

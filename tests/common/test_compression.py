@@ -7,7 +7,6 @@ import math
 import pytest
 import torch
 
-from fedsilo.common import codec
 from fedsilo.common.compression import (
     CODECS,
     INDEX,
@@ -23,6 +22,7 @@ from fedsilo.common.compression import (
 )
 from fedsilo.common.errors import CodecError, ConfigError
 from fedsilo.common.proto import federation_pb2 as pb
+from fedsilo.common.specs import specs_of
 
 SHAPES = [(), (0,), (7,), (3, 0), (0, 3), (4, 5), (2, 3, 2, 2), (1, 1)]
 SETTINGS = [
@@ -68,14 +68,14 @@ def zeros_like_state(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
 def test_wire_specs_are_the_specs_of_what_encode_produces(setting, dtype):
     global_state, update = model_pair(dtype=dtype)
     wire = encode(update, global_state, setting, residual={})
-    assert codec.specs_of(wire) == wire_specs(codec.specs_of(global_state), setting)
+    assert specs_of(wire) == wire_specs(specs_of(global_state), setting)
     full = decode(wire, global_state, setting)
-    assert codec.specs_of(full) == codec.specs_of(global_state)
+    assert specs_of(full) == specs_of(global_state)
 
 
 def test_lossy_codecs_send_fewer_bytes_than_full_weights():
     global_state, _ = model_pair()
-    specs = codec.specs_of(global_state)
+    specs = specs_of(global_state)
     full = sum(spec.nbytes for spec in wire_specs(specs, Compression("none")))
     sizes = {
         name: sum(spec.nbytes for spec in wire_specs(specs, Compression(name, 0.1)))
@@ -104,7 +104,7 @@ def test_topk_sends_exactly_k_entries_of_each_tensor():
 
 
 def test_wire_names_that_collide_with_the_model_are_a_config_error():
-    specs = codec.specs_of({"a": torch.zeros(2), "a#q": torch.zeros(2, dtype=torch.int8)})
+    specs = specs_of({"a": torch.zeros(2), "a#q": torch.zeros(2, dtype=torch.int8)})
     with pytest.raises(ConfigError, match="collide"):
         wire_specs(specs, Compression("int8"))
 

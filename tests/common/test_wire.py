@@ -8,15 +8,10 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from fedsilo.common.codec import (
-    TensorStreamDecoder,
-    TensorStreamEncoder,
-    specs_from_header,
-    specs_of,
-)
-from fedsilo.common.codec import encode_state as codec_encode_state
-from fedsilo.common.codec import header_of as codec_header_of
 from fedsilo.common.proto import federation_pb2 as pb
+from fedsilo.common.specs import header_of as codec_header_of
+from fedsilo.common.specs import specs_from_header, specs_of
+from fedsilo.common.tensor_stream import TensorStreamDecoder, TensorStreamEncoder
 from fedsilo.common.wire import (
     CLIENT_CHUNKS,
     SERVER_CHUNKS,
@@ -30,6 +25,7 @@ from fedsilo.common.wire import (
     tensor_stream_frames,
     tolerant_deserializer,
 )
+from tests.wire_helpers import encode_state as codec_encode_state
 
 VARINT_BOUNDARY_SIZES = [0, 1, 127, 128, 16383, 16384, 1 << 20]
 ENVELOPES = [

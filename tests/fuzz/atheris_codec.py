@@ -21,12 +21,8 @@ from fedsilo.common.errors import CodecError
 from fedsilo.common.proto import federation_pb2 as pb
 
 with atheris.instrument_imports(include=["fedsilo"]):
-    from fedsilo.common.codec import (
-        TensorStreamDecoder,
-        check_specs_match,
-        specs_from_header,
-        specs_of,
-    )
+    from fedsilo.common.specs import check_specs_match, specs_from_header, specs_of
+    from fedsilo.common.tensor_stream import TensorStreamDecoder
 
 MODEL = specs_of({"w": torch.zeros(4, 3), "b": torch.zeros(3, dtype=torch.bfloat16)})
 MODEL_BYTES = sum(spec.nbytes for spec in MODEL)

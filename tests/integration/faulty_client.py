@@ -22,9 +22,9 @@ from collections.abc import Iterator
 
 import grpc
 
-from fedsilo.common import codec
 from fedsilo.common.proto import federation_pb2 as pb
 from fedsilo.common.wire import PROTOCOL_VERSION, SESSION_METHOD_PATH
+from tests.wire_helpers import decode_state, encode_state
 
 PHASES = ("download", "training", "upload")
 
@@ -78,7 +78,7 @@ def main() -> None:
             chunks.append(message.chunk.data)
             if faulty and args.stop_at == "download":
                 block_forever("download")
-        state = codec.decode_state(header, chunks, message.trailer.checksum)
+        state = decode_state(header, chunks, message.trailer.checksum)
         if faulty and args.stop_at == "training":
             block_forever("training")
         if number == 1:
@@ -92,7 +92,7 @@ def main() -> None:
             threading.Thread(target=heartbeats, daemon=True).start()
             sys.stdin.readline()  # the test says when round 1 may complete
             released.set()
-        header, update, checksum = codec.encode_state(state, init.init_config.job.chunk_size)
+        header, update, checksum = encode_state(state, init.init_config.job.chunk_size)
         outbox.put(
             pb.ClientMessage(
                 send_model=pb.SendModel(round=number, train_examples=10, update=header)

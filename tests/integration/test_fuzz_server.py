@@ -15,8 +15,8 @@ import grpc
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from fedsilo.common import codec
 from fedsilo.common.proto import federation_pb2 as pb
+from fedsilo.common.specs import header_of, specs_of
 from fedsilo.common.wire import PROTOCOL_VERSION, SESSION_METHOD_PATH
 from fedsilo.tasks.builtin.synthetic import SyntheticTask
 from tests.integration.conftest import Daemons, free_port, wait_for
@@ -24,7 +24,7 @@ from tests.integration.conftest import Daemons, free_port, wait_for
 JOB = 9
 EXAMPLES = 120
 _END = object()
-MODEL_HEADER = codec.header_of(codec.specs_of(SyntheticTask().build_model(0).state_dict()))
+MODEL_HEADER = header_of(specs_of(SyntheticTask().build_model(0).state_dict()))
 
 names = st.sampled_from(["fuzz-a", "fuzz-b", "", "x" * 200, "bad name", "fuzz-a\n"])
 headers = st.one_of(

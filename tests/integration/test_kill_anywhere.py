@@ -108,7 +108,7 @@ def uninterrupted(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.mark.parametrize(("case", "event", "fields"), KILL_POINTS, ids=[p[0] for p in KILL_POINTS])
-def test_a_server_killed_at_any_instant_resumes_to_the_same_model(  # noqa: PLR0917 - fixtures
+def test_a_server_killed_at_any_instant_resumes_to_the_same_model(
     daemons: Daemons,
     tmp_path: Path,
     uninterrupted: Path,

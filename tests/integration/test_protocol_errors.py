@@ -12,10 +12,10 @@ import grpc
 import pytest
 import torch
 
-from fedsilo.common import codec
 from fedsilo.common.proto import federation_pb2 as pb
 from fedsilo.common.wire import PROTOCOL_VERSION, SESSION_METHOD_PATH
 from tests.integration.conftest import Daemons, free_port, read_metrics, wait_for
+from tests.wire_helpers import decode_state, encode_state
 
 JOB_ID = 5
 RECV_TIMEOUT = 30.0
@@ -75,12 +75,12 @@ class RawSession:
         assert head.WhichOneof("body") in ("sync_model", "evaluate"), head
         header = head.sync_model.model if head.HasField("sync_model") else head.evaluate.model
         if header.HasField("inline"):  # a model that fits in one chunk comes in one message
-            return head, codec.decode_state(header, [header.inline.data], header.inline.checksum)
+            return head, decode_state(header, [header.inline.data], header.inline.checksum)
         chunks = []
         while (message := self.recv()).WhichOneof("body") == "chunk":
             chunks.append(message.chunk.data)
         assert message.WhichOneof("body") == "trailer", message
-        return head, codec.decode_state(header, chunks, message.trailer.checksum)
+        return head, decode_state(header, chunks, message.trailer.checksum)
 
 
 def hello(name: str, job_id: int | None = JOB_ID) -> pb.ClientMessage:
@@ -91,7 +91,7 @@ def hello(name: str, job_id: int | None = JOB_ID) -> pb.ClientMessage:
 
 
 def update_messages(round_number: int, state: dict, examples: int = 10) -> list[pb.ClientMessage]:
-    header, chunks, checksum = codec.encode_state(state)
+    header, chunks, checksum = encode_state(state)
     return [
         pb.ClientMessage(
             send_model=pb.SendModel(round=round_number, train_examples=examples, update=header)

@@ -31,7 +31,7 @@ from fedsilo.common.wire import (
 from fedsilo.server.app import make_job
 from fedsilo.server.config import ServerConfig
 from fedsilo.server.outbox import CLOSE, OutgoingModel
-from tests.wire_helpers import decode_state, header_of_state
+from tests.wire_helpers import decode_state, encode_state, header_of_state
 
 RECV_TIMEOUT = 30.0
 _parse_client = tolerant_deserializer(pb.ClientMessage, CLIENT_CHUNKS)
@@ -106,23 +106,28 @@ class ScriptedClient:
         round_number: int,
         tensors: dict[str, torch.Tensor],
         examples: int | None = None,
-        chunk_size: int = 1 << 20,
+        chunk_size: int | None = None,
+        metrics: pb.LocalMetrics | None = None,
     ) -> None:
-        """Send an update that fits in one message (inline)."""
+        """Send an update: inline (one message), or in chunks of ``chunk_size`` bytes."""
         header = header_of_state(tensors)
-        inline = inline_tensors(list(tensors.values()), chunk_size)
-        assert inline is not None, "test updates are small"
-        header.inline.CopyFrom(inline)
-        self.send(
-            pb.ClientMessage(
-                send_model=pb.SendModel(
-                    round=round_number,
-                    train_examples=self.examples if examples is None else examples,
-                    metrics=pb.LocalMetrics(train_loss=0.1, train_seconds=0.01),
-                    update=header,
-                )
-            )
+        send = pb.SendModel(
+            round=round_number,
+            train_examples=self.examples if examples is None else examples,
+            metrics=metrics or pb.LocalMetrics(train_loss=0.1, train_seconds=0.01),
+            update=header,
         )
+        if chunk_size is None:
+            inline = inline_tensors(list(tensors.values()), 1 << 20)
+            assert inline is not None, "inline test updates are small"
+            send.update.inline.CopyFrom(inline)
+            self.send(pb.ClientMessage(send_model=send))
+            return
+        _, chunks, checksum = encode_state(tensors, chunk_size)
+        self.send(pb.ClientMessage(send_model=send))
+        for chunk in chunks:
+            self.send(pb.ClientMessage(chunk=pb.TensorChunk(data=chunk)))
+        self.send(pb.ClientMessage(trailer=pb.TensorStreamTrailer(checksum=checksum)))
 
     def disconnect(self) -> None:
         """End the stream as a vanished client would."""

@@ -13,7 +13,6 @@ import pytest
 import structlog
 import torch
 
-from fedsilo.common import codec
 from fedsilo.common.compression import Compression, encode
 from fedsilo.common.proto import federation_pb2 as pb
 from fedsilo.common.wire import PROTOCOL_VERSION, Inbound, serialize
@@ -21,6 +20,7 @@ from fedsilo.server.app import make_job
 from fedsilo.server.config import ServerConfig
 from fedsilo.server.job import Job, JobOutcome
 from fedsilo.server.session import CLOSE, ClientSession, OutgoingModel
+from tests.wire_helpers import decode_state, encode_state
 
 TIMEOUT = 30.0
 State = dict[str, torch.Tensor]
@@ -78,19 +78,19 @@ class Driver:
         head, *rest = self.recv()
         header = head.sync_model.model
         if header.HasField("inline"):  # a model that fits in one chunk comes in one message
-            return codec.decode_state(header, [header.inline.data], header.inline.checksum)
+            return decode_state(header, [header.inline.data], header.inline.checksum)
         *chunks, trailer = rest
-        return codec.decode_state(header, [c.chunk.data for c in chunks], trailer.trailer.checksum)
+        return decode_state(header, [c.chunk.data for c in chunks], trailer.trailer.checksum)
 
     def upload_inline(self, wire: State) -> None:
-        header, chunks, checksum = codec.encode_state(wire)
+        header, chunks, checksum = encode_state(wire)
         header.inline.CopyFrom(pb.InlineTensors(data=b"".join(chunks), checksum=checksum))
         self.send(
             pb.ClientMessage(send_model=pb.SendModel(round=1, train_examples=10, update=header))
         )
 
     def upload(self, wire: State) -> None:
-        header, chunks, checksum = codec.encode_state(wire)
+        header, chunks, checksum = encode_state(wire)
         self.send(
             pb.ClientMessage(send_model=pb.SendModel(round=1, train_examples=10, update=header)),
             *(pb.ClientMessage(chunk=pb.TensorChunk(data=chunk)) for chunk in chunks),

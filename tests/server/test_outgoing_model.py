@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import torch
 
-from fedsilo.common import codec
 from fedsilo.common.proto import federation_pb2 as pb
+from fedsilo.common.specs import specs_of
 from fedsilo.common.wire import SERVER_CHUNKS, ModelFrames
 from fedsilo.server.session import OutgoingModel
 from fedsilo.server.uploads import UploadStore
@@ -60,5 +60,5 @@ def test_a_recycled_model_becomes_the_next_upload_buffer_unless_still_in_use(tmp
     assert not store.recycle(old, in_use={"w": old["w"]})  # shares memory with the new model
     assert store.recycle(old, in_use=new)
     assert not store.recycle({"w": torch.randn(10)}, in_use=new)  # one spare at most
-    decoder = store.decoder(codec.specs_of(new), in_turn=True, label="x")
+    decoder = store.decoder(specs_of(new), in_turn=True, label="x")
     assert decoder.tensors["w"].data_ptr() == old["w"].data_ptr()

@@ -7,9 +7,9 @@ import threading
 from pathlib import Path
 
 from fedsilo.server.job_state import FinalEvaluation
-from fedsilo.server.registry import ClientRegistry, Member
+from fedsilo.server.registry import ClientRegistry, Member, Stage
 from fedsilo.server.state_machine import JobPhase
-from fedsilo.server.status import StatusView, copy_state
+from fedsilo.server.status import STATE_OF_STAGE, StatusView, copy_state
 from fedsilo.server.telemetry import model_frames
 from tests.server.status_helpers import config, federation, model_stream
 
@@ -131,3 +131,7 @@ def test_the_final_evaluation_and_the_end_of_a_job(tmp_path: Path) -> None:
 def test_the_frames_of_a_model_stream_are_counted_exactly() -> None:
     # opening + ceil(100 bytes / 10) chunks + trailer
     assert model_frames(model_stream(), 10) == 12
+
+
+def test_every_stage_of_the_registry_has_a_state_on_the_page() -> None:
+    assert set(STATE_OF_STAGE) == set(Stage)

@@ -13,17 +13,19 @@ from prometheus_client import REGISTRY, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.samples import Sample
 
-from fedsilo.common import codec
 from fedsilo.common.errors import CodecError
 from fedsilo.common.proto import federation_pb2 as pb
+from fedsilo.common.specs import TensorSpec, check_specs_match
+from fedsilo.common.tensor_stream import TensorStreamDecoder
 from fedsilo.server.checkpoint import CHECKPOINT_FILE
-from fedsilo.server.intake import UploadRefusedError
 from fedsilo.server.job import SPILL_DIR
+from fedsilo.server.report_checks import check_local_metrics
 from fedsilo.server.state_machine import JobPhase
 from fedsilo.server.status import StatusView
 from fedsilo.server.status_metrics import register_state_metrics
 from fedsilo.server.telemetry import JobTelemetry, drop_reason
-from fedsilo.server.validation import bound_update, check_finite
+from fedsilo.server.upload import UploadRefusedError
+from fedsilo.server.validation import bound_update, check_finite, check_magnitude
 from tests.server.status_helpers import config, evaluated, federation, model_stream, row
 
 # Prometheus naming: snake_case with the fedsilo_ prefix; a unit suffix where there is a unit.
@@ -61,8 +63,8 @@ def refused(error: Exception, late: bool = False, wrong: bool = False) -> Upload
     return UploadRefusedError(int(code), str(error), leaves_round=True, tell_client=not late)
 
 
-def raised(call) -> CodecError:  # type: ignore[no-untyped-def]
-    with pytest.raises(CodecError) as info:
+def raised(call, kind: type[Exception] = CodecError) -> Exception:  # type: ignore[no-untyped-def]
+    with pytest.raises(kind) as info:
         call()
     return info.value
 
@@ -124,6 +126,7 @@ def test_clients_connected_ready_known_and_by_stage(view) -> None:
         "download": 1,
         "training": 1,
         "upload": 1,
+        "queued": 0,
         "evaluating": 0,
         "discarding": 0,
     }
@@ -216,8 +219,8 @@ def test_drop_reasons_are_a_few_words(reason: str, label: str) -> None:
 
 
 def test_upload_refusals_by_reason_from_the_checks_own_errors() -> None:
-    spec = codec.TensorSpec("w", torch.float32, (2,))
-    decoder = codec.TensorStreamDecoder([spec])
+    spec = TensorSpec("w", torch.float32, (2,))
+    decoder = TensorStreamDecoder([spec])
     decoder.feed(torch.ones(2).numpy().tobytes())
     errors = {
         "checksum": raised(lambda: decoder.finish(12345)),
@@ -225,9 +228,11 @@ def test_upload_refusals_by_reason_from_the_checks_own_errors() -> None:
         "norm_bound": raised(
             lambda: bound_update({"w": torch.full((2,), 10.0)}, {"w": torch.zeros(2)}, 1, "refuse")
         ),
-        "header": raised(
-            lambda: codec.check_specs_match([spec], [codec.TensorSpec("v", torch.float32, (2,))])
+        "header": raised(lambda: check_specs_match([spec], [TensorSpec("v", torch.float32, (2,))])),
+        "metrics": raised(
+            lambda: check_local_metrics(pb.LocalMetrics(train_loss=float("nan")), 100), ValueError
         ),
+        "too_big": raised(lambda: check_magnitude({"w": torch.tensor([1e30])}, 1e6)),
     }
     telemetry = JobTelemetry(1 << 20)
     for error in errors.values():
@@ -238,7 +243,8 @@ def test_upload_refusals_by_reason_from_the_checks_own_errors() -> None:
     counts = {s.labels["reason"]: s.value for s in samples}
     assert counts == {
         "checksum": 1,
-        "not_finite": 1,
+        "metrics": 1,
+        "not_finite": 2,  # a NaN, and a value beyond the magnitude bound
         "norm_bound": 1,
         "header": 1,
         "late": 1,

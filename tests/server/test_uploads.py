@@ -8,13 +8,16 @@ from pathlib import Path
 import pytest
 import torch
 
-from fedsilo.common import codec
-from fedsilo.server import uploads
+from fedsilo.common.errors import CodecError
+from fedsilo.common.specs import specs_from_header
+from fedsilo.server import spill, uploads
 from fedsilo.server.aggregation import OrderedFold
+from fedsilo.server.spill import BLOCK_BYTES, SpilledTensors, tensor_blocks
 from fedsilo.server.strategies import fedavg
 from fedsilo.server.uploads import UploadStore
 from fedsilo.server.validation import ClippedUpdate, check_finite
 from tests.server.test_aggregation import CLIENTS, LIKE, WEIGHTS, assert_identical, random_updates
+from tests.wire_helpers import encode_state
 
 
 @pytest.fixture(autouse=True)
@@ -25,8 +28,8 @@ def no_waiting_budget(monkeypatch):
 
 def receive(store: UploadStore, state: dict[str, torch.Tensor], in_turn: bool, label: str):
     """Send ``state`` through a decoder of ``store`` in small chunks; return what finish gives."""
-    header, chunks, checksum = codec.encode_state(state, chunk_size=100)
-    decoder = store.decoder(codec.specs_from_header(header, 1 << 30), in_turn, label)
+    header, chunks, checksum = encode_state(state, chunk_size=100)
+    decoder = store.decoder(specs_from_header(header, 1 << 30), in_turn, label)
     for chunk in chunks:
         decoder.feed(chunk)
     return decoder.finish(checksum)
@@ -49,7 +52,7 @@ def test_an_upload_out_of_turn_goes_to_a_file_and_reads_back_bit_exact(tmp_path:
         "none": torch.zeros(0),
     }
     spilled = receive(store, state, in_turn=False, label="r1-c3")
-    assert isinstance(spilled, codec.SpilledTensors)
+    assert isinstance(spilled, SpilledTensors)
     assert [p.name for p in spill_files(tmp_path)] == ["r1-c3-0.upload"]
     assert list(spilled) == list(state)
     for name, tensor in state.items():
@@ -73,8 +76,8 @@ def test_an_upload_in_turn_stays_in_memory_and_reuses_a_released_update(tmp_path
 
 def test_a_discarded_upload_leaves_no_file_and_clear_removes_stale_ones(tmp_path: Path):
     store = UploadStore(tmp_path / "spill", chunk_size=100)
-    header, chunks, _ = codec.encode_state({"w": torch.randn(100)}, chunk_size=100)
-    decoder = store.decoder(codec.specs_from_header(header, 1 << 30), False, "x")
+    header, chunks, _ = encode_state({"w": torch.randn(100)}, chunk_size=100)
+    decoder = store.decoder(specs_from_header(header, 1 << 30), False, "x")
     decoder.feed(chunks[0])
     assert len(spill_files(tmp_path)) == 1
     decoder.discard()
@@ -86,32 +89,32 @@ def test_a_discarded_upload_leaves_no_file_and_clear_removes_stale_ones(tmp_path
 
 def test_a_corrupted_spilled_upload_is_refused_by_its_checksum(tmp_path: Path):
     store = UploadStore(tmp_path / "spill", chunk_size=100)
-    header, chunks, checksum = codec.encode_state({"w": torch.randn(50)}, chunk_size=100)
-    decoder = store.decoder(codec.specs_from_header(header, 1 << 30), False, "x")
+    header, chunks, checksum = encode_state({"w": torch.randn(50)}, chunk_size=100)
+    decoder = store.decoder(specs_from_header(header, 1 << 30), False, "x")
     for chunk in chunks:
         decoder.feed(bytes(reversed(chunk)))
-    with pytest.raises(codec.CodecError, match="checksum"):
+    with pytest.raises(CodecError, match="checksum"):
         decoder.finish(checksum)
 
 
 def test_a_truncated_spill_file_is_an_error_not_garbage(tmp_path: Path):
     store = UploadStore(tmp_path / "spill", chunk_size=100)
     spilled = receive(store, {"w": torch.randn(50)}, in_turn=False, label="x")
-    assert isinstance(spilled, codec.SpilledTensors)
+    assert isinstance(spilled, SpilledTensors)
     spilled.path.write_bytes(spilled.path.read_bytes()[:10])
-    with pytest.raises(codec.CodecError, match="ends inside"):
+    with pytest.raises(CodecError, match="ends inside"):
         spilled["w"]
 
 
 def test_finite_check_and_clipping_work_on_spilled_updates(tmp_path: Path):
     store = UploadStore(tmp_path / "spill", chunk_size=100)
     bad = receive(store, {"w": torch.tensor([1.0, float("nan")])}, in_turn=False, label="bad")
-    with pytest.raises(codec.CodecError, match="NaN"):
+    with pytest.raises(CodecError, match="NaN"):
         check_finite(bad)
     bf16 = receive(
         store, {"w": torch.tensor([1.0, float("inf")]).bfloat16()}, in_turn=False, label="bf"
     )
-    with pytest.raises(codec.CodecError, match="NaN"):
+    with pytest.raises(CodecError, match="NaN"):
         check_finite(bf16)
     good = receive(store, {"w": torch.tensor([3.0, 4.0])}, in_turn=False, label="good")
     clipped = ClippedUpdate(good, {"w": torch.zeros(2)}, 0.5)
@@ -142,11 +145,11 @@ def owned_fold(tmp_path: Path, order, updates, spill: set[int]):
     return fold.mean()
 
 
-@pytest.mark.parametrize("block_bytes", [codec.BLOCK_BYTES, 20])
+@pytest.mark.parametrize("block_bytes", [BLOCK_BYTES, 20])
 def test_the_owning_fold_with_spilled_updates_is_bit_identical_for_every_order(
     tmp_path: Path, monkeypatch, block_bytes: int
 ):
-    monkeypatch.setattr(codec, "BLOCK_BYTES", block_bytes)  # 20: many blocks per tensor
+    monkeypatch.setattr(spill, "BLOCK_BYTES", block_bytes)  # 20: many blocks per tensor
     updates = random_updates(seed=3)
     reference = fedavg.aggregate(
         [updates[c] for c in sorted(CLIENTS)], [WEIGHTS[c] for c in sorted(CLIENTS)]
@@ -172,7 +175,7 @@ def test_blocks_of_a_spilled_tensor_cover_it_exactly(tmp_path: Path):
     state = {"a": torch.randn(37), "b": torch.arange(10, dtype=torch.int16), "c": torch.zeros(0)}
     spilled = receive(store, state, in_turn=False, label="x")
     for name, tensor in state.items():
-        pieces = [(start, block.clone()) for start, block in codec.tensor_blocks(spilled, name, 8)]
+        pieces = [(start, block.clone()) for start, block in tensor_blocks(spilled, name, 8)]
         assert [start for start, _ in pieces] == list(
             range(0, tensor.numel(), 8 // tensor.element_size())
         )
@@ -185,16 +188,16 @@ def test_small_uploads_wait_in_memory_within_the_budget(tmp_path: Path, monkeypa
     store = UploadStore(tmp_path / "spill", chunk_size=100)
     first = receive(store, {"w": torch.randn(200)}, in_turn=False, label="a")  # 800 bytes
     second = receive(store, {"w": torch.randn(200)}, in_turn=False, label="b")  # over budget
-    assert isinstance(first, dict) and isinstance(second, codec.SpilledTensors)
+    assert isinstance(first, dict) and isinstance(second, SpilledTensors)
     store.release(first, reuse=False)
     third = receive(store, {"w": torch.randn(200)}, in_turn=False, label="c")  # room again
     assert isinstance(third, dict)
-    header, _, _ = codec.encode_state({"w": torch.randn(200)}, chunk_size=100)
-    broken = store.decoder(codec.specs_from_header(header, 1 << 30), False, "d")
+    header, _, _ = encode_state({"w": torch.randn(200)}, chunk_size=100)
+    broken = store.decoder(specs_from_header(header, 1 << 30), False, "d")
     assert broken.spills  # the budget is still taken by the third
     store.release(third, reuse=False)
     store.discard(broken)
-    unfinished = store.decoder(codec.specs_from_header(header, 1 << 30), False, "e")
+    unfinished = store.decoder(specs_from_header(header, 1 << 30), False, "e")
     assert not unfinished.spills
     store.discard(unfinished)  # a broken stream gives its share of the budget back
-    assert not store.decoder(codec.specs_from_header(header, 1 << 30), False, "f").spills
+    assert not store.decoder(specs_from_header(header, 1 << 30), False, "f").spills

@@ -32,6 +32,8 @@ NOT_DEFAULT = {
     "norm_bound_action": "clip",
     "tensorboard": True,
     "chunk_size": 4096,
+    "weighting": "uniform",
+    "max_examples": 5000,
 }
 
 
