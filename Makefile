@@ -104,8 +104,11 @@ bench-peers: install
 	$(BIN)/python bench/peers/flower_bench.py --fedsilo build/bench-rounds-peers.json \
 		--json build/bench-peers.json
 
+# The job listens on a free port, or on DEMO_PORT (make demo DEMO_PORT=50100, or
+# make demo PORT=50100; a PORT that is merely in the environment is not taken).
+DEMO_PORT := $(or $(DEMO_PORT),$(if $(filter command line,$(origin PORT)),$(PORT)))
 demo: install
-	$(BIN)/python tools/demo.py
+	$(BIN)/python tools/demo.py $(if $(DEMO_PORT),--port $(DEMO_PORT))
 
 proto: install
 	$(BIN)/python tools/genproto.py

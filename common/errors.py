@@ -10,7 +10,10 @@
     ├── SessionLostError          a client's stream broke; it reconnects within its budget
     ├── ServerRefusedError        the server answered a client with an Error message
     ├── StopRequestedError        SIGTERM/SIGINT asked a daemon to leave (exit 0)
-    └── JobAbortedError           the job ended without finishing its rounds
+    ├── JobAbortedError           the job ended without finishing its rounds
+    └── SecAggError               a secure-aggregation round cannot complete (too few survivors)
+        └── SecAggRefusedError    a secure-aggregation message refused (bad signature, a
+                                  request for both shares of one peer, a tampered share)
 
 Low-level exceptions (grpc, OSError, pydantic) are translated into these once, at the module
 that meets them, with ``raise ... from exc``.
@@ -76,3 +79,11 @@ class StopRequestedError(FedsiloError):
     """A daemon was asked to stop by a signal."""
 
     exit_code = 0
+
+
+class SecAggError(FedsiloError):
+    """A secure-aggregation round cannot complete (too few clients left, a bad reconstruction)."""
+
+
+class SecAggRefusedError(SecAggError):
+    """A secure-aggregation message was refused: it breaks the protocol or fails a check."""

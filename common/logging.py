@@ -9,12 +9,28 @@ from __future__ import annotations
 
 import logging
 import sys
+from collections.abc import MutableMapping
 from typing import Any, Literal, get_args
 
 import structlog
 
+from fedsilo.common.progress import BarAwareStream
+
 LogLevel = Literal["debug", "info", "warning", "error"]
 LEVELS: tuple[str, ...] = get_args(LogLevel)
+
+
+SIGNIFICANT_DIGITS = 6  # a log line is for people: 0.9134521; metrics.jsonl keeps every digit
+
+
+def round_floats(
+    logger: Any, method: str, event: MutableMapping[str, Any]
+) -> MutableMapping[str, Any]:
+    """Round the float fields of a log line to SIGNIFICANT_DIGITS (a structlog processor)."""
+    for key, value in event.items():
+        if isinstance(value, float):
+            event[key] = float(f"{value:.{SIGNIFICANT_DIGITS}g}")
+    return event
 
 
 def configure_logging(level: str = "info", json: bool | None = None) -> None:
@@ -29,12 +45,16 @@ def configure_logging(level: str = "info", json: bool | None = None) -> None:
         processors=[
             structlog.contextvars.merge_contextvars,
             structlog.processors.add_log_level,
+            round_floats,
             structlog.processors.TimeStamper(fmt="iso", utc=True),
             structlog.processors.dict_tracebacks if as_json else structlog.dev.set_exc_info,
             renderer,
         ],
         wrapper_class=structlog.make_filtering_bound_logger(getattr(logging, level.upper())),
-        logger_factory=structlog.PrintLoggerFactory(file=sys.stderr),
+        # On a terminal, log lines scroll above a progress bar (common/progress.py).
+        logger_factory=structlog.PrintLoggerFactory(
+            file=sys.stderr if as_json else BarAwareStream(sys.stderr)  # type: ignore[arg-type]
+        ),
         cache_logger_on_first_use=True,
     )
 

@@ -238,7 +238,10 @@ class AdminServer:
         self._log.info("admin_listening", url=self.url, tls=self.tls)
 
     def stop(self) -> None:
-        """Stop serving and close the port (requests in flight finish on their own threads)."""
+        """Stop serving and close the port (requests in flight finish on their own threads).
+
+        Idempotent: the job's end stops it, and so does the way out of ``serve``.
+        """
         if self._thread is not None:
             self._server.shutdown()
             self._thread.join()

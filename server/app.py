@@ -5,6 +5,7 @@ from __future__ import annotations
 import errno
 import signal
 import socket
+import sys
 import threading
 from collections.abc import Callable
 from concurrent import futures
@@ -17,16 +18,20 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from fedsilo.common.bundles import ServerBundle, load_server_bundle
 from fedsilo.common.errors import ConfigError, FedsiloError, PortInUseError
 from fedsilo.common.logging import get_logger
+from fedsilo.common.progress import round_progress
 from fedsilo.common.wire import SERVER_PING_POLICY, SERVICE_NAME, channel_options
 from fedsilo.server.admin import AdminServer
 from fedsilo.server.allocator import tune_for_streams
+from fedsilo.server.central_eval import central_evaluator
 from fedsilo.server.checkpoint import CHECKPOINT_FILE, Checkpoint, job_identity, load_checkpoint
 from fedsilo.server.config import ServerConfig
 from fedsilo.server.job import Job, JobOutcome
 from fedsilo.server.run_files import MODEL_FILE, finished_rounds
+from fedsilo.server.run_lock import hold_run_folder
 from fedsilo.server.service import FederationService
 from fedsilo.server.status import StatusView
 from fedsilo.server.status_metrics import register_state_metrics
+from fedsilo.server.stderr_router import StderrRouter
 from fedsilo.tasks import load_task
 
 SHUTDOWN_GRACE_SECONDS = 5.0
@@ -126,21 +131,10 @@ def make_job(
     """Load the task, build the initial model and the job, fresh or from ``checkpoint``."""
     task = load_task(config.task, config.task_options)
     model = task.build_model(config.seed)
-    job = Job(config, dict(model.state_dict()), log, admitted_clients(config))
+    central = central_evaluator(task, config.seed, config.central_data)
+    job = Job(config, dict(model.state_dict()), log, admitted_clients(config), central=central)
     job.begin(checkpoint)
     return job
-
-
-def make_job_closing(
-    config: ServerConfig, log: structlog.typing.FilteringBoundLogger, admin: AdminServer | None
-) -> Job:
-    """Make the job (see make_job); if that fails, close the admin port bound for it."""
-    try:
-        return make_job(config, log, find_checkpoint(config, log))
-    except BaseException:
-        if admin is not None:
-            admin.stop()
-        raise
 
 
 def start_admin(admin: AdminServer, config: ServerConfig, job: Job) -> None:
@@ -158,13 +152,33 @@ def serve(config: ServerConfig) -> JobOutcome:
     log = get_logger(job_id=config.job_id)
     # Before anything touches the run folder: a second server of this job must change nothing.
     check_port_free(config.host, config.port, config.job_id)
+    # The admin port too is bound before the run folder is touched: a taken one changes nothing.
+    admin = AdminServer(config, log) if config.health_port is not None else None
+    try:
+        # Whatever its port, a second server on this run folder exits here, changing nothing.
+        with hold_run_folder(config.run_dir, config.job_id, config.port):
+            router = StderrRouter({"job_id": config.job_id}) if not sys.stderr.isatty() else None
+            if router is not None:
+                router.start()
+            try:
+                return serve_held(config, log, admin)
+            finally:
+                if router is not None:
+                    router.stop()
+    finally:
+        if admin is not None:
+            admin.stop()
+
+
+def serve_held(
+    config: ServerConfig, log: structlog.typing.FilteringBoundLogger, admin: AdminServer | None
+) -> JobOutcome:
+    """Run the job whose run folder this process holds; see ``serve``."""
     done = finished_rounds(config.run_dir) if config.resume else None
     if done is not None:
         log.info("job_already_finished", rounds=done, model=str(config.run_dir / MODEL_FILE))
         return JobOutcome(finished=True, rounds_completed=done, already_finished=True)
-    # Bound before the run folder is touched, like the job's port: a taken port changes nothing.
-    admin = AdminServer(config, log) if config.health_port is not None else None
-    job = make_job_closing(config, log, admin)
+    job = make_job(config, log, find_checkpoint(config, log))
     health_service = health.HealthServicer()
     server = build_server(config, job, health_service)
     if config.insecure:
@@ -188,7 +202,8 @@ def serve(config: ServerConfig) -> JobOutcome:
 
     def drive() -> None:
         try:
-            outcome.append(job.run())
+            with round_progress(config.rounds, job.progress):
+                outcome.append(job.run())
         except Exception:
             log.exception("job_crashed")
             raise

@@ -1,9 +1,9 @@
 """The job's checkpoint: everything needed to continue after the last completed round.
 
-Written atomically after every round (temp file, fsync, rename), in the background so that
-the disk never holds up the next round (``CheckpointWriter``), as a plain torch.save of
-tensors, numbers, strings, lists and dicts, so that it loads with ``weights_only=True``:
-nothing in it can run code. ``--resume`` reads it back and checks that it belongs to this job.
+Written atomically (temp file, fsync, rename) in the background so that the disk never holds up
+a round (``CheckpointWriter``), in fedsilo's own raw format (``server/checkpoint_file.py``: a
+JSON header and the tensors' bytes, no pickle, streamed past the page cache). ``--resume``
+reads it back and checks that it belongs to this job.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ import os
 import threading
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -22,12 +22,12 @@ import structlog
 import torch
 
 from fedsilo.common.errors import ConfigError
+from fedsilo.server import checkpoint_file
+from fedsilo.server.checkpoint_file import CheckpointCancelledError
 from fedsilo.server.config import ServerConfig
-from fedsilo.server.run_files import atomic_write
 
-CHECKPOINT_FILE = "checkpoint.pt"
+CHECKPOINT_FILE = "checkpoint.ckpt"
 CHECKPOINT_NICENESS = 10
-FORMAT_VERSION = 2  # 2: client ids live in client_ids.jsonl, no longer here
 
 
 @dataclass(frozen=True)
@@ -39,6 +39,8 @@ class Checkpoint:
     strategy_state: dict[str, Any]
     pending_row: dict[str, Any]
     identity: dict[str, Any]
+    # Set to stop a write in progress (its memory is wanted): the write is abandoned.
+    cancel: threading.Event = field(default_factory=threading.Event, compare=False, repr=False)
 
 
 def job_identity(config: ServerConfig) -> dict[str, Any]:
@@ -55,15 +57,16 @@ def job_identity(config: ServerConfig) -> dict[str, Any]:
 
 def save_checkpoint(path: Path, checkpoint: Checkpoint) -> None:
     """Write ``checkpoint`` to ``path`` atomically."""
-    payload = {
-        "format": FORMAT_VERSION,
-        "round": checkpoint.round,
-        "global_state": checkpoint.global_state,
-        "strategy_state": checkpoint.strategy_state,
-        "pending_row": checkpoint.pending_row,
-        "identity": checkpoint.identity,
-    }
-    atomic_write(path, lambda handle: torch.save(payload, handle))
+    checkpoint_file.save(
+        path,
+        {
+            "round": checkpoint.round,
+            "pending_row": checkpoint.pending_row,
+            "identity": checkpoint.identity,
+        },
+        {"model": checkpoint.global_state, "strategy": checkpoint.strategy_state},
+        cancel=checkpoint.cancel,
+    )
 
 
 class CheckpointWriter:
@@ -79,11 +82,14 @@ class CheckpointWriter:
     """
 
     SPACING = 10.0
+    MAX_CANCELLED_IN_A_ROW = 3
 
     def __init__(self, path: Path, log: structlog.typing.FilteringBoundLogger) -> None:
         self.path = path
         self._log = log
         self._thread: threading.Thread | None = None
+        self._writing: Checkpoint | None = None
+        self._cancelled_in_a_row = 0
         self._error: BaseException | None = None
         self._last_start = -math.inf
         self._last_seconds = 0.0
@@ -106,6 +112,7 @@ class CheckpointWriter:
             return False
         self.wait()
         self._last_start = now
+        self._writing = checkpoint
 
         def run() -> None:
             _lower_priority_of_this_thread()
@@ -113,9 +120,13 @@ class CheckpointWriter:
             started = time.monotonic()
             try:
                 save_checkpoint(self.path, checkpoint)
+            except CheckpointCancelledError:
+                self._last_start = -math.inf  # a write that did not happen spaces nothing
+                self._log.info("checkpoint_cancelled", round=checkpoint.round)
             except BaseException as exc:  # re-raised by wait() in the job's thread
                 self._error = exc
             else:
+                self._cancelled_in_a_row = 0
                 self._last_seconds = time.monotonic() - started
                 self.saved_round = checkpoint.round
                 self._log.info(
@@ -126,11 +137,33 @@ class CheckpointWriter:
         self._thread.start()
         return True
 
+    def release(self) -> bool:
+        """Make sure no write reads the memory it was given; return whether one had to stop.
+
+        A write still running when its tensors' memory is wanted (the next round's buffers, a
+        strategy about to change its state) is cancelled: a newer checkpoint is offered right
+        after. Only on a disk slower than the rounds, after ``MAX_CANCELLED_IN_A_ROW``
+        cancellations in a row, is the next one waited for, so that a resume never has to
+        replay more than a few rounds' worth of checkpoint intervals.
+        """
+        if not self.busy or self._writing is None:
+            self.wait()
+            return False
+        if self._cancelled_in_a_row >= self.MAX_CANCELLED_IN_A_ROW:
+            self._log.warning("checkpoint_waited_for", round=self._writing.round)
+            self.wait()
+            return False
+        self._cancelled_in_a_row += 1
+        self._writing.cancel.set()
+        self.wait()
+        return True
+
     def wait(self) -> None:
         """Block until no write is in progress; raise the error of the last one, if any."""
         if self._thread is not None:
             self._thread.join()
             self._thread = None
+            self._writing = None
         error, self._error = self._error, None
         if error is not None:
             raise error
@@ -145,23 +178,19 @@ def _lower_priority_of_this_thread() -> None:
 
 def load_checkpoint(path: Path, identity: Mapping[str, Any]) -> Checkpoint:
     """Read a checkpoint and check it belongs to the job described by ``identity``."""
-    try:
-        payload = torch.load(path, weights_only=True, map_location="cpu")
-    except Exception as exc:  # torch raises assorted types for truncated or foreign files
-        raise ConfigError(f"checkpoint {path} cannot be read: {exc}") from exc
-    if not isinstance(payload, dict) or payload.get("format") != FORMAT_VERSION:
+    header, groups = checkpoint_file.load(path)
+    if header.get("identity") != dict(identity):
         raise ConfigError(
-            f"checkpoint {path} is not a fedsilo checkpoint of format {FORMAT_VERSION}"
-        )
-    if payload["identity"] != dict(identity):
-        raise ConfigError(
-            f"checkpoint {path} belongs to another job ({payload['identity']}); "
+            f"checkpoint {path} belongs to another job ({header.get('identity')}); "
             f"this one is {dict(identity)}"
         )
-    return Checkpoint(
-        round=int(payload["round"]),
-        global_state=dict(payload["global_state"]),
-        strategy_state=dict(payload["strategy_state"]),
-        pending_row=dict(payload["pending_row"]),
-        identity=dict(payload["identity"]),
-    )
+    try:
+        return Checkpoint(
+            round=int(header["round"]),
+            global_state=groups.get("model", {}),
+            strategy_state=groups.get("strategy", {}),
+            pending_row=dict(header["pending_row"]),
+            identity=dict(header["identity"]),
+        )
+    except (KeyError, TypeError, ValueError) as exc:
+        raise ConfigError(f"checkpoint {path}: {exc}") from exc

@@ -22,12 +22,13 @@ from fedsilo.common.specs import specs_of
 from fedsilo.common.wire import SERVER_CHUNKS, ModelFrames
 from fedsilo.server import messages, metrics
 from fedsilo.server.aggregation import OrderedFold
+from fedsilo.server.central_eval import CentralEvaluator
 from fedsilo.server.checkpoint import Checkpoint
 from fedsilo.server.config import ServerConfig
 from fedsilo.server.job_state import FinalEvaluation, JobState, Round
 from fedsilo.server.outbox import OutgoingModel
 from fedsilo.server.recorder import JobRecorder
-from fedsilo.server.registry import Member, Stage, Work, WorkKind
+from fedsilo.server.registry import Work, WorkKind
 from fedsilo.server.sampling import sample_clients
 from fedsilo.server.state_machine import Event, JobPhase
 from fedsilo.server.strategies import Strategy
@@ -62,6 +63,7 @@ class Coordinator:
         global_state: dict[str, torch.Tensor],
         store: UploadStore,
         log: structlog.typing.FilteringBoundLogger,
+        central: CentralEvaluator | None = None,
     ) -> None:
         self.config = config
         self.state = state
@@ -72,11 +74,14 @@ class Coordinator:
         self.model_bytes = sum(spec.nbytes for spec in self.specs)
         self.store = store
         self.log = log
+        self.central = central
 
     def run(self) -> JobOutcome:
         """Drive the whole job; return how it ended. Blocks until then."""
         try:
             first = self.state.rounds_completed + 1
+            if first == 1:  # row 0: the initial model
+                self.recorder.annotate_pending(self._central_fields())
             for number in range(first, self.config.rounds + 1):
                 self._await_clients(number, first_of_run=number == first)
                 self._run_round(number)
@@ -160,7 +165,7 @@ class Coordinator:
                 with state.cond:
                     self._drop(current, [cid], "disconnected")
         log.info("round_started", clients=selected, model_bytes=self.model_bytes)
-        done = self._wait_watching(lambda: current.fold.complete, lambda: current.fold.outstanding)
+        done = self._wait(lambda: current.fold.complete)
         with state.cond:
             if not done:
                 reason = f"no update within round_timeout={self.config.round_timeout:g}s"
@@ -185,6 +190,7 @@ class Coordinator:
             bytes_down=current.bytes_down,
             seconds=seconds,
         )
+        row.update(self._central_fields())
         with state.cond:
             state.rounds_completed = number
         self.recorder.round_done(row, self._checkpoint(row), last=number == self.config.rounds)
@@ -198,7 +204,7 @@ class Coordinator:
     def _step(self, current: Round, frames: ModelFrames) -> None:
         """Turn the round's fold into the next global model through the strategy."""
         if self.strategy.state_dict():
-            self.recorder.wait_for_checkpoint()  # a checkpoint being written may read that state
+            self.recorder.release_checkpoint()  # a checkpoint being written may read that state
         self.log.debug("round_aggregating", round=current.number)
         strategy = self.strategy
         if strategy.needs_all_updates:
@@ -213,9 +219,11 @@ class Coordinator:
             raise JobAbortedError(f"round {current.number}: the new global model: {exc}") from exc
         old_state = self.global_state
         self.global_state = {spec.name: new_state[spec.name].contiguous() for spec in self.specs}
-        if frames.idle and not self.recorder.checkpoint_busy:
-            # Nothing reads the old model any more: its memory takes the next upload, which then
-            # decodes into pages already mapped instead of faulting in fresh ones.
+        if frames.idle:
+            # Nothing reads the old model any more (a checkpoint still writing it is stopped:
+            # the next one is newer): its memory takes the next round's sums and uploads, which
+            # then land in pages already mapped instead of faulting in fresh ones.
+            self.recorder.release_checkpoint()
             self.store.recycle(old_state, in_use=self.global_state)
 
     # ------------------------------------------------------------------ the end
@@ -251,7 +259,7 @@ class Coordinator:
                 with state.cond:
                     final.expected.discard(cid)
         self.log.info("final_evaluation_started", clients=sorted(final.expected))
-        self._wait_watching(lambda: not final.expected, lambda: sorted(final.expected))
+        self._wait(lambda: not final.expected)
         with state.cond:
             evaluations = list(final.evaluations)
             state.final = None
@@ -310,45 +318,26 @@ class Coordinator:
                 member.work = None  # idle again once its stream says so (see Intake)
         self.state.cond.notify_all()
 
-    def _wait_watching(self, done: Callable[[], bool], watched: Callable[[], list[int]]) -> bool:
-        """Wait until ``done()`` or round_timeout; meanwhile cut off watched sessions that stall.
+    def _wait(self, done: Callable[[], bool]) -> bool:
+        """Wait until ``done()`` or round_timeout; return whether it held in time.
 
-        A session stalls when nothing moved on it for progress_timeout (while it uploads: no
-        tensor bytes arrived), so a slow transfer that moves goes on. Returns whether ``done()``
-        held in time; raises JobAbortedError on a stop request.
+        Clients that stall meanwhile are dropped and cut off by the SessionWatch
+        (``server/watch.py``), which wakes this wait. Raises JobAbortedError on a stop request.
         """
         state = self.state
-        deadline = time.monotonic() + self.config.round_timeout
-        step = min(1.0, self.config.progress_timeout / 4)
-        while True:
-            stalled: list[Member] = []
-            with state.cond:
-                state.cond.wait_for(
-                    lambda: state.stop_reason is not None or done(),
-                    timeout=max(0.0, min(step, deadline - time.monotonic())),
-                )
-                self._raise_if_stopping()
-                if done():
-                    return True
-                if time.monotonic() >= deadline:
-                    return False
-                for cid in watched():
-                    member = state.registry.get(cid)
-                    if member is not None and self._stalled(member):
-                        stalled.append(member)
-                        reason = f"stalled: no progress for {self.config.progress_timeout:g}s"
-                        if state.round is not None:
-                            self._drop(state.round, [cid], reason)
-                        if state.final is not None:
-                            state.final.expected.discard(cid)
-            for member in stalled:
-                self.log.warning(
-                    "client_cut_off",
-                    client_id=member.client_id,
-                    client=member.name,
-                    phase=member.stage.value,
-                )
-                member.session.cut_off()
+        with state.cond:
+            in_time = state.cond.wait_for(
+                lambda: state.stop_reason is not None or done(),
+                timeout=self.config.round_timeout,
+            )
+            self._raise_if_stopping()
+        return in_time
+
+    def _central_fields(self) -> dict[str, object]:
+        """The central evaluation of the current global model, as metrics-row fields."""
+        if self.central is None:
+            return {}
+        return self.central.row_fields(self.global_state, self.log)
 
     def _sum_buffers(self) -> dict[str, torch.Tensor]:
         dtypes = {name: accumulator_dtype(t.dtype) for name, t in self.global_state.items()}
@@ -362,12 +351,6 @@ class Coordinator:
         return float(
             sum(m.declared_examples for cid in selected if (m := registry.get(cid)) is not None)
         )
-
-    def _stalled(self, member: Member) -> bool:
-        if member.stage is Stage.QUEUED:
-            return False  # the server chose not to read it yet
-        uploading = member.stage is Stage.UPLOAD
-        return member.session.progress.idle_seconds(uploading) > self.config.progress_timeout
 
     def _close_all(self, last_message: pb.ServerMessage, wait: bool = False) -> None:
         """Send every client its last message and end its stream; ``wait`` (bounded) until sent.

@@ -25,6 +25,7 @@ from fedsilo.common.proto import federation_pb2 as pb
 from fedsilo.common.specs import check_specs_match, specs_of
 from fedsilo.common.text import shown
 from fedsilo.server import messages
+from fedsilo.server.central_eval import CentralEvaluator
 from fedsilo.server.checkpoint import Checkpoint
 from fedsilo.server.config import ServerConfig
 from fedsilo.server.coordinator import Coordinator, JobOutcome
@@ -32,6 +33,7 @@ from fedsilo.server.intake import Intake, UploadChecks
 from fedsilo.server.job_state import JobState
 from fedsilo.server.recorder import JobRecorder
 from fedsilo.server.registry import ClientRegistry, Stage, WorkKind
+from fedsilo.server.report_checks import ReportError, check_evaluation
 from fedsilo.server.run_files import CLIENT_IDS_FILE, ClientIdLog, MetricsLog
 from fedsilo.server.session import ClientSession
 from fedsilo.server.state_machine import JobPhase
@@ -54,6 +56,7 @@ class Job:
         initial_state: dict[str, torch.Tensor],
         log: structlog.typing.FilteringBoundLogger,
         admitted: Callable[[], ServerBundle] | None = None,
+        central: CentralEvaluator | None = None,
     ) -> None:
         self.config = config
         self.log = log
@@ -105,6 +108,7 @@ class Job:
             global_state=global_state,
             store=self.store,
             log=log,
+            central=central,
         )
         self._job_message = messages.job_config(config, setting)
 
@@ -263,12 +267,20 @@ class Job:
         """Store a client's evaluation of the final model."""
         cid = session.client_id
         assert cid is not None
+        try:
+            check_evaluation(result.evaluation, self.config.max_examples, "final evaluation")
+        except ReportError as exc:
+            session.log.warning("evaluation_refused", round=result.round, reason=str(exc))
+            valid = False
+        else:
+            valid = True
         with self.state.cond:
             final = self.state.final
             member = self.state.registry.current(cid, session)
             if final is not None and cid in final.expected and result.round == final.round:
                 final.expected.discard(cid)
-                final.evaluations.append(messages.client_evaluation(cid, result.evaluation))
+                if valid:
+                    final.evaluations.append(messages.client_evaluation(cid, result.evaluation))
             if member is not None:
                 self.state.registry.release(member)
             self.state.cond.notify_all()

@@ -9,6 +9,7 @@ the bounds.
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
@@ -71,6 +72,11 @@ class JobSpec(BaseModel):
     )
     norm_bound_action: Literal["reject", "clip"] = Field(
         "reject", description="What to do with an update over the bound."
+    )
+    central_data: Path | None = Field(
+        None,
+        description="Folder of the task's central evaluation set (for tasks that offer one; "
+        "default: the task's own location).",
     )
     weighting: Literal["examples", "uniform"] = Field(
         "examples",

@@ -60,14 +60,14 @@ class JobRecorder:
         self._checkpoints.saved_round = checkpoint.round
         self.log.info("job_resumed", round=checkpoint.round, metrics_rows_kept=kept)
 
-    @property
-    def checkpoint_busy(self) -> bool:
-        """Whether a checkpoint is being written (it may still read the model it was given)."""
-        return self._checkpoints.busy
+    def release_checkpoint(self) -> None:
+        """Make sure no checkpoint write still reads the job's tensors (see CheckpointWriter)."""
+        self._checkpoints.release()
 
-    def wait_for_checkpoint(self) -> None:
-        """Block until no checkpoint is being written (raise its error, if it failed)."""
-        self._checkpoints.wait()
+    def annotate_pending(self, fields: Mapping[str, Any]) -> None:
+        """Add fields to the row waiting for its evaluation (row 0: the initial model's)."""
+        if self._pending_row is not None:
+            self._pending_row = {**self._pending_row, **fields}
 
     def write_row(self, evaluations: Sequence[metrics.ClientEvaluation]) -> None:
         """Complete the pending row with the evaluations of its model and append it."""

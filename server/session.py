@@ -239,9 +239,9 @@ class ClientSession:
     def _do_mark_ready(self, ready: pb.Ready, nbytes: int) -> None:
         try:
             self.job.ready(self, ready)
-        except ProtocolError:
-            self.close()  # it cannot take part: tell it why (dispatch does) and end the stream
-            raise
+        except ProtocolError as refused:  # it cannot take part: say why, end the stream
+            self._send_error(refused.code, refused.message)
+            self.close()
 
     def _do_send_sync(self, work: tuple[int, OutgoingModel], nbytes: int) -> None:
         self.round, stream = work

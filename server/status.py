@@ -149,6 +149,7 @@ def client_entry(
     member: MemberCopy | None,
     transfers: dict[tuple[int, str], Transfer],
     drop: dict[str, Any] | None,
+    delivered: bool = False,
 ) -> dict[str, Any]:
     """Return one client's line of the status: its state, progress and the drop, if any."""
     entry: dict[str, Any] = {"client_id": client_id, "name": name, "drop": drop}
@@ -165,6 +166,8 @@ def client_entry(
     if drop is not None and drop.get("current") and member.work is None:
         state = "dropped"  # out of this round; still connected
     detail = state if progress is None else f"{state} {progress:.0%}"
+    if state == "idle" and delivered:
+        detail = "idle: update in"  # this round has its update; it waits for the others
     if state == "dropped" and drop is not None:
         detail = _drop_detail(drop)
     entry.update(
@@ -206,8 +209,14 @@ def build_status(
     members = {m.client_id: m for m in copy.members}
     names = {cid: name for name, cid in copy.ids.items()}
     names.update({m.client_id: m.name for m in copy.members})
+    current = copy.round
+    delivered = (
+        set(current.selected) - set(current.outstanding) - set(current.dropped)
+        if current is not None
+        else set()
+    )
     clients = [
-        client_entry(cid, names[cid], members.get(cid), transfers, drops.get(cid))
+        client_entry(cid, names[cid], members.get(cid), transfers, drops.get(cid), cid in delivered)
         for cid in sorted(names)
     ]
     return {

@@ -14,6 +14,8 @@ TENSORBOARD_FOLDER = "tensorboard"
 SCALARS = {
     "eval/accuracy": "eval_accuracy",
     "eval/loss": "eval_loss",
+    "central/accuracy": "central_accuracy",
+    "central/loss": "central_loss",
     "train/loss": "train_loss",
     "bytes/down": "bytes_down",
     "bytes/up": "bytes_up",

@@ -1,11 +1,13 @@
-"""Deadlines for the states of a stream that no round watches: before Hello, before Ready, while
-the server swallows a refused stream.
+"""Deadlines for every state of a stream, measured in progress, never in total time.
 
 A stream that never says Hello holds a slot of the server (and two threads) for nothing; one that
-joined but never gets ready, or stops in the middle of a stream it must finish, too. The watch
-wakes a few times a second and cuts such streams off: before Hello after ``HANDSHAKE_SECONDS``,
-the others after ``progress_timeout`` without progress (heartbeats count: a client loading a big
-dataset says it is alive). Rounds and the final evaluation watch their own clients (Coordinator).
+joined but never gets ready, stops in the middle of a download, a training, an upload or a stream
+the server swallows, too. The watch wakes a few times a second and cuts such streams off: before
+Hello after ``HANDSHAKE_SECONDS``; in every other state after ``progress_timeout`` with nothing
+moving (a message in, a frame out; while uploading, only tensor bytes count, so heartbeats
+cannot hold a round open). A client doing work for a round or the final evaluation is dropped
+from it, with the reason and the phase, before its stream is cut. Idle clients and uploads the
+server itself keeps waiting in line have no deadline.
 """
 
 from __future__ import annotations
@@ -17,10 +19,10 @@ from typing import Any
 import structlog
 
 from fedsilo.server.job_state import JobState
-from fedsilo.server.registry import Stage
+from fedsilo.server.registry import Member, Stage
 
 HANDSHAKE_SECONDS = 10.0  # from a stream's opening to its Hello: a round trip and a TLS check
-WATCHED_STAGES = (Stage.JOINED, Stage.DISCARDING)
+UNWATCHED_STAGES = (Stage.IDLE, Stage.QUEUED)
 
 
 class SessionWatch:
@@ -59,17 +61,44 @@ class SessionWatch:
                 session.cut_off()
 
     def _overdue(self) -> list[tuple[Any, str]]:
+        """Find the streams past their deadline; drop their clients from their work (cond)."""
         now = time.monotonic()
         overdue: list[tuple[Any, str]] = []
-        with self._state.cond:
-            for session, opened in list(self._state.pending.items()):
+        state = self._state
+        with state.cond:
+            for session, opened in list(state.pending.items()):
                 if now - opened > self._handshake:
-                    del self._state.pending[session]
-                    overdue.append((session, f"no Hello within {self._handshake:g}s"))
+                    del state.pending[session]
+                    reason = f"no Hello within {self._handshake:g}s"
+                    self._log.warning(
+                        "stream_cut_off", peer=getattr(session, "peer", "?"), reason=reason
+                    )
+                    overdue.append((session, reason))
             limit = self._progress_timeout
-            for member in self._state.registry.members():
-                idle = member.session.progress.idle_seconds(uploading=False)
-                if member.stage in WATCHED_STAGES and idle > limit:
-                    reason = f"no progress for {limit:g}s while {member.stage.value}"
-                    overdue.append((member.session, reason))
+            for member in state.registry.members():
+                if member.stage in UNWATCHED_STAGES:
+                    continue
+                uploading = member.stage is Stage.UPLOAD
+                if member.session.progress.idle_seconds(uploading) <= limit:
+                    continue
+                reason = f"stalled: no progress for {limit:g}s"
+                self._leave_work(member, reason)
+                self._log.warning(
+                    "client_cut_off",
+                    client_id=member.client_id,
+                    client=member.name,
+                    phase=member.stage.value,
+                )
+                overdue.append((member.session, reason))
         return overdue
+
+    def _leave_work(self, member: Member, reason: str) -> None:
+        """Drop a stalled client from the round or final evaluation it owes work to (cond held)."""
+        state = self._state
+        cid = member.client_id
+        if state.round is not None and state.round.drop([cid], reason, {cid: member.stage.value}):
+            member.work = None
+        if state.final is not None and cid in state.final.expected:
+            state.final.expected.discard(cid)
+            member.work = None
+        state.cond.notify_all()

@@ -10,8 +10,11 @@ A Task is any class with these four methods (no base class to inherit from)::
         def evaluate(self, model, data: LocalData) -> Evaluation: ...
 
 The server calls only ``build_model`` (for the initial weights and the tensor specs every update
-is checked against); clients call all four. ``fedsilo.tasks.training`` has ready-made loops for
-classifiers. Select a task with ``--task synthetic`` (built in) or ``--task package.module:Name``.
+is checked against), and ``evaluate`` on its central set when the task offers one with the
+optional ``central_data(data_dir) -> Dataset``; clients call all four. ``num_partitions()``, also
+optional, tells fl-sim how many clients the task's data is split into.
+``fedsilo.tasks.training`` has ready-made loops for classifiers. Select a task with
+``--task synthetic`` (built in) or ``--task package.module:Name``.
 """
 
 from __future__ import annotations

@@ -1,6 +1,8 @@
 """`make demo`: one fl-server job and three fl-client processes on 127.0.0.1, 5 rounds.
 
-Provisions a federation with fl-certs first, then runs everything over mutual TLS.
+Provisions a federation with fl-certs first, then runs everything over mutual TLS. The job
+listens on a free port, or on ``--port PORT`` (``make demo DEMO_PORT=PORT``); a port that is
+taken or out of range exits 2 with one line.
 
 Prints one line per round as metrics.jsonl grows (the global model's loss and accuracy on the
 clients' held-out data, participants, bytes each way, seconds), then shuts everything down.
@@ -9,12 +11,14 @@ Daemon logs go to runs/demo/*.log.
 
 from __future__ import annotations
 
+import argparse
 import json
 import shutil
 import socket
 import subprocess
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +29,7 @@ ROUNDS = 5
 CLIENTS = ("hospital-a", "hospital-b", "lab-c")
 DEADLINE_SECONDS = 300.0
 POLL_SECONDS = 0.2
+MAX_PORT = 65535
 
 
 def free_port() -> int:
@@ -32,6 +37,31 @@ def free_port() -> int:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         return int(probe.getsockname()[1])
+
+
+def port_problem(port: int) -> str | None:
+    """Say why the job cannot listen on 127.0.0.1:``port``; None when it can."""
+    if not JOB_ID < port <= MAX_PORT:
+        return f"port {port} is outside {JOB_ID + 1}..{MAX_PORT} (port_base is port - job {JOB_ID})"
+    with socket.socket() as probe:
+        try:
+            probe.bind(("127.0.0.1", port))
+        except OSError as exc:
+            return (
+                f"port {port} is not free on 127.0.0.1 ({exc.strerror}); choose another DEMO_PORT"
+            )
+    return None
+
+
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    """Return the command line's options."""
+    parser = argparse.ArgumentParser(
+        prog="demo", description="Run a 3-client federation on 127.0.0.1 over mutual TLS."
+    )
+    parser.add_argument(
+        "--port", type=int, default=None, help="the job's port on 127.0.0.1 (default: a free one)"
+    )
+    return parser.parse_args(argv)
 
 
 def start(args: list[str], log_name: str) -> subprocess.Popen[bytes]:
@@ -55,11 +85,16 @@ def format_row(row: dict[str, Any]) -> str:
     )
 
 
-def main() -> int:
+def main(argv: Sequence[str] | None = None) -> int:
     """Run the demo federation; exit 0 when the job finished and every daemon exited 0."""
+    args = parse_args(argv)
+    port = free_port() if args.port is None else args.port
+    problem = port_problem(port)
+    if problem:
+        print(f"demo: {problem}", file=sys.stderr)
+        return 2
     shutil.rmtree(RUN_DIR, ignore_errors=True)
     RUN_DIR.mkdir(parents=True)
-    port = free_port()
     certs = RUN_DIR / "certs"
     # The secure path, as an operator would do it: provision, then hand each org its bundle.
     subprocess.run(

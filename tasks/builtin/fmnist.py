@@ -2,8 +2,9 @@
 
 Li et al. 2022, "Federated Learning on Non-IID Data Silos: An Experimental Study": the 60,000
 training images are split among ``clients`` (default: Dir(0.5) label skew); each client keeps
-its first 80 % for training and holds out the rest, so its test data has its own label mix. The
-official 10,000-image test set is not used. The files come from Debian's
+its first 80 % for training (``holdout`` sets the rest) and holds out the rest, so its test data
+has its own label mix. The official 10,000-image test set is the server's central evaluation set
+(``central_data``), as NIID-Bench evaluates the global model. The files come from Debian's
 ``dataset-fashion-mnist`` (see ``fedsilo.tasks.datasets.fmnist``); nothing is downloaded.
 """
 
@@ -33,8 +34,12 @@ class FashionMnistTask:
         partition: str = "dirichlet",
         beta: float | None = None,
         labels: int | None = None,
+        holdout: float = 0.2,
     ) -> None:
         self.split = LabelPartition.from_options(clients, partition, beta, labels)
+        if not 0 <= holdout < 1:
+            raise ValueError(f"holdout must be in [0, 1), got {holdout}")
+        self.holdout = float(holdout)
 
     def num_partitions(self) -> int:
         """Return the number of clients the data is split into."""
@@ -49,7 +54,9 @@ class FashionMnistTask:
     def load_data(self, partition: int, seed: int, data_dir: Path | None) -> LocalData:
         """Return client ``partition``'s images; ``data_dir`` may hold the four IDX files."""
         images, labels = load_fashion_mnist("train", data_dir or DEFAULT_DIR)
-        train, test = self.split.client_split(labels, partition, derive_seed(seed, "fmnist"))
+        train, test = self.split.client_split(
+            labels, partition, derive_seed(seed, "fmnist"), train_fraction=1 - self.holdout
+        )
         features = images.unsqueeze(1)  # (n, 1, 28, 28), scaled to [0, 1] per client below
 
         def subset(indices: list[int]) -> TensorDataset:
@@ -57,6 +64,11 @@ class FashionMnistTask:
             return TensorDataset(features[chosen].float() / _MAX_PIXEL, labels[chosen])
 
         return LocalData(train=subset(train), test=subset(test))
+
+    def central_data(self, data_dir: Path | None) -> TensorDataset:
+        """Return the official 10,000-image test set, for the server's central evaluation."""
+        images, labels = load_fashion_mnist("test", data_dir or DEFAULT_DIR)
+        return TensorDataset(images.unsqueeze(1).float() / _MAX_PIXEL, labels)
 
     def train(self, model: torch.nn.Module, data: LocalData, config: TrainConfig) -> TrainResult:
         """Train with SGD on the local split."""

@@ -185,3 +185,12 @@ def daemons(tmp_path: Path) -> Iterator[Daemons]:
 def read_metrics(run_dir: Path) -> list[dict[str, Any]]:
     """Return the rows of a run's metrics.jsonl."""
     return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+
+
+def assert_strict_json(path: Path) -> list[dict[str, Any]]:
+    """Parse a JSON-lines file refusing NaN and infinities (which strict JSON has not)."""
+
+    def refuse(constant: str) -> None:
+        raise AssertionError(f"{path} holds {constant}")
+
+    return [json.loads(line, parse_constant=refuse) for line in path.read_text().splitlines()]

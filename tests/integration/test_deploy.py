@@ -1,6 +1,8 @@
 """The deployment kit: the compose file names only settings the daemons accept, with one network
 per organisation and read-only certificates; the health probe tells a serving server from a
-stopped one; the namespace script runs the compose topology for real, without Docker."""
+stopped one; the namespace script runs the compose topology for real, without Docker. The files
+for several hosts publish the job's port, mount each member's bundle, task and data read-only,
+and keep monitoring in an optional profile that scrapes the server's loopback admin port."""
 
 from __future__ import annotations
 
@@ -22,6 +24,8 @@ from fedsilo.common.settings import load_config
 from fedsilo.server.cli import build_parser as server_parser
 from fedsilo.server.config import ServerConfig
 from tests.integration.conftest import REPO, Daemons, free_port
+from tests.integration.docker_image import parse_dockerfile
+from tests.integration.fake_docker import interpolate
 
 DEPLOY = REPO / "deploy"
 COMPOSE_FILE = DEPLOY / "docker-compose.yml"
@@ -238,3 +242,113 @@ def test_netns_federation_trains_with_three_organisations_and_refuses_the_rogue(
     assert summary["rogue_exit_code"] != 0
     assert summary["isolated"] is True
     assert (workdir / "run" / "model.pt").is_file()
+
+
+# --- Several hosts: deploy/server/compose.yaml (the operator's) and deploy/member/compose.yaml
+
+SERVER_HOST = DEPLOY / "server"
+MEMBER_COMPOSE = DEPLOY / "member" / "compose.yaml"
+
+
+def host_compose(path: Path, variables: dict[str, str] | None = None) -> dict[str, Any]:
+    """A compose file as compose reads it with ``variables`` set (else every default)."""
+    data = interpolate(yaml.safe_load(path.read_text()), variables or {})
+    assert isinstance(data, dict)
+    return data
+
+
+def parsed_service(
+    compose: dict[str, Any], name: str, parser: argparse.ArgumentParser, model: Any
+) -> Any:
+    """A service's exec-form command parsed by its daemon's parser, with its environment."""
+    service = compose["services"][name]
+    command = service["command"]
+    assert isinstance(command, list), "exec form: command must be a list"
+    args = parse_command(parser, command)
+    environment = {k: str(v) for k, v in (service.get("environment") or {}).items()}
+    return load_config(model, flag_values(args), None, environment)
+
+
+@pytest.mark.parametrize(
+    "variables",
+    [{}, {"JOB_ID": "4", "PORT_BASE": "51000", "JOB_PORT": "51004"}],
+    ids=["defaults", "env-file"],
+)
+def test_the_server_host_publishes_the_job_port_and_mounts_its_bundle_and_task_read_only(
+    variables: dict[str, str],
+) -> None:
+    compose = host_compose(SERVER_HOST / "compose.yaml", variables)
+    server = parsed_service(compose, "server", server_parser(), ServerConfig)
+    service = compose["services"]["server"]
+    assert service["ports"] == [f"{server.port}:{server.port}"]
+    assert server.host == "0.0.0.0" and server.tls == Path("/bundle")
+    mounts = mounts_of(service)
+    assert mounts["/bundle"] == ("./bundle", True)
+    assert mounts["/task"] == ("./task", True)
+    runs, read_only = mounts["/runs"]
+    assert runs in compose["volumes"] and not read_only and server.out == Path("/runs")
+    assert int(service["healthcheck"]["test"][-1]) == server.health_port
+    assert "profiles" not in service and "networks" not in service  # default, not internal
+    assert compose["name"] == f"fedsilo-job-{server.job_id}"  # one project (and volume) per job
+
+
+def test_a_member_runs_with_only_its_bundle_task_and_data_mounted_read_only() -> None:
+    compose = host_compose(MEMBER_COMPOSE)
+    assert set(compose["services"]) == {"member"}
+    client = parsed_service(compose, "member", client_parser(), ClientConfig)
+    assert client.bundle == Path("/bundle") and client.data == Path("/data")
+    assert client.server is None  # the address comes from the bundle's connection.json
+    service = compose["services"]["member"]
+    assert mounts_of(service) == {
+        "/bundle": ("./bundle", True),
+        "/task": ("./task", True),
+        "/data": ("./data", True),
+    }
+    assert "ports" not in service  # dials out only
+    data_dir = mounts_of(host_compose(MEMBER_COMPOSE, {"DATA_DIR": "/srv/x"})["services"]["member"])
+    assert data_dir["/data"] == ("/srv/x", True)
+    image_env = parse_dockerfile(DEPLOY / "Dockerfile").env
+    assert "/task" in image_env["PYTHONPATH"].split(":")
+
+
+def test_monitoring_is_an_optional_profile_scraping_the_servers_admin_port() -> None:
+    compose = host_compose(SERVER_HOST / "compose.yaml")
+    services = compose["services"]
+    server = parsed_service(compose, "server", server_parser(), ServerConfig)
+    for name in ("prometheus", "grafana"):
+        assert services[name]["profiles"] == ["monitoring"]
+        for source, _ in mounts_of(services[name]).values():
+            assert source in compose["volumes"] or (SERVER_HOST / source).exists(), source
+    prometheus = services["prometheus"]
+    assert prometheus["network_mode"] == "service:server"  # the server's loopback is its own
+    config = yaml.safe_load((SERVER_HOST / "prometheus.yml").read_text())
+    (scrape,) = config["scrape_configs"]
+    assert scrape["metrics_path"] == "/metrics"
+    assert scrape["static_configs"] == [{"targets": [f"127.0.0.1:{server.health_port}"]}]
+    listen = next(a for a in prometheus["command"] if a.startswith("--web.listen-address="))
+    sources = yaml.safe_load(
+        (SERVER_HOST / "grafana/provisioning/datasources/prometheus.yml").read_text()
+    )
+    (source,) = sources["datasources"]
+    assert source["url"] == f"http://server:{listen.rsplit(':', 1)[1]}"
+    assert all(str(p).startswith("127.0.0.1:") for p in services["grafana"]["ports"])
+
+
+@pytest.mark.parametrize("path", [SERVER_HOST / "compose.yaml", MEMBER_COMPOSE], ids=str)
+def test_docker_compose_accepts_the_host_files(path: Path) -> None:
+    try:
+        probe = subprocess.run(
+            ["docker", "compose", "version"], check=False, capture_output=True, timeout=30
+        )
+    except (FileNotFoundError, subprocess.TimeoutExpired) as exc:
+        pytest.skip(f"docker compose is not available here: {exc}")
+    if probe.returncode != 0:
+        pytest.skip("`docker compose version` fails here")
+    check = subprocess.run(
+        ["docker", "compose", "-f", str(path), "--profile", "monitoring", "config", "-q"],
+        check=False,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert check.returncode == 0, check.stderr

@@ -1,4 +1,5 @@
-"""deploy/grafana and deploy/prometheus: the dashboard asks only for series the server exposes."""
+"""deploy/server's monitoring: the dashboard asks only for series the server exposes, and
+Prometheus scrapes the admin port that compose gives the server."""
 
 from __future__ import annotations
 
@@ -16,8 +17,8 @@ from fedsilo.server.status_metrics import register_state_metrics
 from tests.integration.conftest import REPO
 from tests.server.status_helpers import config, federation
 
-DASHBOARD = REPO / "deploy" / "grafana" / "fedsilo.json"
-PROMETHEUS = REPO / "deploy" / "prometheus" / "prometheus.yml"
+SERVER_HOST = REPO / "deploy" / "server"
+DASHBOARD = SERVER_HOST / "grafana" / "dashboards" / "fedsilo.json"
 SERIES = re.compile(r"\b((?:fedsilo|process)_[a-z0-9_]+)\b")
 
 
@@ -56,12 +57,22 @@ def test_every_dashboard_query_names_series_the_server_exposes(tmp_path: Path) -
     assert len(ids) == len(set(ids))
 
 
-def test_the_prometheus_config_scrapes_loopback_plainly_and_elsewhere_over_mutual_tls() -> None:
-    scrape = {
-        job["job_name"]: job for job in yaml.safe_load(PROMETHEUS.read_text())["scrape_configs"]
-    }
-    local, remote = scrape["fedsilo-local"], scrape["fedsilo"]
+def scrape_jobs(name: str) -> dict[str, dict]:
+    jobs = yaml.safe_load((SERVER_HOST / name).read_text())["scrape_configs"]
+    return {job["job_name"]: job for job in jobs}
+
+
+def test_prometheus_scrapes_the_admin_port_compose_gives_the_server() -> None:
+    compose = yaml.safe_load((SERVER_HOST / "compose.yaml").read_text())
+    command = compose["services"]["server"]["command"]
+    health_port = command[command.index("--health-port") + 1]
+    (local,) = scrape_jobs("prometheus.yml").values()
     assert local["scheme"] == "http" and local["metrics_path"] == "/metrics"
-    assert all(t.startswith("127.0.0.1:") for t in local["static_configs"][0]["targets"])
-    assert remote["scheme"] == "https"
-    assert {"ca_file", "cert_file", "key_file"} <= set(remote["tls_config"])
+    assert local["static_configs"][0]["targets"] == [f"127.0.0.1:{health_port}"]
+    assert compose["services"]["prometheus"]["network_mode"] == "service:server"
+
+
+def test_the_remote_scrape_is_over_mutual_tls() -> None:
+    (remote,) = scrape_jobs("prometheus-remote.yml").values()
+    assert remote["scheme"] == "https" and remote["metrics_path"] == "/metrics"
+    assert {"ca_file", "cert_file", "key_file", "server_name"} <= set(remote["tls_config"])

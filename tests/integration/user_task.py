@@ -44,3 +44,12 @@ class TinyTask:
 
     def evaluate(self, model: torch.nn.Module, data: LocalData) -> Evaluation:
         return evaluate_classifier(model, data.test)
+
+
+class CentralTinyTask(TinyTask):
+    """TinyTask with a server-side evaluation set: one more blob the clients never see."""
+
+    def central_data(self, data_dir: Path | None) -> TensorDataset:
+        generator = torch.Generator().manual_seed(987654)
+        x = torch.randn(200, self.features, generator=generator)
+        return TensorDataset(x, (x[:, 0] > 0).long())

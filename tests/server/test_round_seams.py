@@ -108,7 +108,8 @@ def test_a_late_inline_update_is_ignored_and_the_client_takes_part_next_round(
     outcome = runner.finish()
     assert outcome.finished, outcome.reason
     assert late_done.is_set()
-    assert _rounds_seen(slow) == [1, 3]  # round 2 was already running when it came back
+    # Round 2 may or may not have started before the late update came; round 3 starts after.
+    assert _rounds_seen(slow) in ([1, 3], [1, 2, 3])
 
 
 def test_the_last_uploader_of_a_round_is_selected_for_the_next_one(tmp_path: Path) -> None:

@@ -45,6 +45,7 @@ def test_the_snapshot_says_what_each_client_is_doing(tmp_path: Path) -> None:
     assert by_name["org-new"]["drop"]["reason"] == "stalled: no progress for 30s"
     assert by_name["org-new"]["drop"]["round"] == 1
     assert by_name["org-old"]["detail"] == "not connected"
+    assert by_name["org-done"]["detail"] == "idle: update in"
 
 
 def test_the_snapshot_has_the_job_its_round_and_its_rows(tmp_path: Path) -> None:

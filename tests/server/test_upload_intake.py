@@ -17,6 +17,7 @@ from fedsilo.common.proto import federation_pb2 as pb
 from fedsilo.server import spill, uploads
 from fedsilo.server.registry import Stage
 from fedsilo.server.strategies import fedavg
+from tests.integration.conftest import assert_strict_json
 from tests.server.inprocess import JobRunner, ReceivedModel, ScriptedClient
 
 CHUNK = 1024  # the synthetic model is 2,440 bytes: every stream has three chunks
@@ -191,9 +192,7 @@ def test_a_bad_metric_refuses_that_update_and_never_reaches_a_file(
         tmp_path, {"honest": chunked(1.0), "bad": chunked(1.0, metrics=metrics)}, rounds=2
     )
     assert outcome.finished, outcome.reason
-    text = (tmp_path / "run" / "metrics.jsonl").read_text()
-    assert "NaN" not in text and "Infinity" not in text
-    rows = [json.loads(line) for line in text.splitlines()]
+    rows = assert_strict_json(tmp_path / "run" / "metrics.jsonl")
     assert all(row.get("participants", [0]) == [0] for row in rows[1:])
     assert (tmp_path / "run" / "model.pt").exists()
 

@@ -33,6 +33,7 @@ NOT_DEFAULT = {
     "tensorboard": True,
     "chunk_size": 4096,
     "weighting": "uniform",
+    "central_data": Path("/srv/central"),
     "max_examples": 5000,
 }
 

@@ -1,0 +1,77 @@
+"""A model's floating-point tensors as the flat vector secure aggregation sums, and back.
+
+The vector is every floating-point tensor of the state dict, in the state dict's order,
+flattened; integer and bool buffers (BatchNorm's num_batches_tracked) are not part of it.
+Both sides walk the tensors a piece at a time, so nothing model-sized is ever copied.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Iterator, Mapping
+
+import numpy as np
+import torch
+from numpy.typing import NDArray
+
+from fedsilo.common.errors import SecAggRefusedError
+from fedsilo.common.secagg.masks import DEFAULT_CHUNK_WORDS
+
+
+def floating_names(state: Mapping[str, torch.Tensor]) -> list[str]:
+    """Return the names of the tensors that take part, in order."""
+    return [name for name, tensor in state.items() if torch.is_floating_point(tensor)]
+
+
+def vector_length(state: Mapping[str, torch.Tensor]) -> int:
+    """Return the number of elements of the vector (RoundSetup.length)."""
+    return sum(state[name].numel() for name in floating_names(state))
+
+
+def delta_pieces(
+    trained: Mapping[str, torch.Tensor],
+    start: Mapping[str, torch.Tensor],
+    piece: int = DEFAULT_CHUNK_WORDS,
+) -> Iterator[NDArray[np.float64]]:
+    """Yield ``trained - start`` over the floating tensors, at most ``piece`` elements at a time."""
+    for name in floating_names(start):
+        new = trained[name].detach().reshape(-1)
+        old = start[name].detach().reshape(-1)
+        for begin in range(0, old.numel(), piece):
+            end = begin + piece
+            delta = new[begin:end].to(torch.float64) - old[begin:end].to(torch.float64)
+            yield delta.cpu().numpy()
+
+
+def l2_norm(pieces: Iterable[NDArray[np.floating]]) -> float:
+    """Return the L2 norm of a vector given in pieces (float64 accumulation)."""
+    return math.sqrt(sum(float(np.dot(p, p)) for p in pieces))
+
+
+def write_mean(
+    chunks: Iterable[NDArray[np.floating]],
+    start: Mapping[str, torch.Tensor],
+    out: Mapping[str, torch.Tensor],
+) -> None:
+    """Write ``start + mean`` into ``out``'s floating tensors, reading the mean chunk by chunk."""
+    names = [name for name in floating_names(start) if start[name].numel()]
+    position = [(name, 0) for name in names]
+    index = 0
+    for chunk in chunks:
+        used = 0
+        while used < len(chunk):
+            if index == len(position):
+                raise SecAggRefusedError("the mean is longer than the model")
+            name, filled = position[index]
+            flat_out, flat_start = out[name].view(-1), start[name].reshape(-1)
+            count = min(len(chunk) - used, flat_out.numel() - filled)
+            piece = torch.from_numpy(np.ascontiguousarray(chunk[used : used + count]))
+            base = flat_start[filled : filled + count].to(torch.float64)
+            flat_out[filled : filled + count] = (base + piece).to(flat_out.dtype)
+            used += count
+            filled += count
+            position[index] = (name, filled)
+            if filled == flat_out.numel():
+                index += 1
+    if index != len(position):
+        raise SecAggRefusedError("the mean is shorter than the model")
