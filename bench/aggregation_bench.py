@@ -125,6 +125,8 @@ def one_run(mib: int, clients: int, order: str, stagger: float, workdir: Path) -
                         "1",
                         "--connect-timeout",
                         "120",
+                        "--config",
+                        str(config),  # the job's task: each client runs it by its own choice
                     ],
                     stderr=err,
                     stdout=subprocess.DEVNULL,

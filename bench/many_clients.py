@@ -16,6 +16,7 @@ import json
 import threading
 import time
 from collections import Counter
+from pathlib import Path
 
 import torch
 
@@ -24,6 +25,7 @@ from fedsilo.client.config import ClientConfig
 from fedsilo.client.session import FederationClient
 from fedsilo.common.cli import exit_process
 from fedsilo.common.logging import LEVELS, configure_logging, get_logger
+from fedsilo.common.settings import read_config_file
 
 _shared_options = connection.channel_options
 
@@ -34,10 +36,11 @@ def _own_connection_options(chunk_size: int) -> list[tuple[str, int]]:
 
 
 def run_clients(
-    server: str, count: int, prefix: str, connect_timeout: float
+    server: str, count: int, prefix: str, connect_timeout: float, task_config: Path
 ) -> dict[str, int | float | list[str]]:
     """Run ``count`` clients in threads until all end; return counts of outcomes and errors."""
     log = get_logger()
+    task = read_config_file(task_config)  # the job's task and options: what every client runs
     outcomes: list[str] = []
     lock = threading.Lock()
 
@@ -48,6 +51,8 @@ def run_clients(
             insecure=True,
             connect_timeout=connect_timeout,
             device="cpu",
+            task=task["task"],
+            task_options=task.get("task_options", {}),
         )
         try:
             FederationClient(config, connection.resolve_endpoint(config), log).run()
@@ -84,11 +89,14 @@ def main() -> int:
     parser.add_argument("--prefix", default="m-", help="client names are PREFIX0, PREFIX1, ...")
     parser.add_argument("--connect-timeout", type=float, default=120.0)
     parser.add_argument("--log-level", choices=LEVELS, default="warning")
+    parser.add_argument(
+        "--config", type=Path, required=True, help="TOML with the job's task and task_options"
+    )
     args = parser.parse_args()
     configure_logging(args.log_level)
     torch.set_num_threads(1)
     connection.channel_options = _own_connection_options
-    summary = run_clients(args.server, args.count, args.prefix, args.connect_timeout)
+    summary = run_clients(args.server, args.count, args.prefix, args.connect_timeout, args.config)
     print(json.dumps(summary), flush=True)
     return 0 if summary["failed"] == 0 else 1
 

@@ -72,8 +72,10 @@ def daemon_env() -> dict[str, str]:
     return env
 
 
-def client_commands(case: Case, port: int, per_process: int) -> list[tuple[str, list[str]]]:
-    """The client processes of ``case``: (label, argv) each."""
+def client_commands(
+    case: Case, port: int, per_process: int, config: Path
+) -> list[tuple[str, list[str]]]:
+    """The client processes of ``case``: (label, argv) each; ``config`` names the job's task."""
     address = f"127.0.0.1:{port}"
     if case.clients <= PROCESS_CLIENTS_UP_TO:
         return [
@@ -92,6 +94,8 @@ def client_commands(case: Case, port: int, per_process: int) -> list[tuple[str, 
                     "120",
                     "--log-level",
                     CLIENT_LOG_LEVEL,
+                    "--config",
+                    str(config),  # task and task_options: each client runs the job's task
                 ],
             )
             for index in range(case.clients)
@@ -114,6 +118,8 @@ def client_commands(case: Case, port: int, per_process: int) -> list[tuple[str, 
                 "300",
                 "--log-level",
                 CLIENT_LOG_LEVEL,
+                "--config",
+                str(config),
             ],
         )
         for index, size in enumerate(sizes)
@@ -196,7 +202,7 @@ def run_job(
                 start_new_session=True,
             )
         processes.append(server)
-        for label, argv in client_commands(case, port, per_process):
+        for label, argv in client_commands(case, port, per_process, config):
             path = workdir / f"{label}.err"
             client_errs.append(path)
             with path.open("wb") as err:

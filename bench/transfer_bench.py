@@ -126,6 +126,8 @@ def one_run(mib: int, workdir: Path) -> dict[str, float]:
                 "debug",
                 "--connect-timeout",
                 "60",
+                "--config",
+                str(config),  # the job's task: the client runs it by its own choice
             ],
             stderr=cerr,
             stdout=subprocess.DEVNULL,

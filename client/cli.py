@@ -13,11 +13,13 @@ import torch
 
 from fedsilo.client.config import ClientConfig
 from fedsilo.client.connection import resolve_endpoint
+from fedsilo.client.policy import PolicySettings
 from fedsilo.client.session import FederationClient
 from fedsilo.common.cli import (
     INSECURE_HELP,
     ArgumentParser,
     add_config_flag,
+    add_model_flags,
     add_switch,
     exit_process,
     run_daemon,
@@ -65,8 +67,25 @@ def build_parser() -> ArgumentParser:
         type=int,
         help="CPU threads for training; 1 suits several clients sharing one machine",
     )
+    parser.add_argument(
+        "--out", type=Path, help="run folder for audit.jsonl (default runs/client-<name>)"
+    )
+    parser.add_argument(
+        "--idle-timeout",
+        type=float,
+        help="give up after this many seconds without progress either way (default 3600)",
+    )
+    add_policy_flags(parser)
     parser.add_argument("--log-level", choices=LEVELS, help="default info")
     return parser
+
+
+def add_policy_flags(parser: argparse.ArgumentParser) -> None:
+    """Add the flags of the client's policy (its task, the bounds), derived from its fields."""
+    policy = parser.add_argument_group(
+        "policy", "what this organisation runs; task_options go in --config or policy.toml"
+    )
+    add_model_flags(policy, PolicySettings)
 
 
 def take_part(config: ClientConfig) -> int:

@@ -4,15 +4,16 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import ConfigDict, Field, field_validator, model_validator
 
+from fedsilo.client.policy import PolicySettings
 from fedsilo.common.devices import DEVICE_PATTERN
 from fedsilo.common.logging import LEVELS
 from fedsilo.common.names import CLIENT_NAME_REGEX
 
 
-class ClientConfig(BaseModel):
-    """Everything one ``fl-client`` needs; frozen once loaded."""
+class ClientConfig(PolicySettings):
+    """Everything one ``fl-client`` needs (its policy's settings included); frozen once loaded."""
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
@@ -44,6 +45,16 @@ class ClientConfig(BaseModel):
     threads: int | None = Field(
         None, ge=1, description="CPU threads for local training (default: torch's choice)."
     )
+    out: Path | None = Field(
+        None, description="Run folder for audit.jsonl; default runs/client-<name>."
+    )
+    idle_timeout: float = Field(
+        3600.0,
+        gt=0,
+        allow_inf_nan=False,
+        description="Seconds without progress either way (nothing received, nothing sent) "
+        "while waiting for the server, after which the client gives up.",
+    )
     log_level: str = Field("info", pattern="^(" + "|".join(LEVELS) + ")$")
 
     @model_validator(mode="after")
@@ -58,6 +69,10 @@ class ClientConfig(BaseModel):
         if self.bundle is None and self.server is None:
             raise ValueError("server: required without --bundle (HOST:PORT)")
         return self
+
+    def run_dir(self, name: str) -> Path:
+        """Folder of this client's audit.jsonl."""
+        return self.out if self.out is not None else Path("runs") / f"client-{name}"
 
     @field_validator("server")
     @classmethod

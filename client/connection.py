@@ -16,7 +16,7 @@ import grpc
 from fedsilo.client.config import ClientConfig
 from fedsilo.common.bundles import load_client_bundle
 from fedsilo.common.errors import SessionLostError
-from fedsilo.common.wire import channel_options
+from fedsilo.common.wire import MAX_CHUNK_SIZE, channel_options
 
 # Reconnect backoff of the channel while it waits for the server (grpc's own, with jitter).
 _BACKOFF_OPTIONS = [
@@ -24,7 +24,6 @@ _BACKOFF_OPTIONS = [
     ("grpc.min_reconnect_backoff_ms", 250),
     ("grpc.max_reconnect_backoff_ms", 5000),
 ]
-_HANDSHAKE_CHUNK_LIMIT = 64 << 20  # message cap before INIT_CONFIG tells the job's chunk size
 
 
 @dataclass(frozen=True)
@@ -67,7 +66,7 @@ def resolve_endpoint(config: ClientConfig) -> Endpoint:
 def connect(endpoint: Endpoint, timeout: float) -> grpc.Channel:
     """Open a channel and wait (grpc retries with backoff) until it is ready."""
     options: list[tuple[str, int | str]] = [
-        *channel_options(_HANDSHAKE_CHUNK_LIMIT),
+        *channel_options(MAX_CHUNK_SIZE),  # the job's chunk size comes later, in InitConfig
         *_BACKOFF_OPTIONS,
     ]
     if endpoint.credentials is None:

@@ -4,24 +4,51 @@ The client only dials out. One bidirectional stream carries the whole session; w
 protocol sends goes through an outbox that the stream's request iterator drains, so an upload
 is framed lazily, one chunk at a time, straight from the model's own tensors. The protocol
 itself (what to do with each message) is ``client/protocol.py``.
+
+Bounds: a session that makes no progress either way for ``--idle-timeout`` seconds while the
+client waits for the server is given up (``client/silence.py``); after a refusal the client
+sends its Error, half-closes and waits at most ``CLOSE_GRACE`` seconds for the server to end
+the stream.
 """
 
 from __future__ import annotations
 
 import queue
+import threading
 import time
 from collections.abc import Iterator
 
 import grpc
 import structlog
+from google.protobuf.message import DecodeError
 
+from fedsilo.client.audit import AuditLog
 from fedsilo.client.config import ClientConfig
 from fedsilo.client.connection import Endpoint, connect
+from fedsilo.client.policy import policy_of
 from fedsilo.client.protocol import ClientProtocol, LocalSettings
 from fedsilo.client.reconnect import Outage
+from fedsilo.client.silence import SilenceWatch
 from fedsilo.common.devices import resolve_device
-from fedsilo.common.errors import ConnectError, SessionLostError
-from fedsilo.common.wire import SESSION_METHOD_PATH, Outbound, parse_server_message, serialize
+from fedsilo.common.errors import (
+    ConnectError,
+    FedsiloError,
+    ProtocolError,
+    SessionLostError,
+    StopRequestedError,
+)
+from fedsilo.common.proto import federation_pb2 as pb
+from fedsilo.common.wire import (
+    MAX_CHUNK_SIZE,
+    MESSAGE_OVERHEAD_BYTES,
+    SESSION_METHOD_PATH,
+    Outbound,
+    RawChunk,
+    parse_server_message,
+    serialize,
+)
+
+CLOSE_GRACE = 5.0  # seconds a refusing client waits for the server to end the stream
 
 
 class _Close:
@@ -44,10 +71,23 @@ class FederationClient:
         self.config = config
         self.endpoint = endpoint
         self.log = log.bind(client=endpoint.name)
+        policy = policy_of(config, config.bundle)  # the local task is resolved here, once
+        self.audit = AuditLog(config.run_dir(endpoint.name) / "audit.jsonl", endpoint.name)
         local = LocalSettings(
-            partition=config.partition, data=config.data, device=resolve_device(config.device)
+            partition=config.partition,
+            data=config.data,
+            device=resolve_device(config.device),
+            policy=policy,
         )
-        self.protocol = ClientProtocol(endpoint.name, endpoint.job_id, local, log)
+        self.protocol = ClientProtocol(endpoint.name, endpoint.job_id, local, log, self.audit)
+        identity = policy.identity
+        self.log.info(
+            "client_policy",
+            policy=policy.mode,
+            task=identity.name if identity else None,
+            task_hash=identity.hash if identity else None,
+            audit=str(self.audit.path),
+        )
 
     def run(self) -> None:
         """Take part until the job finishes, reconnecting after a lost connection.
@@ -57,44 +97,73 @@ class FederationClient:
         report refusals and aborts.
         """
         outage = Outage(self.config.connect_timeout)
-        while True:
-            try:
-                self._session_once(outage)
-                return
-            except SessionLostError as lost:
-                if self.protocol.joined_this_session:
-                    outage = Outage(self.config.connect_timeout)
-                delay = outage.next_delay()
-                if delay is None:
-                    raise ConnectError(
-                        f"no session with the server at {self.endpoint.address} within "
-                        f"{self.config.connect_timeout:g}s (--connect-timeout): {lost}"
-                    ) from lost
-                self.log.warning("connection_lost", reason=str(lost), retry_in=round(delay, 2))
-                time.sleep(delay)
+        try:
+            while True:
+                try:
+                    self._session_once(outage)
+                    return
+                except SessionLostError as lost:
+                    if self.protocol.joined_this_session:
+                        outage = Outage(self.config.connect_timeout)
+                    delay = outage.next_delay()
+                    if delay is None:
+                        raise ConnectError(
+                            f"no session with the server at {self.endpoint.address} within "
+                            f"{self.config.connect_timeout:g}s (--connect-timeout): {lost}"
+                        ) from lost
+                    self.log.warning("connection_lost", reason=str(lost), retry_in=round(delay, 2))
+                    time.sleep(delay)
+        finally:
+            self.audit.close()
 
     def _session_once(self, outage: Outage) -> None:
         """Run one stream from Hello to Finish; raise SessionLostError if it breaks."""
         outbox: queue.SimpleQueue[OutboxItem] = queue.SimpleQueue()
         channel = connect(self.endpoint, max(outage.remaining, 0.1))
+        watch = SilenceWatch(self.config.idle_timeout)
         call = channel.stream_stream(
             SESSION_METHOD_PATH,
             request_serializer=serialize,
-            response_deserializer=parse_server_message,
-        )(_requests(outbox))
+            response_deserializer=_parse_or_none,
+        )(_requests(outbox, watch))
+        watch.start(call.cancel)
         finished = False
         try:
             outbox.put(self.protocol.start_session(outbox.put))
+            watch.waiting()
             for message in call:
-                if self.protocol.handle(message):
+                watch.working()
+                try:
+                    done = self.protocol.handle(message)
+                except (SessionLostError, StopRequestedError):
+                    raise
+                except FedsiloError:
+                    _close_after_refusal(call, outbox)
+                    raise
+                if done:
                     # Half-close our side and read on until the server ends the stream, so
                     # that no grpc thread is still busy with this call when the process exits.
                     finished = True
                     outbox.put(_CLOSE)
+                watch.waiting()
         except grpc.RpcError as exc:
+            if watch.expired:
+                raise ConnectError(
+                    f"the server at {self.endpoint.address} made no progress for "
+                    f"{self.config.idle_timeout:g}s (--idle-timeout); giving up"
+                ) from exc
+            if _oversized(exc):
+                # Not an outage: the server broke the message cap. Reconnecting would only
+                # bring the same message again (and a fresh outage budget with each join).
+                raise ProtocolError(
+                    int(pb.MALFORMED_MESSAGE),
+                    f"the server broke the protocol: a message above this client's cap of "
+                    f"{MAX_CHUNK_SIZE + MESSAGE_OVERHEAD_BYTES} bytes ({exc.details()})",
+                ) from exc
             if not finished:
                 raise SessionLostError(f"{exc.code().name}: {exc.details()}") from exc
         finally:
+            watch.stop()
             outbox.put(_CLOSE)
             call.cancel()
             channel.close()
@@ -102,12 +171,40 @@ class FederationClient:
             raise SessionLostError("the server closed the session early")
 
 
-def _requests(outbox: queue.SimpleQueue[OutboxItem]) -> Iterator[Outbound]:
+def _close_after_refusal(call: grpc.Call, outbox: queue.SimpleQueue[OutboxItem]) -> None:
+    """Let the queued Error go out: half-close, then read until the server ends the stream."""
+    outbox.put(_CLOSE)
+    timer = threading.Timer(CLOSE_GRACE, call.cancel)
+    timer.start()
+    try:
+        for _ in call:
+            pass
+    except grpc.RpcError:
+        pass
+    finally:
+        timer.cancel()
+
+
+def _oversized(exc: grpc.RpcError) -> bool:
+    """Whether the call failed because a received message exceeded the channel's cap."""
+    details = exc.details() or ""
+    return exc.code() is grpc.StatusCode.RESOURCE_EXHAUSTED and "larger than max" in details
+
+
+def _parse_or_none(raw: bytes) -> pb.ServerMessage | RawChunk | None:
+    """Parse a server message; None for bytes that do not parse (answered MALFORMED_MESSAGE)."""
+    try:
+        return parse_server_message(raw)
+    except DecodeError:
+        return None
+
+
+def _requests(outbox: queue.SimpleQueue[OutboxItem], watch: SilenceWatch) -> Iterator[Outbound]:
     while True:
         item = outbox.get()
         if isinstance(item, _Close):
             return
-        if isinstance(item, Iterator):
-            yield from item
-        else:
-            yield item
+        frames: Iterator[Outbound] = item if isinstance(item, Iterator) else iter([item])
+        for frame in frames:
+            yield frame
+            watch.progress()  # the transport took the frame

@@ -2,8 +2,11 @@
 
 A server bundle is a folder holding ``server.pem``, ``server.key``, ``ca.pem`` and
 ``clients.json`` (the names the server admits); a client bundle holds ``client.pem``,
-``client.key``, ``ca.pem`` and ``connection.json`` (where and as whom to connect). Every problem,
-from a missing file to a key that others can read, is a ConfigError naming the file.
+``client.key``, ``ca.pem`` and ``connection.json`` (where and as whom to connect), and may hold
+the organisation's own ``policy.toml`` (which task its client runs and within which bounds;
+``fl-certs`` never writes it: the policy is the organisation's word, not the federation's).
+Every problem, from a missing file to a key that others can read, is a ConfigError naming the
+file.
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ from cryptography.x509.oid import NameOID
 
 from fedsilo.common.errors import ConfigError
 from fedsilo.common.names import CLIENT_NAME_PATTERN
+from fedsilo.common.settings import read_config_file
 
 # The rule for client names (the same as fl-client --name); a name is a certificate's CN too.
 NAME_PATTERN = CLIENT_NAME_PATTERN
@@ -32,6 +36,7 @@ CLIENTS_FILE = "clients.json"
 CLIENT_CERT = "client.pem"
 CLIENT_KEY = "client.key"
 CONNECTION_FILE = "connection.json"
+POLICY_FILE = "policy.toml"
 
 
 @dataclass(frozen=True)
@@ -114,6 +119,14 @@ def load_client_bundle(folder: Path) -> ClientBundle:
     return ClientBundle(
         chain, key, roots, data["server"], job_id, data["server_name"], data["name"]
     )
+
+
+def read_bundle_policy(folder: Path) -> dict[str, Any] | None:
+    """Return the table in the bundle's ``policy.toml``, or None when there is no such file."""
+    path = folder / POLICY_FILE
+    if not path.is_file():
+        return None
+    return read_config_file(path)
 
 
 def _check_name(path: Path, name: str) -> None:

@@ -306,12 +306,16 @@ class ClientCompressor:
         self._global: dict[str, torch.Tensor] | None = None
         self.residual: dict[str, torch.Tensor] | None = {} if setting.codec == "topk" else None
 
-    def remember_global(self, state: Mapping[str, torch.Tensor]) -> None:
-        """Keep a copy of the floating tensors of the global model this round starts from."""
+    def remember_global(self, state: Mapping[str, torch.Tensor], copy: bool = True) -> None:
+        """Keep a copy of the floating tensors of the global model this round starts from.
+
+        With ``copy=False`` the caller hands over tensors that are already its own copy (the
+        client keeps one for its audit anyway), and they are kept as they are.
+        """
         if self.setting.codec == "none":
             return
         self._global = {
-            name: tensor.detach().to("cpu", copy=True)
+            name: tensor.detach().to("cpu", copy=copy)
             for name, tensor in state.items()
             if is_compressed(tensor.dtype)
         }

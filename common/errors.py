@@ -4,6 +4,7 @@
     ├── ConfigError               bad flag, env var or config file value (exit 2)
     ├── PortInUseError            the job's port is taken (exit 2)
     ├── TaskLoadError             --task names nothing loadable (exit 2)
+    ├── PolicyError               a client refuses what the server asks of it (exit 2)
     ├── CodecError                a tensor stream that disagrees with its header or the model
     ├── ProtocolError             a message that is illegal now; carries the wire ErrorCode
     ├── ConnectError              the server could not be reached in the allowed time
@@ -42,6 +43,12 @@ class PortInUseError(FedsiloError):
 
 class TaskLoadError(FedsiloError):
     """A task name or ``package.module:Name`` could not be resolved."""
+
+    exit_code = 2
+
+
+class PolicyError(FedsiloError):
+    """The server asked a client for a task or training settings its policy does not allow."""
 
     exit_code = 2
 

@@ -19,7 +19,10 @@ from google.protobuf.message import DecodeError, Message
 from fedsilo.common.proto import federation_pb2 as pb
 from fedsilo.common.tensor_stream import TensorStreamEncoder
 
-PROTOCOL_VERSION = 1
+# 2: JobConfig carries the task identity (canonical options JSON and hash, no protobuf Struct)
+# and the job's training settings. A version-1 peer would read the options as empty and run the
+# task with its defaults, so the two refuse each other at Hello instead.
+PROTOCOL_VERSION = 2
 
 _SERVICE = pb.DESCRIPTOR.services_by_name["Federation"]
 SERVICE_NAME: str = _SERVICE.full_name
@@ -28,6 +31,9 @@ SESSION_METHOD_PATH = f"/{SERVICE_NAME}/{SESSION_METHOD_NAME}"
 
 # Room for everything in a message besides a chunk's raw bytes (headers of big models, metrics).
 MESSAGE_OVERHEAD_BYTES = 4 << 20
+# The largest chunk size a job may choose; a client's channel takes messages up to this plus
+# the overhead, before it knows the job's chunk size, and refuses a job asking for more.
+MAX_CHUNK_SIZE = 64 << 20
 
 _LEN = 2  # protobuf wire type of length-delimited fields
 _CHUNK_DATA_FIELD = pb.TensorChunk.DESCRIPTOR.fields_by_name["data"].number

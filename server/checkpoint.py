@@ -39,6 +39,8 @@ class Checkpoint:
     strategy_state: dict[str, Any]
     pending_row: dict[str, Any]
     identity: dict[str, Any]
+    # JSON-able state of the job's parts beyond the strategy (e.g. the DP accountant's).
+    extra: dict[str, Any] = field(default_factory=dict)
     # Set to stop a write in progress (its memory is wanted): the write is abandoned.
     cancel: threading.Event = field(default_factory=threading.Event, compare=False, repr=False)
 
@@ -63,6 +65,7 @@ def save_checkpoint(path: Path, checkpoint: Checkpoint) -> None:
             "round": checkpoint.round,
             "pending_row": checkpoint.pending_row,
             "identity": checkpoint.identity,
+            "extra": checkpoint.extra,
         },
         {"model": checkpoint.global_state, "strategy": checkpoint.strategy_state},
         cancel=checkpoint.cancel,
@@ -191,6 +194,7 @@ def load_checkpoint(path: Path, identity: Mapping[str, Any]) -> Checkpoint:
             strategy_state=groups.get("strategy", {}),
             pending_row=dict(header["pending_row"]),
             identity=dict(header["identity"]),
+            extra=dict(header.get("extra", {})),
         )
     except (KeyError, TypeError, ValueError) as exc:
         raise ConfigError(f"checkpoint {path}: {exc}") from exc

@@ -14,27 +14,21 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import structlog
-import torch
 
-from fedsilo.common.errors import CodecError, JobAbortedError
+from fedsilo.common.errors import JobAbortedError
 from fedsilo.common.proto import federation_pb2 as pb
-from fedsilo.common.specs import specs_of
-from fedsilo.common.wire import SERVER_CHUNKS, ModelFrames
+from fedsilo.common.wire import ModelFrames
 from fedsilo.server import messages, metrics
 from fedsilo.server.aggregation import OrderedFold
-from fedsilo.server.central_eval import CentralEvaluator
 from fedsilo.server.checkpoint import Checkpoint
 from fedsilo.server.config import ServerConfig
+from fedsilo.server.global_model import GlobalModel
 from fedsilo.server.job_state import FinalEvaluation, JobState, Round
 from fedsilo.server.outbox import OutgoingModel
 from fedsilo.server.recorder import JobRecorder
 from fedsilo.server.registry import Work, WorkKind
 from fedsilo.server.sampling import sample_clients
 from fedsilo.server.state_machine import Event, JobPhase
-from fedsilo.server.strategies import Strategy
-from fedsilo.server.strategies.fedavg import accumulator_dtype
-from fedsilo.server.uploads import UploadStore
-from fedsilo.server.validation import check_finite
 
 FINISH_DELIVERY_SECONDS = 5.0  # how long the end of a job waits for its last messages to go out
 
@@ -57,32 +51,28 @@ class Coordinator:
         self,
         config: ServerConfig,
         state: JobState,
-        *,
+        model: GlobalModel,
         recorder: JobRecorder,
-        strategy: Strategy,
-        global_state: dict[str, torch.Tensor],
-        store: UploadStore,
         log: structlog.typing.FilteringBoundLogger,
-        central: CentralEvaluator | None = None,
     ) -> None:
         self.config = config
         self.state = state
+        self.model = model
         self.recorder = recorder
-        self.strategy = strategy
-        self.global_state = global_state  # replaced, never changed in place, after each round
-        self.specs = specs_of(global_state)
-        self.model_bytes = sum(spec.nbytes for spec in self.specs)
-        self.store = store
+        self.store = model.store
         self.log = log
-        self.central = central
 
     def run(self) -> JobOutcome:
         """Drive the whole job; return how it ended. Blocks until then."""
         try:
             first = self.state.rounds_completed + 1
             if first == 1:  # row 0: the initial model
-                self.recorder.annotate_pending(self._central_fields())
+                self.recorder.annotate_pending(self.model.row_fields(self.log, charge=False))
             for number in range(first, self.config.rounds + 1):
+                dp = self.model.dp
+                if dp is not None and not dp.budget_left_for_a_round():
+                    self.log.warning("dp_budget_reached", rounds=number - 1)
+                    break
                 self._await_clients(number, first_of_run=number == first)
                 self._run_round(number)
             self._final_evaluation(first_of_run=first > self.config.rounds)
@@ -126,8 +116,8 @@ class Coordinator:
 
     def _run_round(self, number: int) -> None:
         log = self.log.bind(round=number)
-        frames = self._model_frames()
-        header = messages.model_header(self.specs, frames)
+        frames = self.model.frames(self.config.chunk_size)
+        header = messages.model_header(self.model.specs, frames)
         state = self.state
         with state.cond:
             state.move_to(JobPhase.ROUND)
@@ -141,15 +131,15 @@ class Coordinator:
             )
             fold = OrderedFold(
                 selected,
-                self.global_state,
-                keep_all=self.strategy.needs_all_updates,
+                self.model.state,
+                keep_all=self.model.strategy.needs_all_updates,
                 release=self.store.release,
-                sum_buffers=self._sum_buffers,
+                sum_buffers=self.model.sum_buffers,
             )
             current = Round(
                 number,
                 fold,
-                self.global_state,
+                self.model.state,
                 deadline=time.monotonic() + self.config.round_timeout,
                 weight_bound=self._weight_bound(selected),
             )
@@ -164,7 +154,7 @@ class Coordinator:
                 stream.abandon()
                 with state.cond:
                     self._drop(current, [cid], "disconnected")
-        log.info("round_started", clients=selected, model_bytes=self.model_bytes)
+        log.info("round_started", clients=selected, model_bytes=self.model.nbytes)
         done = self._wait(lambda: current.fold.complete)
         with state.cond:
             if not done:
@@ -190,7 +180,7 @@ class Coordinator:
             bytes_down=current.bytes_down,
             seconds=seconds,
         )
-        row.update(self._central_fields())
+        row.update(self.model.row_fields(self.log, charge=True))
         with state.cond:
             state.rounds_completed = number
         self.recorder.round_done(row, self._checkpoint(row), last=number == self.config.rounds)
@@ -203,28 +193,17 @@ class Coordinator:
 
     def _step(self, current: Round, frames: ModelFrames) -> None:
         """Turn the round's fold into the next global model through the strategy."""
-        if self.strategy.state_dict():
+        if self.model.strategy.state_dict():
             self.recorder.release_checkpoint()  # a checkpoint being written may read that state
         self.log.debug("round_aggregating", round=current.number)
-        strategy = self.strategy
-        if strategy.needs_all_updates:
-            updates, weights = current.fold.collected()
-            new_state = strategy.combine(self.global_state, updates, weights)
-        else:
-            new_state = strategy.next_global(self.global_state, current.fold.mean())
+        new_state = self.model.next_state(current)
         current.fold.discard()
-        try:
-            check_finite(new_state)
-        except CodecError as exc:  # the magnitude bound should make this impossible
-            raise JobAbortedError(f"round {current.number}: the new global model: {exc}") from exc
-        old_state = self.global_state
-        self.global_state = {spec.name: new_state[spec.name].contiguous() for spec in self.specs}
         if frames.idle:
             # Nothing reads the old model any more (a checkpoint still writing it is stopped:
             # the next one is newer): its memory takes the next round's sums and uploads, which
             # then land in pages already mapped instead of faulting in fresh ones.
             self.recorder.release_checkpoint()
-            self.store.recycle(old_state, in_use=self.global_state)
+        self.model.replace(new_state, recycle=frames.idle)
 
     # ------------------------------------------------------------------ the end
 
@@ -234,9 +213,9 @@ class Coordinator:
             state.move_to(JobPhase.EVALUATING)
         if first_of_run:
             self._await_evaluators()
-        frames = self._model_frames()
+        frames = self.model.frames(self.config.chunk_size)
         opening = messages.evaluate_opening(
-            state.rounds_completed, messages.model_header(self.specs, frames)
+            state.rounds_completed, messages.model_header(self.model.specs, frames)
         )
         with state.cond:
             # As many clients as a round trains evaluate the final model (all, by default).
@@ -282,7 +261,7 @@ class Coordinator:
     def _finish(self) -> None:
         rounds = self.state.rounds_completed
         self.store.clear()
-        self.recorder.save_results(rounds, self._newest_checkpoint(), self.global_state)
+        self.recorder.save_results(rounds, self._newest_checkpoint(), self.model.state)
         self.recorder.mark_finished(rounds)
         with self.state.cond:
             self.state.move_to(JobPhase.FINISHED)
@@ -298,7 +277,7 @@ class Coordinator:
             rounds = state.rounds_completed
         self.recorder.write_row([])
         self.store.clear()
-        self.recorder.save_results(rounds, self._newest_checkpoint(), self.global_state)
+        self.recorder.save_results(rounds, self._newest_checkpoint(), self.model.state)
         # A stopped server can be resumed: clients keep trying to reconnect.
         self._close_all(messages.abort(reason, retry=stopped))
         return JobOutcome(finished=False, rounds_completed=rounds, reason=reason, stopped=stopped)
@@ -333,16 +312,6 @@ class Coordinator:
             self._raise_if_stopping()
         return in_time
 
-    def _central_fields(self) -> dict[str, object]:
-        """The central evaluation of the current global model, as metrics-row fields."""
-        if self.central is None:
-            return {}
-        return self.central.row_fields(self.global_state, self.log)
-
-    def _sum_buffers(self) -> dict[str, torch.Tensor]:
-        dtypes = {name: accumulator_dtype(t.dtype) for name, t in self.global_state.items()}
-        return self.store.sum_buffers(self.global_state, dtypes)
-
     def _weight_bound(self, selected: list[int]) -> float:
         """The most the selected clients' weights can add up to (cond held)."""
         if self.config.weighting == "uniform":
@@ -369,22 +338,14 @@ class Coordinator:
         for member in members:
             member.session.wait_ended(max(0.0, deadline - time.monotonic()))
 
-    def _model_frames(self) -> ModelFrames:
-        """The global model's frames, checksummed once and framed lazily by each stream."""
-        return ModelFrames(
-            list(self.global_state.values()),
-            self.config.chunk_size,
-            SERVER_CHUNKS,
-            messages.trailer,
-        )
-
     def _checkpoint(self, pending_row: dict[str, object]) -> Checkpoint:
         return Checkpoint(
             round=self.state.rounds_completed,
-            global_state=self.global_state,
-            strategy_state=self.strategy.state_dict(),
+            global_state=self.model.state,
+            strategy_state=self.model.strategy.state_dict(),
             pending_row=dict(pending_row),
             identity=self.recorder.identity,
+            extra=self.model.extra_state(),
         )
 
     def _newest_checkpoint(self) -> Checkpoint | None:

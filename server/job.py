@@ -29,6 +29,8 @@ from fedsilo.server.central_eval import CentralEvaluator
 from fedsilo.server.checkpoint import Checkpoint
 from fedsilo.server.config import ServerConfig
 from fedsilo.server.coordinator import Coordinator, JobOutcome
+from fedsilo.server.dp_round import DpRound, dp_settings
+from fedsilo.server.global_model import GlobalModel
 from fedsilo.server.intake import Intake, UploadChecks
 from fedsilo.server.job_state import JobState
 from fedsilo.server.recorder import JobRecorder
@@ -71,6 +73,8 @@ class Job:
             strategy = make_strategy(config.strategy, config.strategy_options)
         except ValueError as exc:
             raise ConfigError(f"strategy: {exc}") from exc
+        dp_setting = dp_settings(config)
+        dp = DpRound(dp_setting) if dp_setting is not None else None
         run_dir = config.run_dir
         self.recorder = JobRecorder(config, log)
         self.telemetry = self.recorder.telemetry
@@ -86,8 +90,9 @@ class Job:
             UploadChecks(
                 wire_specs=compression.wire_specs(specs, setting),
                 compression=setting,
-                norm_bound=config.update_norm_bound,
-                norm_action=config.norm_bound_action,
+                # DP-FedAvg clips every update's change to C; otherwise the job's own bound.
+                norm_bound=config.dp_clip_norm if dp else config.update_norm_bound,
+                norm_action="clip" if dp else config.norm_bound_action,
                 chunk_size=config.chunk_size,
                 uniform_weights=config.weighting == "uniform",
                 max_examples=config.max_examples,
@@ -95,21 +100,14 @@ class Job:
                 # into, and no bound that changes the update (clip needs the whole of it).
                 streams=setting.codec == "none"
                 and not strategy.needs_all_updates
+                and dp is None
                 and not (
                     config.update_norm_bound is not None and config.norm_bound_action == "clip"
                 ),
             ),
         )
-        self.coordinator = Coordinator(
-            config,
-            self.state,
-            recorder=self.recorder,
-            strategy=strategy,
-            global_state=global_state,
-            store=self.store,
-            log=log,
-            central=central,
-        )
+        model = GlobalModel(global_state, strategy, self.store, central=central, dp=dp)
+        self.coordinator = Coordinator(config, self.state, model, self.recorder, log)
         self._job_message = messages.job_config(config, setting)
 
     def begin(self, checkpoint: Checkpoint | None) -> None:
@@ -121,12 +119,9 @@ class Job:
         if checkpoint is None:
             self.recorder.begin_fresh()
             return
-        coordinator = self.coordinator
-        check_specs_match(specs_of(checkpoint.global_state), coordinator.specs)
-        coordinator.global_state = {
-            spec.name: checkpoint.global_state[spec.name] for spec in coordinator.specs
-        }
-        coordinator.strategy.load_state_dict(checkpoint.strategy_state)
+        model = self.coordinator.model
+        check_specs_match(specs_of(checkpoint.global_state), model.specs)
+        model.restore(checkpoint.global_state, checkpoint.strategy_state, checkpoint.extra)
         self.state.rounds_completed = checkpoint.round
         self.state.phase = JobPhase.RESTORED
         self.recorder.restore(checkpoint)
@@ -163,7 +158,7 @@ class Job:
     @property
     def global_state(self) -> Mapping[str, torch.Tensor]:
         """The current global model (replaced after each round)."""
-        return self.coordinator.global_state
+        return self.coordinator.model.state
 
     @property
     def metrics_log(self) -> MetricsLog:

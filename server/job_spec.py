@@ -95,6 +95,37 @@ class JobSpec(BaseModel):
         DEFAULT_CHUNK_SIZE, ge=1024, le=64 << 20, description="Raw bytes per tensor chunk."
     )
 
+    dp_noise_multiplier: float | None = Field(
+        None,
+        gt=0,
+        description="DP-FedAvg (organisation-level DP): z, the noise on the sum of clipped "
+        "deltas has std z * dp_clip_norm; off when not given.",
+    )
+    dp_clip_norm: float | None = Field(
+        None, gt=0, description="DP-FedAvg: C, each update's change is clipped to this L2 norm."
+    )
+    dp_delta: float = Field(1e-5, gt=0, lt=1, description="DP-FedAvg: the delta of epsilon.")
+    dp_target_epsilon: float | None = Field(
+        None,
+        gt=0,
+        description="DP-FedAvg: end the job, finished, before a round that would spend more.",
+    )
+    dp_population: int | None = Field(
+        None,
+        ge=1,
+        description="DP-FedAvg: clients in the federation, for the sampling rate "
+        "clients_per_round / population (default: clients_per_round, i.e. rate 1).",
+    )
+    dp_accountant: Literal["rdp", "pld"] = Field(
+        "rdp", description="DP-FedAvg: the accountant whose epsilon decides the stop."
+    )
+    dp_noise_seed: int | None = Field(
+        None,
+        ge=0,
+        description="DP-FedAvg: seed the noise (reproducible research; not private to whoever "
+        "knows the seed). Default: secret noise.",
+    )
+
     @field_validator("strategy")
     @classmethod
     def _strategy_known(cls, value: str) -> str:
@@ -107,6 +138,28 @@ class JobSpec(BaseModel):
         problem = strategy_options_problem(self.strategy, self.strategy_options)
         if problem is not None:
             raise ValueError(f"strategy_options: {problem}")
+        return self
+
+    @model_validator(mode="after")
+    def _dp_consistent(self) -> JobSpec:
+        if self.dp_noise_multiplier is None:
+            return self
+        if self.dp_clip_norm is None:
+            raise ValueError("dp_clip_norm: DP-FedAvg needs the clipping norm C")
+        if self.clients_per_round is None:
+            raise ValueError(
+                "clients_per_round: DP-FedAvg divides by a fixed number of clients per round"
+            )
+        if self.dp_population is not None and self.dp_population < self.clients_per_round:
+            raise ValueError("dp_population: must be at least clients_per_round")
+        if self.update_norm_bound is not None:
+            raise ValueError("update_norm_bound: DP-FedAvg clips every update to dp_clip_norm")
+        if self.weighting != "uniform":
+            raise ValueError("weighting: DP-FedAvg weighs every update equally (give uniform)")
+        if getattr(STRATEGIES[self.strategy].build, "needs_all_updates", False):
+            raise ValueError(
+                f"strategy: DP-FedAvg bounds the sum of updates; {self.strategy} needs each one"
+            )
         return self
 
     @model_validator(mode="after")

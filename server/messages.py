@@ -8,12 +8,11 @@ from __future__ import annotations
 
 from typing import cast
 
-from google.protobuf import struct_pb2
-
 from fedsilo.common.compression import Compression
 from fedsilo.common.proto import federation_pb2 as pb
 from fedsilo.common.seeding import derive_seed
 from fedsilo.common.specs import TensorSpec, header_of
+from fedsilo.common.task_identity import TaskIdentity
 from fedsilo.common.wire import ModelFrames, serialize
 from fedsilo.server import metrics
 from fedsilo.server.config import ServerConfig
@@ -21,12 +20,19 @@ from fedsilo.server.config import ServerConfig
 
 def job_config(config: ServerConfig, compression: Compression) -> pb.JobConfig:
     """Return the JobConfig every client gets in its InitConfig."""
-    options = struct_pb2.Struct()
-    options.update(config.task_options)
+    # The task's identity as clients check it against their own policy (docs/protocol.md).
+    identity = TaskIdentity.of(config.task, config.task_options)
     return pb.JobConfig(
         job_id=config.job_id,
-        task=config.task,
-        task_options=options,
+        task=identity.name,
+        task_options_json=identity.options_json,
+        task_hash=identity.hash,
+        train=pb.TrainConfig(
+            local_epochs=config.local_epochs,
+            batch_size=config.batch_size,
+            learning_rate=config.learning_rate,
+            proximal_mu=config.proximal_mu,
+        ),
         seed=config.seed,
         rounds=config.rounds,
         chunk_size=config.chunk_size,

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 import structlog
 import torch
 
+from fedsilo.client.policy import ClientPolicy
 from fedsilo.client.protocol import ClientProtocol, LocalSettings
 from fedsilo.common.devices import resolve_device
 from fedsilo.common.errors import ConfigError, FedsiloError
@@ -58,7 +59,9 @@ def simulate(
     job = make_job(server_config, log, checkpoint=None)
     # One model for all: clients work one at a time (work_lock) and each round's model
     # overwrites every weight, so hundreds of clients cost one model's memory.
-    local = LocalSettings(device=resolve_device(config.device), shared_models={})
+    # The simulation's operator chose the task: every simulated client's policy runs exactly it.
+    policy = ClientPolicy.pinned(config.task, config.task_options)
+    local = LocalSettings(device=resolve_device(config.device), policy=policy, shared_models={})
     work_lock = threading.Lock()
     links = []
     for index in range(clients):  # Hello in order, so client ids are 0..N-1 as partitions

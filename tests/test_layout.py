@@ -69,3 +69,18 @@ def test_wheel_installs_everything_under_the_fedsilo_namespace(tmp_path: Path) -
         "fedsilo/server/strategies/fedavg.py",
     ):
         assert module in names
+
+
+PRODUCTION_FOLDERS = ("common", "tasks", "server", "client", "sim", "report", "provision", "deploy")
+MAX_MODULE_LINES = 420  # STYLE.md: modules stay small (a few hundred lines)
+
+
+def test_no_production_module_is_over_the_size_limit() -> None:
+    too_long = {
+        str(path.relative_to(REPO)): length
+        for folder in PRODUCTION_FOLDERS
+        for path in (REPO / folder).rglob("*.py")
+        if "proto" not in path.parts
+        and (length := len(path.read_text().splitlines())) > MAX_MODULE_LINES
+    }
+    assert too_long == {}, f"split these modules: {too_long}"

@@ -1,4 +1,3 @@
-from google.protobuf import struct_pb2 as _struct_pb2
 from google.protobuf.internal import containers as _containers
 from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
 from google.protobuf import descriptor as _descriptor
@@ -23,6 +22,7 @@ class ErrorCode(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     INTERNAL: _ClassVar[ErrorCode]
     NOT_ADMITTED: _ClassVar[ErrorCode]
     UNSUPPORTED_CONFIG: _ClassVar[ErrorCode]
+    POLICY_MISMATCH: _ClassVar[ErrorCode]
 ERROR_CODE_UNSPECIFIED: ErrorCode
 MALFORMED_MESSAGE: ErrorCode
 PROTOCOL_VERSION_MISMATCH: ErrorCode
@@ -36,6 +36,7 @@ NAME_IN_USE: ErrorCode
 INTERNAL: ErrorCode
 NOT_ADMITTED: ErrorCode
 UNSUPPORTED_CONFIG: ErrorCode
+POLICY_MISMATCH: ErrorCode
 
 class ClientMessage(_message.Message):
     __slots__ = ("hello", "ready", "send_model", "chunk", "trailer", "eval_result", "heartbeat", "error")
@@ -98,26 +99,30 @@ class InitConfig(_message.Message):
     def __init__(self, client_id: _Optional[int] = ..., job: _Optional[_Union[JobConfig, _Mapping]] = ...) -> None: ...
 
 class JobConfig(_message.Message):
-    __slots__ = ("job_id", "task", "task_options", "seed", "rounds", "chunk_size", "heartbeat_seconds", "progress_timeout_seconds", "compression")
+    __slots__ = ("job_id", "task", "seed", "rounds", "chunk_size", "heartbeat_seconds", "progress_timeout_seconds", "compression", "task_options_json", "task_hash", "train")
     JOB_ID_FIELD_NUMBER: _ClassVar[int]
     TASK_FIELD_NUMBER: _ClassVar[int]
-    TASK_OPTIONS_FIELD_NUMBER: _ClassVar[int]
     SEED_FIELD_NUMBER: _ClassVar[int]
     ROUNDS_FIELD_NUMBER: _ClassVar[int]
     CHUNK_SIZE_FIELD_NUMBER: _ClassVar[int]
     HEARTBEAT_SECONDS_FIELD_NUMBER: _ClassVar[int]
     PROGRESS_TIMEOUT_SECONDS_FIELD_NUMBER: _ClassVar[int]
     COMPRESSION_FIELD_NUMBER: _ClassVar[int]
+    TASK_OPTIONS_JSON_FIELD_NUMBER: _ClassVar[int]
+    TASK_HASH_FIELD_NUMBER: _ClassVar[int]
+    TRAIN_FIELD_NUMBER: _ClassVar[int]
     job_id: int
     task: str
-    task_options: _struct_pb2.Struct
     seed: int
     rounds: int
     chunk_size: int
     heartbeat_seconds: float
     progress_timeout_seconds: float
     compression: Compression
-    def __init__(self, job_id: _Optional[int] = ..., task: _Optional[str] = ..., task_options: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., seed: _Optional[int] = ..., rounds: _Optional[int] = ..., chunk_size: _Optional[int] = ..., heartbeat_seconds: _Optional[float] = ..., progress_timeout_seconds: _Optional[float] = ..., compression: _Optional[_Union[Compression, _Mapping]] = ...) -> None: ...
+    task_options_json: str
+    task_hash: str
+    train: TrainConfig
+    def __init__(self, job_id: _Optional[int] = ..., task: _Optional[str] = ..., seed: _Optional[int] = ..., rounds: _Optional[int] = ..., chunk_size: _Optional[int] = ..., heartbeat_seconds: _Optional[float] = ..., progress_timeout_seconds: _Optional[float] = ..., compression: _Optional[_Union[Compression, _Mapping]] = ..., task_options_json: _Optional[str] = ..., task_hash: _Optional[str] = ..., train: _Optional[_Union[TrainConfig, _Mapping]] = ...) -> None: ...
 
 class Compression(_message.Message):
     __slots__ = ("codec", "topk_fraction", "per_channel")

@@ -11,21 +11,25 @@ from fedsilo.common.compression import Compression, wire_specs
 from fedsilo.common.errors import ConfigError
 from fedsilo.common.proto import federation_pb2 as pb
 from fedsilo.common.specs import specs_from_header, specs_of
+from fedsilo.common.task_identity import TaskIdentity
 from tests.wire_helpers import encode_state
 
 TASK_OPTIONS = {"max_samples": 40}
 
 
 def init_config(compression: pb.Compression, job_id: int = 1) -> pb.ServerMessage:
+    identity = TaskIdentity.of("synthetic", TASK_OPTIONS)
     job = pb.JobConfig(
         job_id=job_id,
-        task="synthetic",
+        task=identity.name,
+        task_options_json=identity.options_json,
+        task_hash=identity.hash,
+        train=pb.TrainConfig(local_epochs=1, batch_size=8, learning_rate=0.5),
         seed=0,
         rounds=1,
         chunk_size=1 << 20,
         compression=compression,
     )
-    job.task_options.update(TASK_OPTIONS)
     return pb.ServerMessage(init_config=pb.InitConfig(client_id=0, job=job))
 
 

@@ -16,6 +16,8 @@ from typing import Any
 
 import pytest
 
+from fedsilo.common.settings import read_config_file
+
 BIN = Path(sys.executable).parent
 REPO = Path(__file__).resolve().parents[2]
 STARTUP_TIMEOUT = 60.0
@@ -88,6 +90,9 @@ class Daemons:
         self.started: list[Daemon] = []
         # Plaintext unless a test sets this to False and passes --tls / --bundle itself.
         self.insecure = True
+        # The task of the last server started, as a client config (--config FILE): each client's
+        # operator runs the task the job uses (a client never takes its task from the server).
+        self.client_task_args: list[str] = []
 
     def start(
         self, program: str, *args: str, name: str | None = None, prefix: Sequence[str] = ()
@@ -112,6 +117,8 @@ class Daemons:
                 cwd=self.workdir,
             )
         daemon = Daemon(name, process, stdout, stderr)
+        if program == "fl-server":  # however it was started: clients run its task
+            self.client_task_args = self.task_policy(args)
         self.started.append(daemon)
         return daemon
 
@@ -136,8 +143,27 @@ class Daemons:
         assert daemon.process.poll() is None, f"{name} exited early:\n{daemon.tail()}"
         return daemon
 
+    def task_policy(self, server_args: Sequence[str]) -> list[str]:
+        """Write the server's task (``--task``, or ``task`` and ``task_options`` of its TOML
+        ``--config``) as a client config file; return the client flags that use it."""
+        task, options = None, {}
+        if "--config" in server_args:
+            path = Path(server_args[list(server_args).index("--config") + 1])
+            table = read_config_file(path)
+            task, options = table.get("task"), table.get("task_options", {})
+        if "--task" in server_args:
+            task = server_args[list(server_args).index("--task") + 1]
+        if task is None:
+            return []
+        lines = [f"task = {json.dumps(task)}", "[task_options]"]
+        lines += [f"{key} = {toml_value(value)}" for key, value in options.items()]
+        path = self.workdir / "client-task.toml"
+        path.write_text("\n".join(lines) + "\n")
+        return ["--config", str(path)]
+
     def client(self, port: int, name: str, *args: str) -> Daemon:
-        """Start fl-client against 127.0.0.1:port."""
+        """Start fl-client against 127.0.0.1:port, running the last server's task."""
+        own_task = "--task" in args or "--config" in args
         return self.start(
             "fl-client",
             "--server",
@@ -148,6 +174,7 @@ class Daemons:
             "30",
             "--threads",
             "1",  # two cores shared by every daemon of a test: avoid thread thrashing
+            *([] if own_task else self.client_task_args),
             *args,
             name=name,
         )
@@ -180,6 +207,15 @@ def daemons(tmp_path: Path) -> Iterator[Daemons]:
         yield pool
     finally:
         pool.stop_all()
+
+
+def toml_value(value: object) -> str:
+    """Return a TOML literal for a task option (a string, integer, float or boolean)."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, str):
+        return json.dumps(value)  # a JSON string is a TOML basic string
+    return repr(value)
 
 
 def read_metrics(run_dir: Path) -> list[dict[str, Any]]:

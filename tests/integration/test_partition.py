@@ -77,6 +77,8 @@ def test_an_organisation_cut_off_mid_upload_is_dropped_and_rejoins_after_healing
             "60",
             "--threads",
             "1",
+            "--config",
+            str(config),  # the job's task and options, which each organisation runs
             name=f"org-{org}",
             prefix=topology.exec_prefix(topology.org_ns(org)),
         )

@@ -144,6 +144,7 @@ def test_the_readme_marks_the_walkthrough_and_its_settings_are_the_ones_run() ->
     }
     assert set(ASSIGNMENT.findall(blocks["member-settings"])) == {
         "BUNDLE",
+        "TASK",  # a member names the task it runs itself (client policy)
         "TASK_PACKAGE",
         "DATA_DIR",
         "FEDSILO",
@@ -180,6 +181,7 @@ def test_the_walkthrough_trains_across_hosts_as_written(hosts: Hosts, tmp_path: 
         write_csv(data / "test.csv", seed=100 + number, rows=20)
         member = {
             "BUNDLE": str(tmp_path / "trusted" / "certs" / org),
+            "TASK": "csv_task:CsvTask",
             "TASK_PACKAGE": str(package),
             "DATA_DIR": str(data),
             "FEDSILO": str(REPO),

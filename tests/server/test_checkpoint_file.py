@@ -154,3 +154,13 @@ def wait_until(predicate, timeout: float = 10.0) -> None:
     while not predicate():
         assert time.monotonic() < deadline
         time.sleep(0.01)
+
+
+def test_the_extra_state_of_a_job_survives_the_file(tmp_path: Path) -> None:
+    from fedsilo.server.checkpoint import save_checkpoint
+
+    path = tmp_path / "checkpoint.ckpt"
+    written = sample()
+    extra = {"dp": {"sampling_rate": 0.5, "delta": 1e-5, "noise_multipliers": [1.1], "rounds": [3]}}
+    save_checkpoint(path, Checkpoint(**{**written.__dict__, "extra": extra}))
+    assert load_checkpoint(path, IDENTITY).extra == extra

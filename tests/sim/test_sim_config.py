@@ -34,6 +34,14 @@ NOT_DEFAULT = {
     "chunk_size": 4096,
     "weighting": "uniform",
     "central_data": Path("/srv/central"),
+    # DP-FedAvg excludes update_norm_bound and trimmed-mean above: off, its other settings not.
+    "dp_noise_multiplier": None,
+    "dp_clip_norm": 0.5,
+    "dp_delta": 1e-6,
+    "dp_target_epsilon": 4.0,
+    "dp_population": 8,
+    "dp_accountant": "pld",
+    "dp_noise_seed": 3,
     "max_examples": 5000,
 }
 
@@ -49,7 +57,7 @@ def test_server_config_carries_every_job_setting(tmp_path):
     server = config.server_config(6)
     for name, value in NOT_DEFAULT.items():
         assert getattr(server, name) == value, name
-        if name != "fraction":
+        if name not in ("fraction", "dp_noise_multiplier"):  # carried in their own tests
             assert value != JobSpec.model_fields[name].get_default(call_default_factory=True)
     assert (server.start_clients, server.max_clients, server.run_dir) == (6, 6, tmp_path)
     assert server.log_level == "debug"
@@ -58,6 +66,18 @@ def test_server_config_carries_every_job_setting(tmp_path):
 def test_fraction_is_carried_too(tmp_path):
     config = SimConfig(fraction=0.5, out=tmp_path)
     assert config.server_config(4).fraction == 0.5
+
+
+def test_dp_fedavg_settings_are_carried_too(tmp_path):
+    config = SimConfig(
+        dp_noise_multiplier=1.1,
+        dp_clip_norm=0.5,
+        clients_per_round=4,
+        weighting="uniform",
+        out=tmp_path,
+    )
+    server = config.server_config(8)
+    assert (server.dp_noise_multiplier, server.dp_clip_norm) == (1.1, 0.5)
 
 
 def test_fewer_clients_than_min_clients_is_one_config_error():

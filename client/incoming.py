@@ -1,0 +1,74 @@
+"""A model stream from the server, checked as the server checks a client's upload.
+
+Before a byte is used, the header must describe exactly the local model (tensor count, names,
+order, dtypes, shapes, and so the declared bytes: a header declaring 2^40 bytes or 10^6 tensors
+is refused before anything is allocated). Chunks are decoded in place into the model's own
+tensors, each at most the job's chunk size and never past the declared length; at the end the
+checksum must match and every floating value must be finite. Any failure is a CodecError.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+import torch
+
+from fedsilo.common.errors import CodecError
+from fedsilo.common.proto import federation_pb2 as pb
+from fedsilo.common.specs import check_specs_match, specs_from_header, specs_of
+from fedsilo.common.tensor_checks import first_non_finite
+from fedsilo.common.tensor_stream import TensorStreamDecoder
+
+
+@dataclass
+class IncomingModel:
+    """A model being received: what it is for, and its decoder."""
+
+    round: int
+    train: pb.TrainConfig | None  # a round's training settings; None for the final evaluation
+    decoder: TensorStreamDecoder
+
+    @classmethod
+    def begin(
+        cls,
+        model: torch.nn.Module,
+        header: pb.TensorStreamHeader,
+        chunk_size: int,
+        round_number: int,
+        train: pb.TrainConfig | None,
+    ) -> IncomingModel:
+        """Check ``header`` against the local model and prepare to decode into it."""
+        state = model.state_dict()
+        expected = specs_of(state)
+        specs = specs_from_header(
+            header, sum(spec.nbytes for spec in expected), max_tensors=len(expected)
+        )
+        check_specs_match(specs, expected)
+        decoder = TensorStreamDecoder(specs, into=_decodable(state), max_chunk_size=chunk_size)
+        return cls(round_number, train, decoder)
+
+    def feed(self, data: bytes | memoryview) -> None:
+        """Decode one chunk into place."""
+        self.decoder.feed(data)
+
+    def finish(self, model: torch.nn.Module, checksum: int) -> None:
+        """Check length, checksum and finite values; leave the received weights in ``model``."""
+        tensors = self.decoder.finish(checksum)
+        bad = first_non_finite(tensors)
+        if bad is not None:
+            raise CodecError(f"tensor {bad[:100]!r} holds NaN or infinite values")
+        _load_if_copied(model, tensors)
+
+
+def _decodable(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor] | None:
+    """Return the model's own tensors if chunks can be written into them in place."""
+    if all(t.device.type == "cpu" and t.is_contiguous() for t in state.values()):
+        return state
+    return None
+
+
+def _load_if_copied(model: torch.nn.Module, tensors: Mapping[str, torch.Tensor]) -> None:
+    state = model.state_dict()
+    if any(state[name].data_ptr() != tensor.data_ptr() for name, tensor in tensors.items()):
+        model.load_state_dict(tensors)

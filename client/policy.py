@@ -1,0 +1,247 @@
+"""The organisation's word on what its client runs: which task, and within which bounds.
+
+The operator states the task (``--task``, with its ``task_options`` from a config file or the
+bundle's ``policy.toml``) and bounds on what a server may ask of local training. The task is
+resolved from that local setting only, once, at start-up. A server's ``JobConfig`` is admitted
+when its task identity (name + canonical options + hash, ``common/task_identity.py``) equals the
+local one and its training settings and round count are in bounds; otherwise ``PolicyError``
+says what differs, before anything is imported or trained.
+
+Without a local task the client takes the server's task only if it is a built-in name (one of
+fedsilo's own modules, never a dotted path), with the server's options checked against that
+task's constructor: ``fl-client --server HOST:PORT --insecure`` stays a one-line quick start.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from fedsilo.common.bundles import POLICY_FILE, read_bundle_policy
+from fedsilo.common.errors import ConfigError, PolicyError, TaskLoadError
+from fedsilo.common.proto import federation_pb2 as pb
+from fedsilo.common.settings import describe_validation_error
+from fedsilo.common.task_identity import (
+    TaskIdentity,
+    TaskIdentityError,
+    describe_difference,
+)
+from fedsilo.tasks.loading import (
+    BUILTIN_LOCAL_OPTIONS,
+    BUILTIN_TASKS,
+    check_task_options,
+    resolve_builtin_task,
+    resolve_task_class,
+)
+
+OptionValue = str | int | float | bool
+
+
+class PolicySettings(BaseModel):
+    """The policy's settings, as flags, FEDSILO_* variables, a config file or ``policy.toml``."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    task: str | None = Field(
+        None,
+        min_length=1,
+        description="The task this client runs, a built-in name or package.module:Name; the "
+        "server must ask for exactly it (default: any built-in task the server names).",
+    )
+    task_options: dict[str, OptionValue] = Field(
+        default_factory=dict,
+        description="Options of the local task (config file or policy.toml only).",
+    )
+    max_epochs: int = Field(1000, ge=1, description="Most local epochs a round may ask for.")
+    min_batch: int = Field(1, ge=1, description="Smallest batch size a round may ask for.")
+    max_batch: int = Field(65536, ge=1, description="Largest batch size a round may ask for.")
+    max_lr: float = Field(
+        10.0, gt=0, allow_inf_nan=False, description="Largest learning rate a round may ask for."
+    )
+    max_rounds: int = Field(100_000, ge=1, description="Most rounds a job may have.")
+
+    @model_validator(mode="after")
+    def _consistent(self) -> PolicySettings:
+        if self.task_options and self.task is None:
+            raise ValueError("task_options: options belong to a local task; set task too")
+        if self.min_batch > self.max_batch:
+            raise ValueError(f"min_batch: {self.min_batch} is above max_batch {self.max_batch}")
+        return self
+
+
+_BOUNDS = (
+    "max_epochs",
+    "min_batch",
+    "max_batch",
+    "max_lr",
+    "max_rounds",
+)
+
+
+@dataclass(frozen=True)
+class TrainingBounds:
+    """What a server may ask of local training, at most (or at least)."""
+
+    max_epochs: int = 1000
+    min_batch: int = 1
+    max_batch: int = 65536
+    max_lr: float = 10.0
+    max_rounds: int = 100_000
+
+    def problems(self, train: pb.TrainConfig) -> list[str]:
+        """Return what in ``train`` is out of bounds, one phrase each (empty: all in bounds)."""
+        found = []
+        if not 1 <= train.local_epochs <= self.max_epochs:
+            found.append(f"local_epochs {train.local_epochs} not in 1..{self.max_epochs}")
+        if not self.min_batch <= train.batch_size <= self.max_batch:
+            found.append(f"batch_size {train.batch_size} not in {self.min_batch}..{self.max_batch}")
+        lr = train.learning_rate
+        if not (math.isfinite(lr) and 0 < lr <= self.max_lr):
+            found.append(f"learning_rate {lr:g} not in (0, {self.max_lr:g}]")
+        mu = train.proximal_mu
+        if not (math.isfinite(mu) and mu >= 0):
+            found.append(f"proximal_mu {mu:g} is not a finite number >= 0")
+        return found
+
+    def check_training(self, train: pb.TrainConfig, what: str) -> None:
+        """Raise PolicyError naming every setting of ``train`` that is out of bounds."""
+        found = self.problems(train)
+        if found:
+            raise PolicyError(f"{what} are out of this client's bounds: " + "; ".join(found))
+
+    def check_rounds(self, rounds: int) -> None:
+        """Raise PolicyError if a job of ``rounds`` rounds is more than the policy allows."""
+        if rounds > self.max_rounds:
+            raise PolicyError(
+                f"the job has {rounds} rounds, this client's max_rounds is {self.max_rounds}"
+            )
+
+
+@dataclass(frozen=True)
+class AdmittedTask:
+    """The task a JobConfig was admitted for: the class to build, with which options."""
+
+    identity: TaskIdentity
+    task_class: type[Any]
+    options: dict[str, OptionValue]
+    local: bool  # the client's own task (True) or a built-in one the server named
+
+
+@dataclass(frozen=True)
+class ClientPolicy:
+    """A client's policy, resolved: its own task (class imported at start-up) or none, bounds."""
+
+    identity: TaskIdentity | None = None
+    task_class: type[Any] | None = None
+    options: dict[str, OptionValue] = field(default_factory=dict)
+    bounds: TrainingBounds = field(default_factory=TrainingBounds)
+
+    @classmethod
+    def pinned(
+        cls,
+        task: str,
+        options: Mapping[str, OptionValue],
+        bounds: TrainingBounds | None = None,
+    ) -> ClientPolicy:
+        """Return a policy running ``task`` with ``options``; resolve it now (TaskLoadError)."""
+        task_class = resolve_task_class(task)
+        check_task_options(task_class, options, task)
+        try:
+            identity = TaskIdentity.of(task, options)
+        except TaskIdentityError as exc:
+            raise ConfigError(f"task_options: {exc}") from exc
+        return cls(identity, task_class, dict(options), bounds or TrainingBounds())
+
+    @property
+    def mode(self) -> str:
+        """``local`` (the operator's own task) or ``builtin`` (built-in tasks the server names)."""
+        return "local" if self.identity is not None else "builtin"
+
+    def admit(self, job: pb.JobConfig) -> AdmittedTask:
+        """Check a JobConfig against the policy; return the task to build, or raise PolicyError.
+
+        The task's name is checked first, then its options and hash, then the round count and
+        the training settings; only then is a built-in task's module imported (nothing else
+        is imported here: the local task was resolved at start-up).
+        """
+        ours = self.identity
+        if ours is not None and job.task != ours.name:
+            raise PolicyError(
+                f"the server asks for task {_shown(job.task)}, this client runs {ours.name!r}"
+            )
+        if ours is None and job.task not in BUILTIN_TASKS:
+            raise PolicyError(
+                f"the server asks for task {_shown(job.task)}, which is not built in; this "
+                "client runs only built-in tasks unless its operator names one (--task)"
+            )
+        try:
+            theirs = TaskIdentity.from_wire(job.task, job.task_options_json, job.task_hash)
+        except TaskIdentityError as exc:
+            raise PolicyError(f"the server's task {job.task!r}: {exc}") from None
+        if ours is not None and theirs != ours:
+            raise PolicyError(describe_difference(theirs, ours))
+        self.bounds.check_rounds(job.rounds)
+        self.bounds.check_training(job.train, "the job's training settings")
+        if ours is None:
+            return _admit_builtin(theirs)
+        assert self.task_class is not None
+        return AdmittedTask(ours, self.task_class, dict(self.options), True)
+
+
+def _shown(name: str) -> str:
+    return repr(name) if len(name) <= 100 else repr(name[:97] + "...")
+
+
+def _admit_builtin(theirs: TaskIdentity) -> AdmittedTask:
+    options = theirs.options
+    local_only = sorted(set(options) & BUILTIN_LOCAL_OPTIONS.get(theirs.name, frozenset()))
+    if local_only:
+        raise PolicyError(
+            f"the server sets {', '.join(map(repr, local_only))} of task {theirs.name!r}, which "
+            "only this client's operator may set (--task with task_options)"
+        )
+    try:
+        task_class = resolve_builtin_task(theirs.name)
+        check_task_options(task_class, options, theirs.name)
+    except TaskLoadError as exc:
+        raise PolicyError(str(exc)) from None
+    return AdmittedTask(theirs, task_class, options, False)
+
+
+def policy_of(settings: PolicySettings, bundle: Path | None) -> ClientPolicy:
+    """Resolve the policy: settings given explicitly win over the bundle's ``policy.toml``.
+
+    ``task`` and ``task_options`` go together: both from the settings when either was given
+    there, else both from the bundle. Raises ConfigError or TaskLoadError (exit 2).
+    """
+    merged = settings
+    table = read_bundle_policy(bundle) if bundle is not None else None
+    if table is not None:
+        try:
+            from_bundle = PolicySettings.model_validate(table)
+        except ValidationError as exc:
+            detail = describe_validation_error(exc)
+            raise ConfigError(f"{bundle}/{POLICY_FILE}: {detail}") from exc
+        merged = _merge(settings, from_bundle)
+    bounds = TrainingBounds(**{name: getattr(merged, name) for name in _BOUNDS})
+    if merged.task is None:
+        return ClientPolicy(bounds=bounds)
+    return ClientPolicy.pinned(merged.task, merged.task_options, bounds)
+
+
+def _merge(explicit: PolicySettings, from_bundle: PolicySettings) -> PolicySettings:
+    given = explicit.model_fields_set
+    values: dict[str, Any] = {
+        name: getattr(explicit if name in given else from_bundle, name) for name in _BOUNDS
+    }
+    source = explicit if given & {"task", "task_options"} else from_bundle
+    values["task"], values["task_options"] = source.task, source.task_options
+    try:
+        return PolicySettings.model_validate(values)
+    except ValidationError as exc:
+        raise ConfigError(describe_validation_error(exc)) from exc

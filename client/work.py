@@ -1,0 +1,194 @@
+"""A client's local work in a round: evaluate, train, encode the update; and what it records.
+
+Pure of protocol state: each function takes the joined job and returns what to send and what
+to write in ``audit.jsonl``, so ``client/protocol.py`` only decides when.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from contextlib import AbstractContextManager, contextmanager
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from fedsilo.client.joined import Joined
+from fedsilo.client.policy import ClientPolicy
+from fedsilo.common.proto import federation_pb2 as pb
+from fedsilo.common.specs import header_of, specs_of
+from fedsilo.common.tensor_checks import floating_copy, update_norm
+from fedsilo.common.tensor_stream import TensorStreamEncoder
+from fedsilo.common.wire import (
+    CLIENT_CHUNKS,
+    PROTOCOL_VERSION,
+    inline_tensors,
+    tensor_stream_frames,
+)
+from fedsilo.tasks import Evaluation, TrainConfig
+
+Heartbeats = AbstractContextManager[None]
+
+
+@dataclass(frozen=True)
+class Upload:
+    """A round's update, ready to go: its frames, its audit record and its log fields."""
+
+    frames: pb.ClientMessage | Iterator[bytes]
+    record: dict[str, Any]
+    summary: dict[str, float]
+
+
+@contextmanager
+def on_device(model: torch.nn.Module, device: torch.device) -> Iterator[None]:
+    """Run local work on the chosen device; the model lives on the CPU for the wire."""
+    if device.type == "cpu":
+        yield
+        return
+    model.to(device)
+    try:
+        yield
+    finally:
+        model.to("cpu")
+
+
+def train_round(
+    joined: Joined,
+    round_number: int,
+    train: pb.TrainConfig,
+    *,
+    device: torch.device,
+    heartbeats: Heartbeats,
+    measure_norm: bool,
+) -> Upload:
+    """Evaluate the received model, train on it and encode the update."""
+    model, compressor = joined.model, joined.compressor
+    started = time.monotonic()
+    # One copy of the received weights serves the codec's delta and the audit's update norm.
+    lossy = compressor.setting.codec != "none"
+    reference = None
+    if measure_norm or lossy:
+        reference = floating_copy(model.state_dict(), into=joined.reference)
+        joined.reference = reference
+        compressor.remember_global(reference, copy=False)
+    with heartbeats, on_device(model, device):
+        evaluation = joined.task.evaluate(model, joined.data)
+        result = joined.task.train(
+            model,
+            joined.data,
+            TrainConfig(
+                local_epochs=train.local_epochs,
+                batch_size=train.batch_size,
+                learning_rate=train.learning_rate,
+                seed=train.seed,
+                proximal_mu=train.proximal_mu,
+            ),
+        )
+    seconds = time.monotonic() - started
+    trained = model.state_dict()
+    norm = update_norm(trained, reference) if measure_norm and reference is not None else None
+    wire = compressor.encode(trained)
+    specs = specs_of(wire)
+    metrics = pb.LocalMetrics(
+        train_loss=result.loss, train_seconds=seconds, evaluation=evaluation_message(evaluation)
+    )
+    send = pb.ClientMessage(
+        send_model=pb.SendModel(
+            round=round_number,
+            train_examples=result.examples,
+            metrics=metrics,
+            update=header_of(specs),
+        )
+    )
+    frames: pb.ClientMessage | Iterator[bytes] = send
+    inline = inline_tensors(list(wire.values()), joined.job.chunk_size)
+    if inline is not None:
+        send.send_model.update.inline.CopyFrom(inline)
+    else:
+        encoder = TensorStreamEncoder(list(wire.values()), joined.job.chunk_size)
+        frames = tensor_stream_frames(send, encoder, CLIENT_CHUNKS, _client_trailer)
+    record = {
+        "round": round_number,
+        "bytes": sum(spec.nbytes for spec in specs),
+        "codec": compressor.setting.codec,
+        "update_norm": norm,
+        "train_examples": result.examples,
+        "metrics": {
+            "train_loss": result.loss,
+            "train_seconds": seconds,
+            "eval_examples": evaluation.examples,
+            "eval_loss": evaluation.loss,
+            "eval_accuracy": evaluation.accuracy,
+        },
+    }
+    summary = {
+        "train_loss": round(result.loss, 5),
+        "train_seconds": round(seconds, 3),
+        "eval_accuracy": round(evaluation.accuracy, 5),
+    }
+    return Upload(frames, record, summary)
+
+
+def evaluate_final(joined: Joined, device: torch.device, heartbeats: Heartbeats) -> Evaluation:
+    """Evaluate the final model on the local held-out data."""
+    with heartbeats, on_device(joined.model, device):
+        return joined.task.evaluate(joined.model, joined.data)
+
+
+def evaluation_message(evaluation: Evaluation) -> pb.Evaluation:
+    """Return the wire form of an evaluation."""
+    return pb.Evaluation(
+        examples=evaluation.examples, loss=evaluation.loss, accuracy=evaluation.accuracy
+    )
+
+
+def train_record(train: pb.TrainConfig) -> dict[str, Any]:
+    """Return training settings as an audit field."""
+    return {
+        "local_epochs": train.local_epochs,
+        "batch_size": train.batch_size,
+        "learning_rate": train.learning_rate,
+        "proximal_mu": train.proximal_mu,
+        "seed": train.seed,
+    }
+
+
+def join_record(joined: Joined, rejoined: bool, policy: ClientPolicy) -> dict[str, Any]:
+    """Return what the client agreed to when it joined, as an audit record."""
+    job = joined.job
+    compression = job.compression
+    bounds = policy.bounds
+    return {
+        "rejoined": rejoined,
+        "protocol_version": PROTOCOL_VERSION,
+        "task": {
+            "name": joined.identity.name,
+            "options": joined.identity.options,
+            "hash": joined.identity.hash,
+            "policy": policy.mode,
+        },
+        "seed": job.seed,
+        "rounds": job.rounds,
+        "chunk_size": job.chunk_size,
+        "compression": {
+            "codec": compression.codec or "none",
+            "topk_fraction": compression.topk_fraction,
+            "per_channel": compression.per_channel,
+        },
+        "training": {k: v for k, v in train_record(job.train).items() if k != "seed"},
+        "bounds": {
+            "max_epochs": bounds.max_epochs,
+            "min_batch": bounds.min_batch,
+            "max_batch": bounds.max_batch,
+            "max_lr": bounds.max_lr,
+            "max_rounds": bounds.max_rounds,
+        },
+        "partition": joined.partition,
+        "train_examples": joined.data.train_examples,
+        "test_examples": joined.data.test_examples,
+    }
+
+
+def _client_trailer(checksum: int) -> pb.ClientMessage:
+    return pb.ClientMessage(trailer=pb.TensorStreamTrailer(checksum=checksum))

@@ -1,0 +1,107 @@
+"""The job's global model and how it advances: the strategy's step, DP-FedAvg, central evaluation.
+
+Owned by the coordinator thread. ``state`` is replaced after every round, never changed in
+place: the streams that send it and a checkpoint that writes it read it while the next round
+runs. The old model's memory goes back to the upload store once nothing reads it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import structlog
+import torch
+
+from fedsilo.common.errors import CodecError, JobAbortedError
+from fedsilo.common.specs import specs_of
+from fedsilo.common.wire import SERVER_CHUNKS, ModelFrames
+from fedsilo.server import messages
+from fedsilo.server.central_eval import CentralEvaluator
+from fedsilo.server.dp_round import DpRound
+from fedsilo.server.job_state import Round
+from fedsilo.server.strategies import Strategy
+from fedsilo.server.strategies.fedavg import accumulator_dtype
+from fedsilo.server.uploads import UploadStore
+from fedsilo.server.validation import check_finite
+
+State = dict[str, torch.Tensor]
+
+
+class GlobalModel:
+    """The global model of one job, its strategy and what acts on each new model."""
+
+    def __init__(
+        self,
+        state: State,
+        strategy: Strategy,
+        store: UploadStore,
+        *,
+        central: CentralEvaluator | None = None,
+        dp: DpRound | None = None,
+    ) -> None:
+        self.state = state
+        self.specs = specs_of(state)
+        self.nbytes = sum(spec.nbytes for spec in self.specs)
+        self.strategy = strategy
+        self.store = store
+        self.central = central
+        self.dp = dp
+
+    def frames(self, chunk_size: int) -> ModelFrames:
+        """The model's frames, checksummed once and framed lazily by each stream."""
+        return ModelFrames(list(self.state.values()), chunk_size, SERVER_CHUNKS, messages.trailer)
+
+    def sum_buffers(self) -> State:
+        """Model-shaped buffers in the sum's dtypes (spare ones when the store has them)."""
+        dtypes = {name: accumulator_dtype(t.dtype) for name, t in self.state.items()}
+        return self.store.sum_buffers(self.state, dtypes)
+
+    def next_state(self, current: Round) -> State:
+        """The model the round's fold leads to, through DP-FedAvg and the strategy."""
+        strategy = self.strategy
+        if strategy.needs_all_updates:
+            updates, weights = current.fold.collected()
+            new_state = strategy.combine(self.state, updates, weights)
+        else:
+            mean = current.fold.mean()
+            if self.dp is not None:
+                mean = self.dp.noised(self.state, mean, len(current.fold.folded), current.number)
+            new_state = strategy.next_global(self.state, mean)
+        try:
+            check_finite(new_state)
+        except CodecError as exc:  # the magnitude bound should make this impossible
+            raise JobAbortedError(f"round {current.number}: the new global model: {exc}") from exc
+        return new_state
+
+    def replace(self, new_state: Mapping[str, torch.Tensor], recycle: bool) -> None:
+        """Make ``new_state`` the model; with ``recycle``, the old one's memory is reused."""
+        old = self.state
+        self.state = {spec.name: new_state[spec.name].contiguous() for spec in self.specs}
+        if recycle:
+            self.store.recycle(old, in_use=self.state)
+
+    def row_fields(
+        self, log: structlog.typing.FilteringBoundLogger, charge: bool
+    ) -> dict[str, Any]:
+        """Metrics-row fields of the current model: central evaluation, and DP spent (``charge``:
+        record the round with the accountant, before the model can leave the server)."""
+        fields: dict[str, Any] = {}
+        if self.central is not None:
+            fields.update(self.central.row_fields(self.state, log))
+        if charge and self.dp is not None:
+            fields.update(self.dp.charge())
+        return fields
+
+    def extra_state(self) -> dict[str, Any]:
+        """What a checkpoint keeps beyond the model and the strategy's tensors."""
+        return {"dp": self.dp.state_dict()} if self.dp is not None else {}
+
+    def restore(
+        self, state: Mapping[str, torch.Tensor], strategy: Any, extra: Mapping[str, Any]
+    ) -> None:
+        """Continue from a checkpoint: its model, strategy state and extra state."""
+        self.state = {spec.name: state[spec.name] for spec in self.specs}
+        self.strategy.load_state_dict(strategy)
+        if self.dp is not None and "dp" in extra:
+            self.dp.load_state_dict(extra["dp"])
