@@ -85,6 +85,7 @@ class Job:
         dp = DpRound(dp_setting) if dp_setting is not None else None
         run_dir = config.run_dir
         self.recorder = JobRecorder(config, log)
+        self.telemetry = self.recorder.telemetry
         registry = ClientRegistry(config.job_id, ClientIdLog(run_dir / CLIENT_IDS_FILE), admitted)
         self.state = JobState(registry=registry)
         self.store = UploadStore(
