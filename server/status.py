@@ -29,6 +29,8 @@ STATE_OF_STAGE = {
     Stage.QUEUED: "queued",  # its update waits, unread, for its turn to be folded
     Stage.EVALUATING: "evaluating",
     Stage.DISCARDING: "discarding",
+    Stage.SECAGG_WAIT: "masked",  # its masked update is in; waiting for the other uploads
+    Stage.SECAGG_UNMASK: "unmasking",  # it owes the shares the unmask stage asked for
 }
 
 

@@ -129,6 +129,8 @@ def test_clients_connected_ready_known_and_by_stage(view) -> None:
         "queued": 0,
         "evaluating": 0,
         "discarding": 0,
+        "secagg_wait": 0,
+        "secagg_unmask": 0,
     }
     silent = samples["fedsilo_client_last_progress_seconds"]
     assert value(silent, "fedsilo_client_last_progress_seconds", client="org-train") == 0.25
