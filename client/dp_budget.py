@@ -19,12 +19,24 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from fedsilo.common.errors import ConfigError, PrivacyBudgetSpentError
+from fedsilo.common.errors import ConfigError, FedsiloError, PrivacyBudgetSpentError
 from fedsilo.common.proto import federation_pb2 as pb
 from fedsilo.tasks.interface import DpSgdConfig, DpSgdReport
 from fedsilo.tasks.privacy_budget import DpSgdPolicy, PrivacyBudget, RoundPlan, plan_round
 
 STATE_FORMAT = 1
+
+
+class BudgetRefusalError(Exception):
+    """The budget refuses a round: what to tell the server, and the error the client stops with.
+
+    Raised before anything of the round leaves; ``ClientProtocol`` turns it into its one Error.
+    """
+
+    def __init__(self, code: int, reason: str, error: type[FedsiloError]) -> None:
+        super().__init__(reason)
+        self.code = code
+        self.error = error
 
 
 class RecordDpSettings(BaseModel):
@@ -114,17 +126,19 @@ class SiloBudget:
         """Return the epsilon spent so far in this job."""
         return self.budget.epsilon
 
-    def refusal(self, which: str, train: pb.TrainConfig) -> str | None:
-        """Return why ``which`` round (trained as ``train``) must not run, or None."""
+    def check(self, which: str, train: pb.TrainConfig) -> None:
+        """Raise BudgetRefusalError (PRIVACY_BUDGET_SPENT) if ``which`` round passes the budget."""
         target = self.budget.policy.epsilon
         plan = _plan(self.train_examples, train)
         if target is None or not self.budget.would_exceed(plan):
-            return None
+            return
         after = self.budget.epsilon_after(plan)
-        return (
-            f"leaving the job before {which}: it would take this silo's "
-            f"record-level epsilon from {self.epsilon:.4g} to {after:.4g}, past its budget "
-            f"{target:g} (delta {self.budget.policy.delta:g})"
+        raise BudgetRefusalError(
+            pb.PRIVACY_BUDGET_SPENT,
+            f"leaving the job before {which}: it would take this silo's record-level epsilon "
+            f"from {self.epsilon:.4g} to {after:.4g}, past its budget {target:g} "
+            f"(delta {self.budget.policy.delta:g})",
+            PrivacyBudgetSpentError,
         )
 
     def training(self, seed: int) -> DpSgdConfig:
@@ -134,19 +148,26 @@ class SiloBudget:
     def charge(self, round_number: int, report: DpSgdReport | None) -> float:
         """Add a trained round, save, and return epsilon; refuse a round past the budget.
 
-        Raised before the update leaves: ConfigError if the task did not train with the
-        budget's DP-SGD, PrivacyBudgetSpentError if the task's own loop took more steps than
-        planned so that this round alone would cross the budget (the round is then charged
-        anyway: its gradients were computed, and nothing of it is sent).
+        BudgetRefusalError, before the update leaves: UNSUPPORTED_CONFIG if the task did not train
+        with the budget's DP-SGD; PRIVACY_BUDGET_SPENT if the task's own loop took more steps
+        than planned, so that this round crossed the budget (it is charged all the same, and
+        nothing of it is sent).
         """
         target = self.budget.policy.epsilon
         before = self.epsilon
-        epsilon = self.budget.record(report)
+        try:
+            epsilon = self.budget.record(report)
+        except ConfigError as exc:
+            raise BudgetRefusalError(
+                pb.UNSUPPORTED_CONFIG, f"nothing sent: {exc}", ConfigError
+            ) from exc
         self.save()
         if target is not None and epsilon > target:
-            raise PrivacyBudgetSpentError(
+            raise BudgetRefusalError(
+                pb.PRIVACY_BUDGET_SPENT,
                 f"round {round_number} took this silo's record-level epsilon from {before:.4g} "
-                f"to {epsilon:.4g}, past its budget {target:g}: its update is not sent"
+                f"to {epsilon:.4g}, past its budget {target:g}: its update is not sent",
+                PrivacyBudgetSpentError,
             )
         return epsilon
 
@@ -186,6 +207,12 @@ class SiloBudget:
             handle.flush()
             os.fsync(handle.fileno())
         temporary.replace(self.path)
+
+
+def check_budget(budget: SiloBudget | None, which: str, train: pb.TrainConfig) -> None:
+    """Raise BudgetRefusalError if ``which`` round would pass the budget (None: no DP-SGD)."""
+    if budget is not None:
+        budget.check(which, train)
 
 
 def _plan(train_examples: int, train: pb.TrainConfig) -> RoundPlan:

@@ -17,6 +17,7 @@ import torch
 
 from fedsilo.client.dp_budget import SiloBudget
 from fedsilo.client.policy import AdmittedTask, ClientPolicy
+from fedsilo.client.secagg_client import SecAggKeys
 from fedsilo.common.compression import ClientCompressor, Compression
 from fedsilo.common.errors import ConfigError, PolicyError
 from fedsilo.common.proto import federation_pb2 as pb
@@ -41,6 +42,8 @@ class LocalSettings:
     shared_models: SharedModels | None = None
     # Where the client keeps state across restarts (its DP-SGD budget); None: memory only.
     state_dir: Path | None = None
+    # Secure aggregation: the certificate key round keys are signed with, and the CA.
+    secagg_keys: SecAggKeys | None = None
 
 
 @dataclass
