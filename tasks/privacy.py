@@ -191,7 +191,7 @@ def _open_private(
         loader=dp_loader,
         accountant=engine.accountant,
         config=config,
-        sample_rate=1 / len(source),  # Opacus' own choice in make_private
+        sample_rate=1 / len(dp_loader),  # Opacus' own choice (int(1 / (1 / len(source))) steps)
         hooks=hooks,
     )
 
