@@ -97,7 +97,15 @@ def test_a_client_leaves_before_the_round_that_would_pass_its_budget(
     two, three = (independent_epsilon(noise, examples, rounds) for rounds in (2, 3))
     budget = (two + three) / 2
     server = daemons.server(
-        JOB_ID, port - JOB_ID, *server_task(tmp_path), "--rounds", "4", "--out", str(run)
+        JOB_ID,
+        port - JOB_ID,
+        *server_task(tmp_path),
+        "--rounds",
+        "4",
+        "--start-clients",
+        "2",  # both clients train rounds 1 and 2; min_clients 1 lets the job go on without one
+        "--out",
+        str(run),
     )
     org = tmp_path / "org-dp"
     dp_client = daemons.client(
