@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import math
 import signal
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -178,32 +179,38 @@ def test_a_job_that_requires_dp_refuses_a_client_without_it(
 
 
 def test_a_restarted_client_keeps_the_budget_it_spent(daemons: Daemons, tmp_path: Path) -> None:
-    port, run = free_port(), tmp_path / "run"
-    server = daemons.server(
-        JOB_ID, port - JOB_ID, *server_task(tmp_path), "--rounds", "3", "--out", str(run)
+    # The server is killed once round 1's checkpoint is written, the client killed too; both
+    # restart (the server with --resume) and the job's rounds 2 and 3 run with the new client.
+    port, run, marker = free_port(), tmp_path / "run", tmp_path / "killed.json"
+    flags = [*server_task(tmp_path), "--rounds", "3", "--out", str(run)]
+    kill_at = [sys.executable, "-m", "tests.integration.kill_at", str(marker)]
+    killed = daemons.start(
+        "fl-server",
+        *("--job-id", str(JOB_ID), "--port-base", str(port - JOB_ID), "--host", "127.0.0.1"),
+        *flags,
+        name="killed",
+        prefix=(*kill_at, "checkpoint_saved", "round=1", "--"),
     )
+    wait_for(lambda: killed.has_event("server_listening"), 60, "the server to listen")
     org = tmp_path / "org-a"
-    flags = ["--out", str(org), "--record-dp-noise", "1.0"]
-    first = daemons.client(port, "org-a", *flags)
-
-    def round_one_sent() -> bool:
-        path = org / "audit.jsonl"
-        return path.exists() and any(row["event"] == "update_sent" for row in audit(org))
-
-    wait_for(round_one_sent, 90, "the first update")
+    client_flags = ["--out", str(org), "--record-dp-noise", "1.0"]
+    first = daemons.client(port, "org-a", *client_flags)
+    assert killed.wait(timeout=120) == -signal.SIGKILL, killed.tail()
     first.process.send_signal(signal.SIGKILL)
     first.wait(timeout=10)
     state = json.loads((org / f"dp-budget-job{JOB_ID}.json").read_text())
-    assert state["budget"]["rounds"] >= 1
-    second = daemons.client(port, "org-a", *flags)
+    assert state["budget"]["rounds"] == 1
+    resumed = daemons.server(JOB_ID, port - JOB_ID, *flags, "--resume", name="resumed")
+    second = daemons.client(port, "org-a", *client_flags)
     assert second.wait(timeout=120) == 0, second.tail()
-    assert server.wait(timeout=30) == 0, server.tail()
+    assert resumed.wait(timeout=30) == 0, resumed.tail()
     rows = audit(org)
     rejoin = [row for row in rows if row["event"] == "joined"][-1]
-    assert rejoin["record_dp"]["rounds"] == state["budget"]["rounds"]  # reloaded, not reset
+    assert rejoin["record_dp"]["rounds"] == 1  # reloaded from the state folder, not reset
     updates = [row for row in rows if row["event"] == "update_sent"]
+    assert [row["round"] for row in updates] == [1, 2, 3]
     last = updates[-1]["record_dp"]
-    # every round either process trained is charged: the spend of the first is kept
-    assert last["rounds"] == len(updates) >= 3
-    expected = independent_epsilon(1.0, rejoin["train_examples"], len(updates))
+    assert last["rounds"] == 3
+    expected = independent_epsilon(1.0, rejoin["train_examples"], 3)
     assert last["epsilon"] == pytest.approx(expected, rel=0.01)
+    assert read_metrics(run)[-1]["clients"][0]["dp_epsilon"] == last["epsilon"]
