@@ -89,6 +89,19 @@ def test_dp_round_reports_the_sampling_rate_and_steps_it_took():
     assert plan == RoundPlan(result.privacy.sample_rate, result.privacy.steps)
 
 
+@pytest.mark.parametrize("batches", [10, 99])
+def test_the_plan_is_the_round_opacus_trains_even_where_it_takes_one_step_fewer(batches):
+    # Opacus' Poisson loader takes int(1 / (1 / batches)) steps: 98 for 99 batches.
+    records = batches * 2
+    data = TensorDataset(torch.randn(records, 3), torch.randint(0, 2, (records,)))
+    config = TrainConfig(1, 2, 0.1, seed=1, privacy=DpSgdConfig(1.0, 1.0, seed=2))
+    result = train_classifier(nn.Linear(3, 2), data, config)
+    assert result.privacy is not None
+    plan = plan_round(records, 2, 1)
+    assert plan == RoundPlan(result.privacy.sample_rate, result.privacy.steps)
+    assert plan.steps == (98 if batches == 99 else batches)
+
+
 def test_seeded_dp_round_is_bit_for_bit_reproducible_and_the_seed_matters():
     task, data = synthetic()
     trained = []
