@@ -47,6 +47,7 @@ NOT_DEFAULT = {
     "dp_accountant": "pld",
     "dp_noise_seed": 3,
     "max_examples": 5000,
+    "require_dp": True,
 }
 
 
