@@ -45,6 +45,7 @@ class SimResult:
     backend: str = "local"
     workers: int = 0  # worker processes or actors; 0: the clients ran in this process
     threads: int | None = None  # torch threads per worker (None: torch's default)
+    nodes: int = 1  # machines the workers ran on (Ray nodes)
     seconds: float = 0.0  # wall clock of the job, from the first Hello to its end
     failures: list[ClientFailure] = field(default_factory=list)
 
@@ -94,9 +95,12 @@ def local_workers(config: SimConfig, clients: int) -> int:
 
 
 def worker_threads(config: SimConfig, workers: int) -> int | None:
-    """Torch threads per worker: --threads, else 1 with several workers (no oversubscription)."""
+    """Torch threads per worker: --threads, else 1 with several local workers (so that they
+    do not oversubscribe the CPUs), or a Ray actor's own CPUs."""
     if config.threads is not None:
         return config.threads
+    if config.backend == "ray":
+        return max(1, int(config.ray_num_cpus))
     return 1 if workers > 1 else None
 
 
@@ -132,11 +136,12 @@ def simulate(
     job = make_job(server_config, get_logger(job_id=0), checkpoint=None)
     federation = Federation(job, on_failure)
     started = time.monotonic()
+    nodes = 1
     if config.backend == "local" and workers == 0:
         outcome, examples = _run_in_process(config, job, clients, federation, on_progress)
         threads = config.threads
     else:
-        backend, workers, threads = _open_backend(config, clients, workers)
+        backend, workers, threads, nodes = _open_backend(config, clients, workers)
         try:
             outcome = _run_with_backend(backend, job, clients, federation, on_progress)
         finally:
@@ -150,13 +155,16 @@ def simulate(
         backend=config.backend,
         workers=workers,
         threads=threads,
+        nodes=nodes,
         seconds=time.monotonic() - started,
         failures=list(federation.failures),
     )
 
 
-def _open_backend(config: SimConfig, clients: int, workers: int) -> tuple[Backend, int, int | None]:
-    """Start the workers or actors; return the backend, their number and threads each."""
+def _open_backend(
+    config: SimConfig, clients: int, workers: int
+) -> tuple[Backend, int, int | None, int]:
+    """Start the workers or actors; return the backend, their number, threads each, nodes."""
     if config.backend == "ray":
         try:
             from fedsilo.sim.ray_backend import RayActors
@@ -164,12 +172,13 @@ def _open_backend(config: SimConfig, clients: int, workers: int) -> tuple[Backen
             raise ConfigError(
                 f"backend: ray needs the ray extra (pip install 'fedsilo[ray]'): {exc}"
             ) from exc
-        actors = RayActors.open(config, clients)
-        return actors, actors.count, actors.threads
+        threads = worker_threads(config, 0)
+        actors = RayActors.open(config, clients, host_settings(config, threads))
+        return actors, actors.count, threads, len(set(actors.nodes))
     from fedsilo.sim.local import LocalWorkers
 
     threads = worker_threads(config, workers)
-    return LocalWorkers(workers, clients, host_settings(config, threads)), workers, threads
+    return LocalWorkers(workers, clients, host_settings(config, threads)), workers, threads, 1
 
 
 def _run_with_backend(

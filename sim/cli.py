@@ -62,10 +62,10 @@ def report_failure(failure: ClientFailure) -> None:
 def run_simulation(config: SimConfig) -> int:
     """Simulate and print a summary; 0 when every round completed, 1 when the job aborted."""
     result = simulate(config, on_progress=tty_progress(config.rounds), on_failure=report_failure)
+    where = where_line(result.backend, result.workers, result.threads, result.nodes)
     print(
         f"{PROG}: task {config.task}: {result.clients} clients, {result.train_examples} training "
-        f"and {result.test_examples} held-out samples; "
-        f"{result.backend} backend, {where_line(result.backend, result.workers, result.threads)}"
+        f"and {result.test_examples} held-out samples; {result.backend} backend, {where}"
     )
     failed = failures_line(result.failures)
     if failed is not None:

@@ -66,10 +66,9 @@ class ClientActor:
 class RayActors:
     """The actors of one simulation; implements the backend's hello/serve/forward/close."""
 
-    def __init__(self, actors: list[Any], nodes: list[str], threads: int, owns_ray: bool) -> None:
+    def __init__(self, actors: list[Any], nodes: list[str], owns_ray: bool) -> None:
         self._actors = actors
         self.nodes = nodes  # the Ray node of each actor
-        self.threads = threads
         self._owns_ray = owns_ray
         self._dead: set[int] = set()
         self._lock = threading.Lock()
@@ -81,7 +80,7 @@ class RayActors:
         return len(self._actors)
 
     @classmethod
-    def open(cls, config: SimConfig, clients: int) -> RayActors:
+    def open(cls, config: SimConfig, clients: int, settings: HostSettings) -> RayActors:
         """Connect to (or start) Ray and start the actors; ConfigError if they do not fit."""
         owns_ray = not ray.is_initialized()
         if owns_ray:
@@ -96,14 +95,16 @@ class RayActors:
                 where = config.ray_address or "RAY_ADDRESS or a local instance"
                 raise FedsiloError(f"ray: cannot connect to {where}: {_first_line(exc)}") from exc
         try:
-            return cls._start(config, clients, owns_ray)
+            return cls._start(config, clients, settings, owns_ray)
         except BaseException:
             if owns_ray:
                 ray.shutdown()
             raise
 
     @classmethod
-    def _start(cls, config: SimConfig, clients: int, owns_ray: bool) -> RayActors:
+    def _start(
+        cls, config: SimConfig, clients: int, settings: HostSettings, owns_ray: bool
+    ) -> RayActors:
         cpus = float(ray.cluster_resources().get("CPU", 0))
         gpus = float(ray.cluster_resources().get("GPU", 0))
         count = config.workers if config.workers is not None else int(cpus // config.ray_num_cpus)
@@ -114,12 +115,10 @@ class RayActors:
                 f"{config.ray_num_gpus:g} GPUs do not fit in the Ray cluster "
                 f"({cpus:g} CPUs, {gpus:g} GPUs)"
             )
-        threads = config.threads if config.threads is not None else max(1, int(config.ray_num_cpus))
-        settings = HostSettings(config.device, threads, config.log_level).to_json()
         remote = ray.remote(ClientActor).options(
             num_cpus=config.ray_num_cpus, num_gpus=config.ray_num_gpus, max_restarts=0
         )
-        actors = [remote.remote(settings) for _ in range(count)]
+        actors = [remote.remote(settings.to_json()) for _ in range(count)]
         try:
             nodes = ray.get([actor.node.remote() for actor in actors], timeout=ACTOR_START_SECONDS)
         except GetTimeoutError:
@@ -131,7 +130,7 @@ class RayActors:
             ) from None
         except RayActorError as exc:
             raise FedsiloError(f"ray: an actor failed to start: {_first_line(exc)}") from exc
-        return cls(actors, nodes, threads, owns_ray)
+        return cls(actors, nodes, owns_ray)
 
     def hello(self, index: int) -> bytes:
         """Create client ``index`` in its actor; return its Hello."""

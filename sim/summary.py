@@ -22,7 +22,7 @@ def read_rows(run_dir: Path) -> list[dict[str, Any]]:
     return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line]
 
 
-def where_line(backend: str, workers: int, threads: int | None) -> str:
+def where_line(backend: str, workers: int, threads: int | None, nodes: int = 1) -> str:
     """Where the clients ran: "in 2 worker processes, 1 torch thread each", ..."""
     if backend == "local" and workers == 0:
         where = "in this process"
@@ -30,6 +30,7 @@ def where_line(backend: str, workers: int, threads: int | None) -> str:
         where = f"in {workers} worker process{'es' if workers != 1 else ''}"
     else:
         where = f"in {workers} Ray actor{'s' if workers != 1 else ''}"
+        where += f" on {nodes} node{'s' if nodes != 1 else ''}"
     if threads is None:
         return f"{where}, torch's default threads"
     return f"{where}, {threads} torch thread{'s' if threads != 1 else ''} each"
