@@ -10,7 +10,7 @@ TYPECHECK_TREE := build/typecheck
 FMNIST_DIR := /usr/share/datasets/fashion-mnist
 FMNIST_PKG := dataset-fashion-mnist
 
-.PHONY: install test test-slow lint typecheck demo proto clean bench bench-rounds bench-peers \
+.PHONY: install test test-slow lint typecheck demo proto clean bench bench-rounds bench-peers bench-sim \
 	datasets datasets-if-possible
 
 install: $(STAMP) datasets-if-possible
@@ -78,6 +78,12 @@ bench-peers: install
 	$(BIN)/python bench/round_bench.py --which big,many --counts 10 --json build/bench-rounds-peers.json
 	$(BIN)/python bench/peers/flower_bench.py --fedsilo build/bench-rounds-peers.json \
 		--json build/bench-peers.json
+
+# Seconds per simulated round: fl-sim with 1 and 2 workers, on Ray, and Flower 1.42's simulation
+# engine (its venv bench/.venv-flwr, made on first use), side by side: many minutes.
+bench-sim: install
+	@mkdir -p build
+	$(BIN)/python bench/sim_bench.py --json build/bench-sim.json
 
 demo: install
 	$(BIN)/python tools/demo.py
