@@ -11,8 +11,9 @@ Cases (simple-cnn on Fashion-MNIST, 1 local epoch, plain SGD):
 - ``niid-10``: NIID-Bench's setting: 10 clients, Dir(0.5) label skew, all of them every round,
   batch 64, rate 0.05 (docs/results.md); a few rounds only, for time.
 
-Variants: fl-sim with 1 and 2 local worker processes (``--threads 1`` each), fl-sim on Ray
-(2 actors of 1 CPU, 1 thread each), and Flower's ``run_simulation`` (Ray backend) with 1 CPU
+Variants: fl-sim with 1, 2 and 4 local worker processes (``--threads 1`` each; 4 on 2 cores
+shows what more hosts than cores do to the balance of sampled rounds), fl-sim on Ray (2 actors
+of 1 CPU, 1 thread each), and Flower's ``run_simulation`` (Ray backend) with 1 CPU
 and 1 torch thread per client (2 at a time here, as fl-sim's 2 workers) and with its defaults
 (2 CPUs per client, torch's threads). Flower runs in bench/.venv-flwr (made on first use; see
 peers/flower_sim_bench.py), on the very client splits fedsilo's task draws.
@@ -20,7 +21,8 @@ peers/flower_sim_bench.py), on the very client splits fedsilo's task draws.
 Seconds per round: fl-sim's ``round_done.seconds`` (metrics.jsonl ``seconds``: the round's
 creation to the aggregated model), Flower's ``configure_fit`` to the end of ``aggregate_fit``.
 Round 1 is skipped (warm-up: the first training in each process). Variants run interleaved,
-repeat by repeat; the 1-minute load average is noted before each job.
+repeat by repeat; the 1-minute load average is noted before each job (with ``--quiet-below``,
+each job first waits for it to drop below that).
 """
 
 from __future__ import annotations
@@ -43,7 +45,7 @@ CASES: dict[str, dict[str, Any]] = {
     "fmnist-100": {
         "clients": 100,
         "per_round": 10,
-        "rounds": 6,
+        "rounds": 11,
         "batch_size": 32,
         "learning_rate": 0.1,
         "partition": "iid",
@@ -57,7 +59,8 @@ CASES: dict[str, dict[str, Any]] = {
         "partition": "dirichlet",
     },
 }
-VARIANTS = ("sim-1", "sim-2", "sim-ray", "flower-1cpu", "flower-default")
+VARIANTS = ("sim-1", "sim-2", "sim-4", "sim-ray", "flower-1cpu", "flower-default")
+QUIET_WAIT = 900.0  # the longest wait for a quiet box before a job (then it runs anyway)
 SEED = 0
 JOB_TIMEOUT = 3600.0
 
@@ -104,8 +107,24 @@ def sim_job(case: dict[str, Any], variant: str, workdir: Path) -> dict[str, Any]
     if done.returncode != 0:
         raise RuntimeError(f"{variant} failed ({done.returncode}):\n{done.stderr[-3000:]}")
     rows = [json.loads(line) for line in (workdir / "run" / "metrics.jsonl").open()]
-    seconds = [float(r["seconds"]) for r in rows if r.get("round", 0) >= 2 and "seconds" in r]
-    return {"round_s": seconds, "wall_s": wall}
+    measured = [r for r in rows if r.get("round", 0) >= 2 and "seconds" in r]
+    workers = 2 if variant == "sim-ray" else int(variant.removeprefix("sim-"))
+    return {
+        "round_s": [float(r["seconds"]) for r in measured],
+        "wall_s": wall,
+        # The clients' own seconds (evaluate + train) per round, in all and on the busiest
+        # worker (client i is hosted by worker i % workers): the round cannot end sooner.
+        "work_s": [sum(c["train_seconds"] for c in r["clients"]) for r in measured],
+        "busiest_worker_s": [busiest(r["clients"], workers) for r in measured],
+    }
+
+
+def busiest(clients: list[dict[str, Any]], workers: int) -> float:
+    """The summed client seconds of the most loaded worker in one round."""
+    loads = [0.0] * workers
+    for client in clients:
+        loads[client["client_id"] % workers] += client["train_seconds"]
+    return max(loads)
 
 
 def flower_job(
@@ -117,6 +136,9 @@ def flower_job(
     argv += ["--per-round", str(case["per_round"]), "--rounds", str(case["rounds"])]
     argv += ["--batch-size", str(case["batch_size"])]
     argv += ["--learning-rate", str(case["learning_rate"])]
+    trace = workdir / "trace"
+    trace.mkdir()
+    argv += ["--trace", str(trace)]
     if variant == "flower-1cpu":
         argv += ["--client-cpus", "1", "--threads", "1"]
     else:  # Flower's default client resources: 2 CPUs, torch's own thread count
@@ -135,11 +157,33 @@ def flower_job(
         tail = log.read_text()[-3000:]
         raise RuntimeError(f"{variant} failed ({done.returncode}):\n{tail}")
     seconds = [float(x["seconds"]) for x in lines if x["round"] >= 2]
-    return {"round_s": seconds, "wall_s": wall}
+    fits = [json.loads(line) for path in trace.glob("*.jsonl") for line in path.open()]
+    rounds = range(2, case["rounds"] + 1)
+    return {
+        "round_s": seconds,
+        "wall_s": wall,
+        # Per round: the fits' seconds (receiving the model, evaluating, training), and what
+        # building each client (its data, its model) cost on top; and how many processes ran.
+        "work_s": [
+            sum(f["done"] - f["fit_started"] for f in fits if f["round"] == r) for r in rounds
+        ],
+        "client_setup_s": [
+            sum(f["fit_started"] - f["created"] for f in fits if f["round"] == r) for r in rounds
+        ],
+        "processes": len({f["pid"] for f in fits}),
+    }
+
+
+def wait_for_quiet(below: float | None) -> float:
+    """Wait (bounded) until the 1-minute load average is under ``below``; return it."""
+    deadline = time.monotonic() + QUIET_WAIT
+    while below is not None and os.getloadavg()[0] >= below and time.monotonic() < deadline:
+        time.sleep(5)  # the load average itself moves only every 5 s
+    return os.getloadavg()[0]
 
 
 def run_case(
-    name: str, variants: list[str], repeats: int, python: Path | None
+    name: str, variants: list[str], repeats: int, python: Path | None, quiet_below: float | None
 ) -> dict[str, dict[str, Any]]:
     """All variants of one case, interleaved repeat by repeat; figures per variant."""
     case = CASES[name]
@@ -151,7 +195,7 @@ def run_case(
             for variant in variants:
                 workdir = Path(tmp) / f"{variant}-{repeat}"
                 workdir.mkdir()
-                load = os.getloadavg()[0]
+                load = wait_for_quiet(quiet_below)
                 if variant.startswith("flower"):
                     assert python is not None
                     job = flower_job(python, case, variant, partitions, workdir)
@@ -165,36 +209,41 @@ def run_case(
                     file=sys.stderr,
                     flush=True,
                 )
-    return {
-        variant: {
-            "rounds_measured": sum(len(job["round_s"]) for job in jobs),
-            "round_s": summary([s for job in jobs for s in job["round_s"]]),
-            "wall_s": [round(job["wall_s"], 2) for job in jobs],
-            "load_before": [round(job["load_before"], 2) for job in jobs],
-        }
-        for variant, jobs in collected.items()
-    }
+    return {variant: figures(jobs) for variant, jobs in collected.items()}
+
+
+def figures(jobs: list[dict[str, Any]]) -> dict[str, Any]:
+    """Median, min and max of every per-round series of a variant's jobs; their loads."""
+    out: dict[str, Any] = {"rounds_measured": sum(len(job["round_s"]) for job in jobs)}
+    for key in ("round_s", "work_s", "busiest_worker_s", "client_setup_s"):
+        if key in jobs[0]:
+            out[key] = summary([s for job in jobs for s in job[key]])
+    out["wall_s"] = [round(job["wall_s"], 2) for job in jobs]
+    out["load_before"] = [round(job["load_before"], 2) for job in jobs]
+    out["jobs"] = jobs
+    return out
 
 
 def table(results: dict[str, dict[str, dict[str, Any]]]) -> list[str]:
     """The figures as Markdown rows, with fl-sim's speed-ups over Flower and over 1 worker."""
     lines = [
-        "| case | variant | round_s median [min, max] | rounds | load before each job | "
-        "Flower (best) / this | this vs sim-1 |",
-        "| --- | --- | --- | --- | --- | --- | --- |",
+        "| case | variant | round_s median [min, max] | rounds | client work / round | "
+        "busiest worker / round | load before each job | Flower (best) / this | vs sim-1 |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
-    for name, figures in results.items():
-        flowers = [f["round_s"]["median"] for v, f in figures.items() if v.startswith("flower")]
+    for name, by_variant in results.items():
+        flowers = [f["round_s"]["median"] for v, f in by_variant.items() if v.startswith("flower")]
         best_flower = min(flowers) if flowers else None
-        one = figures.get("sim-1", {}).get("round_s", {}).get("median")
-        for variant, f in figures.items():
+        one = by_variant.get("sim-1", {}).get("round_s", {}).get("median")
+        for variant, f in by_variant.items():
             s = f["round_s"]
             ratio = f"{best_flower / s['median']:.2f} x" if best_flower else "-"
             speedup = f"{one / s['median']:.2f} x" if one else "-"
+            busiest = f"{f['busiest_worker_s']['median']:.3f}" if "busiest_worker_s" in f else "-"
             lines.append(
                 f"| {name} | {variant} | {s['median']:.3f} [{s['min']:.3f}, {s['max']:.3f}] | "
-                f"{f['rounds_measured']} | {', '.join(map(str, f['load_before']))} | "
-                f"{ratio} | {speedup} |"
+                f"{f['rounds_measured']} | {f['work_s']['median']:.3f} | {busiest} | "
+                f"{', '.join(map(str, f['load_before']))} | {ratio} | {speedup} |"
             )
     return lines
 
@@ -205,6 +254,11 @@ def main() -> int:
     parser.add_argument("--cases", default=",".join(CASES))
     parser.add_argument("--variants", default=",".join(VARIANTS))
     parser.add_argument("--repeats", type=int, default=2, help="jobs per variant and case")
+    parser.add_argument(
+        "--quiet-below",
+        type=float,
+        help="before each job, wait (at most 15 min) until the 1-minute load average is below",
+    )
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
     cases = [c for c in args.cases.split(",") if c]
@@ -214,7 +268,9 @@ def main() -> int:
     python = (
         flower_sim_bench.ensure_venv() if any(v.startswith("flower") for v in variants) else None
     )
-    results = {name: run_case(name, variants, args.repeats, python) for name in cases}
+    results = {
+        name: run_case(name, variants, args.repeats, python, args.quiet_below) for name in cases
+    }
     print("\n".join(table(results)))
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)

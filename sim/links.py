@@ -42,13 +42,10 @@ WAITING = "waiting for work"
 class ClientLink:
     """Carries one simulated client's session both ways; a thread pumps server -> client."""
 
-    def __init__(
-        self, index: int, session: ClientSession, forward: Forward, federation: Federation
-    ) -> None:
+    def __init__(self, index: int, session: ClientSession, forward: Forward) -> None:
         self.index = index
         self.session = session
         self._forward = forward
-        self._federation = federation
         self.stage = "starting"  # what the client is doing, as the frames say
         self.ready = False
         self.examples = (0, 0)  # training and held-out samples, from its Ready
@@ -141,7 +138,7 @@ class Federation:
 
     def add(self, session: ClientSession, forward: Forward) -> ClientLink:
         """Create the link of the next client (index = number of links so far)."""
-        link = ClientLink(len(self.links), session, forward, self)
+        link = ClientLink(len(self.links), session, forward)
         self.links.append(link)
         return link
 

@@ -52,7 +52,10 @@ class _Worker:
         except subprocess.TimeoutExpired:
             return f"worker {self.number} (pid {self.process.pid}) closed its connection"
         if code < 0:
-            name = signal.Signals(-code).name
+            try:
+                name = signal.Signals(-code).name
+            except ValueError:
+                name = f"signal {-code}"
             return f"worker {self.number} (pid {self.process.pid}) was killed by {name}"
         return f"worker {self.number} (pid {self.process.pid}) exited with code {code}"
 

@@ -28,6 +28,7 @@ import argparse
 import functools
 import gzip
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -118,6 +119,7 @@ def run(args: argparse.Namespace) -> None:
         """Evaluate the received model on the held-out split, then train on the local one."""
 
         def __init__(self, partition: int) -> None:
+            self.created = time.time()
             if args.threads:
                 torch.set_num_threads(args.threads)
             images, labels = _images(str(args.data))
@@ -135,6 +137,7 @@ def run(args: argparse.Namespace) -> None:
             self.model.load_state_dict(state)
 
         def fit(self, parameters: list[Any], config: dict[str, Any]) -> Any:
+            started = time.time()
             self._load(parameters)
             with torch.no_grad():
                 self.model.eval()
@@ -157,6 +160,11 @@ def run(args: argparse.Namespace) -> None:
                     functional.cross_entropy(self.model(inputs), batch).backward()
                     optimizer.step()
             weights = [t.detach().numpy() for t in self.model.state_dict().values()]
+            if args.trace is not None:  # where and when each fit ran, for the profile
+                line = {"pid": os.getpid(), "partition": self.partition, "round": config["round"]}
+                line |= {"created": self.created, "fit_started": started, "done": time.time()}
+                with (args.trace / f"{os.getpid()}.jsonl").open("a") as out:
+                    out.write(json.dumps(line) + "\n")
             return weights, len(self.train), {}
 
     class TimedFedAvg(FedAvg):  # type: ignore[misc]
@@ -218,6 +226,7 @@ def main() -> int:
     parser.add_argument("--client-cpus", type=float, required=True)
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's)")
     parser.add_argument("--data", type=Path, default=FMNIST)
+    parser.add_argument("--trace", type=Path, help="folder: one JSON line per fit (pid, times)")
     run(parser.parse_args())
     return 0
 
