@@ -51,8 +51,8 @@ class SimConfig(JobSpec, FedsiloSettings):
     threads: int | None = Field(
         None,
         ge=1,
-        description="CPU threads for torch in each worker (default: 1 with several workers, "
-        "torch's own with one).",
+        description="CPU threads for torch in each worker (default: 1 with several local "
+        "workers, torch's own with one; ray_num_cpus for a Ray actor).",
     )
     ray_address: str | None = Field(
         None,
