@@ -15,7 +15,7 @@ CHROMIUM     := /usr/bin/chromium
 CHROMIUM_PKG := chromium
 
 .PHONY: install test test-slow lint typecheck demo proto clean bench bench-rounds bench-peers \
-	datasets datasets-if-possible browser browser-if-possible
+	bench-sim datasets datasets-if-possible browser browser-if-possible
 
 install: $(STAMP) datasets-if-possible browser-if-possible
 
@@ -107,6 +107,13 @@ bench-peers: install
 # The job listens on a free port, or on DEMO_PORT (make demo DEMO_PORT=50100, or
 # make demo PORT=50100; a PORT that is merely in the environment is not taken).
 DEMO_PORT := $(or $(DEMO_PORT),$(if $(filter command line,$(origin PORT)),$(PORT)))
+
+# Seconds per simulated round: fl-sim with 1 and 2 workers, on Ray, and Flower 1.42's simulation
+# engine (its venv bench/.venv-flwr, made on first use), side by side: many minutes.
+bench-sim: install
+	@mkdir -p build
+	$(BIN)/python bench/sim_bench.py --json build/bench-sim.json
+
 demo: install
 	$(BIN)/python tools/demo.py $(if $(DEMO_PORT),--port $(DEMO_PORT))
 
