@@ -42,6 +42,30 @@ def free_port() -> int:
         return int(probe.getsockname()[1])
 
 
+@dataclass(frozen=True)
+class Placement:
+    """Where a job's processes run: the address its server binds and its clients dial, and
+    the command prefixes (``ip netns exec NS``) that put the server and clients in namespaces.
+    """
+
+    host: str = "127.0.0.1"
+    port: int | None = None  # None: a port free on this host's loopback now
+    server_prefix: tuple[str, ...] = ()
+    client_prefix: tuple[str, ...] = ()
+
+    def address(self) -> tuple[str, int]:
+        """(host, port) the clients dial; a fresh free port unless one was given."""
+        return self.host, self.port if self.port is not None else free_port()
+
+    @property
+    def bind(self) -> str:
+        """The address the server binds: in a namespace of its own, every address."""
+        return "0.0.0.0" if self.server_prefix else self.host
+
+
+LOOPBACK = Placement()
+
+
 def summary(values: Sequence[float]) -> dict[str, float]:
     """Median, min and max of ``values``."""
     return {"median": statistics.median(values), "min": min(values), "max": max(values)}

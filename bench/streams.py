@@ -139,10 +139,15 @@ def grpc_serve(port: int, total: int, rounds: int) -> None:
     server.stop(grace=5).wait()
 
 
-def grpc_connect(address: str, total: int, rounds: int) -> None:
-    """Connect one channel; per round pull ``total`` bytes, then push as many back."""
+def grpc_connect(address: str, total: int, rounds: int, rcvbuf: int | None = None) -> None:
+    """Connect one channel; per round pull ``total`` bytes, then push as many back.
+
+    ``rcvbuf``: the channel arg ``grpc.tcp_receive_buffer_size`` (SO_RCVBUF of the channel's
+    socket), the one socket buffer grpcio lets a program set; None leaves it to the kernel.
+    """
     payload = os.urandom(total)
-    with grpc.insecure_channel(address, options=OPTIONS) as channel:
+    options = OPTIONS + ([] if rcvbuf is None else [("grpc.tcp_receive_buffer_size", rcvbuf)])
+    with grpc.insecure_channel(address, options=options) as channel:
         grpc.channel_ready_future(channel).result(timeout=60)
         pull = channel.unary_stream(f"/{SERVICE}/Down")
         push = channel.stream_unary(f"/{SERVICE}/Up")
@@ -176,18 +181,26 @@ def measure(
     host: str = "127.0.0.1",
     server_prefix: Sequence[str] = (),
     client_prefix: Sequence[str] = (),
+    rcvbuf: int | None = None,
     timeout: float = 1800.0,
 ) -> dict[str, list[float]]:
-    """Seconds of every transfer of ``rounds`` rounds: {"down_s": [...], "up_s": [...]}."""
+    """Seconds of every transfer of ``rounds`` rounds: {"down_s": [...], "up_s": [...]}.
+
+    The serving side runs under ``server_prefix`` and is dialled at ``host``; the connecting
+    side runs under ``client_prefix``; ``rcvbuf`` is grpc's client receive buffer (grpc only).
+    """
+    if total <= 0 or rounds <= 0:
+        raise ValueError(f"streams: bytes and rounds must be > 0 (got {total}, {rounds})")
     script = [sys.executable, str(Path(__file__).resolve())]
     common = ["--kind", kind, "--bytes", str(total), "--rounds", str(rounds)]
+    extra = [] if rcvbuf is None else ["--rcvbuf", str(rcvbuf)]
     server = subprocess.Popen(
         [*server_prefix, *script, "serve", *common], stdout=subprocess.PIPE, text=True
     )
     try:
         port = int(_first_line(server, 60)["listening"])
         client = subprocess.run(
-            [*client_prefix, *script, "connect", *common, "--to", f"{host}:{port}"],
+            [*client_prefix, *script, "connect", *common, *extra, "--to", f"{host}:{port}"],
             capture_output=True,
             text=True,
             timeout=timeout,
@@ -231,6 +244,7 @@ def main() -> int:
     parser.add_argument("--rounds", type=int, default=1)
     parser.add_argument("--port", type=int, default=0, help="serve: the port (0: any free one)")
     parser.add_argument("--to", help="connect: HOST:PORT of the serving side")
+    parser.add_argument("--rcvbuf", type=int, help="connect, grpc: grpc.tcp_receive_buffer_size")
     args = parser.parse_args()
     if args.bytes <= 0 or args.rounds <= 0:
         parser.error("--bytes and --rounds must be > 0")
@@ -244,7 +258,7 @@ def main() -> int:
         host, port = args.to.rsplit(":", 1)
         tcp_connect((host, int(port)), args.bytes, args.rounds)
     else:
-        grpc_connect(args.to, args.bytes, args.rounds)
+        grpc_connect(args.to, args.bytes, args.rounds, args.rcvbuf)
     return 0
 
 

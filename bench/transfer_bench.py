@@ -30,7 +30,6 @@ import statistics
 import subprocess
 import sys
 import tempfile
-from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -38,11 +37,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from bench import streams
 from bench.harness import (
     BIN,
+    LOOPBACK,
     REPO,
     Conditions,
+    Placement,
     cell,
     events,
-    free_port,
     import_baseline_mib,
     interleave,
     markdown_table,
@@ -73,33 +73,26 @@ def fedsilo_job(
     *,
     rounds: int = ROUNDS,
     payload: str = "random",
-    listen: tuple[str, int] | None = None,
-    server_prefix: Sequence[str] = (),
-    client_prefix: Sequence[str] = (),
+    placement: Placement = LOOPBACK,
     timeout: float = 900.0,
 ) -> dict[str, Any]:
-    """One fedsilo job of ``rounds`` rounds: seconds each way and of each round, peak RSS.
-
-    ``listen`` is the (host, port) the server binds and the client dials (default: 127.0.0.1
-    and a free port); the prefixes run each daemon inside a namespace.
-    """
-    host, port = listen or ("127.0.0.1", free_port())
+    """One fedsilo job of ``rounds`` rounds: seconds each way and of each round, peak RSS."""
+    host, port = placement.address()
     config = workdir / "job.toml"
     config.write_text(
         f'task = "{TASK}"\n[task_options]\nmodel_mib = {mib}\npayload = "{payload}"\n'
     )
     timing = ["/usr/bin/time", "-f", "MAXRSS %M"]
     server_err, client_err = workdir / "server.err", workdir / "client.err"
-    bind = "0.0.0.0" if server_prefix else host  # in its own namespace: every address
     # fmt: off
     server_cmd = [
-        *server_prefix, *timing, str(BIN / "fl-server"), "--insecure", "--job-id", "1",
-        "--port-base", str(port - 1), "--host", bind,
+        *placement.server_prefix, *timing, str(BIN / "fl-server"), "--insecure", "--job-id", "1",
+        "--port-base", str(port - 1), "--host", placement.bind,
         "--config", str(config), "--rounds", str(rounds), "--min-clients", "1",
         "--log-level", "debug", "--out", str(workdir / "run"),
     ]
     client_cmd = [
-        *client_prefix, *timing, str(BIN / "fl-client"), "--insecure",
+        *placement.client_prefix, *timing, str(BIN / "fl-client"), "--insecure",
         "--server", f"{host}:{port}", "--name", "bench", "--threads", "1",
         "--log-level", "debug", "--connect-timeout", "60",
     ]

@@ -50,6 +50,7 @@ class Profile:
     rate_mbit: float
     loss: float = 0.0
     congestion_control: str = "cubic"
+    queue_bytes: int | None = None  # the bottleneck's buffer; None: one bandwidth-delay product
 
     def describe(self) -> str:
         """E.g. '1000 Mbit/s, 50 ms RTT, no loss, cubic'."""
@@ -85,9 +86,14 @@ PROFILES = {
         "200m-80ms-loss", rtt_ms=80, rate_mbit=200, loss=0.001, congestion_control="bbr"
     ),
 }
-# Linux's own defaults (tcp_wmem max 4 MiB, tcp_rmem max 6 MiB, core max 208 KiB), and 32 MiB.
+# Linux's own defaults for tcp_wmem (max 4 MiB) and tcp_rmem (max 6 MiB), leaving the host's
+# net.core.*mem_max (they bound only a program that sets SO_SNDBUF/SO_RCVBUF itself); the same
+# with Linux's default core maxima (212,992 bytes); and 32 MiB for all four.
 BUFFERS = {
     "stock": Buffers("stock", "4096 16384 4194304", "4096 131072 6291456"),
+    "linux-default": Buffers(
+        "linux-default", "4096 16384 4194304", "4096 131072 6291456", core_max=212992
+    ),
     "32mib": Buffers("32mib", "4096 16384 33554432", "4096 131072 33554432", core_max=32 * MIB),
 }
 
@@ -215,6 +221,7 @@ class Link:
                 f"{profile.rate_mbit:g}",
                 "--loss",
                 f"{profile.loss:g}",
+                *(["--queue-bytes", str(profile.queue_bytes)] if profile.queue_bytes else []),
             ],
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
@@ -233,11 +240,15 @@ class Link:
         self._host_saved.setdefault(key, host_sysctl(key))
         Path("/proc/sys", *key.split(".")).write_text(value)
 
+    def set_tcp(self, key: str, value: str) -> None:
+        """Set a per-namespace sysctl (e.g. net.ipv4.tcp_congestion_control) on both ends."""
+        for ns in self._namespaces:
+            self._sysctl(ns, key, value)
+
     def set_buffers(self, buffers: Buffers) -> None:
         """Apply ``buffers`` in both namespaces (and net.core.*mem_max on the host if given)."""
-        for ns in self._namespaces:
-            self._sysctl(ns, "net.ipv4.tcp_wmem", buffers.tcp_wmem)
-            self._sysctl(ns, "net.ipv4.tcp_rmem", buffers.tcp_rmem)
+        self.set_tcp("net.ipv4.tcp_wmem", buffers.tcp_wmem)
+        self.set_tcp("net.ipv4.tcp_rmem", buffers.tcp_rmem)
         for key in ("net.core.wmem_max", "net.core.rmem_max"):
             if buffers.core_max is not None:
                 self._set_host(key, str(buffers.core_max))

@@ -45,17 +45,24 @@ def echo(port: int, seconds: float) -> None:
 
 
 def ping(address: tuple[str, int], count: int) -> None:
-    """Print the round trip of ``count`` datagrams, sent one at a time, in ms."""
+    """Print the round trips (ms) of ``count`` datagrams sent one at a time, and how many
+    were lost (no answer within 2 s; a lossy link drops some)."""
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
-        sock.settimeout(5)
-        trips = []
+        sock.settimeout(2)
+        trips, lost = [], 0
         for index in range(count):
+            tag = index.to_bytes(4, "big") * 8
             started = time.perf_counter()
-            sock.sendto(index.to_bytes(4, "big") * 8, address)
-            sock.recvfrom(65536)
+            sock.sendto(tag, address)
+            try:
+                while sock.recv(65536) != tag:  # a late answer to an earlier ping
+                    pass
+            except TimeoutError:
+                lost += 1
+                continue
             trips.append((time.perf_counter() - started) * 1e3)
             time.sleep(0.005)
-        print(json.dumps({"rtt_ms": trips}), flush=True)
+        print(json.dumps({"rtt_ms": trips, "lost": lost}), flush=True)
 
 
 def sink(port: int, seconds: float) -> None:

@@ -1,0 +1,23 @@
+"""The transfer ceilings: two processes move the bytes both ways in fedsilo's pattern of rounds."""
+
+from __future__ import annotations
+
+import pytest
+
+from bench.streams import measure
+
+
+@pytest.mark.parametrize("kind", ["tcp", "grpc"])
+def test_every_round_is_timed_both_ways(kind: str) -> None:
+    seconds = measure(kind, 3 << 20, rounds=2, timeout=60)
+    assert set(seconds) == {"down_s", "up_s"}
+    for way, times in seconds.items():
+        assert len(times) == 2, way
+        # the sender's first byte comes before the receiver's last, and loopback moves 3 MiB
+        # in well under a minute
+        assert all(0 < t < 60 for t in times), (way, times)
+
+
+def test_a_refused_transfer_is_an_error_not_a_figure() -> None:
+    with pytest.raises(ValueError):
+        measure("tcp", 0)
