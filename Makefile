@@ -11,7 +11,7 @@ FMNIST_DIR := /usr/share/datasets/fashion-mnist
 FMNIST_PKG := dataset-fashion-mnist
 
 .PHONY: install test test-slow lint typecheck demo proto clean bench bench-rounds bench-peers \
-	datasets datasets-if-possible
+	bench-wan datasets datasets-if-possible
 
 install: $(STAMP) datasets-if-possible
 
@@ -72,12 +72,18 @@ bench-rounds: install
 	$(BIN)/python bench/round_bench.py --json build/bench-rounds.json
 
 # The same rounds with Flower 1.42 (legacy gRPC; its own venv bench/.venv-flwr, made on first
-# use) next to fedsilo's, measured in the same run; the ratio is Flower / fedsilo.
+# use), each fedsilo job interleaved with a Flower job; the ratio (Flower / fedsilo) is taken
+# within each repetition. About 10 minutes.
 bench-peers: install
 	@mkdir -p build
-	$(BIN)/python bench/round_bench.py --which big,many --counts 10 --json build/bench-rounds-peers.json
-	$(BIN)/python bench/peers/flower_bench.py --fedsilo build/bench-rounds-peers.json \
-		--json build/bench-peers.json
+	$(BIN)/python bench/peers/flower_bench.py --json build/bench-peers.json
+
+# fedsilo, raw TCP, plain grpcio and Flower over emulated WAN links (network namespaces and a
+# user-space delay line, bench/wan/): needs root, and says so and skips otherwise. About 25
+# minutes (BENCHMARKS.md, "WAN").
+bench-wan: install
+	@mkdir -p build
+	$(BIN)/python bench/wan_bench.py --json build/bench-wan.json
 
 demo: install
 	$(BIN)/python tools/demo.py

@@ -214,7 +214,9 @@ def run_profile(profile: Profile, args: argparse.Namespace) -> dict[str, Any]:
         repetitions = interleave(
             [(trial.name, lambda t=trial: runner.run(t)) for trial in PLANS[profile.name]],
             args.repeats,
-            progress=lambda rep, name, fig: print(f"{profile.name} {rep + 1} {name}: {fig}"),
+            progress=lambda rep, name, fig: print(
+                f"{profile.name} {rep + 1} {name}: {fig}", flush=True
+            ),
         )
     checks["emulator"] = link.stats
     return {

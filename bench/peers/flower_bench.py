@@ -196,6 +196,9 @@ def run_job(
             processes.append(
                 subprocess.Popen(argv, stdout=out, stderr=err, env=env, start_new_session=True)
             )
+        # Flower's legacy client gives up at once on a refused connection: start it only once
+        # the server says it listens (making a big random model takes it a while)
+        wait_for_line(server_err, "gRPC server running", processes[0], timeout)
         for out_path, err_path in zip(outs, errs, strict=True):
             argv = [*placement.client_prefix, *timing, str(python), script, "client"]
             argv += ["--server", f"{host}:{port}"]
@@ -224,6 +227,16 @@ def run_job(
         "server_peak_rss_mib": max_rss_mib(server_err),
         "client_peak_rss_mib": max(max_rss_mib(path) for path in errs),
     }
+
+
+def wait_for_line(path: Path, text: str, process: subprocess.Popen[bytes], timeout: float) -> None:
+    """Return once ``text`` is in the file ``path``; raise if ``process`` ends or time runs out."""
+    deadline = time.monotonic() + timeout
+    while text not in path.read_text(errors="replace"):
+        if process.poll() is not None or time.monotonic() > deadline:
+            tail = path.read_text(errors="replace")[-2000:]
+            raise RuntimeError(f"flower server never said {text!r}; its stderr:\n{tail}")
+        time.sleep(0.1)
 
 
 def _lines(path: Path) -> list[dict[str, Any]]:
