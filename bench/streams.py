@@ -18,10 +18,12 @@ every round; a grpcio receiver counts the messages' bytes.
 
 Timing: the sender notes the wall clock just before its first byte (for grpcio: the channel
 is connected first), the receiver just after its last; a transfer takes the receiver's minus
-the sender's time (both processes read the same clock). Each side prints JSON lines:
-``{"listening": port}`` once a server listens, then per transfer ``{"round": r, "way":
+the sender's time (both processes read the same clock). A TCP receiver also notes when half
+the bytes are in: the second half of a long transfer is past slow start (iperf's steady
+rate). Each side prints JSON lines: ``{"listening": port}`` once a server listens, then per
+transfer ``{"round": r, "way":
 "down", "t_first": ...}`` from the sender and ``{..., "t_last": ..., "bytes": N}`` from the
-receiver. Standard library and grpcio only.
+receiver (TCP: with ``t_half``). Standard library and grpcio only.
 """
 
 from __future__ import annotations
@@ -63,13 +65,15 @@ def pieces(payload: bytes) -> Iterator[bytes]:
 def receive(connection: socket.socket, buffer: bytearray, number: int, way: str) -> None:
     """Fill ``buffer`` (allocated and written before any timing) from the connection."""
     total = len(buffer)
-    view, count = memoryview(buffer), 0
+    view, count, half = memoryview(buffer), 0, 0.0
     while count < total:
         got = connection.recv_into(view[count:], min(MIB, total - count))
         if got == 0:
             raise SystemExit(f"streams: connection closed after {count} of {total} bytes")
         count += got
-    say(round=number, way=way, t_last=time.time(), bytes=count)
+        if not half and count >= total // 2:
+            half = time.time()
+    say(round=number, way=way, t_last=time.time(), t_half=half, bytes=count)
 
 
 def send(connection: socket.socket, payload: bytes, number: int, way: str) -> None:
@@ -216,7 +220,12 @@ def measure(
             f"streams {kind}: exit {server.returncode}/{client.returncode}: {client.stderr[-2000:]}"
         )
     lines = [json.loads(raw) for raw in (server_out + client.stdout).splitlines() if raw]
-    return {f"{way}_s": _seconds(lines, way, rounds, total) for way in ("down", "up")}
+    seconds = {f"{way}_s": _seconds(lines, way, rounds, total) for way in ("down", "up")}
+    if kind == "tcp":  # the receiver's own clock: the second half of each transfer
+        for way in ("down", "up"):
+            ends = sorted((x["round"], x) for x in lines if x.get("way") == way and "t_last" in x)
+            seconds[f"{way}_second_half_s"] = [x["t_last"] - x["t_half"] for _, x in ends]
+    return seconds
 
 
 def _seconds(lines: list[dict[str, float]], way: str, rounds: int, total: int) -> list[float]:

@@ -192,11 +192,36 @@ class Runner:
         return figures
 
 
+# TCP's payload per packet on the emulated link: 1,448 bytes (MSS with timestamps) of 1,538
+# (IP packet 1,500 + the delay line's 38 bytes of Ethernet framing)
+GOODPUT = 1448 / 1538
+
+
+def steady_tcp_mbit(link: Link, size: int) -> float:
+    """Mbit/s of the second half of one raw TCP transfer of ``size`` bytes, server to client,
+    on a fresh connection (iperf-like: slow start is over by then)."""
+    seconds = streams.measure(
+        "tcp",
+        size,
+        1,
+        host=link.server_address,
+        server_prefix=link.exec_prefix(link.server_ns),
+        client_prefix=link.exec_prefix(link.client_ns),
+    )["down_second_half_s"][0]
+    return (size - size // 2) * 8 / seconds / 1e6
+
+
 def faithfulness(link: Link, profile: Profile) -> dict[str, Any]:
-    """The emulator against itself: UDP round trips and, up to 300 Mbit/s, a UDP flood."""
+    """The emulator against itself: UDP round trips; the steady rate of raw TCP (the second
+    half of a transfer of 6 s of the link's rate, 32 MiB buffers); up to 300 Mbit/s also a UDP
+    flood at 1.25 x the rate."""
     link.set_buffers(BUFFERS["stock"])
+    link.set_tcp("net.ipv4.tcp_congestion_control", profile.congestion_control)
     trips = probe.rtt(link, count=30)
     found: dict[str, Any] = {"rtt_ms": summary(trips), "rtt_configured_ms": profile.rtt_ms}
+    link.set_buffers(BUFFERS["32mib"])
+    found["tcp_steady_mbit"] = steady_tcp_mbit(link, int(profile.rate_mbit * 1e6 / 8 * 6))
+    found["tcp_line_goodput_mbit"] = profile.rate_mbit * GOODPUT
     if profile.rate_mbit <= 300:  # a Python sender cannot flood faster here
         offered = profile.rate_mbit * 1.25
         found["udp_offered_mbit"] = offered

@@ -25,14 +25,22 @@ def link(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Link]:
     if why is not None:
         pytest.skip(f"no emulated links here: {why}")
     binary = ensure_delayline(Path(tmp_path_factory.mktemp("delayline")) / "delayline")
+    profile = Profile(
+        "test",
+        rtt_ms=RTT_MS,
+        rate_mbit=RATE_MBIT,
+        queue_bytes=QUEUE_BYTES,
+        congestion_control="reno",  # always allowed: the host's list is left alone
+    )
+    made = Link(profile, delayline=binary)
     try:
-        with Link(
-            Profile("test", rtt_ms=RTT_MS, rate_mbit=RATE_MBIT, queue_bytes=QUEUE_BYTES),
-            delayline=binary,
-        ) as made:
-            yield made
+        made.__enter__()
     except RuntimeError as exc:  # e.g. namespaces refused inside a container
         pytest.skip(f"no emulated links here: {exc}")
+    try:
+        yield made
+    finally:
+        made.close()
 
 
 def test_small_datagrams_take_the_configured_round_trip(link: Link) -> None:
