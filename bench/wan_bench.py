@@ -1,7 +1,8 @@
 """fedsilo over emulated WAN links, against raw TCP, a plain grpcio stream and Flower 1.42.
 
     sudo .venv/bin/python bench/wan_bench.py [--profiles 1g-50ms,200m-80ms-loss]
-        [--repeats 3] [--rounds 3] [--mib 1g-50ms=256,200m-80ms-loss=64] [--json out.json]
+        [--repeats 3] [--rounds 3] [--mib 1g-50ms=256,200m-80ms-loss=64] [--check-only]
+        [--json out.json]
 
 Each profile (bench/wan/link.py) is a link between a server namespace and a client namespace
 through the user-space delay line. First the emulator is measured against itself (UDP round
@@ -29,6 +30,7 @@ from __future__ import annotations
 
 import argparse
 import itertools
+import json
 import statistics
 import sys
 import tempfile
@@ -229,6 +231,14 @@ def faithfulness(link: Link, profile: Profile) -> dict[str, Any]:
     return found
 
 
+def check_profile(profile: Profile, repeats: int) -> dict[str, Any]:
+    """Only the emulator's self-check, ``repeats`` times on one link; with its counters."""
+    conditions = Conditions()
+    with Link(profile) as link:
+        runs = [faithfulness(link, profile) for _ in range(repeats)]
+    return {"runs": runs, "emulator": link.stats, "conditions": conditions.end().as_dict()}
+
+
 def run_profile(profile: Profile, args: argparse.Namespace) -> dict[str, Any]:
     """Measure the link, then run the profile's trials interleaved; figures and ratios."""
     conditions = Conditions()
@@ -294,6 +304,9 @@ def main() -> int:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--rounds", type=int, default=3, help="rounds per job (>= 2)")
     parser.add_argument("--mib", type=parse_sizes, default=dict(DEFAULT_MIB))
+    parser.add_argument(
+        "--check-only", action="store_true", help="only the emulator's self-check, --repeats times"
+    )
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
     profiles = [p.strip() for p in args.profiles.split(",") if p.strip()]
@@ -306,6 +319,11 @@ def main() -> int:
         print(f"bench-wan: skipped: {why}")
         return 0
     ensure_delayline()
+    if args.check_only:
+        checks = {name: check_profile(PROFILES[name], args.repeats) for name in profiles}
+        print(json.dumps(checks, indent=2))
+        write_report(args.json, checks)
+        return 0
     report = {name: run_profile(PROFILES[name], args) for name in profiles}
     for name, result in report.items():
         print_profile(name, result)
