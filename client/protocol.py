@@ -38,6 +38,8 @@ from fedsilo.common.errors import (
     ConfigError,
     FedsiloError,
     JobAbortedError,
+    LeftRoundError,
+    LocalTrainingError,
     PolicyError,
     ProtocolError,
     ServerRefusedError,
@@ -278,14 +280,18 @@ class ClientProtocol:
     def _do_train_and_upload(self, trailer: pb.TensorStreamTrailer) -> None:
         incoming = self._finish_stream(trailer)
         assert incoming.train is not None
-        upload = work.train_round(
-            self._joined(),
-            incoming.round,
-            incoming.train,
-            device=self.local.device,
-            heartbeats=self._heartbeats(),
-            measure_norm=self.audit is not None,
-        )
+        try:
+            upload = work.train_round(
+                self._joined(),
+                incoming.round,
+                incoming.train,
+                device=self.local.device,
+                heartbeats=self._heartbeats(),
+                measure_norm=self.audit is not None,
+                ranks=self.local.ranks,
+            )
+        except LocalTrainingError as exc:
+            self._leave_round(incoming.round, str(exc))
         self._record("update_sent", **upload.record)
         self._send(upload.frames)
         self.rounds_done += 1
@@ -314,6 +320,18 @@ class ClientProtocol:
             accuracy=round(evaluation.accuracy, 5),
             loss=round(evaluation.loss, 5),
         )
+
+    def _leave_round(self, number: int, reason: str) -> NoReturn:
+        """Tell the server this round's training failed here, then end the session to rejoin.
+
+        The server drops a client from its round when its stream ends; the client comes back
+        at once and takes part from the next round (``client/session.py``).
+        """
+        line = _one_line(f"left round {number}: local training failed: {reason}")
+        self._send(pb.ClientMessage(error=pb.Error(code=pb.INTERNAL, message=line)))
+        self._record("left_round", round=number, reason=line)
+        self.log.warning("left_round", round=number, reason=line)
+        raise LeftRoundError(line)
 
     # ------------------------------------------------------------------ actions: endings
 

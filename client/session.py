@@ -27,12 +27,14 @@ from fedsilo.client.config import ClientConfig
 from fedsilo.client.connection import Endpoint, connect
 from fedsilo.client.policy import policy_of
 from fedsilo.client.protocol import ClientProtocol, LocalSettings
+from fedsilo.client.ranks import RankLauncher, RankSettings
 from fedsilo.client.reconnect import Outage
 from fedsilo.client.silence import SilenceWatch
 from fedsilo.common.devices import resolve_device
 from fedsilo.common.errors import (
     ConnectError,
     FedsiloError,
+    LeftRoundError,
     ProtocolError,
     SessionLostError,
     StopRequestedError,
@@ -73,11 +75,16 @@ class FederationClient:
         self.log = log.bind(client=endpoint.name)
         policy = policy_of(config, config.bundle)  # the local task is resolved here, once
         self.audit = AuditLog(config.run_dir(endpoint.name) / "audit.jsonl", endpoint.name)
+        device = resolve_device(config.device)
+        ranks = RankSettings.resolve(
+            config.nproc_per_node, device, config.threads, config.log_level
+        )
         local = LocalSettings(
             partition=config.partition,
             data=config.data,
-            device=resolve_device(config.device),
+            device=device,
             policy=policy,
+            ranks=RankLauncher(ranks, endpoint.name, config.data, self.log) if ranks else None,
         )
         self.protocol = ClientProtocol(endpoint.name, endpoint.job_id, local, log, self.audit)
         identity = policy.identity
@@ -111,7 +118,8 @@ class FederationClient:
                             f"no session with the server at {self.endpoint.address} within "
                             f"{self.config.connect_timeout:g}s (--connect-timeout): {lost}"
                         ) from lost
-                    self.log.warning("connection_lost", reason=str(lost), retry_in=round(delay, 2))
+                    event = "rejoining" if isinstance(lost, LeftRoundError) else "connection_lost"
+                    self.log.warning(event, reason=str(lost), retry_in=round(delay, 2))
                     time.sleep(delay)
         finally:
             self.audit.close()
@@ -133,13 +141,7 @@ class FederationClient:
             watch.waiting()
             for message in call:
                 watch.working()
-                try:
-                    done = self.protocol.handle(message)
-                except (SessionLostError, StopRequestedError):
-                    raise
-                except FedsiloError:
-                    _close_after_refusal(call, outbox)
-                    raise
+                done = self._handle(message, call, outbox)
                 if done:
                     # Half-close our side and read on until the server ends the stream, so
                     # that no grpc thread is still busy with this call when the process exits.
@@ -169,6 +171,24 @@ class FederationClient:
             channel.close()
         if not finished:
             raise SessionLostError("the server closed the session early")
+
+    def _handle(
+        self,
+        message: pb.ServerMessage | RawChunk | None,
+        call: grpc.Call,
+        outbox: queue.SimpleQueue[OutboxItem],
+    ) -> bool:
+        """Handle one message; after a refusal (or leaving a round) let our Error out first."""
+        try:
+            return self.protocol.handle(message)
+        except LeftRoundError:
+            _close_after_refusal(call, outbox)  # the server drops us from the round, we rejoin
+            raise
+        except (SessionLostError, StopRequestedError):
+            raise
+        except FedsiloError:
+            _close_after_refusal(call, outbox)
+            raise
 
 
 def _close_after_refusal(call: grpc.Call, outbox: queue.SimpleQueue[OutboxItem]) -> None:

@@ -1,0 +1,172 @@
+"""``fl-client --nproc-per-node N``: each round's training on N local processes with torch DDP.
+
+The client process keeps the session with the server (and its heartbeats, from their own
+thread) and evaluates the received model as before; only the training step moves to N ranks
+started for the round by torch's elastic launcher (``client/rank_launch.py``): gloo on the
+CPU, nccl with one GPU per rank (cuda:0..N-1). The ranks build the task the client admitted,
+load the received weights from a shared file (``client/rank_files.py``), train through the
+task's own ``train`` with the model wrapped in ``DistributedDataParallel`` (the ready-made loop
+gives each rank its share of every batch, ``tasks/training.py``), and rank 0's trained model
+is copied back into the client's model: that is the update.
+
+One launch per round: nothing outlives a round, so a rank that dies costs that round only.
+The price is starting N interpreters per round (measured in docs/architecture.md).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import sys
+import tempfile
+import time
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+import structlog
+import torch
+
+from fedsilo.client.joined import Joined
+from fedsilo.client.rank_files import (
+    ROUND_FILE,
+    WEIGHTS_FILE,
+    RankRound,
+    RankTraining,
+    SharedWeights,
+    TensorEntry,
+    entries_of,
+    read_result,
+    write_json,
+)
+from fedsilo.client.rank_launch import launch
+from fedsilo.common.errors import ConfigError
+from fedsilo.common.specs import specs_of
+from fedsilo.tasks import TrainConfig, TrainResult
+
+SHARED_MEMORY = Path("/dev/shm")
+MAX_NPROC = 256
+
+
+@dataclass(frozen=True)
+class RankSettings:
+    """How a round's ranks run: how many, on which kind of device, with how many threads."""
+
+    nproc: int
+    device: Literal["cpu", "cuda"]
+    threads: int
+    log_level: str = "info"
+
+    @classmethod
+    def resolve(
+        cls, nproc: int, device: torch.device, threads: int | None, log_level: str = "info"
+    ) -> RankSettings | None:
+        """Return the settings for ``nproc`` ranks (None for 1: train in-process); ConfigError."""
+        if not 1 <= nproc <= MAX_NPROC:
+            raise ConfigError(f"nproc_per_node: {nproc} is not in 1..{MAX_NPROC}")
+        if nproc == 1:
+            return None
+        if device.type == "cuda":
+            if device.index is not None:
+                raise ConfigError(
+                    f"device: --nproc-per-node {nproc} puts rank i on cuda:i; give --device "
+                    f"cuda (or auto), not {device}"
+                )
+            gpus = torch.cuda.device_count()
+            if nproc > gpus:
+                raise ConfigError(
+                    f"nproc_per_node: {nproc} ranks need {nproc} GPUs (one each), this machine "
+                    f"has {gpus}; use fewer, or --device cpu"
+                )
+        elif device.type != "cpu":
+            raise ConfigError(f"device: --nproc-per-node runs on cpu or cuda, not {device.type}")
+        per_rank = threads if threads is not None else max(1, (os.cpu_count() or 1) // nproc)
+        kind: Literal["cpu", "cuda"] = "cuda" if device.type == "cuda" else "cpu"
+        return cls(nproc, kind, per_rank, log_level)
+
+
+class RankLauncher:
+    """Trains a joined client's model for one round on N ranks; the update is rank 0's model."""
+
+    def __init__(
+        self,
+        settings: RankSettings,
+        name: str,
+        data: Path | None,
+        log: structlog.typing.FilteringBoundLogger,
+    ) -> None:
+        self.settings = settings
+        self.name = name
+        self.data = data
+        self.log = log
+
+    def train(self, joined: Joined, round_number: int, config: TrainConfig) -> TrainResult:
+        """Train ``joined.model`` in place on the ranks; LocalTrainingError if one fails."""
+        if config.privacy is not None:
+            raise ConfigError("DP-SGD is not supported across processes (--nproc-per-node)")
+        model = joined.model
+        state = model.state_dict()
+        specs = specs_of(state)
+        log = self.log.bind(
+            job_id=joined.job.job_id, client_id=joined.client_id, round=round_number
+        )
+        started = time.monotonic()
+        with tempfile.TemporaryDirectory(
+            prefix="fedsilo-ranks-", dir=_folder_base(sum(s.nbytes for s in specs))
+        ) as name:
+            folder = Path(name)
+            weights = SharedWeights.create(folder / WEIGHTS_FILE, specs)
+            weights.store(state)
+            spec = self._round(joined, round_number, config, entries_of(specs))
+            write_json(folder / ROUND_FILE, spec)
+            launch(self.settings.nproc, folder, f"round-{round_number}-{uuid.uuid4().hex}", log)
+            result = read_result(folder)
+            weights.load_into(state)
+        log.info("ranks_done", nproc=self.settings.nproc, seconds=time.monotonic() - started)
+        return result.train_result()
+
+    def _round(
+        self, joined: Joined, number: int, config: TrainConfig, tensors: list[TensorEntry]
+    ) -> RankRound:
+        task_class = type(joined.task)
+        return RankRound(
+            task_class=f"{task_class.__module__}:{task_class.__qualname__}",
+            task_name=joined.identity.name,
+            options_json=joined.identity.options_json,
+            model_seed=joined.job.seed,
+            data_seed=joined.job.seed,
+            partition=joined.partition,
+            data_dir=str(self.data) if self.data is not None else None,
+            training=RankTraining(
+                local_epochs=config.local_epochs,
+                batch_size=config.batch_size,
+                learning_rate=config.learning_rate,
+                seed=config.seed,
+                proximal_mu=config.proximal_mu,
+            ),
+            tensors=tensors,
+            device=self.settings.device,
+            threads=self.settings.threads,
+            parent_pid=os.getpid(),
+            sys_path=list(sys.path),
+            log_level=self.settings.log_level,
+            log_context={
+                "client": self.name,
+                "job_id": joined.job.job_id,
+                "client_id": joined.client_id,
+                "round": number,
+            },
+        )
+
+
+def _folder_base(nbytes: int) -> Path | None:
+    """Shared memory for the round's files when there is room, else the temporary folder."""
+    try:
+        if SHARED_MEMORY.is_dir() and shutil.disk_usage(SHARED_MEMORY).free > 2 * nbytes + (
+            64 << 20
+        ):
+            return SHARED_MEMORY
+    except OSError:
+        pass
+    return None
