@@ -14,7 +14,7 @@ batch of the whole silo, so the result equals one process's training up to float
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
-from typing import Any
+from typing import Any, cast
 
 import torch
 import torch.distributed as dist
@@ -51,13 +51,12 @@ def train_classifier(
     mu = float(getattr(config, "proximal_mu", 0.0))
     if not mu >= 0:
         raise ValueError(f"proximal_mu must be >= 0, got {mu}")
-    ranks = isinstance(model, DistributedDataParallel)
-    if getattr(config, "privacy", None) is not None:
-        if ranks:
+    if isinstance(model, DistributedDataParallel):
+        if getattr(config, "privacy", None) is not None:
             raise ValueError("DP-SGD is not supported across processes (--nproc-per-node)")
-        return _train_private(model, dataset, config, mu)
-    if ranks:
         return _train_ranks(model, dataset, config, mu)
+    if getattr(config, "privacy", None) is not None:
+        return _train_private(model, dataset, config, mu)
     generator = torch.Generator().manual_seed(config.seed)
     loader = DataLoader(dataset, batch_size=config.batch_size, shuffle=True, generator=generator)
     parameters = list(model.parameters())
@@ -86,9 +85,22 @@ def global_batches(count: int, batch_size: int, generator: torch.Generator) -> I
     """Yield one epoch's batches of indices, as a shuffled DataLoader with ``generator`` would."""
     # The same DataLoader over range(count) draws from the generator exactly as the loader over
     # the data does (a base seed, then the permutation), so the batches are the same.
+    indices = cast("Dataset[int]", range(count))
     yield from DataLoader(
-        range(count), batch_size=batch_size, shuffle=True, generator=generator, collate_fn=list
+        indices, batch_size=batch_size, shuffle=True, generator=generator, collate_fn=list
     )
+
+
+def rank_share(batch: list[int], rank: int, world: int) -> tuple[list[int], float]:
+    """Return this rank's examples of a batch (every ``world``-th) and its loss scale.
+
+    A rank whose share is empty (a batch smaller than the world) still takes part in DDP's
+    all-reduce: it computes one example scaled by 0.
+    """
+    share = batch[rank::world]
+    if not share:
+        return batch[:1], 0.0
+    return share, world / len(batch)
 
 
 def _train_ranks(
@@ -103,14 +115,12 @@ def _train_ranks(
     anchor = [p.detach().clone() for p in parameters] if mu > 0 else []
     optimizer = torch.optim.SGD(parameters, lr=config.learning_rate)
     device = parameters[0].device
-    model.train()
+    model.train()  # type: ignore[no-untyped-call]
     total_loss = torch.zeros((), dtype=torch.float64, device=device)
     batches = 0
     for _ in range(config.local_epochs):
         for batch in global_batches(count, config.batch_size, generator):
-            share, scale = batch[rank::world], world / len(batch)
-            if not share:  # a batch smaller than the world: this rank adds nothing, but steps
-                share, scale = batch[:1], 0.0  # (DDP's all-reduce needs every rank)
+            share, scale = rank_share(batch, rank, world)
             inputs, labels = default_collate([dataset[i] for i in share])
             optimizer.zero_grad(set_to_none=True)
             logits = model(inputs.to(device))
