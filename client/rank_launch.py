@@ -115,9 +115,12 @@ def launch(nproc: int, folder: Path, run_id: str, log: Log) -> None:
 
 def describe_failures(failures: Mapping[int, ProcessFailure], nproc: int) -> str:
     """Say in one line which rank failed first and how (killed by a signal, or its error)."""
-    # The agent records the rank that failed before those it then stopped (SIGTERM), and
-    # timestamps are whole seconds: the earliest, first recorded, is the cause.
-    rank, first = min(failures.items(), key=lambda item: item[1].timestamp)
+    # A rank killed by a signal comes first: its peers, waiting in a collective, may notice the
+    # lost connection and fail too, within the same poll of the agent. Then the earliest (whole
+    # seconds, so the lowest rank among ties).
+    rank, first = min(
+        failures.items(), key=lambda item: (item[1].exitcode >= 0, item[1].timestamp, item[0])
+    )
     if first.exitcode < 0:
         how = f"was killed by {first.signal_name()}"
     else:
