@@ -35,8 +35,7 @@ from pathlib import Path
 from typing import Any
 
 import structlog
-# Exported only when torch is built with distributed support, which mypy cannot see.
-from torch.distributed import TCPStore  # type: ignore[attr-defined]
+from torch.distributed import TCPStore  # type: ignore[attr-defined]  # (export mypy can't see)
 from torch.distributed.elastic.multiprocessing import DefaultLogsSpecs
 from torch.distributed.elastic.multiprocessing.api import SignalException
 from torch.distributed.elastic.multiprocessing.errors import ChildFailedError, ProcessFailure
