@@ -114,12 +114,11 @@ def launch(nproc: int, folder: Path, run_id: str, log: Log) -> None:
 
 def describe_failures(failures: Mapping[int, ProcessFailure], nproc: int) -> str:
     """Say in one line which rank failed first and how (killed by a signal, or its error)."""
-    # A rank killed by a signal comes first: its peers, waiting in a collective, may notice the
-    # lost connection and fail too, within the same poll of the agent. Then the earliest (whole
-    # seconds, so the lowest rank among ties).
-    rank, first = min(
-        failures.items(), key=lambda item: (item[1].exitcode >= 0, item[1].timestamp, item[0])
-    )
+    # The agent records the ranks that failed, then those it stopped (SIGTERM). A rank killed
+    # by another signal is the likeliest cause: its peers, waiting in a collective, may notice
+    # the lost connection and exit with an error within the same poll. min() keeps the
+    # agent's order among equals.
+    rank, first = min(failures.items(), key=lambda item: _blame_order(item[1].exitcode))
     if first.exitcode < 0:
         how = f"was killed by {first.signal_name()}"
     else:
@@ -129,6 +128,13 @@ def describe_failures(failures: Mapping[int, ProcessFailure], nproc: int) -> str
             how += f": {detail}"
     line = f"rank {rank} of {nproc} (pid {first.pid}) {how}"
     return line if len(line) <= MAX_REASON else line[: MAX_REASON - 3] + "..."
+
+
+def _blame_order(exitcode: int) -> int:
+    """0 for a rank killed by a signal (not SIGTERM), 1 for an error exit, 2 for SIGTERM."""
+    if exitcode == -signal.SIGTERM:
+        return 2
+    return 1 if exitcode > 0 else 0
 
 
 def _error_message(data: Mapping[str, Any]) -> str:

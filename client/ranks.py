@@ -41,7 +41,7 @@ from fedsilo.client.rank_files import (
     write_json,
 )
 from fedsilo.client.rank_launch import launch
-from fedsilo.common.errors import ConfigError
+from fedsilo.common.errors import ConfigError, LocalTrainingError
 from fedsilo.common.specs import specs_of
 from fedsilo.tasks import TrainConfig, TrainResult
 
@@ -120,8 +120,11 @@ class RankLauncher:
             weights.store(state)
             spec = self._round(joined, round_number, config, entries_of(specs))
             write_json(folder / ROUND_FILE, spec)
-            launch(self.settings.nproc, folder, f"round-{round_number}-{uuid.uuid4().hex}", log)
-            result = read_result(folder)
+            try:
+                launch(self.settings.nproc, folder, f"round-{round_number}-{uuid.uuid4().hex}", log)
+                result = read_result(folder)
+            except LocalTrainingError as exc:
+                raise LocalTrainingError(str(exc), round_number) from exc
             weights.load_into(state)
         log.info("ranks_done", nproc=self.settings.nproc, seconds=time.monotonic() - started)
         return result.train_result()

@@ -17,6 +17,7 @@ import queue
 import threading
 import time
 from collections.abc import Iterator
+from typing import Any, NoReturn
 
 import grpc
 import structlog
@@ -29,17 +30,20 @@ from fedsilo.client.policy import policy_of
 from fedsilo.client.protocol import ClientProtocol, LocalSettings
 from fedsilo.client.ranks import RankLauncher, RankSettings
 from fedsilo.client.reconnect import Outage
+from fedsilo.client.secagg_client import secagg_keys_of
 from fedsilo.client.silence import SilenceWatch
 from fedsilo.common.devices import resolve_device
 from fedsilo.common.errors import (
     ConnectError,
     FedsiloError,
     LeftRoundError,
+    LocalTrainingError,
     ProtocolError,
     SessionLostError,
     StopRequestedError,
 )
 from fedsilo.common.proto import federation_pb2 as pb
+from fedsilo.common.text import one_line
 from fedsilo.common.wire import (
     MAX_CHUNK_SIZE,
     MESSAGE_OVERHEAD_BYTES,
@@ -84,6 +88,7 @@ class FederationClient:
             data=config.data,
             device=device,
             policy=policy,
+            secagg_keys=secagg_keys_of(config),
             ranks=RankLauncher(ranks, endpoint.name, config.data, self.log) if ranks else None,
         )
         self.protocol = ClientProtocol(endpoint.name, endpoint.job_id, local, log, self.audit)
@@ -181,14 +186,36 @@ class FederationClient:
         """Handle one message; after a refusal (or leaving a round) let our Error out first."""
         try:
             return self.protocol.handle(message)
-        except LeftRoundError:
-            _close_after_refusal(call, outbox)  # the server drops us from the round, we rejoin
-            raise
+        except LocalTrainingError as failed:
+            self._leave_round(failed, call, outbox)
         except (SessionLostError, StopRequestedError):
             raise
         except FedsiloError:
             _close_after_refusal(call, outbox)
             raise
+
+    def _leave_round(
+        self,
+        failed: LocalTrainingError,
+        call: grpc.Call,
+        outbox: queue.SimpleQueue[OutboxItem],
+    ) -> NoReturn:
+        """Tell the server the round's training failed here; end the session to rejoin.
+
+        The server drops a member from its round when its stream ends; the client comes back
+        at once (``run``) and is ready for the next round.
+        """
+        number = failed.round_number
+        line = one_line(f"left round {number}: local training failed: {failed}")
+        outbox.put(pb.ClientMessage(error=pb.Error(code=pb.INTERNAL, message=line)))
+        joined = self.protocol.joined
+        where: dict[str, Any] = (
+            {"job_id": joined.job.job_id, "client_id": joined.client_id} if joined else {}
+        )
+        self.audit.record("left_round", True, **where, round=number, reason=line)
+        self.log.warning("left_round", **where, round=number, reason=line)
+        _close_after_refusal(call, outbox)
+        raise LeftRoundError(line) from failed
 
 
 def _close_after_refusal(call: grpc.Call, outbox: queue.SimpleQueue[OutboxItem]) -> None:

@@ -87,6 +87,10 @@ class LeftRoundError(SessionLostError):
 class LocalTrainingError(FedsiloError):
     """The processes that train a round locally failed (a rank died or raised)."""
 
+    def __init__(self, message: str, round_number: int | None = None) -> None:
+        super().__init__(message)
+        self.round_number = round_number
+
 
 class ServerRefusedError(FedsiloError):
     """The server answered a client with an Error message."""

@@ -115,11 +115,18 @@ def test_the_rank_that_was_killed_is_named_before_peers_that_failed_after_it(
     # The error file torch's ErrorHandler writes, from a rank whose collective lost its peer.
     message = {"message": "RuntimeError: Connection closed by peer", "extraInfo": {"timestamp": 1}}
     error_file.write_text(json.dumps({"message": message}))
+    none = str(tmp_path / "none.json")
+    # The agent's order: the failed ranks of one poll by rank, then those it stopped (SIGTERM).
     failures = {
         0: ProcessFailure(0, 100, 1, str(error_file)),
-        1: ProcessFailure(1, 101, -9, str(tmp_path / "none.json")),
+        1: ProcessFailure(1, 101, -9, none),
+        2: ProcessFailure(2, 102, -15, none),
     }
-    assert describe_failures(failures, 2) == "rank 1 of 2 (pid 101) was killed by SIGKILL"
+    assert describe_failures(failures, 3) == "rank 1 of 3 (pid 101) was killed by SIGKILL"
+    stopped = {2: ProcessFailure(2, 102, -15, none), 0: ProcessFailure(0, 100, -15, none)}
+    assert describe_failures(stopped, 3) == "rank 2 of 3 (pid 102) was killed by SIGTERM"
+    killed_later = {1: failures[1], 0: ProcessFailure(0, 100, -9, none)}
+    assert describe_failures(killed_later, 2).startswith("rank 1 of 2")
     alone = describe_failures({0: failures[0]}, 2)
     assert (
         alone == "rank 0 of 2 (pid 100) exited with code 1: RuntimeError: Connection closed by peer"
