@@ -53,7 +53,7 @@ def single_process_update(global_state: dict, client_id: int, round_number: int)
     return {k: v.detach().clone() for k, v in model.state_dict().items()}
 
 
-def test_a_two_rank_silo_finishes_a_job_with_the_single_process_update(
+def test_two_rank_silos_on_one_host_finish_a_job_with_the_single_process_updates(
     daemons: Daemons, tmp_path: Path
 ) -> None:
     run = tmp_path / "run"
@@ -66,27 +66,36 @@ def test_a_two_rank_silo_finishes_a_job_with_the_single_process_update(
         "--rounds",
         "1",
         "--min-clients",
-        "1",
+        "2",
         "--seed",
         str(SEED),
         *TRAIN_FLAGS,
         "--out",
         str(run),
     )
-    silo = daemons.client(port, "silo", "--nproc-per-node", "2")
+    silos = [daemons.client(port, name, "--nproc-per-node", "2") for name in ("silo-a", "silo-b")]
     assert server.wait(timeout=240) == 0, server.tail()
-    assert silo.wait(timeout=30) == 0, silo.tail()
-    assert silo.has_event("ranks_done", nproc=2, round=1), silo.tail()
+    for silo in silos:
+        assert silo.wait(timeout=30) == 0, silo.tail()
+    # Both launched their ranks in the same round, at the same time, each on its own store.
+    started, done = (
+        [next(line for line in silo.log_lines() if line.get("event") == event) for silo in silos]
+        for event in ("ranks_started", "ranks_done")
+    )
+    assert started[0]["rendezvous"] != started[1]["rendezvous"]
+    assert started[0]["timestamp"] < done[1]["timestamp"]  # the two launches overlapped
+    assert started[1]["timestamp"] < done[0]["timestamp"]
     (row,) = [r for r in read_metrics(run) if r["round"] == 1]
-    (client,) = row["clients"]
-    assert client["train_examples"] == 80
+    assert [c["train_examples"] for c in row["clients"]] == [80, 80]
     initial = RankTask(features=FEATURES).build_model(SEED).state_dict()
-    expected = single_process_update(initial, client["client_id"], 1)
+    updates = [single_process_update(initial, c["client_id"], 1) for c in row["clients"]]
     final = torch.load(run / "model.pt", weights_only=True)
     assert not torch.allclose(final["weight"], initial["weight"], atol=1e-3)  # it trained
-    # Sums of shares instead of one mean per batch: equal up to float32 rounding.
-    for name, tensor in expected.items():
-        torch.testing.assert_close(final[name], tensor, rtol=1e-5, atol=1e-6)
+    # FedAvg of equal weights; sums of shares instead of one mean per batch: equal up to
+    # float32 rounding.
+    for name in initial:
+        expected = (updates[0][name] + updates[1][name]) / 2
+        torch.testing.assert_close(final[name], expected, rtol=1e-5, atol=1e-6)
 
 
 def test_a_rank_killed_mid_training_drops_the_silo_from_that_round_and_it_rejoins_the_next(
