@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import signal
 from pathlib import Path
 
 import torch
@@ -131,6 +132,7 @@ def test_a_rank_killed_mid_training_drops_the_silo_from_that_round_and_it_rejoin
         wait_for(lambda: holder.said("ready"), 60, "the scripted member to be ready")
         silo = daemons.client(port, "silo", "--nproc-per-node", "2")
         wait_for(lambda: silo.has_event("left_round", round=1), 120, "the silo to leave round 1")
+        assert children(silo.process.pid) == []  # rank 0, stuck in its all-reduce, was stopped
         wait_for(lambda: ready_count(server, "silo") == 2, 60, "the silo to join again")
         holder.release_round_1()
         assert server.wait(timeout=180) == 0, server.tail()
@@ -148,6 +150,29 @@ def test_a_rank_killed_mid_training_drops_the_silo_from_that_round_and_it_rejoin
     assert dropped["client_id"] == silo_id and dropped["reason"] == "disconnected"
     assert rows[2]["participants"] == [0, silo_id]
     assert silo.has_event("ranks_done", nproc=2, round=2), silo.tail()
+
+
+def test_sigterm_while_the_ranks_train_stops_them_and_the_client_exits_0(
+    daemons: Daemons, tmp_path: Path
+) -> None:
+    port = free_port()
+    daemons.server(JOB, port - JOB, "--config", str(job_config(tmp_path)), "--min-clients", "1")
+    silo = daemons.client(port, "silo", "--nproc-per-node", "2")
+    wait_for(lambda: silo.has_event("ranks_started"), 120, "the ranks to start")
+    ranks = children(silo.process.pid)
+    assert len(ranks) == 2
+    silo.process.send_signal(signal.SIGTERM)
+    assert silo.wait(timeout=30) == 0, silo.tail()
+    assert silo.has_event("client_stopped", reason="stopped by SIGTERM"), silo.tail()
+    assert not any(Path(f"/proc/{pid}").exists() for pid in ranks)
+
+
+def children(pid: int) -> list[int]:
+    """The live child processes of ``pid`` (Linux: every thread's ``children`` file)."""
+    found = []
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        found += [int(child) for child in (task / "children").read_text().split()]
+    return found
 
 
 def ready_count(server: Daemon, name: str) -> int:
