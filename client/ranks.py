@@ -30,6 +30,7 @@ import torch
 
 from fedsilo.client.joined import Joined
 from fedsilo.client.rank_files import (
+    RESULT_FILE,
     ROUND_FILE,
     WEIGHTS_FILE,
     RankRound,
@@ -40,7 +41,7 @@ from fedsilo.client.rank_files import (
     read_result,
     write_json,
 )
-from fedsilo.client.rank_launch import launch
+from fedsilo.client.rank_launch import Log, launch
 from fedsilo.common.errors import ConfigError, LocalTrainingError
 from fedsilo.common.specs import specs_of
 from fedsilo.tasks import TrainConfig, TrainResult
@@ -121,13 +122,25 @@ class RankLauncher:
             spec = self._round(joined, round_number, config, entries_of(specs))
             write_json(folder / ROUND_FILE, spec)
             try:
-                launch(self.settings.nproc, folder, f"round-{round_number}-{uuid.uuid4().hex}", log)
+                self._launch(folder, round_number, log)
                 result = read_result(folder)
             except LocalTrainingError as exc:
                 raise LocalTrainingError(str(exc), round_number) from exc
             weights.load_into(state)
         log.info("ranks_done", nproc=self.settings.nproc, seconds=time.monotonic() - started)
         return result.train_result()
+
+    def _launch(self, folder: Path, round_number: int, log: Log) -> None:
+        """Run the ranks; a failure after rank 0 wrote its result does not cost the round."""
+        try:
+            launch(self.settings.nproc, folder, f"round-{round_number}-{uuid.uuid4().hex}", log)
+        except LocalTrainingError as exc:
+            # result.json appears whole (a rename) after rank 0's training returned, and that
+            # needed every rank in each all-reduce: the model is complete. What failed later
+            # (a rank's exit, a peer's teardown) has no part in it.
+            if not (folder / RESULT_FILE).exists():
+                raise
+            log.warning("ranks_failed_after_training", reason=str(exc))
 
     def _round(
         self, joined: Joined, number: int, config: TrainConfig, tensors: list[TensorEntry]

@@ -132,6 +132,9 @@ class FederationClient:
     def _session_once(self, outage: Outage) -> None:
         """Run one stream from Hello to Finish; raise SessionLostError if it breaks."""
         outbox: queue.SimpleQueue[OutboxItem] = queue.SimpleQueue()
+        # Before connect: a connect that fails must not leave the last session's "joined"
+        # standing, or run() would start a fresh outage budget at every attempt, forever.
+        hello = self.protocol.start_session(outbox.put)
         channel = connect(self.endpoint, max(outage.remaining, 0.1))
         watch = SilenceWatch(self.config.idle_timeout)
         call = channel.stream_stream(
@@ -142,7 +145,7 @@ class FederationClient:
         watch.start(call.cancel)
         finished = False
         try:
-            outbox.put(self.protocol.start_session(outbox.put))
+            outbox.put(hello)
             watch.waiting()
             for message in call:
                 watch.working()

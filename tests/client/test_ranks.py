@@ -8,6 +8,7 @@ import socket
 from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import structlog
@@ -15,12 +16,23 @@ import torch
 from torch.distributed import TCPStore  # type: ignore[attr-defined]
 from torch.distributed.elastic.multiprocessing.errors import ProcessFailure
 
+from fedsilo.client import ranks
 from fedsilo.client.cli import main
-from fedsilo.client.rank_files import ALIGN, SharedWeights, layout
+from fedsilo.client.rank_files import (
+    ALIGN,
+    RESULT_FILE,
+    WEIGHTS_FILE,
+    RankResult,
+    SharedWeights,
+    layout,
+    read_round,
+    write_json,
+)
 from fedsilo.client.rank_launch import describe_failures, loopback_store
 from fedsilo.client.ranks import RankSettings
-from fedsilo.common.errors import ConfigError
+from fedsilo.common.errors import ConfigError, LocalTrainingError
 from fedsilo.common.specs import specs_of
+from fedsilo.tasks import TrainConfig, load_task
 
 
 @pytest.fixture
@@ -131,3 +143,45 @@ def test_the_rank_that_was_killed_is_named_before_peers_that_failed_after_it(
     assert (
         alone == "rank 0 of 2 (pid 100) exited with code 1: RuntimeError: Connection closed by peer"
     )
+
+
+def fake_joined() -> SimpleNamespace:
+    """The parts of a Joined that RankLauncher reads."""
+    task = load_task("synthetic")
+    return SimpleNamespace(
+        task=task,
+        model=task.build_model(0),
+        job=SimpleNamespace(job_id=4, seed=0),
+        client_id=1,
+        identity=SimpleNamespace(name="synthetic", options_json="{}"),
+        partition=1,
+    )
+
+
+@pytest.mark.parametrize("rank_0_finished", [True, False])
+def test_a_rank_that_fails_after_rank_0_wrote_its_result_costs_nothing(
+    monkeypatch: pytest.MonkeyPatch, rank_0_finished: bool
+) -> None:
+    def ranks_that_fail(nproc: int, folder: Path, run_id: str, log: object) -> None:
+        """As the ranks would: read the weights, rank 0 doubles them and reports; one fails."""
+        weights = SharedWeights(folder / WEIGHTS_FILE, read_round(folder).specs())
+        if rank_0_finished:
+            for view in weights.views.values():
+                view.mul_(2)
+            write_json(folder / RESULT_FILE, RankResult(examples=50, loss=0.25, steps=4))
+        raise LocalTrainingError(f"rank 1 of {nproc} (pid 7) was killed by SIGABRT")
+
+    monkeypatch.setattr(ranks, "launch", ranks_that_fail)
+    joined = fake_joined()
+    before = {k: v.clone() for k, v in joined.model.state_dict().items()}
+    launcher = ranks.RankLauncher(RankSettings(2, "cpu", 1), "silo", None, structlog.get_logger())
+    config = TrainConfig(local_epochs=1, batch_size=8, learning_rate=0.1, seed=3)
+    if not rank_0_finished:
+        with pytest.raises(LocalTrainingError, match="rank 1 of 2") as failed:
+            launcher.train(joined, 3, config)  # type: ignore[arg-type]
+        assert failed.value.round_number == 3
+        return
+    result = launcher.train(joined, 3, config)  # type: ignore[arg-type]
+    assert (result.examples, result.loss, result.steps) == (50, 0.25, 4)
+    for name, tensor in joined.model.state_dict().items():
+        assert torch.equal(tensor, before[name] * 2), name
