@@ -82,7 +82,7 @@ class Job:
         except ValueError as exc:
             raise ConfigError(f"strategy: {exc}") from exc
         dp_setting = dp_settings(config)
-        dp = DpRound(dp_setting) if dp_setting is not None else None
+        dp = DpRound(dp_setting, config.min_clients) if dp_setting is not None else None
         run_dir = config.run_dir
         self.recorder = JobRecorder(config, log)
         self.telemetry = self.recorder.telemetry

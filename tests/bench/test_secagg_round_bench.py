@@ -13,9 +13,11 @@ REPO = Path(__file__).resolve().parents[2]
 def test_a_tiny_pair_records_both_jobs_and_the_ratios(tmp_path: Path) -> None:
     out = tmp_path / "secagg-rounds.json"
     subprocess.run(
-        [sys.executable, str(REPO / "bench" / "secagg_round_bench.py"), "--which", "tiny"]
-        + ["--tiny-clients", "3", "--rounds", "2", "--repeats", "1", "--job-timeout", "60"]
-        + ["--json", str(out)],
+        [
+            *(sys.executable, str(REPO / "bench" / "secagg_round_bench.py"), "--which", "tiny"),
+            *("--tiny-clients", "3", "--rounds", "2", "--repeats", "1", "--job-timeout", "60"),
+            *("--json", str(out)),
+        ],
         check=True,
         timeout=110,
         capture_output=True,
