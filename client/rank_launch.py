@@ -178,12 +178,12 @@ class _ToStructlog(logging.Handler):
 def _torch_logs_to(log: Log) -> Iterator[None]:
     """Route torch.distributed's log lines into this client's log while the ranks run."""
     logger = logging.getLogger("torch.distributed")
-    handler = _ToStructlog(log)
-    propagate = logger.propagate
-    logger.addHandler(handler)
-    logger.propagate = False  # not also as plain text through logging's last-resort handler
+    # Only ours: torch installs a plain-text stderr handler of its own on this logger.
+    handlers, propagate = logger.handlers[:], logger.propagate
+    logger.handlers = [_ToStructlog(log)]
+    logger.propagate = False  # not also through logging's last-resort handler
     try:
         yield
     finally:
-        logger.removeHandler(handler)
+        logger.handlers = handlers
         logger.propagate = propagate

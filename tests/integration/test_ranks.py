@@ -164,7 +164,9 @@ def test_sigterm_while_the_ranks_train_stops_them_and_the_client_exits_0(
     silo.process.send_signal(signal.SIGTERM)
     assert silo.wait(timeout=30) == 0, silo.tail()
     assert silo.has_event("client_stopped", reason="stopped by SIGTERM"), silo.tail()
-    assert not any(Path(f"/proc/{pid}").exists() for pid in ranks)
+    # The agent stops them (SIGTERM); one it had not yet taken charge of dies with the client
+    # (PR_SET_PDEATHSIG, or its own check of its parent once torch is imported).
+    wait_for(lambda: not any(running(pid) for pid in ranks), 20, "the ranks to end")
 
 
 def children(pid: int) -> list[int]:
@@ -173,6 +175,14 @@ def children(pid: int) -> list[int]:
     for task in Path(f"/proc/{pid}/task").iterdir():
         found += [int(child) for child in (task / "children").read_text().split()]
     return found
+
+
+def running(pid: int) -> bool:
+    """Whether ``pid`` is a live process (not gone, not a zombie waiting to be reaped)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except (FileNotFoundError, ProcessLookupError):
+        return False
 
 
 def ready_count(server: Daemon, name: str) -> int:
