@@ -79,7 +79,6 @@ class RankRound(BaseModel):
     tensors: list[TensorEntry]
     device: Literal["cpu", "cuda"]
     threads: int = Field(ge=1)
-    parent_pid: int
     sys_path: list[str]
     log_level: str
     log_context: dict[str, str | int]

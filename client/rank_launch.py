@@ -1,10 +1,11 @@
 """Start a round's training ranks with torch's elastic launcher, on a store only this host reaches.
 
 ``launch`` runs ``torch.distributed.launcher.api.elastic_launch`` in the calling (main) thread:
-the elastic agent starts N worker processes (``python -m fedsilo.client.rank_worker FOLDER``,
-binaries, so nothing is pickled to start them), watches them every 50 ms and returns when all
-have exited. One worker that fails (killed, or exits non-zero) makes the agent stop the others
-(SIGTERM, SIGKILL after ``SHUTDOWN_GRACE``) and ``launch`` raise LocalTrainingError naming it.
+the elastic agent starts N worker processes (``python -m fedsilo.client.rank_entry FOLDER
+CLIENT_PID``: a binary, so nothing is pickled to start them), watches them every 50 ms and
+returns when all have exited. One worker that fails (killed, or exits non-zero) makes the
+agent stop the others (SIGTERM, SIGKILL after ``SHUTDOWN_GRACE``) and ``launch`` raise
+LocalTrainingError naming it.
 ``max_restarts`` is 0: a failed round is left, and the next round is a fresh launch.
 
 The rendezvous (``loopback_store``): the client binds a socket to 127.0.0.1 port 0 and listens
@@ -24,6 +25,7 @@ puts fl-client's own handlers back afterwards, with the signals blocked while it
 from __future__ import annotations
 
 import logging
+import os
 import signal
 import socket
 import sys
@@ -43,7 +45,7 @@ from torch.distributed.launcher.api import LaunchConfig, elastic_launch
 
 from fedsilo.common.errors import LocalTrainingError, StopRequestedError
 
-WORKER_MODULE = "fedsilo.client.rank_worker"
+WORKER_MODULE = "fedsilo.client.rank_entry"
 HANDLED_SIGNALS = (signal.SIGTERM, signal.SIGINT)
 LOOPBACK = "127.0.0.1"
 MONITOR_SECONDS = 0.05  # how often the agent looks at its workers
@@ -103,7 +105,9 @@ def launch(nproc: int, folder: Path, run_id: str, log: Log) -> None:
         saved = _handlers()
         try:
             try:
-                elastic_launch(config, sys.executable)("-m", WORKER_MODULE, str(folder))
+                elastic_launch(config, sys.executable)(
+                    "-m", WORKER_MODULE, str(folder), str(os.getpid())
+                )
             finally:
                 _restore(saved)
         except SignalException as exc:

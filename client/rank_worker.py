@@ -1,23 +1,19 @@
 """One training rank of ``fl-client --nproc-per-node N``, started by torch's elastic agent.
 
-``python -m fedsilo.client.rank_worker FOLDER``: read the round (``round.json``), join the
-process group (``env://``: the agent's store on 127.0.0.1, ``client/rank_launch.py``), build
-the task the client admitted with its options, the model and the client's data, load the
-received weights from the shared ``weights.bin``, train through the task with the model in
-``DistributedDataParallel``, and on rank 0 write the trained weights back into ``weights.bin``
-and the result into ``result.json``. Exit 0, or 1 after logging why (and recording it in the
-error file torch's agent reads, so the client can say in one line what failed).
-
-The rank dies with the client (``PR_SET_PDEATHSIG``): a client killed with SIGKILL leaves no
-rank behind to finish a round nobody waits for.
+``main([FOLDER])``, called by ``client/rank_entry.py`` once the rank is tied to the client's
+life: read the round (``round.json``), join the process group (``env://``: the agent's store
+on 127.0.0.1, ``client/rank_launch.py``), build the task the client admitted with its options,
+the model and the client's data, load the received weights from the shared ``weights.bin``,
+train through the task with the model in ``DistributedDataParallel``, and on rank 0 write the
+trained weights back into ``weights.bin`` and the result into ``result.json``. Return 0, or 1
+after logging why (and recording it in the error file torch's agent reads, so the client can
+say in one line what failed).
 """
 
 from __future__ import annotations
 
-import ctypes
 import json
 import os
-import signal
 import socket
 import sys
 from collections.abc import Sequence
@@ -39,12 +35,10 @@ from fedsilo.client.rank_files import (
     read_round,
     write_json,
 )
-from fedsilo.common.cli import exit_process
 from fedsilo.common.logging import configure_logging, get_logger
 from fedsilo.common.specs import check_specs_match, specs_of
 from fedsilo.tasks.loading import instantiate_task, resolve_task_class
 
-PR_SET_PDEATHSIG = 1
 # A collective that waits longer than this for a rank fails, so a rank that hangs (rather than
 # dies) ends the round too; generous, since ranks meet only once they have loaded their data.
 COLLECTIVE_TIMEOUT = timedelta(minutes=10)
@@ -54,11 +48,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Train this rank's part of the round in FOLDER; return the exit code."""
     args = list(sys.argv[1:] if argv is None else argv)
     if len(args) != 1:
-        print("usage: python -m fedsilo.client.rank_worker FOLDER", file=sys.stderr)
+        print("usage: rank_worker.main([FOLDER])", file=sys.stderr)
         return 2
     folder = Path(args[0])
     spec = read_round(folder)
-    _die_with(spec.parent_pid)
     sys.path[:0] = [entry for entry in spec.sys_path if entry not in sys.path]
     configure_logging(spec.log_level)
     rank = int(os.environ["RANK"])
@@ -114,23 +107,6 @@ def train_rank(
         dist.destroy_process_group()
 
 
-def _die_with(parent: int) -> None:
-    """Have the kernel SIGKILL this rank when the client process ends (Linux)."""
-    if sys.platform.startswith("linux"):
-        libc = ctypes.CDLL(None, use_errno=True)
-        if libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0) != 0:
-            raise OSError(ctypes.get_errno(), "prctl(PR_SET_PDEATHSIG) failed")
-    if os.getppid() != parent:  # the client ended before the request above took effect
-        os._exit(1)
-
-
 def _loopback_interface() -> str:
     names = [name for _, name in socket.if_nameindex() if name.startswith("lo")]
     return names[0] if names else "lo"
-
-
-if __name__ == "__main__":
-    # Skip interpreter finalization (as the daemons do, common/cli.py): gloo's threads winding
-    # down there now and then end a finished rank in "terminate called without an active
-    # exception" (SIGABRT), seen once in ~15 rounds on a loaded host, which fails the round.
-    exit_process(main())

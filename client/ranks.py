@@ -47,6 +47,7 @@ from fedsilo.common.specs import specs_of
 from fedsilo.tasks import TrainConfig, TrainResult
 
 SHARED_MEMORY = Path("/dev/shm")
+FOLDER_PREFIX = "fedsilo-ranks-"  # then the client's pid: a folder a dead client left is known
 MAX_NPROC = 256
 
 
@@ -101,6 +102,10 @@ class RankLauncher:
         self.name = name
         self.data = data
         self.log = log
+        for base in (SHARED_MEMORY, Path(tempfile.gettempdir())):
+            removed = sweep_stale_folders(base)
+            if removed:
+                log.info("stale_rank_folders_removed", folders=[str(p) for p in removed])
 
     def train(self, joined: Joined, round_number: int, config: TrainConfig) -> TrainResult:
         """Train ``joined.model`` in place on the ranks; LocalTrainingError if one fails."""
@@ -114,7 +119,7 @@ class RankLauncher:
         )
         started = time.monotonic()
         with tempfile.TemporaryDirectory(
-            prefix="fedsilo-ranks-", dir=_folder_base(sum(s.nbytes for s in specs))
+            prefix=f"{FOLDER_PREFIX}{os.getpid()}-", dir=_folder_base(sum(s.nbytes for s in specs))
         ) as name:
             folder = Path(name)
             weights = SharedWeights.create(folder / WEIGHTS_FILE, specs)
@@ -164,7 +169,6 @@ class RankLauncher:
             tensors=tensors,
             device=self.settings.device,
             threads=self.settings.threads,
-            parent_pid=os.getpid(),
             sys_path=list(sys.path),
             log_level=self.settings.log_level,
             log_context={
@@ -186,3 +190,28 @@ def _folder_base(nbytes: int) -> Path | None:
     except OSError:
         pass
     return None
+
+
+def sweep_stale_folders(base: Path) -> list[Path]:
+    """Remove the round folders of clients that no longer run (killed); return them."""
+    removed = []
+    for path in sorted(base.glob(f"{FOLDER_PREFIX}*-*")):
+        owner = path.name[len(FOLDER_PREFIX) :].split("-", 1)[0]
+        try:
+            ours = path.is_dir() and path.stat().st_uid == os.getuid()
+        except OSError:
+            continue
+        if ours and owner.isdigit() and not _running(int(owner)):
+            shutil.rmtree(path, ignore_errors=True)
+            removed.append(path)
+    return removed
+
+
+def _running(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # another user's process
+    return True

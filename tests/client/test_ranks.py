@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 import os
 import socket
+import subprocess
+import sys
 from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
@@ -185,3 +187,16 @@ def test_a_rank_that_fails_after_rank_0_wrote_its_result_costs_nothing(
     assert (result.examples, result.loss, result.steps) == (50, 0.25, 4)
     for name, tensor in joined.model.state_dict().items():
         assert torch.equal(tensor, before[name] * 2), name
+
+
+def test_round_folders_of_clients_that_no_longer_run_are_swept(tmp_path: Path) -> None:
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    gone.wait(timeout=30)  # a pid that ran and ended: a client killed mid-round
+    stale = tmp_path / f"{ranks.FOLDER_PREFIX}{gone.pid}-abc"
+    live = tmp_path / f"{ranks.FOLDER_PREFIX}{os.getpid()}-def"  # this process: a round running
+    other = tmp_path / "fedsilo-other-1-x"
+    for folder in (stale, live, other):
+        folder.mkdir()
+        (folder / "weights.bin").write_bytes(b"\0" * 64)
+    assert ranks.sweep_stale_folders(tmp_path) == [stale]
+    assert not stale.exists() and live.exists() and other.exists()
