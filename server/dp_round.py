@@ -11,13 +11,17 @@ share of the noise, N(0, (zC)^2 / n), before masking (``client/secagg_client.py`
 only ever holds the noised sum of the k survivors and adds nothing, and the round is charged at
 the noise they really added, z * sqrt(k / n).
 
-The accountant is charged for a round before its model can leave the server, and its state
-travels in the checkpoint.
+The accountant is charged for a round before its model can leave the server, and its state is
+written, fsynced, to ``privacy_ledger.json`` in the run folder at every charge: checkpoints are
+spaced out, and a resumed job redoes (and sends again) the rounds after its checkpoint, so the
+ledger, not the checkpoint, says what has been spent. ``--resume`` continues from it.
 """
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -31,8 +35,10 @@ from fedsilo.server.privacy import (
     effective_noise_multiplier,
     round_noise_generator,
 )
+from fedsilo.server.run_files import atomic_write
 
 State = dict[str, torch.Tensor]
+LEDGER_FILE = "privacy_ledger.json"
 
 
 def dp_settings(config: ServerConfig) -> DpFedAvgSettings | None:
@@ -56,9 +62,18 @@ def dp_settings(config: ServerConfig) -> DpFedAvgSettings | None:
 class DpRound:
     """The job's DP-FedAvg: the noised mean of each round and the privacy it spends."""
 
-    def __init__(self, settings: DpFedAvgSettings, min_contributors: int = 1) -> None:
+    def __init__(
+        self,
+        settings: DpFedAvgSettings,
+        min_contributors: int = 1,
+        ledger: Path | None = None,
+        resume: bool = False,
+    ) -> None:
         self.settings = settings
         self.accountant = DpFedAvgAccountant.for_job(settings)
+        self.ledger = ledger  # every charge, on disk before the round's model can leave
+        if ledger is not None and resume and ledger.exists():
+            self.accountant = DpFedAvgAccountant.from_state_dict(json.loads(ledger.read_text()))
         # The fewest updates a round may complete with: in distributed mode, the least noise.
         self.min_contributors = min(max(1, min_contributors), settings.clients_per_round)
         self._contributors = settings.clients_per_round  # of the round last noised
@@ -94,6 +109,9 @@ class DpRound:
         """Record one released round; return the metrics-row fields (epsilon by each bound)."""
         noise_multiplier = effective_noise_multiplier(self.settings, self._contributors)
         self.accountant.record_round(noise_multiplier)
+        if self.ledger is not None:
+            text = json.dumps(self.accountant.state_dict()).encode()
+            atomic_write(self.ledger, lambda handle: handle.write(text))
         decided = self.settings.accountant
         return {
             "epsilon": self.accountant.epsilon(decided),
@@ -111,5 +129,7 @@ class DpRound:
         return self.accountant.state_dict()
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
-        """Continue from a checkpoint's accountant."""
-        self.accountant = DpFedAvgAccountant.from_state_dict(state)
+        """Continue from a checkpoint's accountant, unless the ledger has charged more since."""
+        restored = DpFedAvgAccountant.from_state_dict(state)
+        if restored.rounds >= self.accountant.rounds:
+            self.accountant = restored
