@@ -282,6 +282,7 @@ class ClientProtocol:
             heartbeats=self._heartbeats(),
             measure_norm=self.audit is not None,
             masked=self._secagg.enabled,
+            ranks=self.local.ranks,  # LocalTrainingError if they fail: the session leaves
         )
         if self._secagg.enabled:
             self._secagg.keep(upload, self._joined().model)
