@@ -171,8 +171,9 @@ class ClientProtocol:
             self._secagg.accept_job(job, self.local.secagg_keys)
         except PolicyError as exc:
             self._refuse(pb.POLICY_MISMATCH, f"refused the server's job: {exc}", PolicyError)
-        try:
-            joined, rejoined = join(self.joined, init, admitted, setting, self.local)
+        try:  # loading a big task or its data can outlast the server's progress deadline
+            with self._heartbeats(job):
+                joined, rejoined = join(self.joined, init, admitted, setting, self.local)
         except (TaskLoadError, ConfigError) as exc:
             self._refuse(pb.UNSUPPORTED_CONFIG, str(exc), type(exc))
         self.joined = joined
@@ -279,6 +280,7 @@ class ClientProtocol:
             heartbeats=self._heartbeats(),
             measure_norm=self.audit is not None,
             masked=self._secagg.enabled,
+            ranks=self.local.ranks,  # LocalTrainingError if they fail: the session leaves
         )
         if self._secagg.enabled:
             self._secagg.keep(upload, self._joined().model)
@@ -378,11 +380,10 @@ class ClientProtocol:
         assert self.joined is not None  # the table allows these actions only once joined
         return self.joined
 
-    def _heartbeats(self) -> work.Heartbeats:
-        seconds = self.joined.job.heartbeat_seconds if self.joined is not None else 0.0
+    def _heartbeats(self, job: pb.JobConfig | None = None) -> work.Heartbeats:
+        seconds = (job or self._joined().job).heartbeat_seconds
         interval = max(seconds, MIN_HEARTBEAT_SECONDS) if seconds > 0 else 0.0
-        beat = pb.ClientMessage(heartbeat=pb.Heartbeat())
-        send = self._send
+        beat, send = pb.ClientMessage(heartbeat=pb.Heartbeat()), self._send
         return self._pacer.running(lambda: send(beat), interval)
 
     def _send(self, message: Outbound | Iterator[bytes]) -> None:

@@ -15,7 +15,7 @@ from typing import Any
 import torch
 
 from fedsilo.client.dp_budget import SiloBudget
-from fedsilo.client.joined import Joined
+from fedsilo.client.joined import Joined, RoundTrainer
 from fedsilo.client.policy import ClientPolicy
 from fedsilo.common.proto import federation_pb2 as pb
 from fedsilo.common.specs import header_of, specs_of
@@ -66,8 +66,9 @@ def train_round(
     heartbeats: Heartbeats,
     measure_norm: bool,
     masked: bool = False,
+    ranks: RoundTrainer | None = None,
 ) -> Upload:
-    """Evaluate the received model, train on it and encode the update.
+    """Evaluate the received model, train on it (here, or on ``ranks``), encode the update.
 
     ``masked`` (secure aggregation): the update is not encoded here; the SendModel carries the
     metrics only, and the received weights come back in ``reference`` for the masked upload.
@@ -82,20 +83,21 @@ def train_round(
         joined.reference = reference
         compressor.remember_global(reference, copy=False)
     budget = joined.budget
-    with heartbeats, on_device(model, device):
-        evaluation = joined.task.evaluate(model, joined.data)
-        result = joined.task.train(
-            model,
-            joined.data,
-            TrainConfig(
-                local_epochs=train.local_epochs,
-                batch_size=train.batch_size,
-                learning_rate=train.learning_rate,
-                seed=train.seed,
-                proximal_mu=train.proximal_mu,
-                privacy=budget.training(train.seed) if budget is not None else None,
-            ),
-        )
+    config = TrainConfig(
+        local_epochs=train.local_epochs,
+        batch_size=train.batch_size,
+        learning_rate=train.learning_rate,
+        seed=train.seed,
+        proximal_mu=train.proximal_mu,
+        privacy=budget.training(train.seed) if budget is not None else None,
+    )
+    with heartbeats:
+        with on_device(model, device):
+            evaluation = joined.task.evaluate(model, joined.data)
+            if ranks is None:
+                result = joined.task.train(model, joined.data, config)
+        if ranks is not None:  # the ranks put the model on their own devices
+            result = ranks.train(joined, round_number, config)
     # Charged and saved before anything of the round leaves (raises past the budget).
     epsilon = budget.charge(round_number, result.privacy) if budget is not None else None
     seconds = time.monotonic() - started
