@@ -169,6 +169,7 @@ def _open_private(
 ) -> PrivateTraining:
     from opacus import PrivacyEngine
 
+    model.train()  # Opacus refuses a model in eval mode (the client evaluates before training)
     _check_compatible(model)
     device = next(model.parameters()).device
     sampling_seed = None if config.seed is None else derive_seed(config.seed, "dp-sgd-sampling")
@@ -205,12 +206,13 @@ def make_private(
 ) -> Iterator[PrivateTraining]:
     """Make one round of training DP-SGD with Opacus; restore the plain model on exit.
 
-    Poisson sampling with rate ``1 / len(loader)`` (the loader's batch size in expectation),
-    per-sample gradients clipped to ``config.max_grad_norm``, Gaussian noise of standard
-    deviation ``noise_multiplier * max_grad_norm`` on their sum. ``optimizer`` must hold the
-    model's parameters; ``loader`` gives its dataset, batch size and workers (its sampler and
-    generator are replaced). Raises ValueError for a model Opacus cannot train (BatchNorm,
-    nn.LSTM: use GroupNorm and opacus.layers.DPLSTM in the Task's model instead).
+    Poisson sampling with rate about ``1 / len(loader)`` (the loader's batch size in
+    expectation; exactly ``plan_round``'s), per-sample gradients clipped to
+    ``config.max_grad_norm``, Gaussian noise of standard deviation ``noise_multiplier *
+    max_grad_norm`` on their sum. ``optimizer`` must hold the model's parameters; ``loader``
+    gives its dataset, batch size and workers (its sampler and generator are replaced). The
+    model is put in training mode. Raises ValueError for a model Opacus cannot train
+    (BatchNorm, nn.LSTM: use GroupNorm and opacus.layers.DPLSTM in the Task's model instead).
     """
     private = _open_private(model, optimizer, loader, config)
     try:

@@ -15,6 +15,7 @@ from fedsilo.client.policy import ClientPolicy, PolicySettings, policy_of
 from fedsilo.client.protocol import ClientProtocol, LocalSettings
 from fedsilo.common.errors import ConfigError, PolicyError, PrivacyBudgetSpentError
 from fedsilo.common.proto import federation_pb2 as pb
+from fedsilo.common.task_identity import TaskIdentity
 from fedsilo.tasks.builtin.synthetic import SyntheticTask
 from fedsilo.tasks.privacy_budget import DpSgdPolicy, PrivacyBudget, plan_round
 from tests.client.helpers import OPTIONS, TRAIN, Driven, init_message
@@ -182,4 +183,52 @@ def test_a_budget_that_no_noise_can_meet_refuses_the_job(tmp_path: Path) -> None
     with pytest.raises(ConfigError, match="cannot be met"):
         client.protocol.handle(init_message())
     (sent,) = client.take()
+    assert sent.error.code == pb.UNSUPPORTED_CONFIG
+
+
+def pinned(tmp_path: Path, task: str, dp: DpSgdPolicy) -> Driven:
+    """A client running its operator's own task ``task`` with the synthetic task's options."""
+    out = Driven()
+    policy = ClientPolicy.pinned(f"tests.client.own_loop_task:{task}", OPTIONS, dp=dp)
+    local = LocalSettings(policy=policy, state_dir=tmp_path)
+    out.protocol = ClientProtocol("org-a", None, local, structlog.get_logger())
+    out.protocol.start_session(out.raw.append)
+    return out
+
+
+def own_task_init(task: str) -> pb.ServerMessage:
+    message = init_message()
+    identity = TaskIdentity.of(f"tests.client.own_loop_task:{task}", OPTIONS)
+    job = message.init_config.job
+    job.task, job.task_options_json, job.task_hash = (
+        identity.name,
+        identity.options_json,
+        identity.hash,
+    )
+    return message
+
+
+def test_a_users_own_loop_with_make_private_is_charged_like_the_built_in_one(
+    tmp_path: Path,
+) -> None:
+    policy = DpSgdPolicy(delta=DELTA, max_grad_norm=1.0, noise_multiplier=1.0)
+    client = pinned(tmp_path, "OwnLoopTask", policy)
+    client.protocol.handle(own_task_init("OwnLoopTask"))
+    client.take()
+    client.protocol.handle(sync(1, client))
+    epsilon = send_model(client).metrics.dp_epsilon
+    examples = client.protocol.data.train_examples  # type: ignore[union-attr]
+    plan = plan_round(examples, TRAIN.batch_size, TRAIN.local_epochs)
+    assert epsilon == pytest.approx(PrivacyBudget(policy, 1.0).epsilon_after(plan), rel=1e-12)
+
+
+def test_a_task_that_trains_without_dp_sgd_sends_nothing(tmp_path: Path) -> None:
+    client = pinned(
+        tmp_path, "NoDpTask", DpSgdPolicy(delta=DELTA, max_grad_norm=1.0, noise_multiplier=1.0)
+    )
+    client.protocol.handle(own_task_init("NoDpTask"))
+    client.take()
+    with pytest.raises(ConfigError, match="trained without DP-SGD"):
+        client.protocol.handle(sync(1, client))
+    (sent,) = client.take()  # the Error only: no SendModel
     assert sent.error.code == pb.UNSUPPORTED_CONFIG
