@@ -31,6 +31,7 @@ from fedsilo.client.joined import (
     job_compression,
     join,
 )
+from fedsilo.client.resume import PendingUpload
 from fedsilo.client.state_machine import ClientState, ServerEvent, transition
 from fedsilo.common.compression import ClientCompressor
 from fedsilo.common.errors import (
@@ -78,6 +79,7 @@ class ClientProtocol:
         self._joined_this_session = False
         self._incoming: IncomingModel | None = None
         self._last_round = 0  # the last round synced in this session
+        self._pending: PendingUpload | None = None  # a chunked update a session may continue
         self._pacer = HeartbeatPacer()
         self.rounds_done = 0
 
@@ -130,6 +132,8 @@ class ClientProtocol:
         hello = pb.Hello(protocol_version=PROTOCOL_VERSION, client_name=self.name)
         if self.job_id is not None:
             hello.job_id = self.job_id
+        if self._pending is not None:
+            hello.resume_upload.CopyFrom(self._pending.position())
         return pb.ClientMessage(hello=hello)
 
     def handle(self, message: pb.ServerMessage | RawChunk | None) -> bool:
@@ -204,6 +208,20 @@ class ClientProtocol:
             train_examples=joined.data.train_examples, test_examples=joined.data.test_examples
         )
         self._send(pb.ClientMessage(ready=ready))
+        self._continue_upload(init)
+
+    def _continue_upload(self, init: pb.InitConfig) -> None:
+        """Send the rest of a broken upload from where the server says it holds it."""
+        pending, self._pending = self._pending, None
+        offset = pending.resume_offset(init) if pending is not None else None
+        if pending is None or offset is None:
+            if pending is not None:
+                self.log.info("upload_not_resumed", round=pending.round, reason="server holds none")
+            return
+        self._pending = pending
+        self._record("update_resumed", round=pending.round, offset=offset)
+        self._send(pending.frames(resume_offset=offset))
+        self.log.info("upload_resumed", round=pending.round, offset=offset, acked=pending.acked)
 
     # ------------------------------------------------------------------ actions: model streams
 
@@ -241,6 +259,7 @@ class ClientProtocol:
         self, number: int, train: pb.TrainConfig | None, header: pb.TensorStreamHeader
     ) -> None:
         joined = self._joined()
+        self._pending = None  # a new model: the last update is over, and its tensors change
         try:
             self._incoming = IncomingModel.begin(
                 joined.model, header, joined.job.chunk_size, number, train
@@ -287,6 +306,7 @@ class ClientProtocol:
             measure_norm=self.audit is not None,
         )
         self._record("update_sent", **upload.record)
+        self._pending = upload.pending
         self._send(upload.frames)
         self.rounds_done += 1
         self.log.info("update_sent", round=incoming.round, **upload.summary)
@@ -331,6 +351,10 @@ class ClientProtocol:
     def _do_server_error(self, error: pb.Error) -> None:
         code = pb.ErrorCode.Name(error.code) if error.code in pb.ErrorCode.values() else "?"
         raise ServerRefusedError(f"the server refused: {code}: {_one_line(error.message)}")
+
+    def _do_note_ack(self, ack: pb.UploadPosition) -> None:
+        if self._pending is not None:
+            self._pending.note_ack(ack)
 
     def _do_nothing(self, payload: object) -> None:
         return None

@@ -11,6 +11,7 @@ Session lifecycle, one per stream::
         RECEIVING_ROUND --chunk--> RECEIVING_ROUND
         READY --evaluate--> RECEIVING_FINAL --chunk/trailer--> ... READY
         READY --finish--> FINISHED
+        READY --upload_ack--> READY
         any but FINISHED --abort/error--> FINISHED (the session ends)
 
 Heartbeats are legal in every state; after FINISHED only heartbeats are.
@@ -43,6 +44,7 @@ class ServerEvent(Enum):
     ABORT = "abort"
     HEARTBEAT = "heartbeat"
     ERROR = "error"
+    UPLOAD_ACK = "upload_ack"
 
 
 class ClientAction(Enum):
@@ -57,6 +59,7 @@ class ClientAction(Enum):
     END = "end"
     STOP = "stop"
     SERVER_ERROR = "server_error"
+    NOTE_ACK = "note_ack"
     NOTHING = "nothing"
 
 
@@ -73,6 +76,8 @@ TRANSITIONS: dict[tuple[ClientState, ServerEvent], tuple[ClientAction, ClientSta
     (S.RECEIVING_FINAL, E.CHUNK): (A.RECEIVE_CHUNK, S.RECEIVING_FINAL),
     (S.RECEIVING_FINAL, E.TRAILER): (A.EVALUATE_FINAL, S.READY),
     (S.READY, E.FINISH): (A.END, S.FINISHED),
+    # The server acknowledges the bytes of the update the client is sending (or resuming).
+    (S.READY, E.UPLOAD_ACK): (A.NOTE_ACK, S.READY),
 }
 for _state in S:
     TRANSITIONS[(_state, E.HEARTBEAT)] = (A.NOTHING, _state)

@@ -16,16 +16,11 @@ import torch
 
 from fedsilo.client.joined import Joined
 from fedsilo.client.policy import ClientPolicy
+from fedsilo.client.resume import PendingUpload
 from fedsilo.common.proto import federation_pb2 as pb
 from fedsilo.common.specs import header_of, specs_of
 from fedsilo.common.tensor_checks import floating_copy, update_norm
-from fedsilo.common.tensor_stream import TensorStreamEncoder
-from fedsilo.common.wire import (
-    CLIENT_CHUNKS,
-    PROTOCOL_VERSION,
-    inline_tensors,
-    tensor_stream_frames,
-)
+from fedsilo.common.wire import PROTOCOL_VERSION, inline_tensors
 from fedsilo.tasks import Evaluation, TrainConfig
 
 Heartbeats = AbstractContextManager[None]
@@ -38,6 +33,7 @@ class Upload:
     frames: pb.ClientMessage | Iterator[bytes]
     record: dict[str, Any]
     summary: dict[str, float]
+    pending: PendingUpload | None  # a chunked update, which a new session may continue
 
 
 @contextmanager
@@ -102,12 +98,13 @@ def train_round(
         )
     )
     frames: pb.ClientMessage | Iterator[bytes] = send
+    pending = None
     inline = inline_tensors(list(wire.values()), joined.job.chunk_size)
     if inline is not None:
         send.send_model.update.inline.CopyFrom(inline)
     else:
-        encoder = TensorStreamEncoder(list(wire.values()), joined.job.chunk_size)
-        frames = tensor_stream_frames(send, encoder, CLIENT_CHUNKS, _client_trailer)
+        pending = PendingUpload(round_number, send, list(wire.values()), joined.job.chunk_size)
+        frames = pending.frames()
     record = {
         "round": round_number,
         "bytes": sum(spec.nbytes for spec in specs),
@@ -127,7 +124,7 @@ def train_round(
         "train_seconds": round(seconds, 3),
         "eval_accuracy": round(evaluation.accuracy, 5),
     }
-    return Upload(frames, record, summary)
+    return Upload(frames, record, summary, pending)
 
 
 def evaluate_final(joined: Joined, device: torch.device, heartbeats: Heartbeats) -> Evaluation:
@@ -188,7 +185,3 @@ def join_record(joined: Joined, rejoined: bool, policy: ClientPolicy) -> dict[st
         "train_examples": joined.data.train_examples,
         "test_examples": joined.data.test_examples,
     }
-
-
-def _client_trailer(checksum: int) -> pb.ClientMessage:
-    return pb.ClientMessage(trailer=pb.TensorStreamTrailer(checksum=checksum))

@@ -34,6 +34,12 @@ class ServerConfig(JobSpec, FedsiloSettings):
         gt=0,
         description="Seconds a client in a round may show no progress before it is cut off.",
     )
+    upload_resume_seconds: float = Field(
+        60.0,
+        ge=0,
+        description="Seconds an upload whose connection broke is kept for its client to resume "
+        "it (never past the round's deadline; 0: a broken upload is lost).",
+    )
     resume: bool = Field(
         False, description="Continue from the run folder's checkpoint (fresh if there is none)."
     )

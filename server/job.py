@@ -34,8 +34,9 @@ from fedsilo.server.global_model import GlobalModel
 from fedsilo.server.intake import Intake, UploadChecks
 from fedsilo.server.job_state import JobState
 from fedsilo.server.recorder import JobRecorder
-from fedsilo.server.registry import ClientRegistry, Stage, WorkKind
+from fedsilo.server.registry import ClientRegistry, Member, Stage, WorkKind
 from fedsilo.server.report_checks import ReportError, check_evaluation
+from fedsilo.server.resume import ParkedUploads
 from fedsilo.server.run_files import CLIENT_IDS_FILE, ClientIdLog, MetricsLog
 from fedsilo.server.session import ClientSession
 from fedsilo.server.state_machine import JobPhase
@@ -45,6 +46,7 @@ from fedsilo.server.uploads import UploadStore
 from fedsilo.server.watch import SessionWatch
 
 SPILL_DIR = "spill"  # in the run folder: uploads that wait for their turn to be folded
+REPLACED_GRACE = 5.0  # seconds a reconnect waits for its old stream's upload to be parked
 
 __all__ = ["Job", "JobOutcome"]
 
@@ -105,6 +107,7 @@ class Job:
                 ),
             ),
         )
+        self.parked = ParkedUploads(self.state, config.upload_resume_seconds, log)
         model = GlobalModel(global_state, strategy, self.store, central=central, dp=dp)
         self.coordinator = Coordinator(config, self.state, model, self.recorder, log)
         self._job_message = messages.job_config(config, setting)
@@ -129,7 +132,7 @@ class Job:
 
     def run(self) -> JobOutcome:
         """Drive the whole job (see Coordinator); return how it ended."""
-        watch = SessionWatch(self.state, self.config.progress_timeout, self.log)
+        watch = SessionWatch(self.state, self.config.progress_timeout, self.log, self.parked)
         watch.start()
         try:
             return self.coordinator.run()
@@ -191,11 +194,14 @@ class Job:
                     f"the job is full: max_clients={self.config.max_clients} are connected",
                 )
             self.state.pending.pop(session, None)
+            if known is not None:
+                self._await_upload_parked(known)
             member, replaced = registry.admit(hello.client_name, session)
             if replaced is not None:
                 self._leave_work(
                     replaced.client_id, "replaced by a new connection", replaced.stage.value
                 )
+            resume = self.parked.offer(member.client_id, hello)
         if replaced is not None:
             replaced.session.send(
                 messages.error(
@@ -209,7 +215,21 @@ class Job:
                 "session_replaced", client_id=member.client_id, client=member.name, by=session.peer
             )
         session.log.info("client_joined", client_id=member.client_id, client=member.name)
-        return member.client_id, messages.init_config(member.client_id, self._job_message)
+        init = messages.init_config(member.client_id, self._job_message)
+        if resume is not None:
+            init.init_config.resume_upload.CopyFrom(resume)
+        return member.client_id, init
+
+    def _await_upload_parked(self, client_id: int) -> None:
+        """A client reconnects while its old stream still uploads: end that stream and wait
+        (a bounded time, cond held) until its upload is parked, so that it can be resumed."""
+        old = self.state.registry.get(client_id)
+        if old is None or old.stage is not Stage.UPLOAD or not self.parked.enabled:
+            return
+        old.session.cut_off()
+        self.state.cond.wait_for(
+            lambda: self.state.registry.get(client_id) is not old, timeout=REPLACED_GRACE
+        )
 
     def ready(self, session: ClientSession, ready: pb.Ready) -> None:
         """Note that a client has loaded its task and data: it is available for work.
@@ -238,6 +258,11 @@ class Job:
     def begin_upload(self, session: ClientSession, send: pb.SendModel) -> Upload:
         """Open the upload a SendModel announces (raises UploadRefusedError)."""
         assert session.client_id is not None
+        if send.HasField("resume_offset"):
+            with self.state.cond:
+                member = self.state.registry.current(session.client_id, session)
+                if member is not None:
+                    return self.parked.resume(member, send, session.log)
         return self.intake.begin(session.client_id, session, send, session.round, session.log)
 
     def stream_discarded(self, session: ClientSession) -> None:
@@ -287,15 +312,26 @@ class Job:
             message=shown(error.message, 300),
         )
 
-    def closed(self, session: ClientSession) -> None:
-        """Forget a session whose stream ended; drop it from the work it owed."""
+    def closed(self, session: ClientSession, upload: Upload | None = None) -> None:
+        """Forget a session whose stream ended; drop it from the work it owed, except an upload
+        it broke off, which is kept for it to resume (``server/resume.py``) when it can be."""
         with self.state.cond:
             self.state.pending.pop(session, None)
             member = self.state.registry.remove(session.client_id, session)
+            reason = "disconnected"
+            if member is not None:
+                reason = self.parked.stalled.pop(member.client_id, reason)
+            if upload is not None and (member is None or not self._park(member, upload, reason)):
+                upload.abort()
             if member is None:
                 return
-            self._leave_work(member.client_id, "disconnected", member.stage.value)
+            if not self.parked.holds(member.client_id):
+                self._leave_work(member.client_id, reason, member.stage.value)
         session.log.info("client_left", phase=member.stage.value)
+
+    def _park(self, member: Member, upload: Upload, reason: str) -> bool:
+        """Park the upload of a member whose stream broke (cond held); False if it cannot be."""
+        return member.stage is Stage.UPLOAD and self.parked.park(upload, reason)
 
     def _leave_work(self, client_id: int, reason: str, stage: str) -> None:
         """Drop a client from the round or final evaluation it was part of (cond held)."""

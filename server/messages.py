@@ -42,6 +42,12 @@ def job_config(config: ServerConfig, compression: Compression) -> pb.JobConfig:
     )
 
 
+def upload_ack(round_number: int, offset: int) -> pb.ServerMessage:
+    """Return the acknowledgement of the first ``offset`` bytes of a round's upload."""
+    position = pb.UploadPosition(round=round_number, offset=offset)
+    return pb.ServerMessage(upload_ack=position)
+
+
 def init_config(client_id: int, job: pb.JobConfig) -> pb.ServerMessage:
     """Return the InitConfig answering an admitted client's Hello."""
     return pb.ServerMessage(init_config=pb.InitConfig(client_id=client_id, job=job))

@@ -63,8 +63,8 @@ class SessionJob(Protocol):
     def peer_error(self, session: ClientSession, error: pb.Error) -> None:
         """Record an Error the client sent."""
 
-    def closed(self, session: ClientSession) -> None:
-        """Forget a session whose stream ended."""
+    def closed(self, session: ClientSession, upload: Upload | None = None) -> None:
+        """Forget a session whose stream ended (with the upload it broke off, if any)."""
 
 
 class Progress:
@@ -284,10 +284,8 @@ class ClientSession:
         return None
 
     def _do_drop(self, payload: Any, nbytes: int) -> None:
-        if self.upload is not None:
-            self.upload.abort()
-        self.upload = None
-        self.job.closed(self)
+        upload, self.upload = self.upload, None
+        self.job.closed(self, upload)  # which keeps a broken upload for a resume, or aborts it
 
     # ------------------------------------------------------------------ outbound
 

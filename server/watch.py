@@ -7,7 +7,9 @@ Hello after ``HANDSHAKE_SECONDS``; in every other state after ``progress_timeout
 moving (a message in, a frame out; while uploading, only tensor bytes count, so heartbeats
 cannot hold a round open). A client doing work for a round or the final evaluation is dropped
 from it, with the reason and the phase, before its stream is cut. Idle clients and uploads the
-server itself keeps waiting in line have no deadline.
+server itself keeps waiting in line have no deadline. An uploader that stalls is cut off but
+stays in its round when broken uploads are kept (``server/resume.py``): its upload is parked
+when its stream closes, and the watch gives parked uploads up when their time is over.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ import structlog
 
 from fedsilo.server.job_state import JobState
 from fedsilo.server.registry import Member, Stage
+from fedsilo.server.resume import ParkedUploads
 
 HANDSHAKE_SECONDS = 10.0  # from a stream's opening to its Hello: a round trip and a TLS check
 UNWATCHED_STAGES = (Stage.IDLE, Stage.QUEUED)
@@ -33,8 +36,10 @@ class SessionWatch:
         state: JobState,
         progress_timeout: float,
         log: structlog.typing.FilteringBoundLogger,
+        parked: ParkedUploads | None = None,
     ) -> None:
         self._state = state
+        self._parked = parked
         self._handshake = min(HANDSHAKE_SECONDS, progress_timeout)
         self._progress_timeout = progress_timeout
         self._log = log
@@ -66,6 +71,8 @@ class SessionWatch:
         overdue: list[tuple[Any, str]] = []
         state = self._state
         with state.cond:
+            if self._parked is not None:
+                self._parked.expire()
             for session, opened in list(state.pending.items()):
                 if now - opened > self._handshake:
                     del state.pending[session]
@@ -82,7 +89,8 @@ class SessionWatch:
                 if member.session.progress.idle_seconds(uploading) <= limit:
                     continue
                 reason = f"stalled: no progress for {limit:g}s"
-                self._leave_work(member, reason)
+                if not self._parks(member, reason, limit):
+                    self._leave_work(member, reason)
                 self._log.warning(
                     "client_cut_off",
                     client_id=member.client_id,
@@ -91,6 +99,20 @@ class SessionWatch:
                 )
                 overdue.append((member.session, reason))
         return overdue
+
+    def _parks(self, member: Member, reason: str, limit: float) -> bool:
+        """Whether a stalled uploader stays in its round for its upload to be parked (cond held).
+
+        Bounded: one whose stream has not closed within the resume window after the cut-off is
+        dropped after all.
+        """
+        parked = self._parked
+        if parked is None or not parked.enabled or member.stage is not Stage.UPLOAD:
+            return False
+        if member.session.progress.idle_seconds(True) > limit + parked.window:
+            return False
+        parked.stalled[member.client_id] = reason
+        return True
 
     def _leave_work(self, member: Member, reason: str) -> None:
         """Drop a stalled client from the round or final evaluation it owes work to (cond held)."""

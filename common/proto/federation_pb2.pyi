@@ -59,7 +59,7 @@ class ClientMessage(_message.Message):
     def __init__(self, hello: _Optional[_Union[Hello, _Mapping]] = ..., ready: _Optional[_Union[Ready, _Mapping]] = ..., send_model: _Optional[_Union[SendModel, _Mapping]] = ..., chunk: _Optional[_Union[TensorChunk, _Mapping]] = ..., trailer: _Optional[_Union[TensorStreamTrailer, _Mapping]] = ..., eval_result: _Optional[_Union[EvalResult, _Mapping]] = ..., heartbeat: _Optional[_Union[Heartbeat, _Mapping]] = ..., error: _Optional[_Union[Error, _Mapping]] = ...) -> None: ...
 
 class ServerMessage(_message.Message):
-    __slots__ = ("init_config", "sync_model", "chunk", "trailer", "evaluate", "finish", "abort", "heartbeat", "error")
+    __slots__ = ("init_config", "sync_model", "chunk", "trailer", "evaluate", "finish", "abort", "heartbeat", "error", "upload_ack")
     INIT_CONFIG_FIELD_NUMBER: _ClassVar[int]
     SYNC_MODEL_FIELD_NUMBER: _ClassVar[int]
     CHUNK_FIELD_NUMBER: _ClassVar[int]
@@ -69,6 +69,7 @@ class ServerMessage(_message.Message):
     ABORT_FIELD_NUMBER: _ClassVar[int]
     HEARTBEAT_FIELD_NUMBER: _ClassVar[int]
     ERROR_FIELD_NUMBER: _ClassVar[int]
+    UPLOAD_ACK_FIELD_NUMBER: _ClassVar[int]
     init_config: InitConfig
     sync_model: SyncModel
     chunk: TensorChunk
@@ -78,25 +79,38 @@ class ServerMessage(_message.Message):
     abort: Abort
     heartbeat: Heartbeat
     error: Error
-    def __init__(self, init_config: _Optional[_Union[InitConfig, _Mapping]] = ..., sync_model: _Optional[_Union[SyncModel, _Mapping]] = ..., chunk: _Optional[_Union[TensorChunk, _Mapping]] = ..., trailer: _Optional[_Union[TensorStreamTrailer, _Mapping]] = ..., evaluate: _Optional[_Union[Evaluate, _Mapping]] = ..., finish: _Optional[_Union[Finish, _Mapping]] = ..., abort: _Optional[_Union[Abort, _Mapping]] = ..., heartbeat: _Optional[_Union[Heartbeat, _Mapping]] = ..., error: _Optional[_Union[Error, _Mapping]] = ...) -> None: ...
+    upload_ack: UploadPosition
+    def __init__(self, init_config: _Optional[_Union[InitConfig, _Mapping]] = ..., sync_model: _Optional[_Union[SyncModel, _Mapping]] = ..., chunk: _Optional[_Union[TensorChunk, _Mapping]] = ..., trailer: _Optional[_Union[TensorStreamTrailer, _Mapping]] = ..., evaluate: _Optional[_Union[Evaluate, _Mapping]] = ..., finish: _Optional[_Union[Finish, _Mapping]] = ..., abort: _Optional[_Union[Abort, _Mapping]] = ..., heartbeat: _Optional[_Union[Heartbeat, _Mapping]] = ..., error: _Optional[_Union[Error, _Mapping]] = ..., upload_ack: _Optional[_Union[UploadPosition, _Mapping]] = ...) -> None: ...
 
 class Hello(_message.Message):
-    __slots__ = ("protocol_version", "job_id", "client_name")
+    __slots__ = ("protocol_version", "job_id", "client_name", "resume_upload")
     PROTOCOL_VERSION_FIELD_NUMBER: _ClassVar[int]
     JOB_ID_FIELD_NUMBER: _ClassVar[int]
     CLIENT_NAME_FIELD_NUMBER: _ClassVar[int]
+    RESUME_UPLOAD_FIELD_NUMBER: _ClassVar[int]
     protocol_version: int
     job_id: int
     client_name: str
-    def __init__(self, protocol_version: _Optional[int] = ..., job_id: _Optional[int] = ..., client_name: _Optional[str] = ...) -> None: ...
+    resume_upload: UploadPosition
+    def __init__(self, protocol_version: _Optional[int] = ..., job_id: _Optional[int] = ..., client_name: _Optional[str] = ..., resume_upload: _Optional[_Union[UploadPosition, _Mapping]] = ...) -> None: ...
 
 class InitConfig(_message.Message):
-    __slots__ = ("client_id", "job")
+    __slots__ = ("client_id", "job", "resume_upload")
     CLIENT_ID_FIELD_NUMBER: _ClassVar[int]
     JOB_FIELD_NUMBER: _ClassVar[int]
+    RESUME_UPLOAD_FIELD_NUMBER: _ClassVar[int]
     client_id: int
     job: JobConfig
-    def __init__(self, client_id: _Optional[int] = ..., job: _Optional[_Union[JobConfig, _Mapping]] = ...) -> None: ...
+    resume_upload: UploadPosition
+    def __init__(self, client_id: _Optional[int] = ..., job: _Optional[_Union[JobConfig, _Mapping]] = ..., resume_upload: _Optional[_Union[UploadPosition, _Mapping]] = ...) -> None: ...
+
+class UploadPosition(_message.Message):
+    __slots__ = ("round", "offset")
+    ROUND_FIELD_NUMBER: _ClassVar[int]
+    OFFSET_FIELD_NUMBER: _ClassVar[int]
+    round: int
+    offset: int
+    def __init__(self, round: _Optional[int] = ..., offset: _Optional[int] = ...) -> None: ...
 
 class JobConfig(_message.Message):
     __slots__ = ("job_id", "task", "seed", "rounds", "chunk_size", "heartbeat_seconds", "progress_timeout_seconds", "compression", "task_options_json", "task_hash", "train")
@@ -167,16 +181,18 @@ class SyncModel(_message.Message):
     def __init__(self, round: _Optional[int] = ..., train: _Optional[_Union[TrainConfig, _Mapping]] = ..., model: _Optional[_Union[TensorStreamHeader, _Mapping]] = ...) -> None: ...
 
 class SendModel(_message.Message):
-    __slots__ = ("round", "train_examples", "metrics", "update")
+    __slots__ = ("round", "train_examples", "metrics", "update", "resume_offset")
     ROUND_FIELD_NUMBER: _ClassVar[int]
     TRAIN_EXAMPLES_FIELD_NUMBER: _ClassVar[int]
     METRICS_FIELD_NUMBER: _ClassVar[int]
     UPDATE_FIELD_NUMBER: _ClassVar[int]
+    RESUME_OFFSET_FIELD_NUMBER: _ClassVar[int]
     round: int
     train_examples: int
     metrics: LocalMetrics
     update: TensorStreamHeader
-    def __init__(self, round: _Optional[int] = ..., train_examples: _Optional[int] = ..., metrics: _Optional[_Union[LocalMetrics, _Mapping]] = ..., update: _Optional[_Union[TensorStreamHeader, _Mapping]] = ...) -> None: ...
+    resume_offset: int
+    def __init__(self, round: _Optional[int] = ..., train_examples: _Optional[int] = ..., metrics: _Optional[_Union[LocalMetrics, _Mapping]] = ..., update: _Optional[_Union[TensorStreamHeader, _Mapping]] = ..., resume_offset: _Optional[int] = ...) -> None: ...
 
 class Evaluate(_message.Message):
     __slots__ = ("round", "model")
