@@ -80,6 +80,7 @@ class ParkedUploads:
         self._log.info(
             "upload_parked",
             client_id=upload.client_id,
+            client=upload.client_name,
             round=upload.round,
             offset=upload.received_bytes,
             reason=reason,
@@ -142,7 +143,11 @@ class ParkedUploads:
         entry.round.drop([client_id], reason, {client_id: Stage.UPLOAD.value})
         self._state.cond.notify_all()
         self._log.warning(
-            "upload_given_up", client_id=client_id, round=entry.upload.round, reason=reason
+            "upload_given_up",
+            client_id=client_id,
+            client=entry.upload.client_name,
+            round=entry.upload.round,
+            reason=reason,
         )
 
 

@@ -97,11 +97,17 @@ class Upload:
         if self.chunked and received >= self._next_ack:
             self._next_ack = received + ACK_BYTES
             self._member.session.send(messages.upload_ack(self.round, received))
+            self._log.debug("upload_acked", round=self.round, offset=received)
 
     @property
     def received_bytes(self) -> int:
         """Bytes of the update's stream taken so far (where a resumed stream continues)."""
         return self._decoder.received_bytes if self._decoder is not None else 0
+
+    @property
+    def client_name(self) -> str:
+        """The name of the client sending it."""
+        return self._member.name
 
     @property
     def round_state(self) -> Round:
