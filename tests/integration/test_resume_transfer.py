@@ -29,7 +29,7 @@ MIB = 1 << 20
 CONFIG = (
     f'task = "tests.integration.user_task:TinyTask"\n[task_options]\nballast_mb = {BALLAST_MB}\n'
 )
-CUT_SECONDS = 4.0  # the link stays down this long after the server has cut the stream off
+CUT_SECONDS = 3.0  # the link stays down this long after the server has cut the stream off
 
 
 def expected_model(rows: list[dict]) -> dict[str, torch.Tensor]:
