@@ -86,13 +86,12 @@ class ScriptedClient:
         self._thread = threading.Thread(target=self._pump, daemon=True, name=self.name)
         self._ended = threading.Event()
 
-    def join(self, ready: bool = True) -> None:
-        """Say Hello (and Ready) and start answering."""
-        self.send(
-            pb.ClientMessage(
-                hello=pb.Hello(protocol_version=PROTOCOL_VERSION, client_name=self.name)
-            )
-        )
+    def join(self, ready: bool = True, resume: pb.UploadPosition | None = None) -> None:
+        """Say Hello (naming a broken upload to ``resume``, if any) and Ready; start answering."""
+        hello = pb.Hello(protocol_version=PROTOCOL_VERSION, client_name=self.name)
+        if resume is not None:
+            hello.resume_upload.CopyFrom(resume)
+        self.send(pb.ClientMessage(hello=hello))
         self._thread.start()
         if ready:
             self.send(pb.ClientMessage(ready=pb.Ready(train_examples=self.examples)))
