@@ -16,6 +16,7 @@ from pathlib import Path
 import torch
 
 from fedsilo.client.policy import AdmittedTask, ClientPolicy
+from fedsilo.client.secagg_client import SecAggKeys
 from fedsilo.common.compression import ClientCompressor, Compression
 from fedsilo.common.errors import ConfigError, PolicyError
 from fedsilo.common.proto import federation_pb2 as pb
@@ -38,6 +39,8 @@ class LocalSettings:
     # Only for clients that never work concurrently (fl-sim): every round overwrites all
     # weights before use, so one model per task can serve them all.
     shared_models: SharedModels | None = None
+    # Secure aggregation: the certificate key round keys are signed with, and the CA.
+    secagg_keys: SecAggKeys | None = None
 
 
 @dataclass

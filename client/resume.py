@@ -12,14 +12,18 @@ the offset are hashed again, not sent: xxh3 runs at tens of GB/s).
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 
 from fedsilo.common.proto import federation_pb2 as pb
 from fedsilo.common.tensor_stream import TensorStreamEncoder
-from fedsilo.common.wire import CLIENT_CHUNKS, tensor_stream_frames
+from fedsilo.common.wire import CLIENT_CHUNKS, PROTOCOL_VERSION, Outbound, tensor_stream_frames
+
+Send = Callable[[Outbound | Iterator[bytes]], None]
+Record = Callable[..., None]
 
 
 @dataclass
@@ -66,6 +70,51 @@ class PendingUpload:
         if answer.round != self.round or not 0 <= answer.offset <= self.total_bytes:
             return None
         return int(answer.offset)
+
+
+class UploadResume:
+    """The client's one pending upload across its sessions (``ClientProtocol`` holds one).
+
+    An upload is kept from when it is queued until the next one replaces it (or an inline one
+    clears it): a pending upload of an earlier round is never continued, because the server
+    keeps a broken upload only while its round is open, and answers a Hello naming another
+    round with nothing to resume.
+    """
+
+    def __init__(self) -> None:
+        self.pending: PendingUpload | None = None
+
+    def keep(self, pending: PendingUpload | None) -> None:
+        """Remember the update just queued (None: nothing to continue, e.g. it went inline)."""
+        self.pending = pending
+
+    def note_ack(self, ack: pb.UploadPosition) -> None:
+        """Take an ``upload_ack`` from the server (the client table's NOTE_ACK action)."""
+        if self.pending is not None:
+            self.pending.note_ack(ack)
+
+    def hello(self, name: str, job_id: int | None) -> pb.ClientMessage:
+        """Return a session's Hello, naming the pending upload if there is one."""
+        hello = pb.Hello(protocol_version=PROTOCOL_VERSION, client_name=name)
+        if job_id is not None:
+            hello.job_id = job_id
+        if self.pending is not None:
+            hello.resume_upload.CopyFrom(self.pending.position())
+        return pb.ClientMessage(hello=hello)
+
+    def continue_after(self, init: pb.InitConfig, send: Send, record: Record, log: Any) -> None:
+        """After a (re)join: send the rest of the pending upload from where the server holds
+        it, or forget it when the server holds none (it was delivered, or given up)."""
+        pending = self.pending
+        offset = pending.resume_offset(init) if pending is not None else None
+        if pending is None or offset is None:
+            if pending is not None:
+                log.info("upload_not_resumed", round=pending.round, reason="server holds none")
+            self.pending = None
+            return
+        record("update_resumed", round=pending.round, offset=offset)
+        send(pending.frames(resume_offset=offset))
+        log.info("upload_resumed", round=pending.round, offset=offset, acked=pending.acked)
 
 
 def _trailer(checksum: int) -> pb.ClientMessage:

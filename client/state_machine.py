@@ -11,6 +11,7 @@ Session lifecycle, one per stream::
         RECEIVING_ROUND --chunk--> RECEIVING_ROUND
         READY --evaluate--> RECEIVING_FINAL --chunk/trailer--> ... READY
         READY --finish--> FINISHED
+        READY --secagg_roster, secagg_routed, secagg_unmask_request--> READY
         READY --upload_ack--> READY
         any but FINISHED --abort/error--> FINISHED (the session ends)
 
@@ -44,6 +45,9 @@ class ServerEvent(Enum):
     ABORT = "abort"
     HEARTBEAT = "heartbeat"
     ERROR = "error"
+    SECAGG_ROSTER = "secagg_roster"
+    SECAGG_ROUTED = "secagg_routed"
+    SECAGG_UNMASK_REQUEST = "secagg_unmask_request"
     UPLOAD_ACK = "upload_ack"
 
 
@@ -61,6 +65,9 @@ class ClientAction(Enum):
     SERVER_ERROR = "server_error"
     NOTE_ACK = "note_ack"
     NOTHING = "nothing"
+    SECAGG_SHARE = "secagg_share"
+    SECAGG_UPLOAD = "secagg_upload"
+    SECAGG_UNMASK = "secagg_unmask"
 
 
 S = ClientState
@@ -76,6 +83,11 @@ TRANSITIONS: dict[tuple[ClientState, ServerEvent], tuple[ClientAction, ClientSta
     (S.RECEIVING_FINAL, E.CHUNK): (A.RECEIVE_CHUNK, S.RECEIVING_FINAL),
     (S.RECEIVING_FINAL, E.TRAILER): (A.EVALUATE_FINAL, S.READY),
     (S.READY, E.FINISH): (A.END, S.FINISHED),
+    # Secure aggregation, after the round's model (and training): the protocol object checks
+    # the stages' order itself, and refuses a message out of it.
+    (S.READY, E.SECAGG_ROSTER): (A.SECAGG_SHARE, S.READY),
+    (S.READY, E.SECAGG_ROUTED): (A.SECAGG_UPLOAD, S.READY),
+    (S.READY, E.SECAGG_UNMASK_REQUEST): (A.SECAGG_UNMASK, S.READY),
     # The server acknowledges the bytes of the update the client is sending (or resuming).
     (S.READY, E.UPLOAD_ACK): (A.NOTE_ACK, S.READY),
 }

@@ -41,6 +41,11 @@ def message_of(event: ServerEvent, driven: Driven) -> pb.ServerMessage:
         ServerEvent.ABORT: lambda: pb.ServerMessage(abort=pb.Abort(reason="x")),
         ServerEvent.HEARTBEAT: lambda: pb.ServerMessage(heartbeat=pb.Heartbeat()),
         ServerEvent.ERROR: lambda: pb.ServerMessage(error=pb.Error(code=pb.INTERNAL)),
+        ServerEvent.SECAGG_ROSTER: lambda: pb.ServerMessage(secagg_roster=pb.SecAggKeyRoster()),
+        ServerEvent.SECAGG_ROUTED: lambda: pb.ServerMessage(secagg_routed=pb.SecAggRoutedShares()),
+        ServerEvent.SECAGG_UNMASK_REQUEST: lambda: pb.ServerMessage(
+            secagg_unmask_request=pb.SecAggUnmaskRequest()
+        ),
         ServerEvent.UPLOAD_ACK: lambda: pb.ServerMessage(
             upload_ack=pb.UploadPosition(round=1, offset=8)
         ),
@@ -91,9 +96,9 @@ def test_an_unexpected_message_gets_one_error_and_one_line(
 
 
 def test_the_table_forbids_what_the_protocol_never_does() -> None:
-    # 5 states x 10 messages = 50 pairs; legal: 8 steps, 1 upload_ack (READY), 5 heartbeats,
-    # 4 aborts, 4 errors = 22
-    assert len(ILLEGAL) == 50 - 22
+    # 5 states x 13 messages = 65 pairs; legal: 8 steps, 3 secure-aggregation stages and
+    # upload_ack (while ready), 5 heartbeats, 4 aborts, 4 errors = 25
+    assert len(ILLEGAL) == 65 - 25
     assert (ClientState.RECEIVING_ROUND, ServerEvent.UPLOAD_ACK) in ILLEGAL
     assert (ClientState.READY, ServerEvent.INIT_CONFIG) in ILLEGAL
     assert (ClientState.RECEIVING_ROUND, ServerEvent.SYNC_MODEL) in ILLEGAL
