@@ -233,6 +233,7 @@ class ClientProtocol:
         self, number: int, train: pb.TrainConfig | None, header: pb.TensorStreamHeader
     ) -> None:
         joined = self._joined()
+        self._resume.forget()  # a new model: the last update is over, and its tensors change
         try:
             self._incoming = IncomingModel.begin(
                 joined.model, header, joined.job.chunk_size, number, train
@@ -286,8 +287,7 @@ class ClientProtocol:
             self._secagg.keep(upload, self._joined().model)
             return
         self._record("update_sent", **upload.record)
-        self._resume.keep(upload.pending)
-        self._send(upload.frames)
+        self._send(self._resume.keep(upload))
         self.rounds_done += 1
         self.log.info("update_sent", round=incoming.round, **upload.summary)
 

@@ -14,13 +14,16 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
 from fedsilo.common.proto import federation_pb2 as pb
 from fedsilo.common.tensor_stream import TensorStreamEncoder
 from fedsilo.common.wire import CLIENT_CHUNKS, PROTOCOL_VERSION, Outbound, tensor_stream_frames
+
+if TYPE_CHECKING:  # work.py imports this module
+    from fedsilo.client.work import Upload
 
 Send = Callable[[Outbound | Iterator[bytes]], None]
 Record = Callable[..., None]
@@ -75,18 +78,21 @@ class PendingUpload:
 class UploadResume:
     """The client's one pending upload across its sessions (``ClientProtocol`` holds one).
 
-    An upload is kept from when it is queued until the next one replaces it (or an inline one
-    clears it): a pending upload of an earlier round is never continued, because the server
-    keeps a broken upload only while its round is open, and answers a Hello naming another
-    round with nothing to resume.
+    An upload is kept from when it is queued until the next model stream begins (the model's
+    tensors change then, and the server keeps a broken upload only while its round is open).
     """
 
     def __init__(self) -> None:
         self.pending: PendingUpload | None = None
 
-    def keep(self, pending: PendingUpload | None) -> None:
-        """Remember the update just queued (None: nothing to continue, e.g. it went inline)."""
-        self.pending = pending
+    def keep(self, upload: Upload) -> pb.ClientMessage | Iterator[bytes]:
+        """Remember the update about to be queued (if chunked); return its frames to send."""
+        self.pending = upload.pending
+        return upload.frames
+
+    def forget(self) -> None:
+        """Drop the pending upload: a new model is coming."""
+        self.pending = None
 
     def note_ack(self, ack: pb.UploadPosition) -> None:
         """Take an ``upload_ack`` from the server (the client table's NOTE_ACK action)."""
