@@ -56,14 +56,14 @@ class PendingUpload:
         encoder = TensorStreamEncoder(self.tensors, self.chunk_size, start=start)
         return tensor_stream_frames(send, encoder, CLIENT_CHUNKS, _trailer)
 
-    def note_ack(self, ack: pb.UploadPosition) -> None:
+    def note_ack(self, ack: pb.StreamPosition) -> None:
         """Take an acknowledgement of this upload's bytes (others are not about it)."""
         if ack.round == self.round and self.acked <= ack.offset <= self.total_bytes:
             self.acked = ack.offset
 
-    def position(self) -> pb.UploadPosition:
+    def position(self) -> pb.StreamPosition:
         """Where this client believes the upload stands (for its Hello)."""
-        return pb.UploadPosition(round=self.round, offset=self.acked)
+        return pb.StreamPosition(round=self.round, offset=self.acked)
 
     def resume_offset(self, init: pb.InitConfig) -> int | None:
         """Return where InitConfig says to continue; None if the server kept nothing usable."""
@@ -94,7 +94,7 @@ class UploadResume:
         """Drop the pending upload: a new model is coming."""
         self.pending = None
 
-    def note_ack(self, ack: pb.UploadPosition) -> None:
+    def note_ack(self, ack: pb.StreamPosition) -> None:
         """Take an ``upload_ack`` from the server (the client table's NOTE_ACK action)."""
         if self.pending is not None:
             self.pending.note_ack(ack)

@@ -49,7 +49,7 @@ def job_config(
 
 def upload_ack(round_number: int, offset: int) -> pb.ServerMessage:
     """Return the acknowledgement of the first ``offset`` bytes of a round's upload."""
-    position = pb.UploadPosition(round=round_number, offset=offset)
+    position = pb.StreamPosition(round=round_number, offset=offset)
     return pb.ServerMessage(upload_ack=position)
 
 

@@ -88,7 +88,7 @@ class ParkedUploads:
         )
         return True
 
-    def offer(self, client_id: int, hello: pb.Hello) -> pb.UploadPosition | None:
+    def offer(self, client_id: int, hello: pb.Hello) -> pb.StreamPosition | None:
         """Say where a reconnecting client's upload goes on, or give it up if not named."""
         entry = self._parked.get(client_id)
         if entry is None:
@@ -98,7 +98,7 @@ class ParkedUploads:
         if asked is None or asked.round != upload.round or asked.offset > upload.received_bytes:
             self._give_up(client_id, f"{entry.reason}; reconnected without resuming the upload")
             return None
-        return pb.UploadPosition(round=upload.round, offset=upload.received_bytes)
+        return pb.StreamPosition(round=upload.round, offset=upload.received_bytes)
 
     def resume(self, member: Member, send: pb.SendModel, log: Log) -> Upload:
         """Hand the parked upload that a resumed SendModel continues to its new session."""

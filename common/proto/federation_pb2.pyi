@@ -93,20 +93,22 @@ class ServerMessage(_message.Message):
     secagg_roster: SecAggKeyRoster
     secagg_routed: SecAggRoutedShares
     secagg_unmask_request: SecAggUnmaskRequest
-    upload_ack: UploadPosition
-    def __init__(self, init_config: _Optional[_Union[InitConfig, _Mapping]] = ..., sync_model: _Optional[_Union[SyncModel, _Mapping]] = ..., chunk: _Optional[_Union[TensorChunk, _Mapping]] = ..., trailer: _Optional[_Union[TensorStreamTrailer, _Mapping]] = ..., evaluate: _Optional[_Union[Evaluate, _Mapping]] = ..., finish: _Optional[_Union[Finish, _Mapping]] = ..., abort: _Optional[_Union[Abort, _Mapping]] = ..., heartbeat: _Optional[_Union[Heartbeat, _Mapping]] = ..., error: _Optional[_Union[Error, _Mapping]] = ..., secagg_roster: _Optional[_Union[SecAggKeyRoster, _Mapping]] = ..., secagg_routed: _Optional[_Union[SecAggRoutedShares, _Mapping]] = ..., secagg_unmask_request: _Optional[_Union[SecAggUnmaskRequest, _Mapping]] = ..., upload_ack: _Optional[_Union[UploadPosition, _Mapping]] = ...) -> None: ...
+    upload_ack: StreamPosition
+    def __init__(self, init_config: _Optional[_Union[InitConfig, _Mapping]] = ..., sync_model: _Optional[_Union[SyncModel, _Mapping]] = ..., chunk: _Optional[_Union[TensorChunk, _Mapping]] = ..., trailer: _Optional[_Union[TensorStreamTrailer, _Mapping]] = ..., evaluate: _Optional[_Union[Evaluate, _Mapping]] = ..., finish: _Optional[_Union[Finish, _Mapping]] = ..., abort: _Optional[_Union[Abort, _Mapping]] = ..., heartbeat: _Optional[_Union[Heartbeat, _Mapping]] = ..., error: _Optional[_Union[Error, _Mapping]] = ..., secagg_roster: _Optional[_Union[SecAggKeyRoster, _Mapping]] = ..., secagg_routed: _Optional[_Union[SecAggRoutedShares, _Mapping]] = ..., secagg_unmask_request: _Optional[_Union[SecAggUnmaskRequest, _Mapping]] = ..., upload_ack: _Optional[_Union[StreamPosition, _Mapping]] = ...) -> None: ...
 
 class Hello(_message.Message):
-    __slots__ = ("protocol_version", "job_id", "client_name", "resume_upload")
+    __slots__ = ("protocol_version", "job_id", "client_name", "resume_upload", "resume_download")
     PROTOCOL_VERSION_FIELD_NUMBER: _ClassVar[int]
     JOB_ID_FIELD_NUMBER: _ClassVar[int]
     CLIENT_NAME_FIELD_NUMBER: _ClassVar[int]
     RESUME_UPLOAD_FIELD_NUMBER: _ClassVar[int]
+    RESUME_DOWNLOAD_FIELD_NUMBER: _ClassVar[int]
     protocol_version: int
     job_id: int
     client_name: str
-    resume_upload: UploadPosition
-    def __init__(self, protocol_version: _Optional[int] = ..., job_id: _Optional[int] = ..., client_name: _Optional[str] = ..., resume_upload: _Optional[_Union[UploadPosition, _Mapping]] = ...) -> None: ...
+    resume_upload: StreamPosition
+    resume_download: StreamPosition
+    def __init__(self, protocol_version: _Optional[int] = ..., job_id: _Optional[int] = ..., client_name: _Optional[str] = ..., resume_upload: _Optional[_Union[StreamPosition, _Mapping]] = ..., resume_download: _Optional[_Union[StreamPosition, _Mapping]] = ...) -> None: ...
 
 class InitConfig(_message.Message):
     __slots__ = ("client_id", "job", "resume_upload")
@@ -115,10 +117,10 @@ class InitConfig(_message.Message):
     RESUME_UPLOAD_FIELD_NUMBER: _ClassVar[int]
     client_id: int
     job: JobConfig
-    resume_upload: UploadPosition
-    def __init__(self, client_id: _Optional[int] = ..., job: _Optional[_Union[JobConfig, _Mapping]] = ..., resume_upload: _Optional[_Union[UploadPosition, _Mapping]] = ...) -> None: ...
+    resume_upload: StreamPosition
+    def __init__(self, client_id: _Optional[int] = ..., job: _Optional[_Union[JobConfig, _Mapping]] = ..., resume_upload: _Optional[_Union[StreamPosition, _Mapping]] = ...) -> None: ...
 
-class UploadPosition(_message.Message):
+class StreamPosition(_message.Message):
     __slots__ = ("round", "offset")
     ROUND_FIELD_NUMBER: _ClassVar[int]
     OFFSET_FIELD_NUMBER: _ClassVar[int]
@@ -307,16 +309,18 @@ class TrainConfig(_message.Message):
     def __init__(self, local_epochs: _Optional[int] = ..., batch_size: _Optional[int] = ..., learning_rate: _Optional[float] = ..., seed: _Optional[int] = ..., proximal_mu: _Optional[float] = ...) -> None: ...
 
 class SyncModel(_message.Message):
-    __slots__ = ("round", "train", "model", "secagg")
+    __slots__ = ("round", "train", "model", "secagg", "resume_offset")
     ROUND_FIELD_NUMBER: _ClassVar[int]
     TRAIN_FIELD_NUMBER: _ClassVar[int]
     MODEL_FIELD_NUMBER: _ClassVar[int]
     SECAGG_FIELD_NUMBER: _ClassVar[int]
+    RESUME_OFFSET_FIELD_NUMBER: _ClassVar[int]
     round: int
     train: TrainConfig
     model: TensorStreamHeader
     secagg: SecAggSetup
-    def __init__(self, round: _Optional[int] = ..., train: _Optional[_Union[TrainConfig, _Mapping]] = ..., model: _Optional[_Union[TensorStreamHeader, _Mapping]] = ..., secagg: _Optional[_Union[SecAggSetup, _Mapping]] = ...) -> None: ...
+    resume_offset: int
+    def __init__(self, round: _Optional[int] = ..., train: _Optional[_Union[TrainConfig, _Mapping]] = ..., model: _Optional[_Union[TensorStreamHeader, _Mapping]] = ..., secagg: _Optional[_Union[SecAggSetup, _Mapping]] = ..., resume_offset: _Optional[int] = ...) -> None: ...
 
 class SendModel(_message.Message):
     __slots__ = ("round", "train_examples", "metrics", "update", "resume_offset")

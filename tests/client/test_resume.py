@@ -40,13 +40,13 @@ def test_a_new_session_names_the_upload_and_sends_exactly_the_rest_from_the_serv
     ]
     whole = b"".join(m.chunk.data for m in first[1:4])
     protocol = driven.protocol
-    protocol.handle(pb.ServerMessage(upload_ack=pb.UploadPosition(round=1, offset=1024)))
-    protocol.handle(pb.ServerMessage(upload_ack=pb.UploadPosition(round=9, offset=2048)))  # not it
+    protocol.handle(pb.ServerMessage(upload_ack=pb.StreamPosition(round=1, offset=1024)))
+    protocol.handle(pb.ServerMessage(upload_ack=pb.StreamPosition(round=9, offset=2048)))  # not it
 
     hello = protocol.start_session(driven.raw.append).hello  # the stream broke: a new one
     assert (hello.resume_upload.round, hello.resume_upload.offset) == (1, 1024)
     init = init_message(CHUNK)
-    init.init_config.resume_upload.CopyFrom(pb.UploadPosition(round=1, offset=2048))
+    init.init_config.resume_upload.CopyFrom(pb.StreamPosition(round=1, offset=2048))
     protocol.handle(init)
     ready, send, *rest = driven.take()
     assert ready.HasField("ready")

@@ -47,7 +47,7 @@ def message_of(event: ServerEvent, driven: Driven) -> pb.ServerMessage:
             secagg_unmask_request=pb.SecAggUnmaskRequest()
         ),
         ServerEvent.UPLOAD_ACK: lambda: pb.ServerMessage(
-            upload_ack=pb.UploadPosition(round=1, offset=8)
+            upload_ack=pb.StreamPosition(round=1, offset=8)
         ),
     }
     return bodies[event]()

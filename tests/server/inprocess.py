@@ -86,7 +86,7 @@ class ScriptedClient:
         self._thread = threading.Thread(target=self._pump, daemon=True, name=self.name)
         self._ended = threading.Event()
 
-    def join(self, ready: bool = True, resume: pb.UploadPosition | None = None) -> None:
+    def join(self, ready: bool = True, resume: pb.StreamPosition | None = None) -> None:
         """Say Hello (naming a broken upload to ``resume``, if any) and Ready; start answering."""
         hello = pb.Hello(protocol_version=PROTOCOL_VERSION, client_name=self.name)
         if resume is not None:

@@ -160,7 +160,7 @@ def test_a_broken_upload_goes_on_from_the_servers_offset_and_the_sum_is_bitwise_
     wait_for(lambda: runner.job.parked.holds(0 if breaker == "a" else 1))
 
     again = runner.client(breaker)
-    again.join(resume=pb.UploadPosition(round=1, offset=0))
+    again.join(resume=pb.StreamPosition(round=1, offset=0))
     init = next_message(again, "init_config").init_config
     assert init.HasField("resume_upload")
     assert (init.resume_upload.round, init.resume_upload.offset) == (1, 2 * CHUNK)
@@ -187,7 +187,7 @@ def test_a_resume_at_another_offset_is_refused_and_the_round_goes_on_without_it(
     runner = start(tmp_path, {"a": breaking, "b": full_upload(SHIFTS["b"])})
     wait_for(lambda: runner.job.parked.holds(0))
     again = runner.client("a")
-    again.join(resume=pb.UploadPosition(round=1, offset=0))
+    again.join(resume=pb.StreamPosition(round=1, offset=0))
     assert next_message(again, "init_config").init_config.resume_upload.offset == 2 * CHUNK
     breaking.resume(again, CHUNK)  # one chunk early: it would add those bytes twice
     error = next_message(again, "error").error
