@@ -83,7 +83,7 @@ class ClientProtocol:
         self._pacer = HeartbeatPacer()
         self.rounds_done = 0
         self._secagg = ClientSecAgg()  # secure aggregation's state, when the job uses it
-        self._resume = resume.UploadResume()  # an upload a later session may continue
+        self._resume = resume.Transfers()  # what a later session may continue
         self._do_note_ack = self._resume.note_ack  # the table's NOTE_ACK action
 
     # ------------------------------------------------------------------ what the job gave
@@ -114,6 +114,7 @@ class ClientProtocol:
         """Begin a new stream whose outgoing messages go to ``send``; return the Hello."""
         self._send_to = send
         self._joined_this_session = False
+        self._resume.set_aside(self._incoming)
         self._incoming = None
         self._last_round = 0
         self.state = ClientState.HELLO_SENT
@@ -216,6 +217,7 @@ class ClientProtocol:
             self._illegal("a round without secure aggregation's setup, or one not asked for")
         self._secagg.expect_round(sync)
         self._last_round = number
+        self._resume.note_sync(sync)
         self._begin_stream(number, sync.train, sync.model)
 
     def _do_begin_final(self, evaluate: pb.Evaluate) -> None:
@@ -233,11 +235,8 @@ class ClientProtocol:
         self, number: int, train: pb.TrainConfig | None, header: pb.TensorStreamHeader
     ) -> None:
         joined = self._joined()
-        self._resume.forget()  # a new model: the last update is over, and its tensors change
-        try:
-            self._incoming = IncomingModel.begin(
-                joined.model, header, joined.job.chunk_size, number, train
-            )
+        try:  # a new model stream, or the rest of a broken one
+            self._incoming = self._resume.incoming(joined, header, number, train)
         except CodecError as exc:
             self._bad_stream(f"the model does not fit the task: {exc}")
 

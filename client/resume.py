@@ -18,11 +18,15 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
+from fedsilo.client.incoming import IncomingModel
+from fedsilo.common.errors import CodecError
 from fedsilo.common.proto import federation_pb2 as pb
+from fedsilo.common.specs import check_specs_match, specs_from_header
 from fedsilo.common.tensor_stream import TensorStreamEncoder
 from fedsilo.common.wire import CLIENT_CHUNKS, PROTOCOL_VERSION, Outbound, tensor_stream_frames
 
 if TYPE_CHECKING:  # work.py imports this module
+    from fedsilo.client.joined import Joined
     from fedsilo.client.work import Upload
 
 Send = Callable[[Outbound | Iterator[bytes]], None]
@@ -75,24 +79,61 @@ class PendingUpload:
         return int(answer.offset)
 
 
-class UploadResume:
-    """The client's one pending upload across its sessions (``ClientProtocol`` holds one).
+class Transfers:
+    """What a client's later session may continue (``ClientProtocol`` holds one of these).
 
     An upload is kept from when it is queued until the next model stream begins (the model's
     tensors change then, and the server keeps a broken upload only while its round is open).
+    A round's model stream that a session loss broke off is kept until the next one begins:
+    the model's tensors hold its first bytes and the decoder its position and running checksum.
     """
 
     def __init__(self) -> None:
         self.pending: PendingUpload | None = None
+        self.download: IncomingModel | None = None
+        self._resume_offset: int | None = None  # of the SyncModel being begun
 
     def keep(self, upload: Upload) -> pb.ClientMessage | Iterator[bytes]:
         """Remember the update about to be queued (if chunked); return its frames to send."""
         self.pending = upload.pending
         return upload.frames
 
-    def forget(self) -> None:
-        """Drop the pending upload: a new model is coming."""
-        self.pending = None
+    def set_aside(self, incoming: IncomingModel | None) -> None:
+        """Keep a round's model stream that the session loss broke off."""
+        self.download = incoming if incoming is not None and incoming.train is not None else None
+
+    def note_sync(self, sync: pb.SyncModel) -> None:
+        """Take the SyncModel that begins (or, with resume_offset, continues) a model stream."""
+        self._resume_offset = sync.resume_offset if sync.HasField("resume_offset") else None
+
+    def incoming(
+        self,
+        joined: Joined,
+        header: pb.TensorStreamHeader,
+        number: int,
+        train: pb.TrainConfig | None,
+    ) -> IncomingModel:
+        """Begin receiving a model stream: a new one, or the broken download it continues.
+
+        Raises CodecError for a header that does not fit the model, or for a continuation that
+        is not of the kept download (another round, header or training, or another offset).
+        """
+        self.pending = None  # a new model: the last update is over, and its tensors change
+        kept, self.download = self.download, None
+        offset, self._resume_offset = self._resume_offset, None
+        if offset is None:
+            return IncomingModel.begin(joined.model, header, joined.job.chunk_size, number, train)
+        decoder = kept.decoder if kept is not None else None
+        if kept is None or decoder is None or (kept.round, kept.train) != (number, train):
+            raise CodecError(f"a continued model stream of round {number}, which it never began")
+        specs = specs_from_header(header, decoder.total_bytes, max_tensors=len(decoder.specs))
+        check_specs_match(specs, decoder.specs)
+        if offset != decoder.received_bytes:
+            raise CodecError(
+                f"the model stream goes on at byte {offset}; this client has "
+                f"{decoder.received_bytes} bytes of it"
+            )
+        return kept
 
     def note_ack(self, ack: pb.StreamPosition) -> None:
         """Take an ``upload_ack`` from the server (the client table's NOTE_ACK action)."""
@@ -106,12 +147,21 @@ class UploadResume:
             hello.job_id = job_id
         if self.pending is not None:
             hello.resume_upload.CopyFrom(self.pending.position())
+        if self.download is not None:
+            position = pb.StreamPosition(round=self.download.round, offset=self.offset())
+            hello.resume_download.CopyFrom(position)
         return pb.ClientMessage(hello=hello)
+
+    def offset(self) -> int:
+        """Bytes of the kept download taken so far."""
+        return self.download.decoder.received_bytes if self.download is not None else 0
 
     def continue_after(self, init: pb.InitConfig, send: Send, record: Record, log: Any) -> None:
         """After a (re)join: send the rest of the pending upload from where the server holds
         it, or forget it when the server holds none (it was delivered, or given up)."""
         pending = self.pending
+        if self.download is not None:
+            log.info("download_resuming", round=self.download.round, offset=self.offset())
         offset = pending.resume_offset(init) if pending is not None else None
         if pending is None or offset is None:
             if pending is not None:

@@ -39,6 +39,7 @@ from fedsilo.server.recorder import JobRecorder
 from fedsilo.server.registry import ClientRegistry, Member, Stage, WorkKind
 from fedsilo.server.report_checks import ReportError, check_evaluation
 from fedsilo.server.resume import ParkedUploads
+from fedsilo.server.resume_download import ParkedDownloads
 from fedsilo.server.run_files import CLIENT_IDS_FILE, ClientIdLog, MetricsLog
 from fedsilo.server.secagg_round import secagg_config
 from fedsilo.server.session import ClientSession
@@ -121,6 +122,7 @@ class Job:
         # deadlines and drop handling (a broken masked upload is a dropped member).
         window = 0.0 if secagg is not None else config.upload_resume_seconds
         self.parked = ParkedUploads(self.state, window, log)
+        self.downloads = ParkedDownloads(self.state, window, log)
         job_secagg = (
             SecAggSettingsOfJob(secagg, _federation_trust(config), run_dir / SPILL_DIR)
             if secagg is not None
@@ -129,7 +131,9 @@ class Job:
         model = GlobalModel(
             global_state, strategy, self.store, central=central, dp=dp, secagg=job_secagg
         )
-        self.coordinator = Coordinator(config, self.state, model, self.recorder, log)
+        self.coordinator = Coordinator(
+            config, self.state, model, self.recorder, log, downloads=self.downloads
+        )
         self._job_message = messages.job_config(config, setting, secagg)
 
     def begin(self, checkpoint: Checkpoint | None) -> None:
@@ -152,7 +156,9 @@ class Job:
 
     def run(self) -> JobOutcome:
         """Drive the whole job (see Coordinator); return how it ended."""
-        watch = SessionWatch(self.state, self.config.progress_timeout, self.log, self.parked)
+        watch = SessionWatch(
+            self.state, self.config.progress_timeout, self.log, self.parked, self.downloads
+        )
         watch.start()
         try:
             return self.coordinator.run()
@@ -215,13 +221,14 @@ class Job:
                 )
             self.state.pending.pop(session, None)
             if known is not None:
-                self._await_upload_parked(known)
+                self._await_transfer_parked(known)
             member, replaced = registry.admit(hello.client_name, session)
             if replaced is not None:
                 self._leave_work(
                     replaced.client_id, "replaced by a new connection", replaced.stage.value
                 )
             resume = self.parked.offer(member.client_id, hello)
+            self.downloads.offer(member, hello)
         if replaced is not None:
             replaced.session.send(
                 messages.error(
@@ -240,11 +247,12 @@ class Job:
             init.init_config.resume_upload.CopyFrom(resume)
         return member.client_id, init
 
-    def _await_upload_parked(self, client_id: int) -> None:
-        """A client reconnects while its old stream still uploads: end that stream and wait
-        (a bounded time, cond held) until its upload is parked, so that it can be resumed."""
+    def _await_transfer_parked(self, client_id: int) -> None:
+        """A client reconnects while its old stream still up- or downloads: end that stream and
+        wait (a bounded time, cond held) until its transfer is parked, so that it can go on."""
         old = self.state.registry.get(client_id)
-        if old is None or old.stage is not Stage.UPLOAD or not self.parked.enabled:
+        transfers = (Stage.UPLOAD, Stage.DOWNLOAD)
+        if old is None or old.stage not in transfers or not self.parked.enabled:
             return
         old.session.cut_off()
         self.state.cond.wait_for(
@@ -371,8 +379,11 @@ class Job:
                 upload.abort()
             if member is None:
                 return
-            if not self.parked.holds(member.client_id):
-                self._leave_work(member.client_id, reason, member.stage.value)
+            cid, downloads = member.client_id, self.downloads
+            if not (
+                self.parked.holds(cid) or downloads.holds(cid) or downloads.park(member, reason)
+            ):
+                self._leave_work(cid, reason, member.stage.value)
         session.log.info("client_left", phase=member.stage.value)
 
     def _park(self, member: Member, upload: Upload, reason: str) -> bool:

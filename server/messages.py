@@ -82,11 +82,14 @@ def sync_opening(
     train: pb.TrainConfig,
     header: pb.TensorStreamHeader,
     secagg: pb.SecAggSetup | None = None,
+    resume_offset: int | None = None,
 ) -> bytes:
-    """Return the serialized SyncModel that opens a round's model stream."""
+    """Return the serialized SyncModel that opens a round's model stream (or continues it)."""
     sync = pb.SyncModel(round=round_number, train=train, model=header)
     if secagg is not None:
         sync.secagg.CopyFrom(secagg)
+    if resume_offset is not None:
+        sync.resume_offset = resume_offset
     return serialize(pb.ServerMessage(sync_model=sync))
 
 

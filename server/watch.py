@@ -23,6 +23,7 @@ import structlog
 from fedsilo.server.job_state import JobState
 from fedsilo.server.registry import Member, Stage
 from fedsilo.server.resume import ParkedUploads
+from fedsilo.server.resume_download import ParkedDownloads
 
 HANDSHAKE_SECONDS = 10.0  # from a stream's opening to its Hello: a round trip and a TLS check
 # Idle clients have nothing to do; the others there wait for the server itself.
@@ -38,9 +39,11 @@ class SessionWatch:
         progress_timeout: float,
         log: structlog.typing.FilteringBoundLogger,
         parked: ParkedUploads | None = None,
+        downloads: ParkedDownloads | None = None,
     ) -> None:
         self._state = state
         self._parked = parked
+        self._downloads = downloads
         self._handshake = min(HANDSHAKE_SECONDS, progress_timeout)
         self._progress_timeout = progress_timeout
         self._log = log
@@ -74,6 +77,8 @@ class SessionWatch:
         with state.cond:
             if self._parked is not None:
                 self._parked.expire()
+            if self._downloads is not None:
+                self._downloads.expire()
             for session, opened in list(state.pending.items()):
                 if now - opened > self._handshake:
                     del state.pending[session]
@@ -102,13 +107,15 @@ class SessionWatch:
         return overdue
 
     def _parks(self, member: Member, reason: str, limit: float) -> bool:
-        """Whether a stalled uploader stays in its round for its upload to be parked (cond held).
+        """Whether a stalled up- or downloader stays in its round for its transfer to be parked
+        when its stream closes (cond held).
 
         Bounded: one whose stream has not closed within the resume window after the cut-off is
         dropped after all.
         """
         parked = self._parked
-        if parked is None or not parked.enabled or member.stage is not Stage.UPLOAD:
+        transfers = (Stage.UPLOAD, Stage.DOWNLOAD)
+        if parked is None or not parked.enabled or member.stage not in transfers:
             return False
         if member.session.progress.idle_seconds(True) > limit + parked.window:
             return False

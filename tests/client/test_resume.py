@@ -1,11 +1,14 @@
-"""The client's side of a resumed upload (client/resume.py): it keeps its chunked update, names it
-in the next Hello and sends exactly the rest, with the checksum of the whole stream."""
+"""The client's side of resumed transfers (client/resume.py): it keeps its chunked update (or a
+broken model download), names it in the next Hello and sends (or takes) exactly the rest, with
+the checksum of the whole stream."""
 
 from __future__ import annotations
 
+import pytest
 import torch
 import xxhash
 
+from fedsilo.common.errors import ProtocolError
 from fedsilo.common.proto import federation_pb2 as pb
 from fedsilo.common.tensor_stream import TensorStreamEncoder
 from tests.client.helpers import TRAIN, Driven, init_message
@@ -89,3 +92,48 @@ def test_an_encoder_started_at_an_offset_yields_the_rest_and_checksums_everythin
         assert b"".join(rest) == whole[start:]
         assert all(0 < len(chunk) <= 256 for chunk in rest)
         assert encoder.checksum == xxhash.xxh3_64_intdigest(whole)
+
+
+def test_a_broken_download_is_named_in_the_next_hello_and_goes_on_where_it_stopped() -> None:
+    driven = Driven()
+    protocol = driven.protocol
+    protocol.handle(init_message(CHUNK))
+    driven.take()
+    sent_state = {k: v + 0.25 for k, v in driven.own_state().items()}
+    header, chunks, checksum = driven.model_stream(sent_state, CHUNK)
+    sync = pb.SyncModel(round=1, train=TRAIN, model=header)
+    protocol.handle(pb.ServerMessage(sync_model=sync))
+    protocol.handle(pb.ServerMessage(chunk=pb.TensorChunk(data=chunks[0])))
+
+    hello = protocol.start_session(driven.raw.append).hello  # the stream broke mid-download
+    assert (hello.resume_download.round, hello.resume_download.offset) == (1, CHUNK)
+    protocol.handle(init_message(CHUNK))
+    assert [m.WhichOneof("body") for m in driven.take()] == ["ready"]
+    resumed = pb.SyncModel()
+    resumed.CopyFrom(sync)
+    resumed.resume_offset = CHUNK
+    protocol.handle(pb.ServerMessage(sync_model=resumed))
+    for chunk in chunks[1:]:
+        protocol.handle(pb.ServerMessage(chunk=pb.TensorChunk(data=chunk)))
+    protocol.handle(pb.ServerMessage(trailer=pb.TensorStreamTrailer(checksum=checksum)))
+    # The whole model arrived (checksum and finite checks passed) and was trained on.
+    update = driven.take()[0]
+    assert update.send_model.round == 1 and update.send_model.train_examples > 0
+
+
+def test_a_continued_download_at_another_offset_is_refused() -> None:
+    driven = Driven()
+    protocol = driven.protocol
+    protocol.handle(init_message(CHUNK))
+    header, chunks, _ = driven.model_stream(driven.own_state(), CHUNK)
+    sync = pb.SyncModel(round=1, train=TRAIN, model=header)
+    protocol.handle(pb.ServerMessage(sync_model=sync))
+    protocol.handle(pb.ServerMessage(chunk=pb.TensorChunk(data=chunks[0])))
+    protocol.start_session(driven.raw.append)
+    protocol.handle(init_message(CHUNK))
+    driven.take()
+    sync.resume_offset = 2 * CHUNK  # this client has 1,024 bytes, not 2,048
+    with pytest.raises(ProtocolError, match="goes on at byte 2048; this client has 1024 bytes"):
+        protocol.handle(pb.ServerMessage(sync_model=sync))
+    (error,) = driven.take()
+    assert error.error.code == pb.BAD_TENSOR_STREAM

@@ -1,6 +1,6 @@
-"""Broken uploads kept for a resume (server/resume.py), through the real job and sessions
-driven in-process: a client's stream ends after two of its update's three chunks, and a new
-session of the same name continues it, or does not."""
+"""Broken transfers kept for a resume (server/resume.py, server/resume_download.py), through the
+real job and sessions driven in-process: a client's stream ends after two of its update's three
+chunks (or one of the model's), and a new session of the same name continues it, or does not."""
 
 from __future__ import annotations
 
@@ -15,13 +15,23 @@ import pytest
 import torch
 
 from fedsilo.common.proto import federation_pb2 as pb
+from fedsilo.common.wire import (
+    CLIENT_CHUNKS,
+    PROTOCOL_VERSION,
+    RawChunk,
+    parse_server_message,
+    serialize,
+    tolerant_deserializer,
+)
 from fedsilo.server import upload as upload_module
+from fedsilo.server.outbox import OutgoingModel
 from fedsilo.server.strategies import fedavg
 from fedsilo.tasks import load_task
 from tests.integration.conftest import read_metrics
 from tests.server.inprocess import JobRunner, ReceivedModel, ScriptedClient
 from tests.wire_helpers import encode_state, header_of_state
 
+_parse_client = tolerant_deserializer(pb.ClientMessage, CLIENT_CHUNKS)
 CHUNK = 1024  # the synthetic model is 2,440 bytes: three chunks, the break after two
 SHIFTS = {"a": 1.0, "b": 3.0}
 
@@ -259,3 +269,68 @@ def drain(client: ScriptedClient) -> list[pb.ServerMessage]:
             out.append(client.messages.get_nowait())
         except queue.Empty:
             return out
+
+
+# ------------------------------------------------------------------ downloads
+
+
+def broken_download(runner: JobRunner, name: str) -> bytes:
+    """A session of ``name`` that takes the round's SyncModel and one chunk, then breaks off."""
+    session = runner.job.open_session(f"test:{name}-first", lambda: None, None)
+    hello = pb.Hello(protocol_version=PROTOCOL_VERSION, client_name=name)
+    session.handle(_parse_client(serialize(pb.ClientMessage(hello=hello))))
+    ready = pb.Ready(train_examples=10)
+    session.handle(_parse_client(serialize(pb.ClientMessage(ready=ready))))
+    runner.start()
+    while not isinstance(item := session.outbox.get(timeout=20), OutgoingModel):
+        pass
+    frames = iter(item)
+    next(frames)  # the SyncModel
+    chunk = parse_server_message(next(frames))
+    assert isinstance(chunk, RawChunk)
+    frames.close()  # the stream broke: nothing more is read
+    session.disconnect()
+    return bytes(chunk.data)
+
+
+def test_a_broken_download_goes_on_from_the_clients_offset_and_the_round_keeps_it(
+    tmp_path: Path,
+) -> None:
+    runner = JobRunner(
+        tmp_path, chunk_size=CHUNK, rounds=1, min_clients=1, start_clients=2, join_timeout=10
+    )
+    runner.client("b", full_upload(SHIFTS["b"])).join()
+    first = broken_download(runner, "a")
+    assert len(first) == CHUNK
+    wait_for(lambda: runner.job.downloads.holds(1))
+    again = runner.client("a", full_upload(SHIFTS["a"]))
+    again.kept = first
+    again.join(download=pb.StreamPosition(round=1, offset=CHUNK))
+    sync = next_message(again, "sync_model").sync_model
+    assert (sync.round, sync.resume_offset) == (1, CHUNK)
+    outcome = runner.finish()
+    assert outcome.finished, outcome.reason
+    row = round_row(tmp_path)
+    assert row["dropped"] == []
+    assert sorted(row["participants"]) == [0, 1]
+    for name, tensor in expected(initial(runner), ["b", "a"]).items():  # ids 0, 1
+        assert torch.equal(runner.job.global_state[name], tensor), name
+
+
+def test_a_broken_download_not_named_again_is_given_up(tmp_path: Path) -> None:
+    runner = JobRunner(
+        tmp_path, chunk_size=CHUNK, rounds=1, min_clients=1, start_clients=2, join_timeout=10
+    )
+    runner.client("b", full_upload(SHIFTS["b"])).join()
+    broken_download(runner, "a")
+    wait_for(lambda: runner.job.downloads.holds(1))
+    runner.client("a", full_upload(SHIFTS["a"])).join()  # it lost what it had
+    outcome = runner.finish()
+    assert outcome.finished, outcome.reason
+    (dropped,) = round_row(tmp_path)["dropped"]
+    assert dropped == {
+        "client_id": 1,
+        "reason": "disconnected; reconnected without resuming",
+        "phase": "download",
+        "after_seconds": dropped["after_seconds"],
+    }
