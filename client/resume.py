@@ -143,6 +143,7 @@ class Transfers:
     def hello(self, name: str, job_id: int | None) -> pb.ClientMessage:
         """Return a session's Hello, naming the pending upload if there is one."""
         hello = pb.Hello(protocol_version=PROTOCOL_VERSION, client_name=name)
+        hello.takes_upload_acks = True
         if job_id is not None:
             hello.job_id = job_id
         if self.pending is not None:

@@ -350,7 +350,13 @@ class Coordinator:
             train = messages.train_config(self.config, current.number, cid)
             opening = messages.sync_opening(current.number, train, header, resume_offset=offset)
             stream = OutgoingModel(opening, frames, start=offset)
-            self.log.info("download_resumed", client_id=cid, round=current.number, offset=offset)
+            self.log.info(
+                "download_resumed",
+                client_id=cid,
+                client=member.name,
+                round=current.number,
+                offset=offset,
+            )
             if not member.session.offer(Event.SYNC, (current.number, stream)):
                 stream.abandon()
                 with self.state.cond:

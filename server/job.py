@@ -227,6 +227,7 @@ class Job:
                 self._leave_work(
                     replaced.client_id, "replaced by a new connection", replaced.stage.value
                 )
+            member.takes_acks = hello.takes_upload_acks
             resume = self.parked.offer(member.client_id, hello)
             self.downloads.offer(member, hello)
         if replaced is not None:

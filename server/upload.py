@@ -94,7 +94,7 @@ class Upload:
         except CodecError as exc:
             self._fail(str(exc), more_frames=True)
         received = self._decoder.received_bytes
-        if self.chunked and received >= self._next_ack:
+        if self.chunked and self._member.takes_acks and received >= self._next_ack:
             self._next_ack = received + ACK_BYTES
             self._member.session.send(messages.upload_ack(self.round, received))
             self._log.debug("upload_acked", round=self.round, offset=received)

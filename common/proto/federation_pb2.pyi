@@ -97,18 +97,20 @@ class ServerMessage(_message.Message):
     def __init__(self, init_config: _Optional[_Union[InitConfig, _Mapping]] = ..., sync_model: _Optional[_Union[SyncModel, _Mapping]] = ..., chunk: _Optional[_Union[TensorChunk, _Mapping]] = ..., trailer: _Optional[_Union[TensorStreamTrailer, _Mapping]] = ..., evaluate: _Optional[_Union[Evaluate, _Mapping]] = ..., finish: _Optional[_Union[Finish, _Mapping]] = ..., abort: _Optional[_Union[Abort, _Mapping]] = ..., heartbeat: _Optional[_Union[Heartbeat, _Mapping]] = ..., error: _Optional[_Union[Error, _Mapping]] = ..., secagg_roster: _Optional[_Union[SecAggKeyRoster, _Mapping]] = ..., secagg_routed: _Optional[_Union[SecAggRoutedShares, _Mapping]] = ..., secagg_unmask_request: _Optional[_Union[SecAggUnmaskRequest, _Mapping]] = ..., upload_ack: _Optional[_Union[StreamPosition, _Mapping]] = ...) -> None: ...
 
 class Hello(_message.Message):
-    __slots__ = ("protocol_version", "job_id", "client_name", "resume_upload", "resume_download")
+    __slots__ = ("protocol_version", "job_id", "client_name", "resume_upload", "resume_download", "takes_upload_acks")
     PROTOCOL_VERSION_FIELD_NUMBER: _ClassVar[int]
     JOB_ID_FIELD_NUMBER: _ClassVar[int]
     CLIENT_NAME_FIELD_NUMBER: _ClassVar[int]
     RESUME_UPLOAD_FIELD_NUMBER: _ClassVar[int]
     RESUME_DOWNLOAD_FIELD_NUMBER: _ClassVar[int]
+    TAKES_UPLOAD_ACKS_FIELD_NUMBER: _ClassVar[int]
     protocol_version: int
     job_id: int
     client_name: str
     resume_upload: StreamPosition
     resume_download: StreamPosition
-    def __init__(self, protocol_version: _Optional[int] = ..., job_id: _Optional[int] = ..., client_name: _Optional[str] = ..., resume_upload: _Optional[_Union[StreamPosition, _Mapping]] = ..., resume_download: _Optional[_Union[StreamPosition, _Mapping]] = ...) -> None: ...
+    takes_upload_acks: bool
+    def __init__(self, protocol_version: _Optional[int] = ..., job_id: _Optional[int] = ..., client_name: _Optional[str] = ..., resume_upload: _Optional[_Union[StreamPosition, _Mapping]] = ..., resume_download: _Optional[_Union[StreamPosition, _Mapping]] = ..., takes_upload_acks: _Optional[bool] = ...) -> None: ...
 
 class InitConfig(_message.Message):
     __slots__ = ("client_id", "job", "resume_upload")

@@ -1,8 +1,10 @@
-"""An upload that survives a cut link: the server and two organisations in their own network
-namespaces; org-1's link goes down half-way through its 64 MiB upload for a few seconds, long
-enough for the server to cut its stream off, then comes back. org-1 reconnects, continues from
-the byte the server holds, and the round ends with its update: the final model is bitwise the
-FedAvg of both clients' updates, as without the cut."""
+"""Transfers that survive a cut link: the server and two organisations in their own network
+namespaces; org-1's link goes down half-way through its download of the 64 MiB model, and again
+half-way through its 64 MiB upload, each time for a few seconds, long enough for the server to
+cut its stream off, then comes back. Each time org-1 reconnects and continues from where the
+transfer stood (the bytes it has of the model; the bytes the server holds of its update), and
+the round ends with its update: the final model is bitwise the FedAvg of both clients' updates,
+as without the cuts. One federation run for both cuts, to keep the test short."""
 
 from __future__ import annotations
 
@@ -29,7 +31,23 @@ MIB = 1 << 20
 CONFIG = (
     f'task = "tests.integration.user_task:TinyTask"\n[task_options]\nballast_mb = {BALLAST_MB}\n'
 )
+TOTAL = BALLAST_MB * MIB  # the model's and the update's bytes, but for 168 of the layer
+RATE = "100mbit"  # 64 MiB in about 5.4 s
+HALF_SECONDS = 2.7
 CUT_SECONDS = 2.0  # the link stays down this long after the server has cut the stream off
+
+
+def throttle_server_end(topology: Topology, org: int) -> None:
+    """Limit what the server sends to organisation ``org`` (tc tbf on the server's end)."""
+    device = f"{topology.tag}s{org}"
+    tbf = ["tbf", "rate", RATE, "burst", "32kbit", "latency", "400ms"]
+    command = ["tc", "qdisc", "replace", "dev", device, "root", *tbf]
+    subprocess.run(
+        [*topology.exec_prefix(topology.server_ns), *command],
+        check=True,
+        capture_output=True,
+        timeout=30,
+    )
 
 
 def expected_model(rows: list[dict]) -> dict[str, torch.Tensor]:
@@ -80,7 +98,7 @@ def topology(daemons: Daemons) -> Iterator[Topology]:
         net.destroy()
 
 
-def test_an_upload_cut_half_way_resumes_where_the_server_holds_it_and_the_round_keeps_it(
+def test_a_download_and_an_upload_cut_half_way_go_on_where_they_stood_and_the_round_keeps_it(
     daemons: Daemons, topology: Topology, tmp_path: Path
 ) -> None:
     config = tmp_path / "job.toml"
@@ -111,7 +129,8 @@ def test_an_upload_cut_half_way_resumes_where_the_server_holds_it_and_the_round_
         prefix=topology.exec_prefix(topology.server_ns),
     )
     wait_for(lambda: server.has_event("server_listening"), 60, "the server to listen")
-    topology.throttle(1, "100mbit")  # org-1's 64 MiB upload takes about 5 s
+    topology.throttle(1, RATE)  # org-1's 64 MiB upload takes about 5 s
+    throttle_server_end(topology, 1)  # and so does its download
     clients = [
         daemons.start(
             "fl-client",
@@ -132,6 +151,13 @@ def test_an_upload_cut_half_way_resumes_where_the_server_holds_it_and_the_round_
         )
         for org in (1, 2)
     ]
+    wait_for(lambda: server.has_event("download_started", client="org-1"), 120, "the download")
+    time.sleep(HALF_SECONDS)  # about half of it: the server does not log a download's bytes
+    topology.cut(1)
+    wait_for(lambda: server.has_event("download_parked", client="org-1"), 30, "download parked")
+    time.sleep(CUT_SECONDS)  # the outage itself: nothing to wait for, the link is down
+    topology.heal(1)
+
     wait_for(
         lambda: any(o >= 32 * MIB for o in offsets(server, "upload_acked", "org-1")),
         120,
@@ -148,19 +174,21 @@ def test_an_upload_cut_half_way_resumes_where_the_server_holds_it_and_the_round_
         assert client.wait(timeout=30) == 0, client.tail()
 
     (parked,) = offsets(server, "upload_parked", "org-1")
-    assert parked >= 32 * MIB
+    assert parked >= TOTAL // 2
     (resumed,) = offsets(server, "upload_resumed", "org-1")
     assert resumed == parked  # exactly where the server held it: no byte taken twice
     assert clients[0].has_event("upload_resumed", offset=parked)
     assert clients[0].has_event("connection_lost")
+    (downloaded,) = offsets(server, "download_resumed", "org-1")  # what org-1 said it had
+    assert 0.1 * TOTAL < downloaded < 0.9 * TOTAL
+    assert clients[0].has_event("download_resuming", offset=downloaded)
 
     rows = read_metrics(tmp_path / "run")
     (row,) = [r for r in rows if r["round"] == 1]
     assert row["dropped"] == []
     assert sorted(row["participants"]) == [0, 1]
     org_1 = next(c for c in row["clients"] if c["name"] == "org-1")
-    total = BALLAST_MB * MIB
-    assert total <= org_1["bytes_up"] < total + 2 * MIB  # not sent again from the start
+    assert TOTAL <= org_1["bytes_up"] < TOTAL + 2 * MIB  # not sent again from the start
 
     final = torch.load(tmp_path / "run" / "model.pt", weights_only=True)
     expected = expected_model(rows)

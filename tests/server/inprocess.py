@@ -92,9 +92,12 @@ class ScriptedClient:
         ready: bool = True,
         resume: pb.StreamPosition | None = None,
         download: pb.StreamPosition | None = None,
+        acks: bool = True,
     ) -> None:
         """Say Hello (naming a broken upload or download, if any) and Ready; start answering."""
-        hello = pb.Hello(protocol_version=PROTOCOL_VERSION, client_name=self.name)
+        hello = pb.Hello(
+            protocol_version=PROTOCOL_VERSION, client_name=self.name, takes_upload_acks=acks
+        )
         if resume is not None:
             hello.resume_upload.CopyFrom(resume)
         if download is not None:

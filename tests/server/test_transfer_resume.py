@@ -246,19 +246,22 @@ def test_a_broken_upload_not_resumed_in_time_drops_its_client_without_waiting_fo
         assert torch.equal(runner.job.global_state[name], tensor), name
 
 
-def test_the_server_acknowledges_an_uploads_bytes_as_they_arrive(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+@pytest.mark.parametrize("takes_acks", [True, False])
+def test_the_server_acknowledges_an_uploads_bytes_as_they_arrive_to_a_client_that_takes_acks(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, takes_acks: bool
 ) -> None:
     monkeypatch.setattr(upload_module, "ACK_BYTES", CHUNK)
     runner = JobRunner(tmp_path, chunk_size=CHUNK, rounds=1, min_clients=1, join_timeout=10)
     client = runner.client("a", full_upload(SHIFTS["a"]))
-    client.join()
+    client.join(acks=takes_acks)
     runner.start()
     outcome = runner.finish()
     assert outcome.finished, outcome.reason
     acks = [m.upload_ack for m in drain(client) if m.WhichOneof("body") == "upload_ack"]
-    # 2,440 bytes in chunks of 1,024: an ack each time another 1,024 bytes are in.
-    assert [(a.round, a.offset) for a in acks] == [(1, 1024), (1, 2048)]
+    # 2,440 bytes in chunks of 1,024: an ack each time another 1,024 bytes are in (none for
+    # a client whose Hello did not say it takes them: a third-party client of protocol 2).
+    want = [(1, 1024), (1, 2048)] if takes_acks else []
+    assert [(a.round, a.offset) for a in acks] == want
 
 
 def drain(client: ScriptedClient) -> list[pb.ServerMessage]:
