@@ -37,13 +37,13 @@ HALF_SECONDS = 2.7
 CUT_SECONDS = 2.0  # the link stays down this long after the server has cut the stream off
 
 
-def throttle_server_end(topology: Topology, org: int) -> None:
+def throttle_server_end(topology: Topology, org: int, on: bool = True) -> None:
     """Limit what the server sends to organisation ``org`` (tc tbf on the server's end)."""
     device = f"{topology.tag}s{org}"
     tbf = ["tbf", "rate", RATE, "burst", "32kbit", "latency", "400ms"]
-    command = ["tc", "qdisc", "replace", "dev", device, "root", *tbf]
+    command = ["tc", "qdisc", "replace" if on else "del", "dev", device, "root"]
     subprocess.run(
-        [*topology.exec_prefix(topology.server_ns), *command],
+        [*topology.exec_prefix(topology.server_ns), *command, *(tbf if on else [])],
         check=True,
         capture_output=True,
         timeout=30,
@@ -157,6 +157,7 @@ def test_a_download_and_an_upload_cut_half_way_go_on_where_they_stood_and_the_ro
     wait_for(lambda: server.has_event("download_parked", client="org-1"), 30, "download parked")
     time.sleep(CUT_SECONDS)  # the outage itself: nothing to wait for, the link is down
     topology.heal(1)
+    throttle_server_end(topology, 1, on=False)
 
     wait_for(
         lambda: any(o >= 32 * MIB for o in offsets(server, "upload_acked", "org-1")),
