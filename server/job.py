@@ -55,7 +55,7 @@ _SECAGG_EVENTS = {
     "SecAggKeyShares": "secagg_shares",
     "SecAggUnmaskResponse": "secagg_unmask",
 }  # in the run folder: uploads that wait for their turn to be folded
-REPLACED_GRACE = 5.0  # seconds a reconnect waits for its old stream's upload to be parked
+REPLACED_GRACE = 5.0  # seconds a reconnect waits for its old stream's transfer to be parked
 
 __all__ = ["Job", "JobOutcome"]
 
@@ -124,7 +124,7 @@ class Job:
         secagg = secagg_config(config)
         # Masked uploads are not kept for a resume: secure aggregation's stages have their own
         # deadlines and drop handling (a broken masked upload is a dropped member).
-        window = 0.0 if secagg is not None else config.upload_resume_seconds
+        window = 0.0 if secagg is not None else config.transfer_resume_seconds
         self.parked = ParkedUploads(self.state, window, log)
         self.downloads = ParkedDownloads(self.state, window, log)
         job_secagg = (

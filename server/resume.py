@@ -9,7 +9,7 @@ from InitConfig how many bytes the server holds and sends exactly the rest. Noth
 taken twice: the stream goes on at the decoder's own position.
 
 What is kept is given back, and the client dropped from the round, at the earliest of: the
-round's deadline or end, ``upload_resume_seconds`` after the break, a Hello that does not name
+round's deadline or end, ``transfer_resume_seconds`` after the break, a Hello that does not name
 the upload, or a resumed SendModel that does not match it. A parked update keeps what it held
 when its stream broke (memory within the waiting budget, or spill space within the spill
 budget), so parking adds nothing to either; an in-turn one holds the fold's turn meanwhile

@@ -2,7 +2,7 @@
 
 When a selected client's stream ends while its round's model is going out to it (it
 disconnected, or the watch cut it off for lack of progress), the client stays in the round for
-``upload_resume_seconds`` (never past the round's deadline). Nothing is held for it: every stream
+``transfer_resume_seconds`` (never past the round's deadline). Nothing is held for it: every stream
 of a round frames the same global model lazily, with the checksum computed once. A client that
 reconnects names the download in its Hello (round, and the bytes it has taken, which only it
 knows: frames the server wrote may have died in the network); once it is Ready, the coordinator

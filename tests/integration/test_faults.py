@@ -114,7 +114,7 @@ def test_a_client_killed_in_any_phase_is_dropped_and_the_round_completes(
     daemons: Daemons, tmp_path: Path, phase: str
 ) -> None:
     # A broken up- or download is kept 1 s for its client to resume it (server/resume*.py).
-    flags = ("--upload-resume-seconds", "1")
+    flags = ("--transfer-resume-seconds", "1")
     rows = run_round_2_with_a_faulty_client(daemons, tmp_path, phase, True, *flags)
     assert sorted(rows[1]["participants"]) == [0, 1]  # faulty (0) and org-a (1)
     assert rows[2]["selected"] == [0, 1, 2]

@@ -57,7 +57,7 @@ def test_an_organisation_cut_off_mid_upload_is_dropped_and_rejoins_after_healing
         "2",
         "--progress-timeout",
         "3",
-        "--upload-resume-seconds",
+        "--transfer-resume-seconds",
         "2",
         "--chunk-size",
         "65536",

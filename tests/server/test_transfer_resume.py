@@ -235,7 +235,7 @@ def test_a_broken_upload_not_resumed_in_time_drops_its_client_without_waiting_fo
         tmp_path,
         {"a": breaking, "b": full_upload(SHIFTS["b"])},
         round_timeout=60,
-        upload_resume_seconds=window,
+        transfer_resume_seconds=window,
     )
     outcome = runner.finish(timeout=30)
     assert outcome.finished, outcome.reason
