@@ -190,6 +190,27 @@ def initial(runner: JobRunner) -> dict[str, torch.Tensor]:
     return dict(load_task("synthetic").build_model(runner.config.seed).state_dict())
 
 
+def test_the_norm_bound_counts_the_bytes_before_and_after_the_break(tmp_path: Path) -> None:
+    # 610 float32 values, each moved by 1.0: a norm of sqrt(610) = 24.7 over the whole update,
+    # sqrt(512) = 22.6 before the break at byte 2,048 and sqrt(98) = 9.9 after it. A bound of
+    # 23 refuses the update only if both parts count.
+    breaking = Breaking(1.0)
+    runner = start(tmp_path, {"a": breaking, "b": full_upload(0.5)}, update_norm_bound=23.0)
+    wait_for(lambda: runner.job.parked.holds(0))
+    again = runner.client("a")
+    again.join(resume=pb.StreamPosition(round=1, offset=0))
+    breaking.resume(again, next_message(again, "init_config").init_config.resume_upload.offset)
+    error = next_message(again, "error").error
+    assert error.code == pb.BAD_TENSOR_STREAM
+    assert "update L2 norm 24.7 exceeds the bound 23" in error.message
+    outcome = runner.finish()
+    assert outcome.finished, outcome.reason
+    start_state = initial(runner)
+    only_b = fedavg.aggregate([{k: v + 0.5 for k, v in start_state.items()}], [10.0])
+    for name, tensor in only_b.items():
+        assert torch.equal(runner.job.global_state[name], tensor), name
+
+
 def test_a_resume_at_another_offset_is_refused_and_the_round_goes_on_without_it(
     tmp_path: Path,
 ) -> None:
