@@ -51,6 +51,7 @@ class ParkedUploads:
         self.window = window  # seconds a broken upload is kept; 0: never
         self._log = log
         self._parked: dict[int, Parked] = {}
+        self._first_break: dict[tuple[int, int], float] = {}  # (client id, round) -> when
         # Uploaders the watch cut off for lack of progress, with its reason, until they close.
         self.stalled: dict[int, str] = {}
 
@@ -74,7 +75,10 @@ class ParkedUploads:
             or not current.fold.is_open_for(upload.client_id)
         ):
             return False
-        expires = min(current.deadline, time.monotonic() + self.window)
+        # The window runs from a client's first break in the round: breaking again and again
+        # does not stretch it.
+        first = self._first_break.setdefault((upload.client_id, current.number), time.monotonic())
+        expires = min(current.deadline, first + self.window)
         self._parked[upload.client_id] = Parked(upload, current, reason, expires)
         self._state.cond.notify_all()  # a reconnect of this client may wait for it
         self._log.info(
@@ -130,6 +134,8 @@ class ParkedUploads:
     def expire(self) -> None:
         """Give up broken uploads past their time or whose round is over."""
         now = time.monotonic()
+        current = self._state.round.number if self._state.round is not None else None
+        self._first_break = {k: v for k, v in self._first_break.items() if k[1] == current}
         for cid, entry in list(self._parked.items()):
             if entry.round is not self._state.round:
                 del self._parked[cid]

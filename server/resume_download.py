@@ -46,6 +46,7 @@ class ParkedDownloads:
         self.window = window  # seconds a broken download is kept; 0: never
         self._log = log
         self._parked: dict[int, BrokenDownload] = {}
+        self._first_break: dict[tuple[int, int], float] = {}  # (client id, round) -> when
 
     def holds(self, client_id: int) -> bool:
         """Whether a broken download of this client is kept."""
@@ -62,7 +63,10 @@ class ParkedDownloads:
             or not current.fold.is_open_for(member.client_id)
         ):
             return False
-        expires = min(current.deadline, time.monotonic() + self.window)
+        # The window runs from a client's first break in the round: breaking again and again
+        # does not stretch it.
+        first = self._first_break.setdefault((member.client_id, current.number), time.monotonic())
+        expires = min(current.deadline, first + self.window)
         self._parked[member.client_id] = BrokenDownload(current, reason, expires)
         self._log.info(
             "download_parked",
@@ -113,6 +117,8 @@ class ParkedDownloads:
     def expire(self) -> None:
         """Give up broken downloads past their time or whose round is over."""
         now = time.monotonic()
+        current = self._state.round.number if self._state.round is not None else None
+        self._first_break = {k: v for k, v in self._first_break.items() if k[1] == current}
         for cid, entry in list(self._parked.items()):
             if entry.round is not self._state.round:
                 del self._parked[cid]
