@@ -9,7 +9,8 @@ both drive it, so a simulated client behaves exactly like a networked one.
 
 Whatever the client refuses, it refuses once: one Error to the server (POLICY_MISMATCH,
 UNSUPPORTED_CONFIG, BAD_TENSOR_STREAM, WRONG_ROUND or ILLEGAL_MESSAGE), one line in the audit
-log, and one exception whose text is the one line the CLI prints.
+log, and one exception whose text is the one line the CLI prints. A task that raises is
+reported once too (TASK_FAILED, ``client/task_failure.py``); its own exception goes on.
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ from fedsilo.client.joined import (
     join,
 )
 from fedsilo.client.state_machine import ClientState, ServerEvent, transition
+from fedsilo.client.task_failure import reporting
 from fedsilo.common.compression import ClientCompressor
 from fedsilo.common.errors import (
     CodecError,
@@ -80,6 +82,7 @@ class ClientProtocol:
         self._last_round = 0  # the last round synced in this session
         self._pacer = HeartbeatPacer()
         self.rounds_done = 0
+        self.task_failure: str | None = None  # the line for a person, once the task raised
 
     # ------------------------------------------------------------------ what the job gave
 
@@ -184,7 +187,8 @@ class ClientProtocol:
         except PolicyError as exc:
             self._refuse(pb.POLICY_MISMATCH, f"refused the server's job: {exc}", PolicyError)
         try:
-            joined, rejoined = join(self.joined, init, admitted, setting, self.local)
+            with reporting("loading its task and data", self._task_failed):
+                joined, rejoined = join(self.joined, init, admitted, setting, self.local)
         except TaskLoadError as exc:
             self._refuse(pb.UNSUPPORTED_CONFIG, str(exc), TaskLoadError)
         self.joined = joined
@@ -278,14 +282,15 @@ class ClientProtocol:
     def _do_train_and_upload(self, trailer: pb.TensorStreamTrailer) -> None:
         incoming = self._finish_stream(trailer)
         assert incoming.train is not None
-        upload = work.train_round(
-            self._joined(),
-            incoming.round,
-            incoming.train,
-            device=self.local.device,
-            heartbeats=self._heartbeats(),
-            measure_norm=self.audit is not None,
-        )
+        with reporting(f"training in round {incoming.round}", self._task_failed):
+            upload = work.train_round(
+                self._joined(),
+                incoming.round,
+                incoming.train,
+                device=self.local.device,
+                heartbeats=self._heartbeats(),
+                measure_norm=self.audit is not None,
+            )
         self._record("update_sent", **upload.record)
         self._send(upload.frames)
         self.rounds_done += 1
@@ -293,7 +298,8 @@ class ClientProtocol:
 
     def _do_evaluate_final(self, trailer: pb.TensorStreamTrailer) -> None:
         incoming = self._finish_stream(trailer)
-        evaluation = work.evaluate_final(self._joined(), self.local.device, self._heartbeats())
+        with reporting("evaluating the final model", self._task_failed):
+            evaluation = work.evaluate_final(self._joined(), self.local.device, self._heartbeats())
         self._record(
             "evaluation_sent",
             round=incoming.round,
@@ -359,6 +365,12 @@ class ClientProtocol:
             joined = self.joined
             where = {"job_id": joined.job.job_id, "client_id": joined.client_id} if joined else {}
             self.audit.record(event, durable, **where, **fields)
+
+    def _task_failed(self, doing: str, line: str) -> None:
+        """Tell the server once that the task raised, and record what was sent."""
+        self.task_failure = f"the task failed while {doing}: {line}"
+        self._send(pb.ClientMessage(error=pb.Error(code=pb.TASK_FAILED, message=line)))
+        self._record("task_failed", code="TASK_FAILED", doing=doing, reason=line)
 
     def _bad_stream(self, reason: str) -> NoReturn:
         self._refuse(

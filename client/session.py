@@ -8,7 +8,9 @@ itself (what to do with each message) is ``client/protocol.py``.
 Bounds: a session that makes no progress either way for ``--idle-timeout`` seconds while the
 client waits for the server is given up (``client/silence.py``); after a refusal the client
 sends its Error, half-closes and waits at most ``CLOSE_GRACE`` seconds for the server to end
-the stream.
+the stream. A task that raised (``ClientProtocol.task_failure``) ends the client the same way,
+with its one line and its traceback in the log; ``--data`` and the task are checked before the
+first connection (``client/preflight.py``).
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from fedsilo.client.audit import AuditLog
 from fedsilo.client.config import ClientConfig
 from fedsilo.client.connection import Endpoint, connect
 from fedsilo.client.policy import policy_of
+from fedsilo.client.preflight import check_data_folder, check_task
 from fedsilo.client.protocol import ClientProtocol, LocalSettings
 from fedsilo.client.reconnect import Outage
 from fedsilo.client.silence import SilenceWatch
@@ -36,6 +39,7 @@ from fedsilo.common.errors import (
     ProtocolError,
     SessionLostError,
     StopRequestedError,
+    TaskFailedError,
 )
 from fedsilo.common.proto import federation_pb2 as pb
 from fedsilo.common.wire import (
@@ -72,6 +76,8 @@ class FederationClient:
         self.endpoint = endpoint
         self.log = log.bind(client=endpoint.name)
         policy = policy_of(config, config.bundle)  # the local task is resolved here, once
+        check_data_folder(config.data)
+        check_task(policy)
         self.audit = AuditLog(config.run_dir(endpoint.name) / "audit.jsonl", endpoint.name)
         local = LocalSettings(
             partition=config.partition,
@@ -133,14 +139,7 @@ class FederationClient:
             watch.waiting()
             for message in call:
                 watch.working()
-                try:
-                    done = self.protocol.handle(message)
-                except (SessionLostError, StopRequestedError):
-                    raise
-                except FedsiloError:
-                    _close_after_refusal(call, outbox)
-                    raise
-                if done:
+                if self._handle(message, call, outbox):
                     # Half-close our side and read on until the server ends the stream, so
                     # that no grpc thread is still busy with this call when the process exits.
                     finished = True
@@ -169,6 +168,29 @@ class FederationClient:
             channel.close()
         if not finished:
             raise SessionLostError("the server closed the session early")
+
+    def _handle(
+        self,
+        message: pb.ServerMessage | RawChunk | None,
+        call: grpc.Call,
+        outbox: queue.SimpleQueue[OutboxItem],
+    ) -> bool:
+        """Hand one message to the protocol; after a refusal or a task failure, end the stream."""
+        try:
+            return self.protocol.handle(message)
+        except (SessionLostError, StopRequestedError):
+            raise
+        except Exception as exc:
+            failure = self.protocol.task_failure
+            if failure is None and not isinstance(exc, FedsiloError):
+                raise  # a bug of fedsilo's own: its traceback
+            _close_after_refusal(call, outbox)
+            if failure is None:
+                raise
+            self.protocol.log.error("task_failed", reason=failure, exc_info=exc)
+            raise TaskFailedError(
+                f"{failure} (the server was told; the traceback is in the log above)"
+            ) from exc
 
 
 def _close_after_refusal(call: grpc.Call, outbox: queue.SimpleQueue[OutboxItem]) -> None:

@@ -7,9 +7,11 @@
     ├── PolicyError               a client refuses what the server asks of it (exit 2)
     ├── CodecError                a tensor stream that disagrees with its header or the model
     ├── ProtocolError             a message that is illegal now; carries the wire ErrorCode
-    ├── ConnectError              the server could not be reached in the allowed time
+    ├── ConnectError              no session with the server in the allowed time, or
+    │                             a failure retrying cannot fix (foreign CA, TLS mismatch)
     ├── SessionLostError          a client's stream broke; it reconnects within its budget
     ├── ServerRefusedError        the server answered a client with an Error message
+    ├── TaskFailedError           a client's own task raised (load_data, train, evaluate)
     ├── StopRequestedError        SIGTERM/SIGINT asked a daemon to leave (exit 0)
     ├── JobAbortedError           the job ended without finishing its rounds
     └── SecAggError               a secure-aggregation round cannot complete (too few survivors)
@@ -67,7 +69,7 @@ class ProtocolError(FedsiloError):
 
 
 class ConnectError(FedsiloError):
-    """The server could not be reached within the allowed time."""
+    """No session with the server: not within the allowed time, or never (a certain failure)."""
 
 
 class JobAbortedError(FedsiloError):
@@ -80,6 +82,10 @@ class SessionLostError(FedsiloError):
 
 class ServerRefusedError(FedsiloError):
     """The server answered a client with an Error message."""
+
+
+class TaskFailedError(FedsiloError):
+    """A client's own task raised; the server was told (TASK_FAILED), the traceback logged."""
 
 
 class StopRequestedError(FedsiloError):

@@ -10,3 +10,9 @@ def shown(text: str, limit: int = SHOWN_CHARS) -> str:
     if len(text) <= limit:
         return repr(text)
     return f"{text[:limit]!r}... ({len(text)} characters)"
+
+
+def one_line(text: str, limit: int = 300) -> str:
+    """Return ``text`` on one printable line (whitespace runs made one space), cut to ``limit``."""
+    flat = " ".join("".join(ch if ch.isprintable() else " " for ch in text).split())
+    return flat if len(flat) <= limit else flat[: limit - 3] + "..."

@@ -23,7 +23,7 @@ from fedsilo.common.bundles import ServerBundle
 from fedsilo.common.errors import ConfigError, ProtocolError
 from fedsilo.common.proto import federation_pb2 as pb
 from fedsilo.common.specs import check_specs_match, specs_of
-from fedsilo.common.text import shown
+from fedsilo.common.text import one_line, shown
 from fedsilo.server import messages
 from fedsilo.server.central_eval import CentralEvaluator
 from fedsilo.server.checkpoint import Checkpoint
@@ -34,7 +34,7 @@ from fedsilo.server.global_model import GlobalModel
 from fedsilo.server.intake import Intake, UploadChecks
 from fedsilo.server.job_state import JobState
 from fedsilo.server.recorder import JobRecorder
-from fedsilo.server.registry import ClientRegistry, Stage, WorkKind
+from fedsilo.server.registry import ClientRegistry, Member, Stage, WorkKind
 from fedsilo.server.report_checks import ReportError, check_evaluation
 from fedsilo.server.run_files import CLIENT_IDS_FILE, ClientIdLog, MetricsLog
 from fedsilo.server.session import ClientSession
@@ -45,6 +45,14 @@ from fedsilo.server.uploads import UploadStore
 from fedsilo.server.watch import SessionWatch
 
 SPILL_DIR = "spill"  # in the run folder: uploads that wait for their turn to be folded
+
+# Errors by which a client says it cannot do its work: it is dropped from its round or the
+# final evaluation at once, for this reason, instead of when its stream ends (or times out).
+LEAVES_WORK = {
+    pb.TASK_FAILED: "task failed",
+    pb.POLICY_MISMATCH: "policy mismatch",
+    pb.UNSUPPORTED_CONFIG: "unsupported config",
+}
 
 __all__ = ["Job", "JobOutcome"]
 
@@ -280,12 +288,35 @@ class Job:
             self.state.cond.notify_all()
 
     def peer_error(self, session: ClientSession, error: pb.Error) -> None:
-        """Record an Error a client sent."""
+        """Record an Error a client sent; one that says it cannot work drops it from its work."""
+        dropped: dict[str, object] = {}
+        if error.code in LEAVES_WORK:
+            with self.state.cond:
+                member = self.state.registry.current(session.client_id, session)
+                if member is not None:
+                    dropped = self._fail_work(member, error)
         session.log.warning(
             "client_reported_error",
             code=messages.code_name(error.code),
             message=shown(error.message, 300),
+            **dropped,
         )
+
+    def _fail_work(self, member: Member, error: pb.Error) -> dict[str, object]:
+        """Drop a member that cannot do its work from it (cond held); return the log's fields."""
+        work = member.work
+        if work is None:
+            return {"phase": member.stage.value}
+        if member.stage is Stage.DOWNLOAD and error.code == pb.TASK_FAILED:
+            # Its task runs only on a whole model: the download is over, though the stream's
+            # writer may not have noted it yet.
+            evaluating = work.kind is WorkKind.EVALUATE
+            member.move(Stage.EVALUATING if evaluating else Stage.TRAINING)
+        phase = member.stage.value
+        reason = f"{LEAVES_WORK[error.code]}: {one_line(error.message)}"
+        self._leave_work(member.client_id, reason, phase)
+        member.work = None
+        return {"phase": phase, "round": work.round, "dropped": True}
 
     def closed(self, session: ClientSession) -> None:
         """Forget a session whose stream ended; drop it from the work it owed."""

@@ -23,6 +23,7 @@ class ErrorCode(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     NOT_ADMITTED: _ClassVar[ErrorCode]
     UNSUPPORTED_CONFIG: _ClassVar[ErrorCode]
     POLICY_MISMATCH: _ClassVar[ErrorCode]
+    TASK_FAILED: _ClassVar[ErrorCode]
 ERROR_CODE_UNSPECIFIED: ErrorCode
 MALFORMED_MESSAGE: ErrorCode
 PROTOCOL_VERSION_MISMATCH: ErrorCode
@@ -37,6 +38,7 @@ INTERNAL: ErrorCode
 NOT_ADMITTED: ErrorCode
 UNSUPPORTED_CONFIG: ErrorCode
 POLICY_MISMATCH: ErrorCode
+TASK_FAILED: ErrorCode
 
 class ClientMessage(_message.Message):
     __slots__ = ("hello", "ready", "send_model", "chunk", "trailer", "eval_result", "heartbeat", "error")
