@@ -9,8 +9,8 @@ Bounds: a session that makes no progress either way for ``--idle-timeout`` secon
 client waits for the server is given up (``client/silence.py``); after a refusal the client
 sends its Error, half-closes and waits at most ``CLOSE_GRACE`` seconds for the server to end
 the stream. A task that raised (``ClientProtocol.task_failure``) ends the client the same way,
-with its one line and its traceback in the log; ``--data`` and the task are checked before the
-first connection (``client/preflight.py``).
+with one line (exit 3; its traceback is logged at debug level); ``--data`` and the task are
+checked before the first connection (``client/preflight.py``).
 """
 
 from __future__ import annotations
@@ -187,9 +187,11 @@ class FederationClient:
             _close_after_refusal(call, outbox)
             if failure is None:
                 raise
-            self.protocol.log.error("task_failed", reason=failure, exc_info=exc)
+            # The person gets one line; the traceback is for whoever fixes the task.
+            self.protocol.log.error("task_failed", reason=failure)
+            self.protocol.log.debug("task_failed_traceback", exc_info=exc)
             raise TaskFailedError(
-                f"{failure} (the server was told; the traceback is in the log above)"
+                f"{failure} (the server was told; --log-level debug logs the traceback)"
             ) from exc
 
 

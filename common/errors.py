@@ -11,7 +11,7 @@
     │                             a failure retrying cannot fix (foreign CA, TLS mismatch)
     ├── SessionLostError          a client's stream broke; it reconnects within its budget
     ├── ServerRefusedError        the server answered a client with an Error message
-    ├── TaskFailedError           a client's own task raised (load_data, train, evaluate)
+    ├── TaskFailedError           a client's own task raised (load_data, train, evaluate; exit 3)
     ├── StopRequestedError        SIGTERM/SIGINT asked a daemon to leave (exit 0)
     ├── JobAbortedError           the job ended without finishing its rounds
     └── SecAggError               a secure-aggregation round cannot complete (too few survivors)
@@ -86,6 +86,8 @@ class ServerRefusedError(FedsiloError):
 
 class TaskFailedError(FedsiloError):
     """A client's own task raised; the server was told (TASK_FAILED), the traceback logged."""
+
+    exit_code = 3  # neither a usage error (2) nor the server's or the network's doing (1)
 
 
 class StopRequestedError(FedsiloError):
