@@ -315,7 +315,11 @@ class Job:
         phase = member.stage.value
         reason = f"{LEAVES_WORK[error.code]}: {one_line(error.message)}"
         final = self.state.final
-        if work.kind is WorkKind.EVALUATE and final is not None and member.client_id in final.expected:
+        if (
+            work.kind is WorkKind.EVALUATE
+            and final is not None
+            and member.client_id in final.expected
+        ):
             self.recorder.evaluation_failed(member.client_id, reason)  # in the final row
         self._leave_work(member.client_id, reason, phase)
         member.work = None
