@@ -178,8 +178,8 @@ class Diagnosis:
         return self.failure in FINAL
 
     def line(self) -> str:
-        """The failure in one line, gRPC's own reason appended."""
-        return f"{self.message} (gRPC: {self.grpc_reason})"
+        """The failure in one line, gRPC's own reason appended (when it gave one)."""
+        return f"{self.message} (gRPC: {self.grpc_reason})" if self.grpc_reason else self.message
 
 
 def classify(grpc_reason: str, tls: bool, target: str | None = None) -> Diagnosis:

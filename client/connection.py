@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 
 import grpc
+import structlog
 from cryptography import x509
 
 from fedsilo.client.config import ClientConfig
@@ -88,12 +89,15 @@ def resolve_endpoint(config: ClientConfig) -> Endpoint:
     )
 
 
-def connect(endpoint: Endpoint, timeout: float) -> grpc.Channel:
+def connect(
+    endpoint: Endpoint, timeout: float, log: structlog.typing.FilteringBoundLogger | None = None
+) -> grpc.Channel:
     """Open a channel and wait (grpc retries with backoff) until it is ready.
 
     Every failed attempt is classified (``client/connect_errors.py``). One that retrying cannot
     fix (TLS against plaintext, a foreign CA, a name mismatch, ...) raises ConnectError at once;
-    otherwise SessionLostError says what the last attempt met once ``timeout`` is over.
+    otherwise SessionLostError says what the last attempt met once ``timeout`` is over, and
+    ``log`` hears of each new reason as soon as it is known (``connect_failing``).
     """
     channel = _open(endpoint)
     watch = _Connectivity(channel)
@@ -104,9 +108,9 @@ def connect(endpoint: Endpoint, timeout: float) -> grpc.Channel:
         # last error is looked at again every RECHECK_SECONDS (what fails may change).
         while watch.next(min(deadline, time.monotonic() + RECHECK_SECONDS)) is not READY:
             if time.monotonic() >= deadline:
-                raise SessionLostError((last or Diagnosis(Failure.TIMEOUT, SILENT, "-")).line())
+                raise SessionLostError((last or Diagnosis(Failure.TIMEOUT, SILENT, "")).line())
             if watch.current is grpc.ChannelConnectivity.TRANSIENT_FAILURE:
-                last = _diagnose(channel, endpoint, deadline) or last
+                last = _newest(_diagnose(channel, endpoint, deadline), last, log)
                 if last is not None and last.final:
                     raise ConnectError(
                         f"no session with the server at {endpoint.address}: {last.line()}"
@@ -117,6 +121,19 @@ def connect(endpoint: Endpoint, timeout: float) -> grpc.Channel:
         raise
     watch.stop()
     return channel
+
+
+def _newest(
+    found: Diagnosis | None,
+    last: Diagnosis | None,
+    log: structlog.typing.FilteringBoundLogger | None,
+) -> Diagnosis | None:
+    """Return the newest known reason; log it when it is new (a person sees it before the end)."""
+    if found is None:
+        return last
+    if log is not None and (last is None or found.failure is not last.failure):
+        log.warning("connect_failing", failure=found.failure.value, reason=found.line())
+    return found
 
 
 def _open(endpoint: Endpoint) -> grpc.Channel:

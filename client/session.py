@@ -125,7 +125,7 @@ class FederationClient:
     def _session_once(self, outage: Outage) -> None:
         """Run one stream from Hello to Finish; raise SessionLostError if it breaks."""
         outbox: queue.SimpleQueue[OutboxItem] = queue.SimpleQueue()
-        channel = connect(self.endpoint, max(outage.remaining, 0.1))
+        channel = connect(self.endpoint, max(outage.remaining, 0.1), self.log)
         watch = SilenceWatch(self.config.idle_timeout)
         call = channel.stream_stream(
             SESSION_METHOD_PATH,
