@@ -8,9 +8,9 @@ itself (what to do with each message) is ``client/protocol.py``.
 Bounds: a session that makes no progress either way for ``--idle-timeout`` seconds while the
 client waits for the server is given up (``client/silence.py``); after a refusal the client
 sends its Error, half-closes and waits at most ``CLOSE_GRACE`` seconds for the server to end
-the stream. A task that raised (``ClientProtocol.task_failure``) ends the client the same way,
-with one line (exit 3; its traceback is logged at debug level); ``--data`` and the task are
-checked before the first connection (``client/preflight.py``).
+the stream. A task that raised (TaskFailedError, ``client/task_failure.py``) ends it the
+same way, with one line (exit 3; its traceback is logged at debug level); ``--data`` and the
+task are checked before the first connection (``client/preflight.py``).
 """
 
 from __future__ import annotations
@@ -31,6 +31,7 @@ from fedsilo.client.policy import policy_of
 from fedsilo.client.preflight import check_data_folder, check_task
 from fedsilo.client.protocol import ClientProtocol, LocalSettings
 from fedsilo.client.reconnect import Outage
+from fedsilo.client.secagg_client import secagg_keys_of
 from fedsilo.client.silence import SilenceWatch
 from fedsilo.common.devices import resolve_device
 from fedsilo.common.errors import (
@@ -84,6 +85,7 @@ class FederationClient:
             data=config.data,
             device=resolve_device(config.device),
             policy=policy,
+            secagg_keys=secagg_keys_of(config),
         )
         self.protocol = ClientProtocol(endpoint.name, endpoint.job_id, local, log, self.audit)
         identity = policy.identity
@@ -180,19 +182,13 @@ class FederationClient:
             return self.protocol.handle(message)
         except (SessionLostError, StopRequestedError):
             raise
-        except Exception as exc:
-            failure = self.protocol.task_failure
-            if failure is None and not isinstance(exc, FedsiloError):
-                raise  # a bug of fedsilo's own: its traceback
+        except FedsiloError as exc:
             _close_after_refusal(call, outbox)
-            if failure is None:
-                raise
-            # The person gets one line; the traceback is for whoever fixes the task.
-            self.protocol.log.error("task_failed", reason=failure)
-            self.protocol.log.debug("task_failed_traceback", exc_info=exc)
-            raise TaskFailedError(
-                f"{failure} (the server was told; --log-level debug logs the traceback)"
-            ) from exc
+            if isinstance(exc, TaskFailedError):
+                # The person gets one line; the traceback is for whoever fixes the task.
+                self.log.error("task_failed", reason=str(exc))
+                self.log.debug("task_failed_traceback", exc_info=exc)
+            raise
 
 
 def _close_after_refusal(call: grpc.Call, outbox: queue.SimpleQueue[OutboxItem]) -> None:

@@ -1,39 +1,54 @@
-"""When a client's own task raises: the one line the server is told (TASK_FAILED) and shown.
+"""When a member's own task raises: the one line the server is told (TASK_FAILED) and shown.
 
-The task's code (``load_data``, ``evaluate``, ``train``, and building its model) runs inside
-``reporting``: if it raises, ``report(doing, line)`` tells the server, and the exception goes on
-unchanged, so that each transport shows it its own way (the daemon prints one line and logs
-the traceback; the simulator reports the client with its exception).
+The task's code (building its model, ``load_data``, ``evaluate``, ``train``) runs inside
+``task_code``, which turns whatever it raises into TaskFailedError, the task's exception as its
+cause. The protocol runs each step through ``telling_server``, so that a step in which the task
+failed sends one Error(TASK_FAILED) and records it before the error goes on; each transport
+then shows it its own way (the daemon prints one line and logs the traceback at debug level,
+the simulator reports the client with its exception).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from typing import Any
 
-from fedsilo.common.errors import StopRequestedError, TaskLoadError
-
-MAX_LINE = 300  # characters sent to the server (docs/protocol.md: receivers show at most 300)
+from fedsilo.common.errors import StopRequestedError, TaskFailedError, TaskLoadError
+from fedsilo.common.proto import federation_pb2 as pb
+from fedsilo.common.text import one_line
 
 
 def failure_line(exc: BaseException) -> str:
-    """Return ``exc`` as one line, ``Type: message``, at most MAX_LINE characters."""
-    text = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
-    flat = " ".join("".join(ch if ch.isprintable() else " " for ch in text).split())
-    return flat if len(flat) <= MAX_LINE else flat[: MAX_LINE - 3] + "..."
+    """Return ``exc`` as one line, ``Type: message``, short enough to send and print."""
+    return one_line(f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__)
 
 
 @contextmanager
-def reporting(doing: str, report: Callable[[str, str], None]) -> Iterator[None]:
-    """Run the task's code; if it raises, call ``report(doing, line)`` and re-raise.
+def task_code(doing: str) -> Iterator[None]:
+    """Run the task's code; raise TaskFailedError (from the task's exception) if it raises.
 
     A stop request (a signal raised in the middle of training) and a task that cannot be built
-    with its options (TaskLoadError: UNSUPPORTED_CONFIG, refused by the caller) are no failures.
+    with its options (TaskLoadError, refused as UNSUPPORTED_CONFIG) are no failures of it.
     """
     try:
         yield
     except (StopRequestedError, TaskLoadError):
         raise
     except Exception as exc:
-        report(doing, failure_line(exc))
+        raise TaskFailedError(doing, failure_line(exc)) from exc
+
+
+def telling_server(
+    step: Callable[[Any], None],
+    payload: Any,
+    send: Callable[[pb.ClientMessage], None],
+    record: Callable[..., None],
+) -> None:
+    """Run one protocol step; if the task failed in it, tell the server and record it, re-raise."""
+    try:
+        step(payload)
+    except TaskFailedError as exc:
+        send(pb.ClientMessage(error=pb.Error(code=pb.TASK_FAILED, message=exc.line)))
+        record("task_failed", code="TASK_FAILED", reason=str(exc))
         raise

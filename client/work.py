@@ -16,6 +16,7 @@ import torch
 
 from fedsilo.client.joined import Joined
 from fedsilo.client.policy import ClientPolicy
+from fedsilo.client.task_failure import task_code
 from fedsilo.common.proto import federation_pb2 as pb
 from fedsilo.common.specs import header_of, specs_of
 from fedsilo.common.tensor_checks import floating_copy, update_norm
@@ -38,6 +39,9 @@ class Upload:
     frames: pb.ClientMessage | Iterator[bytes]
     record: dict[str, Any]
     summary: dict[str, float]
+    examples: int = 0  # what the update weighs
+    # Under secure aggregation: the received weights (the update is made from them later).
+    reference: dict[str, torch.Tensor] | None = None
 
 
 @contextmanager
@@ -61,18 +65,23 @@ def train_round(
     device: torch.device,
     heartbeats: Heartbeats,
     measure_norm: bool,
+    masked: bool = False,
 ) -> Upload:
-    """Evaluate the received model, train on it and encode the update."""
+    """Evaluate the received model, train on it and encode the update.
+
+    ``masked`` (secure aggregation): the update is not encoded here; the SendModel carries the
+    metrics only, and the received weights come back in ``reference`` for the masked upload.
+    """
     model, compressor = joined.model, joined.compressor
     started = time.monotonic()
     # One copy of the received weights serves the codec's delta and the audit's update norm.
     lossy = compressor.setting.codec != "none"
     reference = None
-    if measure_norm or lossy:
+    if measure_norm or lossy or masked:
         reference = floating_copy(model.state_dict(), into=joined.reference)
         joined.reference = reference
         compressor.remember_global(reference, copy=False)
-    with heartbeats, on_device(model, device):
+    with heartbeats, task_code(f"training in round {round_number}"), on_device(model, device):
         evaluation = joined.task.evaluate(model, joined.data)
         result = joined.task.train(
             model,
@@ -88,11 +97,20 @@ def train_round(
     seconds = time.monotonic() - started
     trained = model.state_dict()
     norm = update_norm(trained, reference) if measure_norm and reference is not None else None
-    wire = compressor.encode(trained)
-    specs = specs_of(wire)
     metrics = pb.LocalMetrics(
         train_loss=result.loss, train_seconds=seconds, evaluation=evaluation_message(evaluation)
     )
+    if masked:
+        # Weight and update travel masked, later; the audit says so and the norm is of the delta.
+        send = pb.ClientMessage(send_model=pb.SendModel(round=round_number, metrics=metrics))
+        record = _record(
+            round_number, "secagg", norm, result.examples, result.loss, seconds, evaluation
+        )
+        return Upload(
+            send, record, _summary(result.loss, seconds, evaluation), result.examples, reference
+        )
+    wire = compressor.encode(trained)
+    specs = specs_of(wire)
     send = pb.ClientMessage(
         send_model=pb.SendModel(
             round=round_number,
@@ -108,31 +126,55 @@ def train_round(
     else:
         encoder = TensorStreamEncoder(list(wire.values()), joined.job.chunk_size)
         frames = tensor_stream_frames(send, encoder, CLIENT_CHUNKS, _client_trailer)
-    record = {
+    record = _record(
+        round_number,
+        compressor.setting.codec,
+        norm,
+        result.examples,
+        result.loss,
+        seconds,
+        evaluation,
+    )
+    record["bytes"] = sum(spec.nbytes for spec in specs)
+    return Upload(frames, record, _summary(result.loss, seconds, evaluation), result.examples)
+
+
+def _record(
+    round_number: int,
+    codec: str,
+    norm: float | None,
+    examples: int,
+    loss: float,
+    seconds: float,
+    evaluation: Evaluation,
+) -> dict[str, Any]:
+    """An update's audit record (``bytes`` is added where they are known)."""
+    return {
         "round": round_number,
-        "bytes": sum(spec.nbytes for spec in specs),
-        "codec": compressor.setting.codec,
+        "codec": codec,
         "update_norm": norm,
-        "train_examples": result.examples,
+        "train_examples": examples,
         "metrics": {
-            "train_loss": result.loss,
+            "train_loss": loss,
             "train_seconds": seconds,
             "eval_examples": evaluation.examples,
             "eval_loss": evaluation.loss,
             "eval_accuracy": evaluation.accuracy,
         },
     }
-    summary = {
-        "train_loss": round(result.loss, 5),
+
+
+def _summary(loss: float, seconds: float, evaluation: Evaluation) -> dict[str, float]:
+    return {
+        "train_loss": round(loss, 5),
         "train_seconds": round(seconds, 3),
         "eval_accuracy": round(evaluation.accuracy, 5),
     }
-    return Upload(frames, record, summary)
 
 
 def evaluate_final(joined: Joined, device: torch.device, heartbeats: Heartbeats) -> Evaluation:
     """Evaluate the final model on the local held-out data."""
-    with heartbeats, on_device(joined.model, device):
+    with heartbeats, task_code("evaluating the final model"), on_device(joined.model, device):
         return joined.task.evaluate(joined.model, joined.data)
 
 

@@ -85,9 +85,14 @@ class ServerRefusedError(FedsiloError):
 
 
 class TaskFailedError(FedsiloError):
-    """A client's own task raised; the server was told (TASK_FAILED), the traceback logged."""
+    """A client's own task raised while ``doing``; ``line`` (type: message) goes to the server."""
 
     exit_code = 3  # neither a usage error (2) nor the server's or the network's doing (1)
+
+    def __init__(self, doing: str, line: str) -> None:
+        super().__init__(f"the task failed while {doing}: {line}")
+        self.doing = doing
+        self.line = line
 
 
 class StopRequestedError(FedsiloError):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 SHOWN_CHARS = 80
+ONE_LINE_CHARS = 300  # a peer's refusal, sent on and printed (names may be long)
 
 
 def shown(text: str, limit: int = SHOWN_CHARS) -> str:
@@ -12,7 +13,7 @@ def shown(text: str, limit: int = SHOWN_CHARS) -> str:
     return f"{text[:limit]!r}... ({len(text)} characters)"
 
 
-def one_line(text: str, limit: int = 300) -> str:
-    """Return ``text`` on one printable line (whitespace runs made one space), cut to ``limit``."""
+def one_line(text: str, limit: int = ONE_LINE_CHARS) -> str:
+    """Return ``text`` on one printable line of at most ``limit`` characters."""
     flat = " ".join("".join(ch if ch.isprintable() else " " for ch in text).split())
     return flat if len(flat) <= limit else flat[: limit - 3] + "..."

@@ -95,6 +95,23 @@ class JobSpec(BaseModel):
         DEFAULT_CHUNK_SIZE, ge=1024, le=64 << 20, description="Raw bytes per tensor chunk."
     )
 
+    secure_aggregation: bool = Field(
+        False,
+        description="Sum masked updates (Bonawitz et al. 2017, SecAgg+): the server learns only "
+        "the sum of the surviving clients' updates and weights.",
+    )
+    secagg_clip_norm: float | None = Field(
+        None,
+        gt=0,
+        description="Secure aggregation: L2 bound C of an update's change (it sets the "
+        "quantization range; clients clip to it).",
+    )
+    secagg_max_weight: int | None = Field(
+        None,
+        ge=1,
+        description="Secure aggregation with example weights: the largest weight a client may "
+        "claim (clients cap theirs; a smaller bound quantizes more finely).",
+    )
     dp_noise_multiplier: float | None = Field(
         None,
         gt=0,
@@ -160,6 +177,38 @@ class JobSpec(BaseModel):
             raise ValueError(
                 f"strategy: DP-FedAvg bounds the sum of updates; {self.strategy} needs each one"
             )
+        return self
+
+    @model_validator(mode="after")
+    def _secagg_consistent(self) -> JobSpec:
+        if not self.secure_aggregation:
+            return self
+        problems = {
+            "secagg_clip_norm": "secure aggregation needs the clipping norm C of an update"
+            if self.secagg_clip_norm is None
+            else None,
+            "compression": "secure aggregation sets the update's bytes itself; use none"
+            if self.compression != "none"
+            else None,
+            "strategy": f"{self.strategy} needs each update; secure aggregation gives only the sum"
+            if getattr(STRATEGIES[self.strategy].build, "needs_all_updates", False)
+            else None,
+            "update_norm_bound": "a masked update cannot be checked; clients clip to "
+            "secagg_clip_norm"
+            if self.update_norm_bound is not None
+            else None,
+            "dp_noise_multiplier": "DP-FedAvg with secure aggregation (noise shares added by the "
+            "clients) is not built yet; see docs/privacy.md"
+            if self.dp_noise_multiplier is not None
+            else None,
+            "secagg_max_weight": "with weighting = examples, secure aggregation needs the "
+            "largest weight a client may claim"
+            if self.weighting == "examples" and self.secagg_max_weight is None
+            else None,
+        }
+        for setting, problem in problems.items():
+            if problem is not None:
+                raise ValueError(f"{setting}: {problem}")
         return self
 
     @model_validator(mode="after")

@@ -85,7 +85,9 @@ def test_members_whose_task_fails_are_dropped_at_once_with_their_reason(
     # Loading its data fails: the server is told while it admits the member; one line, exit 3.
     assert load.wait(timeout=90) == 3, load.tail()
     line = error_line(load)
-    assert line.startswith("fl-client: error: the task failed while loading its task and data")
+    assert line.startswith(
+        "fl-client: error: the task failed while building its model and loading its data"
+    )
     assert "FileNotFoundError: no such file:" in line and "rows.csv" in line
 
     assert server.wait(timeout=120) == 0, server.tail()
