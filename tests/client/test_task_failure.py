@@ -1,0 +1,58 @@
+"""A task's exception becomes one TASK_FAILED to the server; a stop request does not."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from fedsilo.client.task_failure import task_code, telling_server
+from fedsilo.common.errors import StopRequestedError, TaskFailedError
+from fedsilo.common.proto import federation_pb2 as pb
+
+
+def run_step(error: BaseException) -> tuple[list[pb.ClientMessage], list[tuple[str, Any]]]:
+    """Run a protocol step whose task code raises ``error``; return what was sent and recorded."""
+    sent: list[pb.ClientMessage] = []
+    recorded: list[tuple[str, Any]] = []
+
+    def step(payload: object) -> None:
+        with task_code("training in round 2"):
+            raise error
+
+    with pytest.raises((TaskFailedError, StopRequestedError)):
+        telling_server(step, None, sent.append, lambda event, **f: recorded.append((event, f)))
+    return sent, recorded
+
+
+def test_a_task_exception_is_sent_once_as_one_line_and_recorded() -> None:
+    sent, recorded = run_step(RuntimeError("mat1 and mat2 shapes\ncannot be multiplied"))
+    assert [m.error.code for m in sent] == [pb.TASK_FAILED]
+    assert sent[0].error.message == "RuntimeError: mat1 and mat2 shapes cannot be multiplied"
+    assert recorded == [
+        (
+            "task_failed",
+            {
+                "code": "TASK_FAILED",
+                "reason": "the task failed while training in round 2: RuntimeError: mat1 and "
+                "mat2 shapes cannot be multiplied",
+            },
+        )
+    ]
+
+
+def test_the_task_exception_is_kept_as_the_cause() -> None:
+    cause = KeyError("label")
+    with pytest.raises(TaskFailedError) as raised, task_code("loading its data"):
+        raise cause
+    assert raised.value.__cause__ is cause and raised.value.exit_code == 3
+
+
+def test_a_stop_request_in_the_middle_of_training_is_no_task_failure() -> None:
+    sent, recorded = run_step(StopRequestedError("stopped by SIGTERM"))
+    assert sent == [] and recorded == []
+
+
+def test_a_long_message_is_cut() -> None:
+    sent, _ = run_step(ValueError("x" * 5000))
+    assert len(sent[0].error.message) == 300 and sent[0].error.message.endswith("...")
