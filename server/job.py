@@ -365,7 +365,7 @@ class Job:
         ):
             self.recorder.evaluation_failed(member.client_id, reason)  # in the final row
         self._leave_work(member.client_id, reason, phase)
-        member.work = None
+        member.work = None  # not released to IDLE: no new work before its stream ends (it leaves)
         return {"phase": phase, "round": work.round, "dropped": True}
 
     def closed(self, session: ClientSession) -> None:
