@@ -264,6 +264,7 @@ class ClientProtocol:
             checksum=f"{trailer.checksum:016x}",
             **({"training": work.train_record(incoming.train)} if incoming.train else {}),
         )
+        self.log.debug("model_received", round=incoming.round, bytes=incoming.decoder.total_bytes)
         return incoming
 
     # ------------------------------------------------------------------ actions: work
@@ -381,7 +382,6 @@ class ClientProtocol:
         return self.joined
 
     def _heartbeats(self) -> work.Heartbeats:
-        """Send a Heartbeat every ``heartbeat_seconds`` while the body runs (long local work)."""
         seconds = self.joined.job.heartbeat_seconds if self.joined is not None else 0.0
         interval = max(seconds, MIN_HEARTBEAT_SECONDS) if seconds > 0 else 0.0
         beat = pb.ClientMessage(heartbeat=pb.Heartbeat())

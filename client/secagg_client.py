@@ -27,6 +27,7 @@ from fedsilo.common.secagg import wire as secagg_wire
 from fedsilo.common.secagg.vectors import floating_names, l2_norm
 from fedsilo.common.specs import TensorSpec, header_of
 from fedsilo.common.wire import CLIENT_CHUNKS, serialize
+from fedsilo.tasks.privacy import add_gaussian_noise_, clip_delta_, noise_generator
 
 MASKED_NAME = "secagg.masked"  # the server's name for the one tensor of a masked upload
 PIECE = 1 << 18
@@ -123,7 +124,14 @@ class MaskedRound:
         """Take the neighbours' shares; return the frames of the masked update."""
         assert self.delta is not None and self.send is not None, "no update kept"
         self.protocol.receive_shares(secagg_wire.routed_of(routed))
-        norm = l2_norm(self._pieces())
+        config = self.protocol.config
+        if config.noise_std > 0:  # distributed DP-FedAvg: clip, then this client's noise share
+            norm = min(clip_delta_(self.delta, config.clip_norm), config.clip_norm)
+            # Secret to this client. The quantizer is told the clipped norm: it clips nothing
+            # more, and the noise keeps its scale.
+            add_gaussian_noise_(self.delta, config.noise_std, noise_generator(None))
+        else:
+            norm = l2_norm(self._pieces())
         words = self.protocol.masked_input(self._pieces(), norm=norm, weight=self.weight)
         length = self.protocol.setup.length + 1
         spec = TensorSpec(MASKED_NAME, torch.uint32, (length,))
