@@ -14,7 +14,12 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
-from fedsilo.common.errors import StopRequestedError, TaskFailedError, TaskLoadError
+from fedsilo.common.errors import (
+    FedsiloError,
+    StopRequestedError,
+    TaskFailedError,
+    TaskLoadError,
+)
 from fedsilo.common.proto import federation_pb2 as pb
 from fedsilo.common.text import one_line
 
@@ -36,7 +41,8 @@ def task_code(doing: str) -> Iterator[None]:
     except (StopRequestedError, TaskLoadError):
         raise
     except Exception as exc:
-        raise TaskFailedError(doing, failure_line(exc)) from exc
+        code = exc.exit_code if isinstance(exc, FedsiloError) else TaskFailedError.exit_code
+        raise TaskFailedError(doing, failure_line(exc), code) from exc
 
 
 def telling_server(

@@ -11,7 +11,7 @@
     │                             a failure retrying cannot fix (foreign CA, TLS mismatch)
     ├── SessionLostError          a client's stream broke; it reconnects within its budget
     ├── ServerRefusedError        the server answered a client with an Error message
-    ├── TaskFailedError           a client's own task raised (load_data, train, evaluate; exit 3)
+    ├── TaskFailedError           a client's own task raised (load_data, train, evaluate)
     ├── StopRequestedError        SIGTERM/SIGINT asked a daemon to leave (exit 0)
     ├── JobAbortedError           the job ended without finishing its rounds
     └── SecAggError               a secure-aggregation round cannot complete (too few survivors)
@@ -85,14 +85,22 @@ class ServerRefusedError(FedsiloError):
 
 
 class TaskFailedError(FedsiloError):
-    """A client's own task raised while ``doing``; ``line`` (type: message) goes to the server."""
+    """A client's own task raised while ``doing``; ``line`` (type: message) goes to the server.
 
-    exit_code = 3  # neither a usage error (2) nor the server's or the network's doing (1)
+    It exits 3 (neither a usage error nor the server's or the network's doing), or with the
+    code of the fedsilo error the task raised (a ConfigError of the member's: 2).
+    """
 
-    def __init__(self, doing: str, line: str) -> None:
+    exit_code = 3
+
+    def __init__(self, doing: str, line: str, exit_code: int = 3) -> None:
         super().__init__(f"the task failed while {doing}: {line}")
         self.doing = doing
         self.line = line
+        self.exit_code = exit_code
+
+    def __reduce__(self) -> tuple[type[TaskFailedError], tuple[str, str, int]]:
+        return (type(self), (self.doing, self.line, self.exit_code))  # not only its message
 
 
 class StopRequestedError(FedsiloError):

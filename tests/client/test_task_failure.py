@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import pickle
 from typing import Any
 
 import pytest
 
 from fedsilo.client.task_failure import task_code, telling_server
-from fedsilo.common.errors import StopRequestedError, TaskFailedError
+from fedsilo.common.errors import ConfigError, StopRequestedError, TaskFailedError
 from fedsilo.common.proto import federation_pb2 as pb
 
 
@@ -56,3 +57,16 @@ def test_a_stop_request_in_the_middle_of_training_is_no_task_failure() -> None:
 def test_a_long_message_is_cut() -> None:
     sent, _ = run_step(ValueError("x" * 5000))
     assert len(sent[0].error.message) == 300 and sent[0].error.message.endswith("...")
+
+
+def test_a_configuration_error_the_task_raises_keeps_its_exit_code() -> None:
+    with pytest.raises(TaskFailedError) as raised, task_code("loading its data"):
+        raise ConfigError("partition 2 is out of range: the task has 2 clients")
+    assert raised.value.exit_code == 2
+    assert raised.value.line == "ConfigError: partition 2 is out of range: the task has 2 clients"
+
+
+def test_the_error_survives_a_process_boundary() -> None:
+    # Ray and multiprocessing pickle exceptions: an __init__ with its own arguments needs this.
+    error = pickle.loads(pickle.dumps(TaskFailedError("training in round 1", "KeyError: 'y'", 2)))
+    assert (error.doing, error.line, error.exit_code) == ("training in round 1", "KeyError: 'y'", 2)
