@@ -20,7 +20,7 @@ from typing import Any, NoReturn, TypeVar, cast
 import structlog
 import torch
 
-from fedsilo.client import secagg_session, work
+from fedsilo.client import secagg_session, task_failure, work
 from fedsilo.client.audit import AuditLog
 from fedsilo.client.heartbeat import HeartbeatPacer
 from fedsilo.client.incoming import IncomingModel
@@ -33,7 +33,6 @@ from fedsilo.client.joined import (
 )
 from fedsilo.client.secagg_session import ClientSecAgg
 from fedsilo.client.state_machine import ClientState, ServerEvent, transition
-from fedsilo.client.task_failure import telling_server
 from fedsilo.common.errors import (
     CodecError,
     ConfigError,
@@ -147,7 +146,7 @@ class ClientProtocol:
         if step is None:
             self._illegal(f"{event.value} is not allowed while {self.state.value}")
         action, next_state = step
-        telling_server(getattr(self, f"_do_{action.value}"), payload, self._send, self._record)
+        task_failure.telling_server(getattr(self, f"_do_{action.value}"), payload, self._send)
         self.state = next_state
 
     def _receive_inline(self, header: pb.TensorStreamHeader) -> None:
@@ -173,8 +172,9 @@ class ClientProtocol:
             self._secagg.accept_job(job, self.local.secagg_keys)
         except PolicyError as exc:
             self._refuse(pb.POLICY_MISMATCH, f"refused the server's job: {exc}", PolicyError)
-        try:
-            joined, rejoined = join(self.joined, init, admitted, setting, self.local)
+        try:  # loading a big task or its data can outlast the server's progress deadline
+            with self._heartbeats(job):
+                joined, rejoined = join(self.joined, init, admitted, setting, self.local)
         except TaskLoadError as exc:
             self._refuse(pb.UNSUPPORTED_CONFIG, str(exc), TaskLoadError)
         self.joined = joined
@@ -282,6 +282,7 @@ class ClientProtocol:
             heartbeats=self._heartbeats(),
             measure_norm=self.audit is not None,
             masked=self._secagg.enabled,
+            ranks=self.local.ranks,  # LocalTrainingError if they fail: the session leaves
         )
         if self._secagg.enabled:
             self._secagg.keep(upload, self._joined().model)
@@ -381,11 +382,10 @@ class ClientProtocol:
         assert self.joined is not None  # the table allows these actions only once joined
         return self.joined
 
-    def _heartbeats(self) -> work.Heartbeats:
-        seconds = self.joined.job.heartbeat_seconds if self.joined is not None else 0.0
+    def _heartbeats(self, job: pb.JobConfig | None = None) -> work.Heartbeats:
+        seconds = (job or self._joined().job).heartbeat_seconds
         interval = max(seconds, MIN_HEARTBEAT_SECONDS) if seconds > 0 else 0.0
-        beat = pb.ClientMessage(heartbeat=pb.Heartbeat())
-        send = self._send
+        beat, send = pb.ClientMessage(heartbeat=pb.Heartbeat()), self._send
         return self._pacer.running(lambda: send(beat), interval)
 
     def _send(self, message: Outbound | Iterator[bytes]) -> None:

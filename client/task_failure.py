@@ -3,9 +3,9 @@
 The task's code (building its model, ``load_data``, ``evaluate``, ``train``) runs inside
 ``task_code``, which turns whatever it raises into TaskFailedError, the task's exception as its
 cause. The protocol runs each step through ``telling_server``, so that a step in which the task
-failed sends one Error(TASK_FAILED) and records it before the error goes on; each transport
-then shows it its own way (the daemon prints one line and logs the traceback at debug level,
-the simulator reports the client with its exception).
+failed sends one Error(TASK_FAILED) before the error goes on; each transport then shows it its
+own way (the daemon records it in audit.jsonl, prints one line and logs the traceback at debug
+level; the simulator reports the client with the task's exception).
 """
 
 from __future__ import annotations
@@ -46,15 +46,11 @@ def task_code(doing: str) -> Iterator[None]:
 
 
 def telling_server(
-    step: Callable[[Any], None],
-    payload: Any,
-    send: Callable[[pb.ClientMessage], None],
-    record: Callable[..., None],
+    step: Callable[[Any], None], payload: Any, send: Callable[[pb.ClientMessage], None]
 ) -> None:
-    """Run one protocol step; if the task failed in it, tell the server and record it, re-raise."""
+    """Run one protocol step; if the task failed in it, tell the server, then re-raise."""
     try:
         step(payload)
     except TaskFailedError as exc:
         send(pb.ClientMessage(error=pb.Error(code=pb.TASK_FAILED, message=exc.line)))
-        record("task_failed", code="TASK_FAILED", reason=str(exc))
         raise

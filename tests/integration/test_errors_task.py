@@ -100,6 +100,10 @@ def test_members_whose_task_fails_are_dropped_at_once_with_their_reason(
     assert line.startswith("fl-client: error: the task failed while training in round 1: ")
     assert "RuntimeError: mat1 and mat2 shapes cannot be multiplied" in line
     assert "Traceback" not in train.stderr.read_text()
+    audit = (tmp_path / "runs" / "client-train-bad" / "audit.jsonl").read_text().splitlines()
+    failed = [json.loads(entry) for entry in audit if '"task_failed"' in entry]
+    assert len(failed) == 1 and failed[0]["code"] == "TASK_FAILED"
+    assert failed[0]["reason"] == line.removeprefix("fl-client: error: ")
 
     # The final evaluation fails; at --log-level debug the traceback is in a JSON log line.
     assert evaluate.wait(timeout=30) == 3, evaluate.tail()
