@@ -136,7 +136,14 @@ def _job_figures(
 
     numbers = range(1, rounds + 1)
     received = {n: at(client, "model_received", n) for n in numbers}
+    writing = {e["round"]: stamp(e) for e in server if e["event"] == "checkpoint_writing"}
+    saved = {e["round"]: stamp(e) for e in server if e["event"] == "checkpoint_saved"}
     return {
+        # When each round's model went out and its update was in, and each checkpoint write.
+        "round_windows": [
+            (at(server, "round_started", n), at(server, "update_received", n)) for n in numbers
+        ],
+        "checkpoint_windows": [(writing[n], saved[n]) for n in sorted(writing) if n in saved],
         "down_s": [received[n] - at(server, "round_started", n) for n in numbers],
         "up_s": [at(server, "update_received", n) - received[n] for n in numbers],
         "round_s": [

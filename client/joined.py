@@ -12,20 +12,29 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Protocol
 
 import torch
 
 from fedsilo.client.policy import AdmittedTask, ClientPolicy
 from fedsilo.client.secagg_client import SecAggKeys
+from fedsilo.client.task_failure import task_code
 from fedsilo.common.compression import ClientCompressor, Compression
 from fedsilo.common.errors import ConfigError, PolicyError
 from fedsilo.common.proto import federation_pb2 as pb
 from fedsilo.common.task_identity import TaskIdentity
 from fedsilo.common.wire import MAX_CHUNK_SIZE
-from fedsilo.tasks import LocalData, Task
+from fedsilo.tasks import LocalData, Task, TrainConfig, TrainResult
 from fedsilo.tasks.loading import instantiate_task
 
 SharedModels = dict[tuple[object, ...], torch.nn.Module]
+
+
+class RoundTrainer(Protocol):
+    """Trains a round somewhere other than in the client's own process (``client/ranks.py``)."""
+
+    def train(self, joined: Joined, round_number: int, config: TrainConfig) -> TrainResult:
+        """Train ``joined.model`` in place; raise LocalTrainingError if that fails."""
 
 
 @dataclass(frozen=True)
@@ -41,6 +50,8 @@ class LocalSettings:
     shared_models: SharedModels | None = None
     # Secure aggregation: the certificate key round keys are signed with, and the CA.
     secagg_keys: SecAggKeys | None = None
+    # fl-client --nproc-per-node N > 1: the round's training runs on N local processes.
+    ranks: RoundTrainer | None = None
 
 
 @dataclass
@@ -123,15 +134,16 @@ def build(
     job = init.job
     task = instantiate_task(admitted.task_class, admitted.options, admitted.identity.name)
     shared = local.shared_models
-    if shared is None:
-        model = task.build_model(job.seed)
-    else:  # simulated clients that work one at a time can share one set of weights
-        key = (job.job_id, admitted.identity.hash, job.seed)
-        if key not in shared:
-            shared[key] = task.build_model(job.seed)
-        model = shared[key]
     partition = local.partition if local.partition is not None else init.client_id
-    data = task.load_data(partition, job.seed, local.data)
+    with task_code("building its model and loading its data"):
+        if shared is None:
+            model = task.build_model(job.seed)
+        else:  # simulated clients that work one at a time can share one set of weights
+            key = (job.job_id, admitted.identity.hash, job.seed)
+            if key not in shared:
+                shared[key] = task.build_model(job.seed)
+            model = shared[key]
+        data = task.load_data(partition, job.seed, local.data)
     return Joined(
         client_id=init.client_id,
         job=job,

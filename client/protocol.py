@@ -8,8 +8,8 @@ sends goes to a ``send`` callback. The gRPC daemon (``client/session.py``) and t
 both drive it, so a simulated client behaves exactly like a networked one.
 
 Whatever the client refuses, it refuses once: one Error to the server (POLICY_MISMATCH,
-UNSUPPORTED_CONFIG, BAD_TENSOR_STREAM, WRONG_ROUND or ILLEGAL_MESSAGE), one line in the audit
-log, and one exception whose text is the one line the CLI prints.
+UNSUPPORTED_CONFIG, BAD_TENSOR_STREAM, WRONG_ROUND, ILLEGAL_MESSAGE; TASK_FAILED when its task
+raised, ``client/task_failure.py``), one line in the audit log, one exception, one line shown.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from typing import Any, NoReturn, TypeVar, cast
 import structlog
 import torch
 
-from fedsilo.client import resume, secagg_session, work
+from fedsilo.client import resume, secagg_session, task_failure, work
 from fedsilo.client.audit import AuditLog
 from fedsilo.client.heartbeat import HeartbeatPacer
 from fedsilo.client.incoming import IncomingModel
@@ -146,7 +146,7 @@ class ClientProtocol:
         if step is None:
             self._illegal(f"{event.value} is not allowed while {self.state.value}")
         action, next_state = step
-        getattr(self, f"_do_{action.value}")(payload)
+        task_failure.telling_server(getattr(self, f"_do_{action.value}"), payload, self._send)
         self.state = next_state
 
     def _receive_inline(self, header: pb.TensorStreamHeader) -> None:
@@ -172,8 +172,9 @@ class ClientProtocol:
             self._secagg.accept_job(job, self.local.secagg_keys)
         except PolicyError as exc:
             self._refuse(pb.POLICY_MISMATCH, f"refused the server's job: {exc}", PolicyError)
-        try:
-            joined, rejoined = join(self.joined, init, admitted, setting, self.local)
+        try:  # loading a big task or its data can outlast the server's progress deadline
+            with self._heartbeats(job):
+                joined, rejoined = join(self.joined, init, admitted, setting, self.local)
         except TaskLoadError as exc:
             self._refuse(pb.UNSUPPORTED_CONFIG, str(exc), TaskLoadError)
         self.joined = joined
@@ -281,6 +282,7 @@ class ClientProtocol:
             heartbeats=self._heartbeats(),
             measure_norm=self.audit is not None,
             masked=self._secagg.enabled,
+            ranks=self.local.ranks,  # LocalTrainingError if they fail: the session leaves
         )
         if self._secagg.enabled:
             self._secagg.keep(upload, self._joined().model)
@@ -380,11 +382,10 @@ class ClientProtocol:
         assert self.joined is not None  # the table allows these actions only once joined
         return self.joined
 
-    def _heartbeats(self) -> work.Heartbeats:
-        seconds = self.joined.job.heartbeat_seconds if self.joined is not None else 0.0
+    def _heartbeats(self, job: pb.JobConfig | None = None) -> work.Heartbeats:
+        seconds = (job or self._joined().job).heartbeat_seconds
         interval = max(seconds, MIN_HEARTBEAT_SECONDS) if seconds > 0 else 0.0
-        beat = pb.ClientMessage(heartbeat=pb.Heartbeat())
-        send = self._send
+        beat, send = pb.ClientMessage(heartbeat=pb.Heartbeat()), self._send
         return self._pacer.running(lambda: send(beat), interval)
 
     def _send(self, message: Outbound | Iterator[bytes]) -> None:

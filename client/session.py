@@ -8,7 +8,9 @@ itself (what to do with each message) is ``client/protocol.py``.
 Bounds: a session that makes no progress either way for ``--idle-timeout`` seconds while the
 client waits for the server is given up (``client/silence.py``); after a refusal the client
 sends its Error, half-closes and waits at most ``CLOSE_GRACE`` seconds for the server to end
-the stream.
+the stream. A task that raised (TaskFailedError, ``client/task_failure.py``) ends it the
+same way, with one line (exit 3; its traceback is logged at debug level); ``--data`` and the
+task are checked before the first connection (``client/preflight.py``).
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ import queue
 import threading
 import time
 from collections.abc import Iterator
+from typing import Any, NoReturn
 
 import grpc
 import structlog
@@ -26,7 +29,9 @@ from fedsilo.client.audit import AuditLog
 from fedsilo.client.config import ClientConfig
 from fedsilo.client.connection import Endpoint, connect
 from fedsilo.client.policy import policy_of
+from fedsilo.client.preflight import check_data_folder, check_task
 from fedsilo.client.protocol import ClientProtocol, LocalSettings
+from fedsilo.client.ranks import RankLauncher, RankSettings
 from fedsilo.client.reconnect import Outage
 from fedsilo.client.secagg_client import secagg_keys_of
 from fedsilo.client.silence import SilenceWatch
@@ -34,11 +39,15 @@ from fedsilo.common.devices import resolve_device
 from fedsilo.common.errors import (
     ConnectError,
     FedsiloError,
+    LeftRoundError,
+    LocalTrainingError,
     ProtocolError,
     SessionLostError,
     StopRequestedError,
+    TaskFailedError,
 )
 from fedsilo.common.proto import federation_pb2 as pb
+from fedsilo.common.text import one_line
 from fedsilo.common.wire import (
     MAX_CHUNK_SIZE,
     MESSAGE_OVERHEAD_BYTES,
@@ -73,13 +82,20 @@ class FederationClient:
         self.endpoint = endpoint
         self.log = log.bind(client=endpoint.name)
         policy = policy_of(config, config.bundle)  # the local task is resolved here, once
+        check_data_folder(config.data)
+        check_task(policy)
         self.audit = AuditLog(config.run_dir(endpoint.name) / "audit.jsonl", endpoint.name)
+        device = resolve_device(config.device)
+        ranks = RankSettings.resolve(
+            config.nproc_per_node, device, config.threads, config.log_level
+        )
         local = LocalSettings(
             partition=config.partition,
             data=config.data,
-            device=resolve_device(config.device),
+            device=device,
             policy=policy,
             secagg_keys=secagg_keys_of(config),
+            ranks=RankLauncher(ranks, endpoint.name, config.data, self.log) if ranks else None,
         )
         self.protocol = ClientProtocol(endpoint.name, endpoint.job_id, local, log, self.audit)
         identity = policy.identity
@@ -113,7 +129,8 @@ class FederationClient:
                             f"no session with the server at {self.endpoint.address} within "
                             f"{self.config.connect_timeout:g}s (--connect-timeout): {lost}"
                         ) from lost
-                    self.log.warning("connection_lost", reason=str(lost), retry_in=round(delay, 2))
+                    event = "rejoining" if isinstance(lost, LeftRoundError) else "connection_lost"
+                    self.log.warning(event, reason=str(lost), retry_in=round(delay, 2))
                     time.sleep(delay)
         finally:
             self.audit.close()
@@ -121,7 +138,10 @@ class FederationClient:
     def _session_once(self, outage: Outage) -> None:
         """Run one stream from Hello to Finish; raise SessionLostError if it breaks."""
         outbox: queue.SimpleQueue[OutboxItem] = queue.SimpleQueue()
-        channel = connect(self.endpoint, max(outage.remaining, 0.1))
+        # Before connect: a connect that fails must not leave the last session's "joined"
+        # standing, or run() would start a fresh outage budget at every attempt, forever.
+        hello = self.protocol.start_session(outbox.put)
+        channel = connect(self.endpoint, max(outage.remaining, 0.1), self.log)
         watch = SilenceWatch(self.config.idle_timeout)
         call = channel.stream_stream(
             SESSION_METHOD_PATH,
@@ -131,17 +151,11 @@ class FederationClient:
         watch.start(call.cancel)
         finished = False
         try:
-            outbox.put(self.protocol.start_session(outbox.put))
+            outbox.put(hello)
             watch.waiting()
             for message in call:
                 watch.working()
-                try:
-                    done = self.protocol.handle(message)
-                except (SessionLostError, StopRequestedError):
-                    raise
-                except FedsiloError:
-                    _close_after_refusal(call, outbox)
-                    raise
+                done = self._handle(message, call, outbox)
                 if done:
                     # Half-close our side and read on until the server ends the stream, so
                     # that no grpc thread is still busy with this call when the process exits.
@@ -171,6 +185,58 @@ class FederationClient:
             channel.close()
         if not finished:
             raise SessionLostError("the server closed the session early")
+
+    def _handle(
+        self,
+        message: pb.ServerMessage | RawChunk | None,
+        call: grpc.Call,
+        outbox: queue.SimpleQueue[OutboxItem],
+    ) -> bool:
+        """Handle one message; after our own Error (refused, task failed, left a round), close."""
+        try:
+            return self.protocol.handle(message)
+        except LocalTrainingError as failed:
+            self._leave_round(failed, call, outbox)
+        except (SessionLostError, StopRequestedError):
+            raise
+        except FedsiloError as exc:
+            _close_after_refusal(call, outbox)
+            if isinstance(exc, TaskFailedError):
+                self._task_failed(exc)
+            raise
+
+    def _task_failed(self, failed: TaskFailedError) -> None:
+        """Record the TASK_FAILED sent; the person gets one line, the traceback is at debug."""
+        self.audit.record(
+            "task_failed", True, **self._where(), code="TASK_FAILED", reason=str(failed)
+        )
+        self.log.error("task_failed", reason=str(failed))
+        self.log.debug("task_failed_traceback", exc_info=failed)
+
+    def _where(self) -> dict[str, Any]:
+        """The job and client id of an audit line, once joined."""
+        joined = self.protocol.joined
+        return {"job_id": joined.job.job_id, "client_id": joined.client_id} if joined else {}
+
+    def _leave_round(
+        self,
+        failed: LocalTrainingError,
+        call: grpc.Call,
+        outbox: queue.SimpleQueue[OutboxItem],
+    ) -> NoReturn:
+        """Tell the server the round's training failed here; end the session to rejoin.
+
+        The server drops a member from its round when its stream ends; the client comes back
+        at once (``run``) and is ready for the next round.
+        """
+        number = failed.round_number
+        line = one_line(f"left round {number}: local training failed: {failed}")
+        outbox.put(pb.ClientMessage(error=pb.Error(code=pb.INTERNAL, message=line)))
+        where = self._where()
+        self.audit.record("left_round", True, **where, round=number, reason=line)
+        self.log.warning("left_round", **where, round=number, reason=line)
+        _close_after_refusal(call, outbox)
+        raise LeftRoundError(line) from failed
 
 
 def _close_after_refusal(call: grpc.Call, outbox: queue.SimpleQueue[OutboxItem]) -> None:

@@ -14,9 +14,10 @@ from typing import Any
 
 import torch
 
-from fedsilo.client.joined import Joined
+from fedsilo.client.joined import Joined, RoundTrainer
 from fedsilo.client.policy import ClientPolicy
 from fedsilo.client.resume import PendingUpload
+from fedsilo.client.task_failure import task_code
 from fedsilo.common.proto import federation_pb2 as pb
 from fedsilo.common.specs import header_of, specs_of
 from fedsilo.common.tensor_checks import floating_copy, update_norm
@@ -61,8 +62,9 @@ def train_round(
     heartbeats: Heartbeats,
     measure_norm: bool,
     masked: bool = False,
+    ranks: RoundTrainer | None = None,
 ) -> Upload:
-    """Evaluate the received model, train on it and encode the update.
+    """Evaluate the received model, train on it (here, or on ``ranks``), encode the update.
 
     ``masked`` (secure aggregation): the update is not encoded here; the SendModel carries the
     metrics only, and the received weights come back in ``reference`` for the masked upload.
@@ -76,19 +78,21 @@ def train_round(
         reference = floating_copy(model.state_dict(), into=joined.reference)
         joined.reference = reference
         compressor.remember_global(reference, copy=False)
-    with heartbeats, on_device(model, device):
-        evaluation = joined.task.evaluate(model, joined.data)
-        result = joined.task.train(
-            model,
-            joined.data,
-            TrainConfig(
-                local_epochs=train.local_epochs,
-                batch_size=train.batch_size,
-                learning_rate=train.learning_rate,
-                seed=train.seed,
-                proximal_mu=train.proximal_mu,
-            ),
-        )
+    config = TrainConfig(
+        local_epochs=train.local_epochs,
+        batch_size=train.batch_size,
+        learning_rate=train.learning_rate,
+        seed=train.seed,
+        proximal_mu=train.proximal_mu,
+    )
+    with heartbeats:
+        # The ranks' own failures are theirs (LocalTrainingError: the client leaves the round).
+        with task_code(f"training in round {round_number}"), on_device(model, device):
+            evaluation = joined.task.evaluate(model, joined.data)
+            if ranks is None:
+                result = joined.task.train(model, joined.data, config)
+        if ranks is not None:  # the ranks put the model on their own devices
+            result = ranks.train(joined, round_number, config)
     seconds = time.monotonic() - started
     trained = model.state_dict()
     norm = update_norm(trained, reference) if measure_norm and reference is not None else None
@@ -171,7 +175,7 @@ def _summary(loss: float, seconds: float, evaluation: Evaluation) -> dict[str, f
 
 def evaluate_final(joined: Joined, device: torch.device, heartbeats: Heartbeats) -> Evaluation:
     """Evaluate the final model on the local held-out data."""
-    with heartbeats, on_device(joined.model, device):
+    with heartbeats, task_code("evaluating the final model"), on_device(joined.model, device):
         return joined.task.evaluate(joined.model, joined.data)
 
 

@@ -53,9 +53,14 @@ def upload_ack(round_number: int, offset: int) -> pb.ServerMessage:
     return pb.ServerMessage(upload_ack=position)
 
 
-def init_config(client_id: int, job: pb.JobConfig) -> pb.ServerMessage:
-    """Return the InitConfig answering an admitted client's Hello."""
-    return pb.ServerMessage(init_config=pb.InitConfig(client_id=client_id, job=job))
+def init_config(
+    client_id: int, job: pb.JobConfig, resume_upload: pb.StreamPosition | None = None
+) -> pb.ServerMessage:
+    """Return the InitConfig answering an admitted client's Hello (and where its upload goes on)."""
+    init = pb.InitConfig(client_id=client_id, job=job)
+    if resume_upload is not None:
+        init.resume_upload.CopyFrom(resume_upload)
+    return pb.ServerMessage(init_config=init)
 
 
 def train_config(config: ServerConfig, round_number: int, client_id: int) -> pb.TrainConfig:

@@ -25,6 +25,7 @@ from fedsilo.common.secagg import wire as secagg_wire
 from fedsilo.common.secagg.messages import ATTEMPT_BYTES
 from fedsilo.common.secagg.vectors import vector_length, write_mean
 from fedsilo.common.specs import TensorSpec
+from fedsilo.server.allocator import SCRATCH_BYTES
 from fedsilo.server.config import ServerConfig
 from fedsilo.server.dp_round import dp_settings
 
@@ -154,7 +155,8 @@ class SecAggRound:
     def mean_state(self, global_state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """The survivors' weighted mean update as a model: ``g + mean delta`` (floats only)."""
         out = {name: tensor.clone() for name, tensor in global_state.items()}
-        write_mean(self.result.mean_chunks(), global_state, out)
+        # float64 pieces below the server's mmap threshold (server/allocator.py)
+        write_mean(self.result.mean_chunks(chunk_words=SCRATCH_BYTES // 8), global_state, out)
         return out
 
 

@@ -8,8 +8,8 @@ moving (a message in, a frame out; while uploading, only tensor bytes count, so 
 cannot hold a round open). A client doing work for a round or the final evaluation is dropped
 from it, with the reason and the phase, before its stream is cut. Idle clients and uploads the
 server itself keeps waiting in line have no deadline. An uploader that stalls is cut off but
-stays in its round when broken uploads are kept (``server/resume.py``): its upload is parked
-when its stream closes, and the watch gives parked uploads up when their time is over.
+stays in its round when broken transfers are kept (``server/transfers.py``): its transfer is
+parked when its stream closes, and the watch gives kept transfers up when their time is over.
 """
 
 from __future__ import annotations
@@ -22,8 +22,7 @@ import structlog
 
 from fedsilo.server.job_state import JobState
 from fedsilo.server.registry import Member, Stage
-from fedsilo.server.resume import ParkedUploads
-from fedsilo.server.resume_download import ParkedDownloads
+from fedsilo.server.transfers import TRANSFERS, KeptTransfers
 
 HANDSHAKE_SECONDS = 10.0  # from a stream's opening to its Hello: a round trip and a TLS check
 # Idle clients have nothing to do; the others there wait for the server itself.
@@ -38,12 +37,10 @@ class SessionWatch:
         state: JobState,
         progress_timeout: float,
         log: structlog.typing.FilteringBoundLogger,
-        parked: ParkedUploads | None = None,
-        downloads: ParkedDownloads | None = None,
+        transfers: KeptTransfers | None = None,
     ) -> None:
         self._state = state
-        self._parked = parked
-        self._downloads = downloads
+        self._transfers = transfers
         self._handshake = min(HANDSHAKE_SECONDS, progress_timeout)
         self._progress_timeout = progress_timeout
         self._log = log
@@ -75,10 +72,8 @@ class SessionWatch:
         overdue: list[tuple[Any, str]] = []
         state = self._state
         with state.cond:
-            if self._parked is not None:
-                self._parked.expire()
-            if self._downloads is not None:
-                self._downloads.expire()
+            if self._transfers is not None:
+                self._transfers.expire()
             for session, opened in list(state.pending.items()):
                 if now - opened > self._handshake:
                     del state.pending[session]
@@ -113,13 +108,12 @@ class SessionWatch:
         Bounded: one whose stream has not closed within the resume window after the cut-off is
         dropped after all.
         """
-        parked = self._parked
-        transfers = (Stage.UPLOAD, Stage.DOWNLOAD)
-        if parked is None or not parked.enabled or member.stage not in transfers:
+        kept = self._transfers
+        if kept is None or kept.window <= 0 or member.stage not in TRANSFERS:
             return False
-        if member.session.progress.idle_seconds(True) > limit + parked.window:
+        if member.session.progress.idle_seconds(True) > limit + kept.window:
             return False
-        parked.stalled[member.client_id] = reason
+        kept.stalled[member.client_id] = reason
         return True
 
     def _leave_work(self, member: Member, reason: str) -> None:

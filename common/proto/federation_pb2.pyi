@@ -23,6 +23,7 @@ class ErrorCode(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     NOT_ADMITTED: _ClassVar[ErrorCode]
     UNSUPPORTED_CONFIG: _ClassVar[ErrorCode]
     POLICY_MISMATCH: _ClassVar[ErrorCode]
+    TASK_FAILED: _ClassVar[ErrorCode]
     SECAGG_REFUSED: _ClassVar[ErrorCode]
 ERROR_CODE_UNSPECIFIED: ErrorCode
 MALFORMED_MESSAGE: ErrorCode
@@ -38,6 +39,7 @@ INTERNAL: ErrorCode
 NOT_ADMITTED: ErrorCode
 UNSUPPORTED_CONFIG: ErrorCode
 POLICY_MISMATCH: ErrorCode
+TASK_FAILED: ErrorCode
 SECAGG_REFUSED: ErrorCode
 
 class ClientMessage(_message.Message):

@@ -167,7 +167,7 @@ def test_a_broken_upload_goes_on_from_the_servers_offset_and_the_sum_is_bitwise_
     answers = {other: full_upload(SHIFTS[other], after), breaker: breaking}
     runner = start(tmp_path, dict(sorted(answers.items())))
     wait_for(breaking.broke.is_set)
-    wait_for(lambda: runner.job.parked.holds(0 if breaker == "a" else 1))
+    wait_for(lambda: runner.job.transfers.uploads.holds(0 if breaker == "a" else 1))
 
     again = runner.client(breaker)
     again.join(resume=pb.StreamPosition(round=1, offset=0))
@@ -196,7 +196,7 @@ def test_the_norm_bound_counts_the_bytes_before_and_after_the_break(tmp_path: Pa
     # 23 refuses the update only if both parts count.
     breaking = Breaking(1.0)
     runner = start(tmp_path, {"a": breaking, "b": full_upload(0.5)}, update_norm_bound=23.0)
-    wait_for(lambda: runner.job.parked.holds(0))
+    wait_for(lambda: runner.job.transfers.uploads.holds(0))
     again = runner.client("a")
     again.join(resume=pb.StreamPosition(round=1, offset=0))
     breaking.resume(again, next_message(again, "init_config").init_config.resume_upload.offset)
@@ -216,7 +216,7 @@ def test_a_resume_at_another_offset_is_refused_and_the_round_goes_on_without_it(
 ) -> None:
     breaking = Breaking(SHIFTS["a"])
     runner = start(tmp_path, {"a": breaking, "b": full_upload(SHIFTS["b"])})
-    wait_for(lambda: runner.job.parked.holds(0))
+    wait_for(lambda: runner.job.transfers.uploads.holds(0))
     again = runner.client("a")
     again.join(resume=pb.StreamPosition(round=1, offset=0))
     assert next_message(again, "init_config").init_config.resume_upload.offset == 2 * CHUNK
@@ -233,7 +233,7 @@ def test_a_resume_at_another_offset_is_refused_and_the_round_goes_on_without_it(
 def test_a_reconnect_that_does_not_name_the_upload_gives_it_up(tmp_path: Path) -> None:
     breaking = Breaking(SHIFTS["a"])
     runner = start(tmp_path, {"a": breaking, "b": full_upload(SHIFTS["b"])})
-    wait_for(lambda: runner.job.parked.holds(0))
+    wait_for(lambda: runner.job.transfers.uploads.holds(0))
     again = runner.client("a")
     again.join()  # a restarted client: it no longer has that update
     assert not next_message(again, "init_config").init_config.HasField("resume_upload")
@@ -241,7 +241,7 @@ def test_a_reconnect_that_does_not_name_the_upload_gives_it_up(tmp_path: Path) -
     assert outcome.finished, outcome.reason
     (dropped,) = round_row(tmp_path)["dropped"]
     assert dropped["reason"] == "disconnected; reconnected without resuming the upload"
-    assert not runner.job.parked.holds(0)
+    assert not runner.job.transfers.uploads.holds(0)
 
 
 @pytest.mark.parametrize(
@@ -326,7 +326,7 @@ def test_a_broken_download_goes_on_from_the_clients_offset_and_the_round_keeps_i
     runner.client("b", full_upload(SHIFTS["b"])).join()
     first = broken_download(runner, "a")
     assert len(first) == CHUNK
-    wait_for(lambda: runner.job.downloads.holds(1))
+    wait_for(lambda: runner.job.transfers.downloads.holds(1))
     again = runner.client("a", full_upload(SHIFTS["a"]))
     again.kept = first
     again.join(download=pb.StreamPosition(round=1, offset=CHUNK))
@@ -347,7 +347,7 @@ def test_a_broken_download_not_named_again_is_given_up(tmp_path: Path) -> None:
     )
     runner.client("b", full_upload(SHIFTS["b"])).join()
     broken_download(runner, "a")
-    wait_for(lambda: runner.job.downloads.holds(1))
+    wait_for(lambda: runner.job.transfers.downloads.holds(1))
     runner.client("a", full_upload(SHIFTS["a"])).join()  # it lost what it had
     outcome = runner.finish()
     assert outcome.finished, outcome.reason
