@@ -9,6 +9,7 @@ from __future__ import annotations
 from typing import cast
 
 from fedsilo.common.compression import Compression
+from fedsilo.common.errors import ProtocolError
 from fedsilo.common.proto import federation_pb2 as pb
 from fedsilo.common.secagg import SecAggConfig
 from fedsilo.common.secagg import wire as secagg_wire
@@ -48,9 +49,20 @@ def job_config(
     )
 
 
-def init_config(client_id: int, job: pb.JobConfig) -> pb.ServerMessage:
-    """Return the InitConfig answering an admitted client's Hello."""
-    return pb.ServerMessage(init_config=pb.InitConfig(client_id=client_id, job=job))
+def upload_ack(round_number: int, offset: int) -> pb.ServerMessage:
+    """Return the acknowledgement of the first ``offset`` bytes of a round's upload."""
+    position = pb.StreamPosition(round=round_number, offset=offset)
+    return pb.ServerMessage(upload_ack=position)
+
+
+def init_config(
+    client_id: int, job: pb.JobConfig, resume_upload: pb.StreamPosition | None = None
+) -> pb.ServerMessage:
+    """Return the InitConfig answering an admitted client's Hello (and where its upload goes on)."""
+    init = pb.InitConfig(client_id=client_id, job=job)
+    if resume_upload is not None:
+        init.resume_upload.CopyFrom(resume_upload)
+    return pb.ServerMessage(init_config=init)
 
 
 def train_config(config: ServerConfig, round_number: int, client_id: int) -> pb.TrainConfig:
@@ -77,11 +89,14 @@ def sync_opening(
     train: pb.TrainConfig,
     header: pb.TensorStreamHeader,
     secagg: pb.SecAggSetup | None = None,
+    resume_offset: int | None = None,
 ) -> bytes:
-    """Return the serialized SyncModel that opens a round's model stream."""
+    """Return the serialized SyncModel that opens a round's model stream (or continues it)."""
     sync = pb.SyncModel(round=round_number, train=train, model=header)
     if secagg is not None:
         sync.secagg.CopyFrom(secagg)
+    if resume_offset is not None:
+        sync.resume_offset = resume_offset
     return serialize(pb.ServerMessage(sync_model=sync))
 
 
@@ -116,6 +131,20 @@ def finish(rounds_completed: int) -> pb.ServerMessage:
 def abort(reason: str, retry: bool) -> pb.ServerMessage:
     """Return the Abort every client gets when the job ends early (retry: it may resume)."""
     return pb.ServerMessage(abort=pb.Abort(reason=reason, retry=retry))
+
+
+def record_dp_fields(ready: pb.Ready, required: bool) -> dict[str, float | None]:
+    """Return a Ready's record-level DP-SGD for the log; ProtocolError if required and absent."""
+    if not ready.HasField("record_dp"):
+        if required:
+            raise ProtocolError(
+                int(pb.NOT_ADMITTED),
+                "this job requires record-level DP-SGD (--require-dp); the client's Ready "
+                "declares none",
+            )
+        return {"record_dp_epsilon": None, "record_dp_noise": None}
+    dp = ready.record_dp
+    return {"record_dp_epsilon": dp.target_epsilon, "record_dp_noise": dp.noise_multiplier}
 
 
 def dp_epsilon(local: pb.LocalMetrics) -> float | None:

@@ -133,11 +133,11 @@ def test_a_client_leaves_before_the_round_that_would_pass_its_budget(
     assert not [row for row in rows if row["event"] == "model_received" and row["round"] == 3]
     assert dp_client.has_event("left_job")
     # the server recorded why, dropped the client at once and finished the job without it
-    assert server.has_event("client_reported_error", code="PRIVACY_BUDGET_SPENT")
-    assert server.has_event("client_left", reason="privacy budget spent")
+    assert server.has_event("client_reported_error", code="PRIVACY_BUDGET_SPENT", dropped=True)
     metrics = read_metrics(run)
     (drop,) = metrics[3]["dropped"]
-    assert drop["reason"] == "privacy budget spent" and drop["after_seconds"] < 10
+    assert drop["reason"].startswith("privacy budget spent: leaving the job before round 3:")
+    assert drop["after_seconds"] < 10
     assert len(metrics) == 5 and all(len(row["participants"]) == 1 for row in metrics[3:])
 
 
