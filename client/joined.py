@@ -15,10 +15,13 @@ from pathlib import Path
 
 import torch
 
+from fedsilo.client.control_variates import FOLDER, ControlVariateStore
 from fedsilo.client.policy import AdmittedTask, ClientPolicy
+from fedsilo.common import control_variates
 from fedsilo.common.compression import ClientCompressor, Compression
 from fedsilo.common.errors import ConfigError, PolicyError
 from fedsilo.common.proto import federation_pb2 as pb
+from fedsilo.common.specs import specs_of
 from fedsilo.common.task_identity import TaskIdentity
 from fedsilo.common.wire import MAX_CHUNK_SIZE
 from fedsilo.tasks import LocalData, Task
@@ -38,6 +41,8 @@ class LocalSettings:
     # Only for clients that never work concurrently (fl-sim): every round overwrites all
     # weights before use, so one model per task can serve them all.
     shared_models: SharedModels | None = None
+    # The client's run folder, where SCAFFOLD's control variates are kept (None: in memory).
+    state_dir: Path | None = None
 
 
 @dataclass
@@ -56,6 +61,8 @@ class Joined:
     # The round's received weights, for the update's norm and the lossy codecs: kept between
     # rounds and overwritten in place (fresh pages for a big model cost more than the copy).
     reference: dict[str, torch.Tensor] | None = None
+    # SCAFFOLD: this client's control variates by round (jobs with control_variates only).
+    control: ControlVariateStore | None = None
 
     def is_same_job(self, client_id: int, job: pb.JobConfig, identity: TaskIdentity) -> bool:
         """Whether an InitConfig continues this job (a reconnect), so task and data are kept."""
@@ -63,6 +70,7 @@ class Joined:
             self.client_id == client_id
             and self.job.job_id == job.job_id
             and self.job.seed == job.seed
+            and self.job.control_variates == job.control_variates
             and self.identity == identity
         )
 
@@ -129,6 +137,11 @@ def build(
         model = shared[key]
     partition = local.partition if local.partition is not None else init.client_id
     data = task.load_data(partition, job.seed, local.data)
+    control = None
+    if job.control_variates:
+        folder = None if local.state_dir is None else local.state_dir / FOLDER / f"job-{job.job_id}"
+        specs = control_variates.controlled(specs_of(model.state_dict()))
+        control = ControlVariateStore(specs, folder)
     return Joined(
         client_id=init.client_id,
         job=job,
@@ -138,4 +151,5 @@ def build(
         data=data,
         compressor=ClientCompressor(setting),
         partition=partition,
+        control=control,
     )

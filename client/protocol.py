@@ -243,7 +243,12 @@ class ClientProtocol:
         joined = self._joined()
         try:
             self._incoming = IncomingModel.begin(
-                joined.model, header, joined.job.chunk_size, number, train
+                joined.model,
+                header,
+                joined.job.chunk_size,
+                number,
+                train,
+                with_control=train is not None and joined.control is not None,
             )
         except CodecError as exc:
             self._bad_stream(f"the model does not fit the task: {exc}")
@@ -285,6 +290,7 @@ class ClientProtocol:
             device=self.local.device,
             heartbeats=self._heartbeats(),
             measure_norm=self.audit is not None,
+            server_control=incoming.control,
         )
         self._record("update_sent", **upload.record)
         self._send(upload.frames)

@@ -78,6 +78,7 @@ class FederationClient:
             data=config.data,
             device=resolve_device(config.device),
             policy=policy,
+            state_dir=config.run_dir(endpoint.name),
         )
         self.protocol = ClientProtocol(endpoint.name, endpoint.job_id, local, log, self.audit)
         identity = policy.identity

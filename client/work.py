@@ -14,8 +14,12 @@ from typing import Any
 
 import torch
 
+from fedsilo.client import control_variates as scaffold
 from fedsilo.client.joined import Joined
 from fedsilo.client.policy import ClientPolicy
+from fedsilo.common import control_variates
+from fedsilo.common.errors import ConfigError
+from fedsilo.common.metric_names import metrics_problem
 from fedsilo.common.proto import federation_pb2 as pb
 from fedsilo.common.specs import header_of, specs_of
 from fedsilo.common.tensor_checks import floating_copy, update_norm
@@ -53,6 +57,24 @@ def on_device(model: torch.nn.Module, device: torch.device) -> Iterator[None]:
         model.to("cpu")
 
 
+def train_config(
+    train: pb.TrainConfig, correction: dict[str, torch.Tensor] | None = None
+) -> TrainConfig:
+    """Return the Task's TrainConfig for a round's settings (and SCAFFOLD's correction)."""
+    return TrainConfig(
+        local_epochs=train.local_epochs,
+        batch_size=train.batch_size,
+        learning_rate=train.learning_rate,
+        seed=train.seed,
+        proximal_mu=train.proximal_mu,
+        optimizer=train.optimizer or "sgd",
+        momentum=train.momentum,
+        nesterov=train.nesterov,
+        weight_decay=train.weight_decay,
+        control_correction=correction,
+    )
+
+
 def train_round(
     joined: Joined,
     round_number: int,
@@ -61,37 +83,58 @@ def train_round(
     device: torch.device,
     heartbeats: Heartbeats,
     measure_norm: bool,
+    server_control: dict[str, torch.Tensor] | None = None,
 ) -> Upload:
-    """Evaluate the received model, train on it and encode the update."""
+    """Evaluate the received model, train on it and encode the update.
+
+    With control variates (SCAFFOLD: ``joined.control`` and the server's ``server_control``),
+    training is corrected by ``c - c_i``, and the update carries ``c_i+ - c_i`` after the
+    codec's tensors; ``c_i+`` is saved before anything is sent.
+    """
     model, compressor = joined.model, joined.compressor
     started = time.monotonic()
-    # One copy of the received weights serves the codec's delta and the audit's update norm.
+    # One copy of the received weights serves the codec's delta, the audit's update norm and
+    # SCAFFOLD's drift.
     lossy = compressor.setting.codec != "none"
+    store = joined.control
     reference = None
-    if measure_norm or lossy:
+    if measure_norm or lossy or store is not None:
         reference = floating_copy(model.state_dict(), into=joined.reference)
         joined.reference = reference
         compressor.remember_global(reference, copy=False)
+    own = correction = None
+    if store is not None:
+        if server_control is None:
+            raise ConfigError("the job uses control variates; the round's stream had none")
+        own = store.for_round(round_number)
+        correction = scaffold.correction(server_control, own)
     with heartbeats, on_device(model, device):
         evaluation = joined.task.evaluate(model, joined.data)
-        result = joined.task.train(
-            model,
-            joined.data,
-            TrainConfig(
-                local_epochs=train.local_epochs,
-                batch_size=train.batch_size,
-                learning_rate=train.learning_rate,
-                seed=train.seed,
-                proximal_mu=train.proximal_mu,
-            ),
-        )
+        result = joined.task.train(model, joined.data, train_config(train, correction))
+    check_evaluation(evaluation)
     seconds = time.monotonic() - started
     trained = model.state_dict()
     norm = update_norm(trained, reference) if measure_norm and reference is not None else None
     wire = compressor.encode(trained)
+    if store is not None:
+        assert own is not None and server_control is not None and reference is not None
+        new, delta = scaffold.next_variate(
+            own,
+            server_control,
+            reference,
+            trained,
+            steps=result.steps,
+            learning_rate=train.learning_rate,
+            parameters={name for name, _ in model.named_parameters()},
+        )
+        store.save(round_number, new)
+        wire.update(control_variates.suffixed(delta, control_variates.DELTA_SUFFIX))
     specs = specs_of(wire)
     metrics = pb.LocalMetrics(
-        train_loss=result.loss, train_seconds=seconds, evaluation=evaluation_message(evaluation)
+        train_loss=result.loss,
+        train_seconds=seconds,
+        evaluation=evaluation_message(evaluation),
+        local_steps=result.steps,
     )
     send = pb.ClientMessage(
         send_model=pb.SendModel(
@@ -120,7 +163,10 @@ def train_round(
             "eval_examples": evaluation.examples,
             "eval_loss": evaluation.loss,
             "eval_accuracy": evaluation.accuracy,
+            "eval_metrics": dict(evaluation.metrics),
+            "local_steps": result.steps,
         },
+        "control_variates": store is not None,
     }
     summary = {
         "train_loss": round(result.loss, 5),
@@ -133,13 +179,25 @@ def train_round(
 def evaluate_final(joined: Joined, device: torch.device, heartbeats: Heartbeats) -> Evaluation:
     """Evaluate the final model on the local held-out data."""
     with heartbeats, on_device(joined.model, device):
-        return joined.task.evaluate(joined.model, joined.data)
+        evaluation = joined.task.evaluate(joined.model, joined.data)
+    check_evaluation(evaluation)
+    return evaluation
+
+
+def check_evaluation(evaluation: Evaluation) -> None:
+    """Raise ConfigError when the task's named metrics break the rule the server enforces."""
+    problem = metrics_problem(evaluation.metrics)
+    if problem is not None:
+        raise ConfigError(f"the task's evaluation: {problem}")
 
 
 def evaluation_message(evaluation: Evaluation) -> pb.Evaluation:
     """Return the wire form of an evaluation."""
     return pb.Evaluation(
-        examples=evaluation.examples, loss=evaluation.loss, accuracy=evaluation.accuracy
+        examples=evaluation.examples,
+        loss=evaluation.loss,
+        accuracy=evaluation.accuracy,
+        metrics={name: float(value) for name, value in evaluation.metrics.items()},
     )
 
 
@@ -150,6 +208,10 @@ def train_record(train: pb.TrainConfig) -> dict[str, Any]:
         "batch_size": train.batch_size,
         "learning_rate": train.learning_rate,
         "proximal_mu": train.proximal_mu,
+        "optimizer": train.optimizer or "sgd",
+        "momentum": train.momentum,
+        "nesterov": train.nesterov,
+        "weight_decay": train.weight_decay,
         "seed": train.seed,
     }
 
@@ -183,7 +245,12 @@ def join_record(joined: Joined, rejoined: bool, policy: ClientPolicy) -> dict[st
             "max_batch": bounds.max_batch,
             "max_lr": bounds.max_lr,
             "max_rounds": bounds.max_rounds,
+            "max_sgd_momentum": bounds.max_sgd_momentum,
+            "max_decay": bounds.max_decay,
+            "allow_adam": bounds.allow_adam,
+            "allow_control_variates": bounds.allow_control_variates,
         },
+        "control_variates": job.control_variates,
         "partition": joined.partition,
         "train_examples": joined.data.train_examples,
         "test_examples": joined.data.test_examples,

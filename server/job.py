@@ -40,6 +40,7 @@ from fedsilo.server.run_files import CLIENT_IDS_FILE, ClientIdLog, MetricsLog
 from fedsilo.server.session import ClientSession
 from fedsilo.server.state_machine import JobPhase
 from fedsilo.server.strategies import make_strategy
+from fedsilo.server.strategies.fednova import local_steps
 from fedsilo.server.upload import Upload
 from fedsilo.server.uploads import UploadStore
 from fedsilo.server.watch import SessionWatch
@@ -83,11 +84,12 @@ class Job:
             run_dir / SPILL_DIR, config.chunk_size, spill_budget=config.spill_budget_mib << 20
         )
         specs = specs_of(global_state)
+        model = GlobalModel(global_state, strategy, self.store, central=central, dp=dp)
         self.intake = Intake(
             self.state,
             self.store,
             UploadChecks(
-                wire_specs=compression.wire_specs(specs, setting),
+                wire_specs=compression.wire_specs(specs, setting, model.update_extras),
                 compression=setting,
                 # DP-FedAvg clips every update's change to C; otherwise the job's own bound.
                 norm_bound=config.dp_clip_norm if dp else config.update_norm_bound,
@@ -103,9 +105,10 @@ class Job:
                 and not (
                     config.update_norm_bound is not None and config.norm_bound_action == "clip"
                 ),
+                update_extras=tuple(model.update_extras),
+                local_steps=local_steps(config),
             ),
         )
-        model = GlobalModel(global_state, strategy, self.store, central=central, dp=dp)
         self.coordinator = Coordinator(config, self.state, model, self.recorder, log)
         self._job_message = messages.job_config(config, setting)
 

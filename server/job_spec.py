@@ -58,6 +58,14 @@ class JobSpec(BaseModel):
     batch_size: int = Field(32, ge=1, description="Local mini-batch size.")
     learning_rate: float = Field(0.1, gt=0, description="Local SGD learning rate.")
     proximal_mu: float = Field(0.0, ge=0, description="FedProx proximal weight mu (0: off).")
+    optimizer: Literal["sgd", "adam"] = Field(
+        "sgd", description="Local optimizer: SGD (momentum, nesterov, weight_decay) or Adam."
+    )
+    momentum: float = Field(0.0, ge=0, lt=1, description="Local SGD momentum (0: none).")
+    nesterov: bool = Field(False, description="Nesterov momentum (needs momentum > 0).")
+    weight_decay: float = Field(
+        0.0, ge=0, description="Local L2 weight decay on the gradient (SGD and Adam)."
+    )
     compression: Codec = Field(
         "none",
         description="How clients encode their updates: full weights (none), deltas (delta), "
@@ -160,6 +168,23 @@ class JobSpec(BaseModel):
             raise ValueError(
                 f"strategy: DP-FedAvg bounds the sum of updates; {self.strategy} needs each one"
             )
+        if self.strategy in ("scaffold", "fednova"):
+            raise ValueError(
+                f"strategy: DP-FedAvg weighs updates equally and clips their change; "
+                f"{self.strategy} is not analysed under it"
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _optimizer_consistent(self) -> JobSpec:
+        if self.optimizer == "adam" and (self.momentum or self.nesterov):
+            raise ValueError(
+                "momentum: Adam keeps its own moments; momentum and nesterov are SGD's"
+            )
+        if self.nesterov and self.momentum == 0:
+            raise ValueError("nesterov: Nesterov momentum needs momentum > 0")
+        if self.strategy == "fednova" and self.optimizer != "sgd":
+            raise ValueError("optimizer: FedNova normalizes SGD's (momentum) steps; use sgd")
         return self
 
     @model_validator(mode="after")

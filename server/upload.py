@@ -76,6 +76,8 @@ class Upload:
         self._log = log
         self.started = time.monotonic()
         self.nbytes = 0
+        # What the base weight was divided by (FedNova's a_i; 1 otherwise).
+        self.normalizer = intake.checks.weight(send)[1]
         # Where the bytes go: "streamed" into the sum, "memory" or "spilled".
         self.placement = "streamed" if stream else ("spilled" if decoder.spills else "memory")
 
@@ -124,7 +126,9 @@ class Upload:
         checks = self._intake.checks
         tensors = received
         if checks.compression.codec != "none":
-            tensors = compression.decode(received, self._round.global_state, checks.compression)
+            tensors = compression.decode(
+                received, self._round.global_state, checks.compression, checks.update_extras
+            )
             self._intake.store.release(received, False)  # the wire form is no longer needed
         check_magnitude(tensors, magnitude_limit(self._round.weight_bound))
         return bound_update(
@@ -193,6 +197,9 @@ class Upload:
             bytes_down=current.bytes_down.get(self.client_id, 0),
             bytes_up=self.nbytes,
             seconds=time.monotonic() - current.started,
+            local_steps=self.metrics.local_steps,
+            weight=self.weight,
+            normalizer=self.normalizer,
         )
         if self.metrics.HasField("evaluation"):
             current.evaluations.append(

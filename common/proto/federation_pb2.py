@@ -24,15 +24,17 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1b\x66\x65\x64silo/v1/federation.proto\x12\nfedsilo.v1\"\xe9\x02\n\rClientMessage\x12\"\n\x05hello\x18\x01 \x01(\x0b\x32\x11.fedsilo.v1.HelloH\x00\x12\"\n\x05ready\x18\x02 \x01(\x0b\x32\x11.fedsilo.v1.ReadyH\x00\x12+\n\nsend_model\x18\x03 \x01(\x0b\x32\x15.fedsilo.v1.SendModelH\x00\x12(\n\x05\x63hunk\x18\x04 \x01(\x0b\x32\x17.fedsilo.v1.TensorChunkH\x00\x12\x32\n\x07trailer\x18\x05 \x01(\x0b\x32\x1f.fedsilo.v1.TensorStreamTrailerH\x00\x12-\n\x0b\x65val_result\x18\x06 \x01(\x0b\x32\x16.fedsilo.v1.EvalResultH\x00\x12*\n\theartbeat\x18\x07 \x01(\x0b\x32\x15.fedsilo.v1.HeartbeatH\x00\x12\"\n\x05\x65rror\x18\x08 \x01(\x0b\x32\x11.fedsilo.v1.ErrorH\x00\x42\x06\n\x04\x62ody\"\x95\x03\n\rServerMessage\x12-\n\x0binit_config\x18\x01 \x01(\x0b\x32\x16.fedsilo.v1.InitConfigH\x00\x12+\n\nsync_model\x18\x02 \x01(\x0b\x32\x15.fedsilo.v1.SyncModelH\x00\x12(\n\x05\x63hunk\x18\x03 \x01(\x0b\x32\x17.fedsilo.v1.TensorChunkH\x00\x12\x32\n\x07trailer\x18\x04 \x01(\x0b\x32\x1f.fedsilo.v1.TensorStreamTrailerH\x00\x12(\n\x08\x65valuate\x18\x05 \x01(\x0b\x32\x14.fedsilo.v1.EvaluateH\x00\x12$\n\x06\x66inish\x18\x06 \x01(\x0b\x32\x12.fedsilo.v1.FinishH\x00\x12\"\n\x05\x61\x62ort\x18\x07 \x01(\x0b\x32\x11.fedsilo.v1.AbortH\x00\x12*\n\theartbeat\x18\x08 \x01(\x0b\x32\x15.fedsilo.v1.HeartbeatH\x00\x12\"\n\x05\x65rror\x18\t \x01(\x0b\x32\x11.fedsilo.v1.ErrorH\x00\x42\x06\n\x04\x62ody\"V\n\x05Hello\x12\x18\n\x10protocol_version\x18\x01 \x01(\r\x12\x13\n\x06job_id\x18\x02 \x01(\x04H\x00\x88\x01\x01\x12\x13\n\x0b\x63lient_name\x18\x03 \x01(\tB\t\n\x07_job_id\"C\n\nInitConfig\x12\x11\n\tclient_id\x18\x01 \x01(\x04\x12\"\n\x03job\x18\x02 \x01(\x0b\x32\x15.fedsilo.v1.JobConfig\"\xb0\x02\n\tJobConfig\x12\x0e\n\x06job_id\x18\x01 \x01(\x04\x12\x0c\n\x04task\x18\x02 \x01(\t\x12\x0c\n\x04seed\x18\x04 \x01(\x04\x12\x0e\n\x06rounds\x18\x05 \x01(\r\x12\x12\n\nchunk_size\x18\x06 \x01(\r\x12\x19\n\x11heartbeat_seconds\x18\x07 \x01(\x01\x12 \n\x18progress_timeout_seconds\x18\x08 \x01(\x01\x12,\n\x0b\x63ompression\x18\t \x01(\x0b\x32\x17.fedsilo.v1.Compression\x12\x19\n\x11task_options_json\x18\n \x01(\t\x12\x11\n\ttask_hash\x18\x0b \x01(\t\x12&\n\x05train\x18\x0c \x01(\x0b\x32\x17.fedsilo.v1.TrainConfigJ\x04\x08\x03\x10\x04R\x0ctask_options\"H\n\x0b\x43ompression\x12\r\n\x05\x63odec\x18\x01 \x01(\t\x12\x15\n\rtopk_fraction\x18\x02 \x01(\x01\x12\x13\n\x0bper_channel\x18\x03 \x01(\x08\"6\n\x05Ready\x12\x16\n\x0etrain_examples\x18\x01 \x01(\x04\x12\x15\n\rtest_examples\x18\x02 \x01(\x04\"q\n\x0bTrainConfig\x12\x14\n\x0clocal_epochs\x18\x01 \x01(\r\x12\x12\n\nbatch_size\x18\x02 \x01(\r\x12\x15\n\rlearning_rate\x18\x03 \x01(\x01\x12\x0c\n\x04seed\x18\x04 \x01(\x04\x12\x13\n\x0bproximal_mu\x18\x05 \x01(\x01\"q\n\tSyncModel\x12\r\n\x05round\x18\x01 \x01(\r\x12&\n\x05train\x18\x02 \x01(\x0b\x32\x17.fedsilo.v1.TrainConfig\x12-\n\x05model\x18\x03 \x01(\x0b\x32\x1e.fedsilo.v1.TensorStreamHeader\"\x8d\x01\n\tSendModel\x12\r\n\x05round\x18\x01 \x01(\r\x12\x16\n\x0etrain_examples\x18\x02 \x01(\x04\x12)\n\x07metrics\x18\x03 \x01(\x0b\x32\x18.fedsilo.v1.LocalMetrics\x12.\n\x06update\x18\x04 \x01(\x0b\x32\x1e.fedsilo.v1.TensorStreamHeader\"H\n\x08\x45valuate\x12\r\n\x05round\x18\x01 \x01(\r\x12-\n\x05model\x18\x02 \x01(\x0b\x32\x1e.fedsilo.v1.TensorStreamHeader\"G\n\nEvalResult\x12\r\n\x05round\x18\x01 \x01(\r\x12*\n\nevaluation\x18\x02 \x01(\x0b\x32\x16.fedsilo.v1.Evaluation\"e\n\x0cLocalMetrics\x12\x12\n\ntrain_loss\x18\x01 \x01(\x01\x12\x15\n\rtrain_seconds\x18\x02 \x01(\x01\x12*\n\nevaluation\x18\x03 \x01(\x0b\x32\x16.fedsilo.v1.Evaluation\">\n\nEvaluation\x12\x10\n\x08\x65xamples\x18\x01 \x01(\x04\x12\x0c\n\x04loss\x18\x02 \x01(\x01\x12\x10\n\x08\x61\x63\x63uracy\x18\x03 \x01(\x01\"\"\n\x06\x46inish\x12\x18\n\x10rounds_completed\x18\x01 \x01(\r\"&\n\x05\x41\x62ort\x12\x0e\n\x06reason\x18\x01 \x01(\t\x12\r\n\x05retry\x18\x02 \x01(\x08\"\x0b\n\tHeartbeat\"H\n\nTensorSpec\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\r\n\x05\x64type\x18\x02 \x01(\t\x12\r\n\x05shape\x18\x03 \x03(\x04\x12\x0e\n\x06nbytes\x18\x04 \x01(\x04\"}\n\x12TensorStreamHeader\x12\'\n\x07tensors\x18\x01 \x03(\x0b\x32\x16.fedsilo.v1.TensorSpec\x12\x13\n\x0btotal_bytes\x18\x02 \x01(\x04\x12)\n\x06inline\x18\x03 \x01(\x0b\x32\x19.fedsilo.v1.InlineTensors\"/\n\rInlineTensors\x12\x0c\n\x04\x64\x61ta\x18\x01 \x01(\x0c\x12\x10\n\x08\x63hecksum\x18\x02 \x01(\x04\"\x1b\n\x0bTensorChunk\x12\x0c\n\x04\x64\x61ta\x18\x01 \x01(\x0c\"\'\n\x13TensorStreamTrailer\x12\x10\n\x08\x63hecksum\x18\x01 \x01(\x04\"=\n\x05\x45rror\x12#\n\x04\x63ode\x18\x01 \x01(\x0e\x32\x15.fedsilo.v1.ErrorCode\x12\x0f\n\x07message\x18\x02 \x01(\t*\xb0\x02\n\tErrorCode\x12\x1a\n\x16\x45RROR_CODE_UNSPECIFIED\x10\x00\x12\x15\n\x11MALFORMED_MESSAGE\x10\x01\x12\x1d\n\x19PROTOCOL_VERSION_MISMATCH\x10\x02\x12\r\n\tWRONG_JOB\x10\x03\x12\x12\n\x0eUNKNOWN_CLIENT\x10\x04\x12\x13\n\x0fILLEGAL_MESSAGE\x10\x05\x12\x13\n\x0f\x44UPLICATE_HELLO\x10\x06\x12\x0f\n\x0bWRONG_ROUND\x10\x07\x12\x15\n\x11\x42\x41\x44_TENSOR_STREAM\x10\x08\x12\x0f\n\x0bNAME_IN_USE\x10\t\x12\x0c\n\x08INTERNAL\x10\n\x12\x10\n\x0cNOT_ADMITTED\x10\x0b\x12\x16\n\x12UNSUPPORTED_CONFIG\x10\x0c\x12\x13\n\x0fPOLICY_MISMATCH\x10\r2Q\n\nFederation\x12\x43\n\x07Session\x12\x19.fedsilo.v1.ClientMessage\x1a\x19.fedsilo.v1.ServerMessage(\x01\x30\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1b\x66\x65\x64silo/v1/federation.proto\x12\nfedsilo.v1\"\xe9\x02\n\rClientMessage\x12\"\n\x05hello\x18\x01 \x01(\x0b\x32\x11.fedsilo.v1.HelloH\x00\x12\"\n\x05ready\x18\x02 \x01(\x0b\x32\x11.fedsilo.v1.ReadyH\x00\x12+\n\nsend_model\x18\x03 \x01(\x0b\x32\x15.fedsilo.v1.SendModelH\x00\x12(\n\x05\x63hunk\x18\x04 \x01(\x0b\x32\x17.fedsilo.v1.TensorChunkH\x00\x12\x32\n\x07trailer\x18\x05 \x01(\x0b\x32\x1f.fedsilo.v1.TensorStreamTrailerH\x00\x12-\n\x0b\x65val_result\x18\x06 \x01(\x0b\x32\x16.fedsilo.v1.EvalResultH\x00\x12*\n\theartbeat\x18\x07 \x01(\x0b\x32\x15.fedsilo.v1.HeartbeatH\x00\x12\"\n\x05\x65rror\x18\x08 \x01(\x0b\x32\x11.fedsilo.v1.ErrorH\x00\x42\x06\n\x04\x62ody\"\x95\x03\n\rServerMessage\x12-\n\x0binit_config\x18\x01 \x01(\x0b\x32\x16.fedsilo.v1.InitConfigH\x00\x12+\n\nsync_model\x18\x02 \x01(\x0b\x32\x15.fedsilo.v1.SyncModelH\x00\x12(\n\x05\x63hunk\x18\x03 \x01(\x0b\x32\x17.fedsilo.v1.TensorChunkH\x00\x12\x32\n\x07trailer\x18\x04 \x01(\x0b\x32\x1f.fedsilo.v1.TensorStreamTrailerH\x00\x12(\n\x08\x65valuate\x18\x05 \x01(\x0b\x32\x14.fedsilo.v1.EvaluateH\x00\x12$\n\x06\x66inish\x18\x06 \x01(\x0b\x32\x12.fedsilo.v1.FinishH\x00\x12\"\n\x05\x61\x62ort\x18\x07 \x01(\x0b\x32\x11.fedsilo.v1.AbortH\x00\x12*\n\theartbeat\x18\x08 \x01(\x0b\x32\x15.fedsilo.v1.HeartbeatH\x00\x12\"\n\x05\x65rror\x18\t \x01(\x0b\x32\x11.fedsilo.v1.ErrorH\x00\x42\x06\n\x04\x62ody\"V\n\x05Hello\x12\x18\n\x10protocol_version\x18\x01 \x01(\r\x12\x13\n\x06job_id\x18\x02 \x01(\x04H\x00\x88\x01\x01\x12\x13\n\x0b\x63lient_name\x18\x03 \x01(\tB\t\n\x07_job_id\"C\n\nInitConfig\x12\x11\n\tclient_id\x18\x01 \x01(\x04\x12\"\n\x03job\x18\x02 \x01(\x0b\x32\x15.fedsilo.v1.JobConfig\"\xca\x02\n\tJobConfig\x12\x0e\n\x06job_id\x18\x01 \x01(\x04\x12\x0c\n\x04task\x18\x02 \x01(\t\x12\x0c\n\x04seed\x18\x04 \x01(\x04\x12\x0e\n\x06rounds\x18\x05 \x01(\r\x12\x12\n\nchunk_size\x18\x06 \x01(\r\x12\x19\n\x11heartbeat_seconds\x18\x07 \x01(\x01\x12 \n\x18progress_timeout_seconds\x18\x08 \x01(\x01\x12,\n\x0b\x63ompression\x18\t \x01(\x0b\x32\x17.fedsilo.v1.Compression\x12\x19\n\x11task_options_json\x18\n \x01(\t\x12\x11\n\ttask_hash\x18\x0b \x01(\t\x12&\n\x05train\x18\x0c \x01(\x0b\x32\x17.fedsilo.v1.TrainConfig\x12\x18\n\x10\x63ontrol_variates\x18\r \x01(\x08J\x04\x08\x03\x10\x04R\x0ctask_options\"H\n\x0b\x43ompression\x12\r\n\x05\x63odec\x18\x01 \x01(\t\x12\x15\n\rtopk_fraction\x18\x02 \x01(\x01\x12\x13\n\x0bper_channel\x18\x03 \x01(\x08\"6\n\x05Ready\x12\x16\n\x0etrain_examples\x18\x01 \x01(\x04\x12\x15\n\rtest_examples\x18\x02 \x01(\x04\"\xbe\x01\n\x0bTrainConfig\x12\x14\n\x0clocal_epochs\x18\x01 \x01(\r\x12\x12\n\nbatch_size\x18\x02 \x01(\r\x12\x15\n\rlearning_rate\x18\x03 \x01(\x01\x12\x0c\n\x04seed\x18\x04 \x01(\x04\x12\x13\n\x0bproximal_mu\x18\x05 \x01(\x01\x12\x11\n\toptimizer\x18\x06 \x01(\t\x12\x10\n\x08momentum\x18\x07 \x01(\x01\x12\x10\n\x08nesterov\x18\x08 \x01(\x08\x12\x14\n\x0cweight_decay\x18\t \x01(\x01\"q\n\tSyncModel\x12\r\n\x05round\x18\x01 \x01(\r\x12&\n\x05train\x18\x02 \x01(\x0b\x32\x17.fedsilo.v1.TrainConfig\x12-\n\x05model\x18\x03 \x01(\x0b\x32\x1e.fedsilo.v1.TensorStreamHeader\"\x8d\x01\n\tSendModel\x12\r\n\x05round\x18\x01 \x01(\r\x12\x16\n\x0etrain_examples\x18\x02 \x01(\x04\x12)\n\x07metrics\x18\x03 \x01(\x0b\x32\x18.fedsilo.v1.LocalMetrics\x12.\n\x06update\x18\x04 \x01(\x0b\x32\x1e.fedsilo.v1.TensorStreamHeader\"H\n\x08\x45valuate\x12\r\n\x05round\x18\x01 \x01(\r\x12-\n\x05model\x18\x02 \x01(\x0b\x32\x1e.fedsilo.v1.TensorStreamHeader\"G\n\nEvalResult\x12\r\n\x05round\x18\x01 \x01(\r\x12*\n\nevaluation\x18\x02 \x01(\x0b\x32\x16.fedsilo.v1.Evaluation\"z\n\x0cLocalMetrics\x12\x12\n\ntrain_loss\x18\x01 \x01(\x01\x12\x15\n\rtrain_seconds\x18\x02 \x01(\x01\x12*\n\nevaluation\x18\x03 \x01(\x0b\x32\x16.fedsilo.v1.Evaluation\x12\x13\n\x0blocal_steps\x18\x04 \x01(\x04\"\xa4\x01\n\nEvaluation\x12\x10\n\x08\x65xamples\x18\x01 \x01(\x04\x12\x0c\n\x04loss\x18\x02 \x01(\x01\x12\x10\n\x08\x61\x63\x63uracy\x18\x03 \x01(\x01\x12\x34\n\x07metrics\x18\x04 \x03(\x0b\x32#.fedsilo.v1.Evaluation.MetricsEntry\x1a.\n\x0cMetricsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\"\"\n\x06\x46inish\x12\x18\n\x10rounds_completed\x18\x01 \x01(\r\"&\n\x05\x41\x62ort\x12\x0e\n\x06reason\x18\x01 \x01(\t\x12\r\n\x05retry\x18\x02 \x01(\x08\"\x0b\n\tHeartbeat\"H\n\nTensorSpec\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\r\n\x05\x64type\x18\x02 \x01(\t\x12\r\n\x05shape\x18\x03 \x03(\x04\x12\x0e\n\x06nbytes\x18\x04 \x01(\x04\"}\n\x12TensorStreamHeader\x12\'\n\x07tensors\x18\x01 \x03(\x0b\x32\x16.fedsilo.v1.TensorSpec\x12\x13\n\x0btotal_bytes\x18\x02 \x01(\x04\x12)\n\x06inline\x18\x03 \x01(\x0b\x32\x19.fedsilo.v1.InlineTensors\"/\n\rInlineTensors\x12\x0c\n\x04\x64\x61ta\x18\x01 \x01(\x0c\x12\x10\n\x08\x63hecksum\x18\x02 \x01(\x04\"\x1b\n\x0bTensorChunk\x12\x0c\n\x04\x64\x61ta\x18\x01 \x01(\x0c\"\'\n\x13TensorStreamTrailer\x12\x10\n\x08\x63hecksum\x18\x01 \x01(\x04\"=\n\x05\x45rror\x12#\n\x04\x63ode\x18\x01 \x01(\x0e\x32\x15.fedsilo.v1.ErrorCode\x12\x0f\n\x07message\x18\x02 \x01(\t*\xb0\x02\n\tErrorCode\x12\x1a\n\x16\x45RROR_CODE_UNSPECIFIED\x10\x00\x12\x15\n\x11MALFORMED_MESSAGE\x10\x01\x12\x1d\n\x19PROTOCOL_VERSION_MISMATCH\x10\x02\x12\r\n\tWRONG_JOB\x10\x03\x12\x12\n\x0eUNKNOWN_CLIENT\x10\x04\x12\x13\n\x0fILLEGAL_MESSAGE\x10\x05\x12\x13\n\x0f\x44UPLICATE_HELLO\x10\x06\x12\x0f\n\x0bWRONG_ROUND\x10\x07\x12\x15\n\x11\x42\x41\x44_TENSOR_STREAM\x10\x08\x12\x0f\n\x0bNAME_IN_USE\x10\t\x12\x0c\n\x08INTERNAL\x10\n\x12\x10\n\x0cNOT_ADMITTED\x10\x0b\x12\x16\n\x12UNSUPPORTED_CONFIG\x10\x0c\x12\x13\n\x0fPOLICY_MISMATCH\x10\r2Q\n\nFederation\x12\x43\n\x07Session\x12\x19.fedsilo.v1.ClientMessage\x1a\x19.fedsilo.v1.ServerMessage(\x01\x30\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'fedsilo.v1.federation_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_ERRORCODE']._serialized_start=2570
-  _globals['_ERRORCODE']._serialized_end=2874
+  _globals['_EVALUATION_METRICSENTRY']._loaded_options = None
+  _globals['_EVALUATION_METRICSENTRY']._serialized_options = b'8\001'
+  _globals['_ERRORCODE']._serialized_start=2798
+  _globals['_ERRORCODE']._serialized_end=3102
   _globals['_CLIENTMESSAGE']._serialized_start=44
   _globals['_CLIENTMESSAGE']._serialized_end=405
   _globals['_SERVERMESSAGE']._serialized_start=408
@@ -42,43 +44,45 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_INITCONFIG']._serialized_start=903
   _globals['_INITCONFIG']._serialized_end=970
   _globals['_JOBCONFIG']._serialized_start=973
-  _globals['_JOBCONFIG']._serialized_end=1277
-  _globals['_COMPRESSION']._serialized_start=1279
-  _globals['_COMPRESSION']._serialized_end=1351
-  _globals['_READY']._serialized_start=1353
-  _globals['_READY']._serialized_end=1407
-  _globals['_TRAINCONFIG']._serialized_start=1409
-  _globals['_TRAINCONFIG']._serialized_end=1522
-  _globals['_SYNCMODEL']._serialized_start=1524
-  _globals['_SYNCMODEL']._serialized_end=1637
-  _globals['_SENDMODEL']._serialized_start=1640
-  _globals['_SENDMODEL']._serialized_end=1781
-  _globals['_EVALUATE']._serialized_start=1783
-  _globals['_EVALUATE']._serialized_end=1855
-  _globals['_EVALRESULT']._serialized_start=1857
-  _globals['_EVALRESULT']._serialized_end=1928
-  _globals['_LOCALMETRICS']._serialized_start=1930
-  _globals['_LOCALMETRICS']._serialized_end=2031
-  _globals['_EVALUATION']._serialized_start=2033
-  _globals['_EVALUATION']._serialized_end=2095
-  _globals['_FINISH']._serialized_start=2097
-  _globals['_FINISH']._serialized_end=2131
-  _globals['_ABORT']._serialized_start=2133
-  _globals['_ABORT']._serialized_end=2171
-  _globals['_HEARTBEAT']._serialized_start=2173
-  _globals['_HEARTBEAT']._serialized_end=2184
-  _globals['_TENSORSPEC']._serialized_start=2186
-  _globals['_TENSORSPEC']._serialized_end=2258
-  _globals['_TENSORSTREAMHEADER']._serialized_start=2260
-  _globals['_TENSORSTREAMHEADER']._serialized_end=2385
-  _globals['_INLINETENSORS']._serialized_start=2387
-  _globals['_INLINETENSORS']._serialized_end=2434
-  _globals['_TENSORCHUNK']._serialized_start=2436
-  _globals['_TENSORCHUNK']._serialized_end=2463
-  _globals['_TENSORSTREAMTRAILER']._serialized_start=2465
-  _globals['_TENSORSTREAMTRAILER']._serialized_end=2504
-  _globals['_ERROR']._serialized_start=2506
-  _globals['_ERROR']._serialized_end=2567
-  _globals['_FEDERATION']._serialized_start=2876
-  _globals['_FEDERATION']._serialized_end=2957
+  _globals['_JOBCONFIG']._serialized_end=1303
+  _globals['_COMPRESSION']._serialized_start=1305
+  _globals['_COMPRESSION']._serialized_end=1377
+  _globals['_READY']._serialized_start=1379
+  _globals['_READY']._serialized_end=1433
+  _globals['_TRAINCONFIG']._serialized_start=1436
+  _globals['_TRAINCONFIG']._serialized_end=1626
+  _globals['_SYNCMODEL']._serialized_start=1628
+  _globals['_SYNCMODEL']._serialized_end=1741
+  _globals['_SENDMODEL']._serialized_start=1744
+  _globals['_SENDMODEL']._serialized_end=1885
+  _globals['_EVALUATE']._serialized_start=1887
+  _globals['_EVALUATE']._serialized_end=1959
+  _globals['_EVALRESULT']._serialized_start=1961
+  _globals['_EVALRESULT']._serialized_end=2032
+  _globals['_LOCALMETRICS']._serialized_start=2034
+  _globals['_LOCALMETRICS']._serialized_end=2156
+  _globals['_EVALUATION']._serialized_start=2159
+  _globals['_EVALUATION']._serialized_end=2323
+  _globals['_EVALUATION_METRICSENTRY']._serialized_start=2277
+  _globals['_EVALUATION_METRICSENTRY']._serialized_end=2323
+  _globals['_FINISH']._serialized_start=2325
+  _globals['_FINISH']._serialized_end=2359
+  _globals['_ABORT']._serialized_start=2361
+  _globals['_ABORT']._serialized_end=2399
+  _globals['_HEARTBEAT']._serialized_start=2401
+  _globals['_HEARTBEAT']._serialized_end=2412
+  _globals['_TENSORSPEC']._serialized_start=2414
+  _globals['_TENSORSPEC']._serialized_end=2486
+  _globals['_TENSORSTREAMHEADER']._serialized_start=2488
+  _globals['_TENSORSTREAMHEADER']._serialized_end=2613
+  _globals['_INLINETENSORS']._serialized_start=2615
+  _globals['_INLINETENSORS']._serialized_end=2662
+  _globals['_TENSORCHUNK']._serialized_start=2664
+  _globals['_TENSORCHUNK']._serialized_end=2691
+  _globals['_TENSORSTREAMTRAILER']._serialized_start=2693
+  _globals['_TENSORSTREAMTRAILER']._serialized_end=2732
+  _globals['_ERROR']._serialized_start=2734
+  _globals['_ERROR']._serialized_end=2795
+  _globals['_FEDERATION']._serialized_start=3104
+  _globals['_FEDERATION']._serialized_end=3185
 # @@protoc_insertion_point(module_scope)
