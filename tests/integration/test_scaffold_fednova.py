@@ -15,6 +15,7 @@ from tests.integration.conftest import BIN, Daemon, Daemons, free_port, read_met
 
 JOB = 9
 CLIENTS = 2
+SIM_FLAGS = ("--clients", str(CLIENTS), "--threads", "1")  # one thread, as each daemon
 
 
 def common(strategy: str) -> tuple[str, ...]:
@@ -40,7 +41,7 @@ def common(strategy: str) -> tuple[str, ...]:
 
 def simulated(strategy: str, out: Path) -> dict[str, torch.Tensor]:
     done = subprocess.run(
-        [str(BIN / "fl-sim"), *common(strategy), "--clients", str(CLIENTS), "--out", str(out)],
+        [str(BIN / "fl-sim"), *common(strategy), *SIM_FLAGS, "--out", str(out)],
         capture_output=True,
         text=True,
         timeout=300,
