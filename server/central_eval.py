@@ -4,8 +4,9 @@ A Task may offer one (``central_data(data_dir)``, e.g. the official test split t
 federation operator holds); then row r of metrics.jsonl carries ``central_loss``,
 ``central_accuracy`` and ``central_examples`` of the model after round r, next to the clients'
 own held-out evaluation, and ``central_metrics``: the task's named extra metrics (AUROC, ...),
-under the rule every evaluation's extras follow (``common/metric_names.py``). The evaluation runs on the coordinator thread between rounds, through
-the task's own ``evaluate``, on a model instance of the server's own.
+under the rule every evaluation's extras follow (``common/metric_names.py``). The evaluation
+runs on the coordinator thread between rounds, through the task's own ``evaluate``, on a model
+instance of the server's own.
 """
 
 from __future__ import annotations
@@ -50,7 +51,8 @@ class CentralEvaluator:
         if problem is not None:
             log.warning("central_metrics_refused", problem=problem)
         elif result.metrics:
-            fields["central_metrics"] = {k: float(result.metrics[k]) for k in sorted(result.metrics)}
+            named = result.metrics
+            fields["central_metrics"] = {name: float(named[name]) for name in sorted(named)}
         return fields
 
 
