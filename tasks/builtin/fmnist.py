@@ -6,7 +6,9 @@ its first 80 % for training (``holdout`` sets the rest) and holds out the rest, 
 has its own label mix. The official 10,000-image test set is the server's central evaluation set
 (``central_data``), as NIID-Bench evaluates the global model. ``metrics`` (comma-separated
 names of ``fedsilo.tasks.metrics.CLASSIFIER_METRICS``, e.g. "auroc,f1") adds those to every
-evaluation. The files come from Debian's ``dataset-fashion-mnist`` (see
+evaluation. ``subset`` keeps only the first that many images of each client's training and
+held-out data and of the central set (smoke runs of the NIID-Bench configs; None: all). The
+files come from Debian's ``dataset-fashion-mnist`` (see
 ``fedsilo.tasks.datasets.fmnist``); nothing is downloaded.
 """
 
@@ -39,12 +41,16 @@ class FashionMnistTask:
         labels: int | None = None,
         holdout: float = 0.2,
         metrics: str = "",
+        subset: int | None = None,
     ) -> None:
         self.split = LabelPartition.from_options(clients, partition, beta, labels)
         if not 0 <= holdout < 1:
             raise ValueError(f"holdout must be in [0, 1), got {holdout}")
         self.holdout = float(holdout)
         self.metrics = check_metric_names([m.strip() for m in metrics.split(",") if m.strip()])
+        if subset is not None and int(subset) < 1:
+            raise ValueError(f"subset must be >= 1, got {subset}")
+        self.subset = None if subset is None else int(subset)
 
     def num_partitions(self) -> int:
         """Return the number of clients the data is split into."""
@@ -65,7 +71,7 @@ class FashionMnistTask:
         features = images.unsqueeze(1)  # (n, 1, 28, 28), scaled to [0, 1] per client below
 
         def subset(indices: list[int]) -> TensorDataset:
-            chosen = torch.tensor(indices, dtype=torch.int64)
+            chosen = torch.tensor(indices[: self.subset], dtype=torch.int64)
             return TensorDataset(features[chosen].float() / _MAX_PIXEL, labels[chosen])
 
         return LocalData(train=subset(train), test=subset(test))
@@ -73,6 +79,7 @@ class FashionMnistTask:
     def central_data(self, data_dir: Path | None) -> TensorDataset:
         """Return the official 10,000-image test set, for the server's central evaluation."""
         images, labels = load_fashion_mnist("test", data_dir or DEFAULT_DIR)
+        images, labels = images[: self.subset], labels[: self.subset]
         return TensorDataset(images.unsqueeze(1).float() / _MAX_PIXEL, labels)
 
     def train(self, model: torch.nn.Module, data: LocalData, config: TrainConfig) -> TrainResult:
