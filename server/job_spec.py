@@ -185,6 +185,12 @@ class JobSpec(BaseModel):
             raise ValueError("nesterov: Nesterov momentum needs momentum > 0")
         if self.strategy == "fednova" and self.optimizer != "sgd":
             raise ValueError("optimizer: FedNova normalizes SGD's (momentum) steps; use sgd")
+        sampled = self.clients_per_round is not None or self.fraction is not None
+        if self.strategy == "scaffold" and sampled and "population" not in self.strategy_options:
+            raise ValueError(
+                "strategy_options: SCAFFOLD with sampled clients moves c by |S|/N of the mean "
+                "change; give the federation's size N as population"
+            )
         return self
 
     @model_validator(mode="after")

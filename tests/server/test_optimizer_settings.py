@@ -27,6 +27,7 @@ from fedsilo.server.job_spec import JobSpec
         ({"weight_decay": -0.1}, "weight_decay"),
         ({"optimizer": "rmsprop"}, "optimizer"),
         ({"strategy": "fednova", "optimizer": "adam"}, "FedNova normalizes SGD's"),
+        ({"strategy": "scaffold", "clients_per_round": 2}, "give the federation's size N"),
         (
             {
                 "strategy": "scaffold",
