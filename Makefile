@@ -9,11 +9,15 @@ TYPECHECK_TREE := build/typecheck
 # Fashion-MNIST (the fmnist task) comes from Debian's package, never from the network at run time.
 FMNIST_DIR := /usr/share/datasets/fashion-mnist
 FMNIST_PKG := dataset-fashion-mnist
+# The status page's browser test drives Debian's chromium through Playwright (a browser download
+# of Playwright's own fails without internet; its Python wheel brings the driver).
+CHROMIUM     := /usr/bin/chromium
+CHROMIUM_PKG := chromium
 
 .PHONY: install test test-slow lint typecheck demo proto clean bench bench-rounds bench-peers \
-	datasets datasets-if-possible reproduce-niid
+	bench-sim datasets datasets-if-possible browser browser-if-possible reproduce-niid
 
-install: $(STAMP) datasets-if-possible
+install: $(STAMP) datasets-if-possible browser-if-possible
 
 # Install the datasets of the built-in tasks with apt-get (as root, or through passwordless sudo).
 datasets:
@@ -34,6 +38,27 @@ datasets:
 datasets-if-possible:
 	@test -d $(FMNIST_DIR) || $(MAKE) --no-print-directory -f $(firstword $(MAKEFILE_LIST)) datasets \
 		|| echo "WARNING: Fashion-MNIST is not installed; the fmnist task and its tests need it" >&2
+
+# Install chromium with apt-get (as root, or through passwordless sudo), as `datasets` does.
+browser:
+	@if [ -x $(CHROMIUM) ]; then \
+		echo "browser: chromium is $(CHROMIUM)"; \
+	elif ! command -v apt-get >/dev/null 2>&1; then \
+		echo "browser: no apt-get here; install chromium as $(CHROMIUM)" >&2; exit 1; \
+	else \
+		if [ "$$(id -u)" = 0 ]; then sudo=""; \
+		elif command -v sudo >/dev/null 2>&1 && sudo -n true 2>/dev/null; then sudo="sudo -n"; \
+		else echo "browser: not root; run: sudo apt-get install $(CHROMIUM_PKG)" >&2; exit 1; fi; \
+		echo "browser: installing $(CHROMIUM_PKG) with apt-get"; \
+		$$sudo apt-get install -y -q $(CHROMIUM_PKG) \
+			|| { $$sudo apt-get update -q && $$sudo apt-get install -y -q $(CHROMIUM_PKG); }; \
+	fi
+
+# `install` tries `browser` but never fails on it: only the status page's browser test needs it
+# (and skips, saying why, where chromium cannot be installed).
+browser-if-possible:
+	@test -x $(CHROMIUM) || $(MAKE) --no-print-directory -f $(firstword $(MAKEFILE_LIST)) browser \
+		|| echo "WARNING: chromium is not installed; the status page's browser test needs it" >&2
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -82,6 +107,13 @@ bench-peers: install
 # The job listens on a free port, or on DEMO_PORT (make demo DEMO_PORT=50100, or
 # make demo PORT=50100; a PORT that is merely in the environment is not taken).
 DEMO_PORT := $(or $(DEMO_PORT),$(if $(filter command line,$(origin PORT)),$(PORT)))
+
+# Seconds per simulated round: fl-sim with 1 and 2 workers, on Ray, and Flower 1.42's simulation
+# engine (its venv bench/.venv-flwr, made on first use), side by side: many minutes.
+bench-sim: install
+	@mkdir -p build
+	$(BIN)/python bench/sim_bench.py --json build/bench-sim.json
+
 demo: install
 	$(BIN)/python tools/demo.py $(if $(DEMO_PORT),--port $(DEMO_PORT))
 

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 
 import torch
 
+from fedsilo.client.control_variates import ControlVariateStore
 from fedsilo.common import control_variates
 from fedsilo.common.errors import CodecError
 from fedsilo.common.proto import federation_pb2 as pb
@@ -44,10 +45,11 @@ class IncomingModel:
         chunk_size: int,
         round_number: int,
         train: pb.TrainConfig | None,
-        with_control: bool = False,
+        control: ControlVariateStore | None = None,
     ) -> IncomingModel:
-        """Check ``header`` against the local model (and the server's control variate when
-        ``with_control``) and prepare to decode into the model's own tensors."""
+        """Check ``header`` against the local model (and, in a training round of a job with
+        ``control`` variates, the server's) and prepare to decode into the model's tensors."""
+        with_control = train is not None and control is not None
         state = model.state_dict()
         expected = specs_of(state)
         extras = control_variates.server_specs(expected) if with_control else []

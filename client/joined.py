@@ -17,6 +17,7 @@ import torch
 
 from fedsilo.client.control_variates import FOLDER, ControlVariateStore
 from fedsilo.client.policy import AdmittedTask, ClientPolicy
+from fedsilo.client.secagg_client import SecAggKeys
 from fedsilo.common import control_variates
 from fedsilo.common.compression import ClientCompressor, Compression
 from fedsilo.common.errors import ConfigError, PolicyError
@@ -43,6 +44,8 @@ class LocalSettings:
     shared_models: SharedModels | None = None
     # The client's run folder, where SCAFFOLD's control variates are kept (None: in memory).
     state_dir: Path | None = None
+    # Secure aggregation: the certificate key round keys are signed with, and the CA.
+    secagg_keys: SecAggKeys | None = None
 
 
 @dataclass

@@ -15,12 +15,12 @@ log, and one exception whose text is the one line the CLI prints.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
-from typing import Any, NoReturn, cast
+from typing import Any, NoReturn, TypeVar, cast
 
 import structlog
 import torch
 
-from fedsilo.client import work
+from fedsilo.client import secagg_session, work
 from fedsilo.client.audit import AuditLog
 from fedsilo.client.heartbeat import HeartbeatPacer
 from fedsilo.client.incoming import IncomingModel
@@ -31,8 +31,8 @@ from fedsilo.client.joined import (
     job_compression,
     join,
 )
+from fedsilo.client.secagg_session import ClientSecAgg
 from fedsilo.client.state_machine import ClientState, ServerEvent, transition
-from fedsilo.common.compression import ClientCompressor
 from fedsilo.common.errors import (
     CodecError,
     ConfigError,
@@ -40,20 +40,22 @@ from fedsilo.common.errors import (
     JobAbortedError,
     PolicyError,
     ProtocolError,
+    SecAggRefusedError,
     ServerRefusedError,
     SessionLostError,
     TaskLoadError,
 )
 from fedsilo.common.proto import federation_pb2 as pb
+from fedsilo.common.text import one_line
 from fedsilo.common.wire import PROTOCOL_VERSION, Outbound, RawChunk
-from fedsilo.tasks import LocalData, Task
+from fedsilo.tasks import LocalData
 
 __all__ = ["ClientProtocol", "LocalSettings", "Send"]
 
+_T = TypeVar("_T")
 Send = Callable[[Outbound | Iterator[bytes]], None]
 
 MIN_HEARTBEAT_SECONDS = 0.05  # a server asking for faster heartbeats gets these
-MAX_REASON = 300  # characters of a refusal sent to the server and printed (names may be long)
 
 
 class ClientProtocol:
@@ -80,6 +82,7 @@ class ClientProtocol:
         self._last_round = 0  # the last round synced in this session
         self._pacer = HeartbeatPacer()
         self.rounds_done = 0
+        self._secagg = ClientSecAgg()  # secure aggregation's state, when the job uses it
 
     # ------------------------------------------------------------------ what the job gave
 
@@ -87,16 +90,6 @@ class ClientProtocol:
     def client_id(self) -> int | None:
         """The id the server assigned, once joined."""
         return self.joined.client_id if self.joined is not None else None
-
-    @property
-    def job(self) -> pb.JobConfig | None:
-        """The admitted job's config, once joined."""
-        return self.joined.job if self.joined is not None else None
-
-    @property
-    def task(self) -> Task | None:
-        """The task, once joined."""
-        return self.joined.task if self.joined is not None else None
 
     @property
     def model(self) -> torch.nn.Module | None:
@@ -107,11 +100,6 @@ class ClientProtocol:
     def data(self) -> LocalData | None:
         """This client's data, once joined."""
         return self.joined.data if self.joined is not None else None
-
-    @property
-    def compressor(self) -> ClientCompressor | None:
-        """The update codec with this client's residual, once joined."""
-        return self.joined.compressor if self.joined is not None else None
 
     @property
     def joined_this_session(self) -> bool:
@@ -181,6 +169,7 @@ class ClientProtocol:
         try:
             admitted = self.local.policy.admit(job)
             check_same_task(self.joined, job, admitted)
+            self._secagg.accept_job(job, self.local.secagg_keys)
         except PolicyError as exc:
             self._refuse(pb.POLICY_MISMATCH, f"refused the server's job: {exc}", PolicyError)
         try:
@@ -223,6 +212,9 @@ class ClientProtocol:
             )
         except PolicyError as exc:
             self._refuse(pb.POLICY_MISMATCH, f"refused the server's round: {exc}", PolicyError)
+        if self._secagg.enabled != sync.HasField("secagg"):
+            self._illegal("a round without secure aggregation's setup, or one not asked for")
+        self._secagg.expect_round(sync)
         self._last_round = number
         self._begin_stream(number, sync.train, sync.model)
 
@@ -243,12 +235,7 @@ class ClientProtocol:
         joined = self._joined()
         try:
             self._incoming = IncomingModel.begin(
-                joined.model,
-                header,
-                joined.job.chunk_size,
-                number,
-                train,
-                with_control=train is not None and joined.control is not None,
+                joined.model, header, joined.job.chunk_size, number, train, joined.control
             )
         except CodecError as exc:
             self._bad_stream(f"the model does not fit the task: {exc}")
@@ -283,6 +270,8 @@ class ClientProtocol:
     def _do_train_and_upload(self, trailer: pb.TensorStreamTrailer) -> None:
         incoming = self._finish_stream(trailer)
         assert incoming.train is not None
+        if self._secagg.enabled:  # keys go out first: peers need them while we train
+            self._begin_masked_round(incoming.round)
         upload = work.train_round(
             self._joined(),
             incoming.round,
@@ -291,7 +280,11 @@ class ClientProtocol:
             heartbeats=self._heartbeats(),
             measure_norm=self.audit is not None,
             server_control=incoming.control,
+            masked=self._secagg.enabled,
         )
+        if self._secagg.enabled:
+            self._secagg.keep(upload, self._joined().model)
+            return
         self._record("update_sent", **upload.record)
         self._send(upload.frames)
         self.rounds_done += 1
@@ -321,6 +314,46 @@ class ClientProtocol:
             loss=round(evaluation.loss, 5),
         )
 
+    # ------------------------------------------------------------------ secure aggregation
+
+    def _begin_masked_round(self, round_number: int) -> None:
+        try:
+            self._send(self._secagg.begin(round_number, self._joined(), self.local.secagg_keys))
+        except (SecAggRefusedError, ConfigError) as exc:
+            self._secagg_refused(str(exc))
+        self.log.debug("secagg_advertised", round=round_number)
+
+    def _do_secagg_share(self, roster: pb.SecAggKeyRoster) -> None:
+        self._send(self._secagg_step(lambda: self._secagg.shares(roster)))
+        self.log.debug("secagg_shares_sent", round=self._last_round)
+
+    def _do_secagg_upload(self, routed: pb.SecAggRoutedShares) -> None:
+        chunk_size = self._joined().job.chunk_size
+        frames, record, summary = self._secagg_step(lambda: self._secagg.upload(routed, chunk_size))
+        self._record("update_sent", **record)
+        self._send(frames)
+        self.rounds_done += 1
+        self.log.info("update_sent", masked=True, **summary)
+
+    def _do_secagg_unmask(self, request: pb.SecAggUnmaskRequest) -> None:
+        self.log.debug("secagg_unmask_requested", round=self._last_round)
+        self._send(self._secagg_step(lambda: self._secagg.unmask(request)))
+        self._record("secagg_unmask", **secagg_session.unmask_record(request))
+
+    def _secagg_step(self, step: Callable[[], _T]) -> _T:
+        if not self._secagg.in_round:
+            self._illegal("a secure-aggregation message outside a masked round")
+        try:
+            return step()
+        except SecAggRefusedError as exc:
+            self._secagg_refused(str(exc))
+
+    def _secagg_refused(self, reason: str) -> NoReturn:
+        self._secagg.end_round()
+        self._refuse(
+            pb.SECAGG_REFUSED, f"refused the server's secure aggregation: {reason}", ProtocolError
+        )
+
     # ------------------------------------------------------------------ actions: endings
 
     def _do_end(self, finish: pb.Finish) -> None:
@@ -328,7 +361,7 @@ class ClientProtocol:
         self.log.info("job_finished", rounds=finish.rounds_completed)
 
     def _do_stop(self, abort: pb.Abort) -> None:
-        reason = _one_line(abort.reason)
+        reason = one_line(abort.reason)
         self._record("aborted", reason=reason, retry=abort.retry)
         if abort.retry:
             raise SessionLostError(f"the server stopped: {reason}")
@@ -336,7 +369,7 @@ class ClientProtocol:
 
     def _do_server_error(self, error: pb.Error) -> None:
         code = pb.ErrorCode.Name(error.code) if error.code in pb.ErrorCode.values() else "?"
-        raise ServerRefusedError(f"the server refused: {code}: {_one_line(error.message)}")
+        raise ServerRefusedError(f"the server refused: {code}: {one_line(error.message)}")
 
     def _do_nothing(self, payload: object) -> None:
         return None
@@ -378,16 +411,10 @@ class ClientProtocol:
 
     def _refuse(self, code: int, reason: str, error: type[FedsiloError]) -> NoReturn:
         """Tell the server once, record it, and stop with ``reason`` as the one line."""
-        line = _one_line(reason)
+        line = one_line(reason)
         self._send(pb.ClientMessage(error=pb.Error(code=cast("pb.ErrorCode", code), message=line)))
         self._record("refused", code=pb.ErrorCode.Name(cast("pb.ErrorCode", code)), reason=line)
         self.log.warning("refused", code=pb.ErrorCode.Name(cast("pb.ErrorCode", code)), reason=line)
         if error is ProtocolError:
             raise ProtocolError(code, line)
         raise error(line)
-
-
-def _one_line(text: str) -> str:
-    """Return ``text`` on one line, at most MAX_REASON characters (server text is untrusted)."""
-    flat = " ".join("".join(ch if ch.isprintable() else " " for ch in text).split())
-    return flat if len(flat) <= MAX_REASON else flat[: MAX_REASON - 3] + "..."

@@ -28,6 +28,7 @@ from fedsilo.client.connection import Endpoint, connect
 from fedsilo.client.policy import policy_of
 from fedsilo.client.protocol import ClientProtocol, LocalSettings
 from fedsilo.client.reconnect import Outage
+from fedsilo.client.secagg_client import secagg_keys_of
 from fedsilo.client.silence import SilenceWatch
 from fedsilo.common.devices import resolve_device
 from fedsilo.common.errors import (
@@ -79,6 +80,7 @@ class FederationClient:
             device=resolve_device(config.device),
             policy=policy,
             state_dir=config.run_dir(endpoint.name),
+            secagg_keys=secagg_keys_of(config),
         )
         self.protocol = ClientProtocol(endpoint.name, endpoint.job_id, local, log, self.audit)
         identity = policy.identity

@@ -11,6 +11,7 @@ Session lifecycle, one per stream::
         RECEIVING_ROUND --chunk--> RECEIVING_ROUND
         READY --evaluate--> RECEIVING_FINAL --chunk/trailer--> ... READY
         READY --finish--> FINISHED
+        READY --secagg_roster, secagg_routed, secagg_unmask_request--> READY
         any but FINISHED --abort/error--> FINISHED (the session ends)
 
 Heartbeats are legal in every state; after FINISHED only heartbeats are.
@@ -43,6 +44,9 @@ class ServerEvent(Enum):
     ABORT = "abort"
     HEARTBEAT = "heartbeat"
     ERROR = "error"
+    SECAGG_ROSTER = "secagg_roster"
+    SECAGG_ROUTED = "secagg_routed"
+    SECAGG_UNMASK_REQUEST = "secagg_unmask_request"
 
 
 class ClientAction(Enum):
@@ -58,6 +62,9 @@ class ClientAction(Enum):
     STOP = "stop"
     SERVER_ERROR = "server_error"
     NOTHING = "nothing"
+    SECAGG_SHARE = "secagg_share"
+    SECAGG_UPLOAD = "secagg_upload"
+    SECAGG_UNMASK = "secagg_unmask"
 
 
 S = ClientState
@@ -73,6 +80,11 @@ TRANSITIONS: dict[tuple[ClientState, ServerEvent], tuple[ClientAction, ClientSta
     (S.RECEIVING_FINAL, E.CHUNK): (A.RECEIVE_CHUNK, S.RECEIVING_FINAL),
     (S.RECEIVING_FINAL, E.TRAILER): (A.EVALUATE_FINAL, S.READY),
     (S.READY, E.FINISH): (A.END, S.FINISHED),
+    # Secure aggregation, after the round's model (and training): the protocol object checks
+    # the stages' order itself, and refuses a message out of it.
+    (S.READY, E.SECAGG_ROSTER): (A.SECAGG_SHARE, S.READY),
+    (S.READY, E.SECAGG_ROUTED): (A.SECAGG_UPLOAD, S.READY),
+    (S.READY, E.SECAGG_UNMASK_REQUEST): (A.SECAGG_UNMASK, S.READY),
 }
 for _state in S:
     TRANSITIONS[(_state, E.HEARTBEAT)] = (A.NOTHING, _state)

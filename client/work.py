@@ -30,7 +30,7 @@ from fedsilo.common.wire import (
     inline_tensors,
     tensor_stream_frames,
 )
-from fedsilo.tasks import Evaluation, TrainConfig
+from fedsilo.tasks import Evaluation, TrainConfig, TrainResult
 
 Heartbeats = AbstractContextManager[None]
 
@@ -42,6 +42,9 @@ class Upload:
     frames: pb.ClientMessage | Iterator[bytes]
     record: dict[str, Any]
     summary: dict[str, float]
+    examples: int = 0  # what the update weighs
+    # Under secure aggregation: the received weights (the update is made from them later).
+    reference: dict[str, torch.Tensor] | None = None
 
 
 @contextmanager
@@ -83,10 +86,13 @@ def train_round(
     device: torch.device,
     heartbeats: Heartbeats,
     measure_norm: bool,
+    masked: bool = False,
     server_control: dict[str, torch.Tensor] | None = None,
 ) -> Upload:
     """Evaluate the received model, train on it and encode the update.
 
+    ``masked`` (secure aggregation): the update is not encoded here; the SendModel carries the
+    metrics only, and the received weights come back in ``reference`` for the masked upload.
     With control variates (SCAFFOLD: ``joined.control`` and the server's ``server_control``),
     training is corrected by ``c - c_i``, and the update carries ``c_i+ - c_i`` after the
     codec's tensors; ``c_i+`` is saved before anything is sent.
@@ -98,7 +104,7 @@ def train_round(
     lossy = compressor.setting.codec != "none"
     store = joined.control
     reference = None
-    if measure_norm or lossy or store is not None:
+    if measure_norm or lossy or masked or store is not None:
         reference = floating_copy(model.state_dict(), into=joined.reference)
         joined.reference = reference
         compressor.remember_global(reference, copy=False)
@@ -115,6 +121,19 @@ def train_round(
     seconds = time.monotonic() - started
     trained = model.state_dict()
     norm = update_norm(trained, reference) if measure_norm and reference is not None else None
+    metrics = pb.LocalMetrics(
+        train_loss=result.loss,
+        train_seconds=seconds,
+        evaluation=evaluation_message(evaluation),
+        local_steps=result.steps,
+    )
+    if masked:
+        # Weight and update travel masked, later; the audit says so and the norm is of the delta.
+        send = pb.ClientMessage(send_model=pb.SendModel(round=round_number, metrics=metrics))
+        record = _record(round_number, "secagg", norm, result, seconds, evaluation)
+        return Upload(
+            send, record, _summary(result.loss, seconds, evaluation), result.examples, reference
+        )
     wire = compressor.encode(trained)
     if store is not None:
         assert own is not None and server_control is not None and reference is not None
@@ -130,12 +149,6 @@ def train_round(
         store.save(round_number, new)
         wire.update(control_variates.suffixed(delta, control_variates.DELTA_SUFFIX))
     specs = specs_of(wire)
-    metrics = pb.LocalMetrics(
-        train_loss=result.loss,
-        train_seconds=seconds,
-        evaluation=evaluation_message(evaluation),
-        local_steps=result.steps,
-    )
     send = pb.ClientMessage(
         send_model=pb.SendModel(
             round=round_number,
@@ -151,10 +164,24 @@ def train_round(
     else:
         encoder = TensorStreamEncoder(list(wire.values()), joined.job.chunk_size)
         frames = tensor_stream_frames(send, encoder, CLIENT_CHUNKS, _client_trailer)
-    record = {
+    record = _record(round_number, compressor.setting.codec, norm, result, seconds, evaluation)
+    record["bytes"] = sum(spec.nbytes for spec in specs)
+    record["control_variates"] = store is not None
+    return Upload(frames, record, _summary(result.loss, seconds, evaluation), result.examples)
+
+
+def _record(
+    round_number: int,
+    codec: str,
+    norm: float | None,
+    result: TrainResult,
+    seconds: float,
+    evaluation: Evaluation,
+) -> dict[str, Any]:
+    """An update's audit record (``bytes`` is added where they are known)."""
+    return {
         "round": round_number,
-        "bytes": sum(spec.nbytes for spec in specs),
-        "codec": compressor.setting.codec,
+        "codec": codec,
         "update_norm": norm,
         "train_examples": result.examples,
         "metrics": {
@@ -166,14 +193,15 @@ def train_round(
             "eval_metrics": dict(evaluation.metrics),
             "local_steps": result.steps,
         },
-        "control_variates": store is not None,
     }
-    summary = {
-        "train_loss": round(result.loss, 5),
+
+
+def _summary(loss: float, seconds: float, evaluation: Evaluation) -> dict[str, float]:
+    return {
+        "train_loss": round(loss, 5),
         "train_seconds": round(seconds, 3),
         "eval_accuracy": round(evaluation.accuracy, 5),
     }
-    return Upload(frames, record, summary)
 
 
 def evaluate_final(joined: Joined, device: torch.device, heartbeats: Heartbeats) -> Evaluation:

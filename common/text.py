@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 SHOWN_CHARS = 80
+ONE_LINE_CHARS = 300  # a peer's refusal, sent on and printed (names may be long)
 
 
 def shown(text: str, limit: int = SHOWN_CHARS) -> str:
@@ -10,3 +11,9 @@ def shown(text: str, limit: int = SHOWN_CHARS) -> str:
     if len(text) <= limit:
         return repr(text)
     return f"{text[:limit]!r}... ({len(text)} characters)"
+
+
+def one_line(text: str, limit: int = ONE_LINE_CHARS) -> str:
+    """Return ``text`` on one printable line of at most ``limit`` characters."""
+    flat = " ".join("".join(ch if ch.isprintable() else " " for ch in text).split())
+    return flat if len(flat) <= limit else flat[: limit - 3] + "..."

@@ -1,38 +1,40 @@
-"""Container health probe: ask fl-server's gRPC health service on 127.0.0.1:PORT if it serves.
+"""Container health probe: ask fl-server's admin port on 127.0.0.1:PORT whether the job serves.
 
     python healthcheck.py PORT
 
-Exits 0 when Health/Check answers SERVING within 3 seconds, otherwise 1 with one line on stderr
+Exits 0 when GET /healthz answers 200 within 3 seconds, otherwise 1 with one line on stderr
 (Docker reads 1 as unhealthy; 2 is reserved there, so a usage error is 1 as well). PORT is the
-server's ``--health-port``; that service is plaintext and bound to loopback only.
+server's ``--health-port``, its admin port: plaintext HTTP on loopback only (the status page,
+/status and /metrics are served there too). Standard library only, so that any Python runs it.
 """
 
 from __future__ import annotations
 
+import http.client
 import sys
 from collections.abc import Sequence
-
-import grpc
-from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 DEADLINE_SECONDS = 3.0
 MAX_PORT = 65535
 
 
 def check(port: int) -> str | None:
-    """Return None when 127.0.0.1:``port`` reports SERVING, else what is wrong, in one line."""
+    """Return None when 127.0.0.1:``port`` reports serving, else what is wrong, in one line."""
     target = f"127.0.0.1:{port}"
-    # No proxy: a probe of loopback must never be sent anywhere else by an http_proxy setting.
-    with grpc.insecure_channel(target, options=[("grpc.enable_http_proxy", 0)]) as channel:
-        stub = health_pb2_grpc.HealthStub(channel)
-        try:
-            reply = stub.Check(health_pb2.HealthCheckRequest(service=""), timeout=DEADLINE_SECONDS)
-        except grpc.RpcError as exc:
-            details = (exc.details() or "").splitlines()
-            reason = details[0] if details else "no details"
-            return f"{target}: {exc.code().name}: {reason}"
-    if reply.status != health_pb2.HealthCheckResponse.SERVING:
-        return f"{target}: {health_pb2.HealthCheckResponse.ServingStatus.Name(reply.status)}"
+    # http.client, not urllib: a probe of loopback must never go through an http_proxy setting.
+    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=DEADLINE_SECONDS)
+    try:
+        connection.request("GET", "/healthz")
+        response = connection.getresponse()
+        response.read(4096)
+    except OSError as exc:
+        return f"{target}: {exc.strerror or exc}"
+    except http.client.HTTPException as exc:
+        return f"{target}: not an admin port ({exc or type(exc).__name__})"
+    finally:
+        connection.close()
+    if response.status != 200:
+        return f"{target}: /healthz answered HTTP {response.status}"
     return None
 
 

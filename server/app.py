@@ -20,6 +20,7 @@ from fedsilo.common.errors import ConfigError, FedsiloError, PortInUseError
 from fedsilo.common.logging import get_logger
 from fedsilo.common.progress import round_progress
 from fedsilo.common.wire import SERVER_PING_POLICY, SERVICE_NAME, channel_options
+from fedsilo.server.admin import AdminServer
 from fedsilo.server.allocator import tune_for_streams
 from fedsilo.server.central_eval import central_evaluator
 from fedsilo.server.checkpoint import CHECKPOINT_FILE, Checkpoint, job_identity, load_checkpoint
@@ -28,6 +29,8 @@ from fedsilo.server.job import Job, JobOutcome
 from fedsilo.server.run_files import MODEL_FILE, finished_rounds
 from fedsilo.server.run_lock import hold_run_folder
 from fedsilo.server.service import FederationService
+from fedsilo.server.status import StatusView
+from fedsilo.server.status_metrics import register_state_metrics
 from fedsilo.server.stderr_router import StderrRouter
 from fedsilo.tasks import load_task
 
@@ -93,19 +96,6 @@ def build_server(
     return server
 
 
-def build_health_server(port: int, health_service: health.HealthServicer) -> grpc.Server:
-    """A plaintext server on 127.0.0.1 with only the gRPC health service (container probes)."""
-    server = grpc.server(
-        futures.ThreadPoolExecutor(max_workers=2), options=[("grpc.so_reuseport", 0)]
-    )
-    health_pb2_grpc.add_HealthServicer_to_server(health_service, server)
-    try:
-        server.add_insecure_port(f"127.0.0.1:{port}")
-    except RuntimeError as exc:
-        raise PortInUseError(f"health port {port} is already in use") from exc
-    return server
-
-
 def admitted_clients(config: ServerConfig) -> Callable[[], ServerBundle] | None:
     """With TLS, return a reader of the admitted names (re-read at each Hello, so that
     ``fl-certs add-org`` takes effect without a restart); None without TLS."""
@@ -147,6 +137,13 @@ def make_job(
     return job
 
 
+def start_admin(admin: AdminServer, config: ServerConfig, job: Job) -> None:
+    """Serve the job's status, page and metrics on the admin port."""
+    view = StatusView(config, job.state, job.telemetry)
+    register_state_metrics(view)
+    admin.start(view)
+
+
 def serve(config: ServerConfig) -> JobOutcome:
     """Run the job to its end and return its outcome. SIGTERM/SIGINT abort it cleanly."""
     # The server decodes many streams at once and trains nothing: freed message buffers must
@@ -155,19 +152,27 @@ def serve(config: ServerConfig) -> JobOutcome:
     log = get_logger(job_id=config.job_id)
     # Before anything touches the run folder: a second server of this job must change nothing.
     check_port_free(config.host, config.port, config.job_id)
-    # Whatever its port, a second server on this run folder exits here, changing nothing in it.
-    with hold_run_folder(config.run_dir, config.job_id, config.port):
-        router = StderrRouter({"job_id": config.job_id}) if not sys.stderr.isatty() else None
-        if router is not None:
-            router.start()
-        try:
-            return serve_held(config, log)
-        finally:
+    # The admin port too is bound before the run folder is touched: a taken one changes nothing.
+    admin = AdminServer(config, log) if config.health_port is not None else None
+    try:
+        # Whatever its port, a second server on this run folder exits here, changing nothing.
+        with hold_run_folder(config.run_dir, config.job_id, config.port):
+            router = StderrRouter({"job_id": config.job_id}) if not sys.stderr.isatty() else None
             if router is not None:
-                router.stop()
+                router.start()
+            try:
+                return serve_held(config, log, admin)
+            finally:
+                if router is not None:
+                    router.stop()
+    finally:
+        if admin is not None:
+            admin.stop()
 
 
-def serve_held(config: ServerConfig, log: structlog.typing.FilteringBoundLogger) -> JobOutcome:
+def serve_held(
+    config: ServerConfig, log: structlog.typing.FilteringBoundLogger, admin: AdminServer | None
+) -> JobOutcome:
     """Run the job whose run folder this process holds; see ``serve``."""
     done = finished_rounds(config.run_dir) if config.resume else None
     if done is not None:
@@ -176,14 +181,11 @@ def serve_held(config: ServerConfig, log: structlog.typing.FilteringBoundLogger)
     job = make_job(config, log, find_checkpoint(config, log))
     health_service = health.HealthServicer()
     server = build_server(config, job, health_service)
-    health_server = (
-        build_health_server(config.health_port, health_service) if config.health_port else None
-    )
     if config.insecure:
         log.warning("insecure_transport", detail="no TLS: traffic and identities are unprotected")
     server.start()
-    if health_server is not None:
-        health_server.start()
+    if admin is not None:
+        start_admin(admin, config, job)
     health_service.set("", health_pb2.HealthCheckResponse.SERVING)
     health_service.set(SERVICE_NAME, health_pb2.HealthCheckResponse.SERVING)
     log.info(
@@ -207,8 +209,8 @@ def serve_held(config: ServerConfig, log: structlog.typing.FilteringBoundLogger)
             raise
         finally:
             health_service.enter_graceful_shutdown()
-            if health_server is not None:
-                health_server.stop(0)
+            if admin is not None:
+                admin.stop()
             server.stop(SHUTDOWN_GRACE_SECONDS)
 
     def on_signal(signum: int, frame: FrameType | None) -> None:

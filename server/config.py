@@ -5,6 +5,7 @@ Flags, FEDSILO_* env vars and a config file all land here (common/settings.py: l
 
 from __future__ import annotations
 
+import ipaddress
 from pathlib import Path
 
 from pydantic import Field, model_validator
@@ -49,7 +50,15 @@ class ServerConfig(JobSpec, FedsiloSettings):
     )
     insecure: bool = Field(False, description="Plaintext without certificates (trusted nets).")
     health_port: int | None = Field(
-        None, ge=1, le=MAX_PORT, description="Also serve gRPC health, plaintext, on 127.0.0.1."
+        None,
+        ge=1,
+        le=MAX_PORT,
+        description="The admin port (HTTP): the status page, /status, /metrics and /healthz.",
+    )
+    health_host: str = Field(
+        "127.0.0.1",
+        min_length=1,
+        description="Address of the admin port; any but loopback needs --tls (mutual TLS).",
     )
     log_level: LogLevel = Field("info", description="Least severe log lines written.")
 
@@ -62,6 +71,16 @@ class ServerConfig(JobSpec, FedsiloSettings):
             )
         if self.tls is not None and self.insecure:
             raise ValueError("insecure: --insecure and --tls exclude each other")
+        return self
+
+    @model_validator(mode="after")
+    def _admin_elsewhere_needs_tls(self) -> ServerConfig:
+        if self.health_port is not None and self.tls is None and not is_loopback(self.health_host):
+            raise ValueError(
+                f"health_host: {self.health_host} is not a loopback address, and off loopback the "
+                "admin port answers only mutual TLS: give --tls DIR/server, or leave "
+                "--health-host at 127.0.0.1"
+            )
         return self
 
     @model_validator(mode="after")
@@ -88,3 +107,13 @@ class ServerConfig(JobSpec, FedsiloSettings):
     def run_dir(self) -> Path:
         """Folder for metrics.jsonl and model.pt."""
         return self.out if self.out is not None else Path("runs") / f"job-{self.job_id}"
+
+
+def is_loopback(host: str) -> bool:
+    """Whether ``host`` is a loopback address (or ``localhost``); other names are not."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False

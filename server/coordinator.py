@@ -28,6 +28,7 @@ from fedsilo.server.outbox import OutgoingModel
 from fedsilo.server.recorder import JobRecorder
 from fedsilo.server.registry import Work, WorkKind
 from fedsilo.server.sampling import sample_clients
+from fedsilo.server.secagg_stages import run_stages
 from fedsilo.server.state_machine import Event, JobPhase
 
 FINISH_DELIVERY_SECONDS = 5.0  # how long the end of a job waits for its last messages to go out
@@ -143,18 +144,22 @@ class Coordinator:
                 deadline=time.monotonic() + self.config.round_timeout,
                 weight_bound=self._weight_bound(selected),
             )
+            current.secagg = self.model.secagg_round(self.config.job_id, number, selected)
             state.round = current
             work = Work(WorkKind.TRAIN, number)
             members = {cid: state.registry.assign(cid, work) for cid in selected}
         for cid, member in members.items():
             train = messages.train_config(self.config, number, cid)
-            stream = OutgoingModel(messages.sync_opening(number, train, header), frames)
+            setup = current.secagg.setup_message() if current.secagg is not None else None
+            stream = OutgoingModel(messages.sync_opening(number, train, header, setup), frames)
             current.bytes_down[cid] = stream.nbytes
             if not member.session.offer(Event.SYNC, (number, stream)):
                 stream.abandon()
                 with state.cond:
                     self._drop(current, [cid], "disconnected")
         log.info("round_started", clients=selected, model_bytes=self.model.nbytes)
+        if current.secagg is not None:
+            run_stages(state, current, self._wait, self._drop, self.log)
         done = self._wait(lambda: current.fold.complete)
         with state.cond:
             if not done:

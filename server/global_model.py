@@ -13,6 +13,8 @@ the fold sums those too (``fold_like``). A strategy whose step needs each update
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import structlog
@@ -20,12 +22,14 @@ import torch
 
 from fedsilo.common import control_variates
 from fedsilo.common.errors import CodecError, JobAbortedError
+from fedsilo.common.secagg import SecAggConfig, Trust
 from fedsilo.common.specs import TensorSpec, specs_of
 from fedsilo.common.wire import SERVER_CHUNKS, ModelFrames
 from fedsilo.server import messages
 from fedsilo.server.central_eval import CentralEvaluator
 from fedsilo.server.dp_round import DpRound
 from fedsilo.server.job_state import Round
+from fedsilo.server.secagg_round import SecAggRound
 from fedsilo.server.strategies import Strategy
 from fedsilo.server.strategies.fedavg import accumulator_dtype
 from fedsilo.server.strategies.round_step import Contribution, RoundStep
@@ -34,6 +38,15 @@ from fedsilo.server.uploads import UploadStore
 from fedsilo.server.validation import check_finite
 
 State = dict[str, torch.Tensor]
+
+
+@dataclass(frozen=True)
+class SecAggSettingsOfJob:
+    """What every round's secure aggregation needs: the settings, the CA, a tee folder."""
+
+    config: SecAggConfig
+    trust: Trust | None
+    tee_dir: Path
 
 
 class GlobalModel:
@@ -47,6 +60,7 @@ class GlobalModel:
         *,
         central: CentralEvaluator | None = None,
         dp: DpRound | None = None,
+        secagg: SecAggSettingsOfJob | None = None,
     ) -> None:
         self.state = state
         self.specs = specs_of(state)
@@ -60,6 +74,7 @@ class GlobalModel:
         self.update_extras: list[TensorSpec] = (
             control_variates.delta_specs(self.specs) if self.control is not None else []
         )
+        self.secagg = secagg
 
     def frames(self, chunk_size: int) -> ModelFrames:
         """The model's frames, checksummed once and framed lazily by each stream."""
@@ -92,10 +107,26 @@ class GlobalModel:
         dtypes = {name: accumulator_dtype(t.dtype) for name, t in like.items()}
         return self.store.sum_buffers(like, dtypes)
 
+    def secagg_round(self, job_id: int, number: int, selected: list[int]) -> SecAggRound | None:
+        """The secure aggregation of a new round, when the job uses it."""
+        if self.secagg is None:
+            return None
+        return SecAggRound(
+            job_id=job_id,
+            round_number=number,
+            participants=selected,
+            global_state=self.state,
+            config=self.secagg.config,
+            trust=self.secagg.trust,
+            tee_dir=self.secagg.tee_dir,
+        )
+
     def next_state(self, current: Round) -> State:
         """The model the round's fold leads to, through DP-FedAvg and the strategy."""
         strategy = self.strategy
-        if strategy.needs_all_updates:
+        if current.secagg is not None:  # the survivors' unmasked mean: a sum, no single update
+            new_state = strategy.next_global(self.state, current.secagg.mean_state(self.state))  # type: ignore[union-attr]
+        elif strategy.needs_all_updates:
             updates, weights = current.fold.collected()
             new_state = strategy.combine(self.state, updates, weights)
         else:

@@ -22,7 +22,7 @@ from typing import NoReturn
 import structlog
 
 from fedsilo.common import compression
-from fedsilo.common.errors import CodecError
+from fedsilo.common.errors import CodecError, SecAggRefusedError
 from fedsilo.common.proto import federation_pb2 as pb
 from fedsilo.common.specs import TensorSpec, check_specs_match, specs_from_header
 from fedsilo.common.tensor_stream import TensorStreamDecoder
@@ -113,6 +113,10 @@ class Intake:
         more_frames = not send.update.HasField("inline")
         with self.state.cond:
             member, current = self._open_round(member_id, session, send, synced_round, log)
+            if current.secagg is not None:
+                upload = self._masked(member, current, send, more_frames, log)
+                member.move(Stage.UPLOAD)
+                return upload
             specs = self._checked(member, current, send, more_frames, log)
             weight, _ = self.checks.weight(send)
             upload = self._placed(member, current, send, specs, weight, log)
@@ -152,6 +156,23 @@ class Intake:
             leaves_round=send.round == synced,
             tell_client=False,
         )
+
+    def _masked(
+        self, member: Member, current: Round, send: pb.SendModel, more_frames: bool, log: Log
+    ) -> Upload:
+        """Open a masked upload: one uint32 vector, its weight inside (cond held)."""
+        expected = [current.secagg.spec]
+        try:
+            specs = specs_from_header(send.update, expected[0].nbytes, max_tensors=1)
+            check_specs_match(specs, expected)
+            if send.train_examples != 0:
+                raise CodecError("under secure aggregation the weight travels masked: send 0")
+            check_local_metrics(send.metrics, self.checks.max_examples)
+            sink = current.secagg.sink(member.client_id)
+        except (CodecError, ReportError, SecAggRefusedError) as exc:
+            self.refuse(member, current, str(exc), more_frames, log)
+        decoder = TensorStreamDecoder(specs, max_chunk_size=self.checks.chunk_size, sink=sink)
+        return self._upload(member, current, send, decoder, 1.0, None, log)
 
     def _checked(
         self, member: Member, current: Round, send: pb.SendModel, more_frames: bool, log: Log

@@ -14,14 +14,16 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Mapping
+from typing import Any
 
 import structlog
 import torch
 
 from fedsilo.common import compression
-from fedsilo.common.bundles import ServerBundle
-from fedsilo.common.errors import ConfigError, ProtocolError
+from fedsilo.common.bundles import ServerBundle, load_server_bundle
+from fedsilo.common.errors import ConfigError, ProtocolError, SecAggRefusedError
 from fedsilo.common.proto import federation_pb2 as pb
+from fedsilo.common.secagg import Trust
 from fedsilo.common.specs import check_specs_match, specs_of
 from fedsilo.common.text import shown
 from fedsilo.server import messages
@@ -30,13 +32,14 @@ from fedsilo.server.checkpoint import Checkpoint
 from fedsilo.server.config import ServerConfig
 from fedsilo.server.coordinator import Coordinator, JobOutcome
 from fedsilo.server.dp_round import DpRound, dp_settings
-from fedsilo.server.global_model import GlobalModel
+from fedsilo.server.global_model import GlobalModel, SecAggSettingsOfJob
 from fedsilo.server.intake import Intake, UploadChecks
 from fedsilo.server.job_state import JobState
 from fedsilo.server.recorder import JobRecorder
 from fedsilo.server.registry import ClientRegistry, Stage, WorkKind
 from fedsilo.server.report_checks import ReportError, check_evaluation
 from fedsilo.server.run_files import CLIENT_IDS_FILE, ClientIdLog, MetricsLog
+from fedsilo.server.secagg_round import secagg_config
 from fedsilo.server.session import ClientSession
 from fedsilo.server.state_machine import JobPhase
 from fedsilo.server.strategies import make_strategy
@@ -45,7 +48,12 @@ from fedsilo.server.upload import Upload
 from fedsilo.server.uploads import UploadStore
 from fedsilo.server.watch import SessionWatch
 
-SPILL_DIR = "spill"  # in the run folder: uploads that wait for their turn to be folded
+SPILL_DIR = "spill"
+_SECAGG_EVENTS = {
+    "SecAggKeyAdvert": "secagg_advert",
+    "SecAggKeyShares": "secagg_shares",
+    "SecAggUnmaskResponse": "secagg_unmask",
+}  # in the run folder: uploads that wait for their turn to be folded
 
 __all__ = ["Job", "JobOutcome"]
 
@@ -78,13 +86,22 @@ class Job:
         dp = DpRound(dp_setting) if dp_setting is not None else None
         run_dir = config.run_dir
         self.recorder = JobRecorder(config, log)
+        self.telemetry = self.recorder.telemetry
         registry = ClientRegistry(config.job_id, ClientIdLog(run_dir / CLIENT_IDS_FILE), admitted)
         self.state = JobState(registry=registry)
         self.store = UploadStore(
             run_dir / SPILL_DIR, config.chunk_size, spill_budget=config.spill_budget_mib << 20
         )
         specs = specs_of(global_state)
-        model = GlobalModel(global_state, strategy, self.store, central=central, dp=dp)
+        secagg = secagg_config(config)
+        job_secagg = (
+            SecAggSettingsOfJob(secagg, _federation_trust(config), run_dir / SPILL_DIR)
+            if secagg is not None
+            else None
+        )
+        model = GlobalModel(
+            global_state, strategy, self.store, central=central, dp=dp, secagg=job_secagg
+        )
         self.intake = Intake(
             self.state,
             self.store,
@@ -110,7 +127,7 @@ class Job:
             ),
         )
         self.coordinator = Coordinator(config, self.state, model, self.recorder, log)
-        self._job_message = messages.job_config(config, setting)
+        self._job_message = messages.job_config(config, setting, secagg)
 
     def begin(self, checkpoint: Checkpoint | None) -> None:
         """Start afresh, or continue from ``checkpoint``; with --resume, keep the client ids."""
@@ -282,6 +299,32 @@ class Job:
                 self.state.registry.release(member)
             self.state.cond.notify_all()
 
+    def secagg_message(self, session: ClientSession, message: Any) -> None:
+        """Take a client's secure-aggregation stage message for the round in progress.
+
+        One that breaks the protocol (a bad signature, a message for another client, out of
+        order) takes the client out of the round and is answered with SECAGG_REFUSED.
+        """
+        cid = session.client_id
+        assert cid is not None
+        event = message.DESCRIPTOR.name
+        with self.state.cond:
+            current = self.state.round
+            member = self.state.registry.current(cid, session)
+            if current is None or current.secagg is None or member is None or member.work is None:
+                return  # a round that ended: nothing to take part in any more
+            try:
+                current.secagg.receive(cid, _SECAGG_EVENTS[event], message)
+            except SecAggRefusedError as exc:
+                reason = f"secure aggregation refused: {exc}"
+                current.drop([cid], reason, {cid: member.stage.value})
+                self.state.registry.release(member, member.stage)
+                self.state.cond.notify_all()
+                raise ProtocolError(int(pb.SECAGG_REFUSED), str(exc)) from exc
+            if event == "SecAggUnmaskResponse":
+                self.state.registry.release(member)  # its part of the round is done
+            self.state.cond.notify_all()
+
     def peer_error(self, session: ClientSession, error: pb.Error) -> None:
         """Record an Error a client sent."""
         session.log.warning(
@@ -309,3 +352,10 @@ class Job:
         if state.final is not None:
             state.final.expected.discard(client_id)
         state.cond.notify_all()
+
+
+def _federation_trust(config: ServerConfig) -> Trust | None:
+    """The federation's CA, which secure aggregation checks members' signed keys against."""
+    if config.tls is None:
+        return None
+    return Trust.from_pem(load_server_bundle(config.tls).root_certificates)

@@ -103,6 +103,23 @@ class JobSpec(BaseModel):
         DEFAULT_CHUNK_SIZE, ge=1024, le=64 << 20, description="Raw bytes per tensor chunk."
     )
 
+    secure_aggregation: bool = Field(
+        False,
+        description="Sum masked updates (Bonawitz et al. 2017, SecAgg+): the server learns only "
+        "the sum of the surviving clients' updates and weights.",
+    )
+    secagg_clip_norm: float | None = Field(
+        None,
+        gt=0,
+        description="Secure aggregation: L2 bound C of an update's change (it sets the "
+        "quantization range; clients clip to it).",
+    )
+    secagg_max_weight: int | None = Field(
+        None,
+        ge=1,
+        description="Secure aggregation with example weights: the largest weight a client may "
+        "claim (clients cap theirs; a smaller bound quantizes more finely).",
+    )
     dp_noise_multiplier: float | None = Field(
         None,
         gt=0,
@@ -194,6 +211,36 @@ class JobSpec(BaseModel):
         return self
 
     @model_validator(mode="after")
+    def _secagg_consistent(self) -> JobSpec:
+        if not self.secure_aggregation:
+            return self
+        problems = {
+            "secagg_clip_norm": "secure aggregation needs the clipping norm C of an update"
+            if self.secagg_clip_norm is None
+            else None,
+            "compression": "secure aggregation sets the update's bytes itself; use none"
+            if self.compression != "none"
+            else None,
+            "strategy": _secagg_strategy_problem(self.strategy),
+            "update_norm_bound": "a masked update cannot be checked; clients clip to "
+            "secagg_clip_norm"
+            if self.update_norm_bound is not None
+            else None,
+            "dp_noise_multiplier": "DP-FedAvg with secure aggregation (noise shares added by the "
+            "clients) is not built yet; see docs/privacy.md"
+            if self.dp_noise_multiplier is not None
+            else None,
+            "secagg_max_weight": "with weighting = examples, secure aggregation needs the "
+            "largest weight a client may claim"
+            if self.weighting == "examples" and self.secagg_max_weight is None
+            else None,
+        }
+        for setting, problem in problems.items():
+            if problem is not None:
+                raise ValueError(f"{setting}: {problem}")
+        return self
+
+    @model_validator(mode="after")
     def _sampling_consistent(self) -> JobSpec:
         if self.clients_per_round is not None and self.fraction is not None:
             raise ValueError("clients_per_round: give clients_per_round or fraction, not both")
@@ -209,3 +256,20 @@ def job_field(name: str, *, default: Any) -> Any:
     """Return JobSpec's field ``name`` with another default (description and bounds kept)."""
     field: FieldInfo = JobSpec.model_fields[name]
     return FieldInfo.merge_field_infos(field, default=default)
+
+
+def _secagg_strategy_problem(strategy: str) -> str | None:
+    """Why ``strategy`` cannot run on the masked sum alone, or None when it can."""
+    if getattr(STRATEGIES[strategy].build, "needs_all_updates", False):
+        return f"{strategy} needs each update; secure aggregation gives only the sum"
+    if strategy == "scaffold":
+        return (
+            "scaffold sends each update's control-variate change beside the model; secure "
+            "aggregation masks the model's values only"
+        )
+    if strategy == "fednova":
+        return (
+            "fednova weighs each update by its own local steps; secure aggregation masks "
+            "updates of one declared weight"
+        )
+    return None

@@ -39,6 +39,7 @@ class Round:
     started: float = field(default_factory=time.monotonic)
     deadline: float = math.inf  # monotonic time at which the round stops waiting for updates
     weight_bound: float = 1.0  # the sum of the selected clients' weight bounds
+    secagg: Any = None  # the round's SecAggRound, when the job sums masked updates
     bytes_down: dict[int, int] = field(default_factory=dict)
     reports: dict[int, metrics.ClientReport] = field(default_factory=dict)
     evaluations: list[metrics.ClientEvaluation] = field(default_factory=list)
@@ -46,6 +47,9 @@ class Round:
 
     def drop(self, client_ids: list[int], reason: str, stages: dict[int, str]) -> list[int]:
         """Drop these clients if they still owed an update; record why, where and when."""
+        if self.secagg is not None:
+            for cid in client_ids:  # whatever it owed: a key stage, its upload, its shares
+                self.secagg.drop(cid)
         gone = self.fold.drop(client_ids)
         after = round(time.monotonic() - self.started, 3)
         for cid in gone:

@@ -10,6 +10,8 @@ from typing import cast
 
 from fedsilo.common.compression import Compression
 from fedsilo.common.proto import federation_pb2 as pb
+from fedsilo.common.secagg import SecAggConfig
+from fedsilo.common.secagg import wire as secagg_wire
 from fedsilo.common.seeding import derive_seed
 from fedsilo.common.specs import TensorSpec, header_of
 from fedsilo.common.task_identity import TaskIdentity
@@ -18,7 +20,9 @@ from fedsilo.server import metrics
 from fedsilo.server.config import ServerConfig
 
 
-def job_config(config: ServerConfig, compression: Compression) -> pb.JobConfig:
+def job_config(
+    config: ServerConfig, compression: Compression, secagg: SecAggConfig | None = None
+) -> pb.JobConfig:
     """Return the JobConfig every client gets in its InitConfig."""
     # The task's identity as clients check it against their own policy (docs/protocol.md).
     identity = TaskIdentity.of(config.task, config.task_options)
@@ -36,6 +40,7 @@ def job_config(config: ServerConfig, compression: Compression) -> pb.JobConfig:
         compression=compression.to_proto(),
         # SCAFFOLD's rounds carry control variates both ways (docs/protocol.md).
         control_variates=config.strategy == "scaffold",
+        secure_aggregation=secagg_wire.settings_message(secagg) if secagg is not None else None,
     )
 
 
@@ -72,11 +77,17 @@ def model_header(specs: list[TensorSpec], frames: ModelFrames) -> pb.TensorStrea
     return header
 
 
-def sync_opening(round_number: int, train: pb.TrainConfig, header: pb.TensorStreamHeader) -> bytes:
+def sync_opening(
+    round_number: int,
+    train: pb.TrainConfig,
+    header: pb.TensorStreamHeader,
+    secagg: pb.SecAggSetup | None = None,
+) -> bytes:
     """Return the serialized SyncModel that opens a round's model stream."""
-    return serialize(
-        pb.ServerMessage(sync_model=pb.SyncModel(round=round_number, train=train, model=header))
-    )
+    sync = pb.SyncModel(round=round_number, train=train, model=header)
+    if secagg is not None:
+        sync.secagg.CopyFrom(secagg)
+    return serialize(pb.ServerMessage(sync_model=sync))
 
 
 def evaluate_opening(round_number: int, header: pb.TensorStreamHeader) -> bytes:

@@ -24,6 +24,7 @@ from fedsilo.server.run_files import (
     mark_finished,
     save_model,
 )
+from fedsilo.server.telemetry import JobTelemetry
 from fedsilo.server.tensorboard import TensorBoardSink
 
 
@@ -38,6 +39,7 @@ class JobRecorder:
         self.model_path = self.run_dir / MODEL_FILE
         self.identity = job_identity(config)
         self._tensorboard = TensorBoardSink(self.run_dir) if config.tensorboard else None
+        self.telemetry = JobTelemetry(config.chunk_size)  # Prometheus and the status page
         self._checkpoints = CheckpointWriter(self.run_dir / CHECKPOINT_FILE, log)
         self._pending_row: dict[str, Any] | None = metrics.initial_row()
         self._last_round_row: dict[str, Any] | None = None  # the newest checkpointable row
@@ -54,6 +56,7 @@ class JobRecorder:
         self._pending_row = checkpoint.pending_row
         self._last_round_row = checkpoint.pending_row
         kept = self.metrics_log.truncate(before_round=checkpoint.round)
+        self.telemetry.restore_rows(self.metrics_log.path)
         self._checkpoints.saved_round = checkpoint.round
         self.log.info("job_resumed", round=checkpoint.round, metrics_rows_kept=kept)
 
@@ -75,11 +78,13 @@ class JobRecorder:
         self.metrics_log.append(row)
         if self._tensorboard is not None:
             self._tensorboard.append(row)
+        self.telemetry.row_written(row)
 
     def round_done(self, row: dict[str, Any], checkpoint: Checkpoint, last: bool) -> None:
         """Hold a round's row until its evaluation; checkpoint it (always, for the ``last``)."""
         self._pending_row = row
         self._last_round_row = row
+        self.telemetry.round_done(row)
         # Written in the background while the next round runs (see CheckpointWriter).
         self._checkpoints.offer(checkpoint, force=last)
 

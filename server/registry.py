@@ -34,6 +34,8 @@ class Stage(Enum):
     TRAINING = "training"
     UPLOAD = "upload"
     QUEUED = "queued"  # its upload waits, unread, for its turn to be folded
+    SECAGG_WAIT = "secagg_wait"  # its masked update is in; the other uploads are not yet
+    SECAGG_UNMASK = "secagg_unmask"  # it owes the shares the unmask stage asked for
     EVALUATING = "evaluating"
     DISCARDING = "discarding"  # the server swallows the rest of a stream it refused
 

@@ -26,6 +26,7 @@ from fedsilo.common.wire import Inbound, Outbound, RawChunk
 from fedsilo.server import messages
 from fedsilo.server.outbox import CLOSE, OutboxItem, OutgoingModel
 from fedsilo.server.state_machine import Event, SessionState, illegal_code, transition
+from fedsilo.server.telemetry import JobTelemetry
 from fedsilo.server.upload import Upload, UploadRefusedError
 
 Log = structlog.typing.FilteringBoundLogger
@@ -41,6 +42,7 @@ class SessionJob(Protocol):
     """What a session may ask of its job; nothing else of the job is within its reach."""
 
     log: Log
+    telemetry: JobTelemetry
 
     def admit(self, session: ClientSession, hello: pb.Hello) -> tuple[int, pb.ServerMessage]:
         """Admit the client of a Hello; return its id and the InitConfig to send."""
@@ -62,6 +64,9 @@ class SessionJob(Protocol):
 
     def peer_error(self, session: ClientSession, error: pb.Error) -> None:
         """Record an Error the client sent."""
+
+    def secagg_message(self, session: ClientSession, message: Any) -> None:
+        """Take a secure-aggregation stage message (raises ProtocolError when refused)."""
 
     def closed(self, session: ClientSession) -> None:
         """Forget a session whose stream ended."""
@@ -135,6 +140,7 @@ class ClientSession:
             if kind == "chunk":
                 payload = payload.data
         self._progress.touch(data=kind in ("chunk", "send_model"))
+        self.job.telemetry.received(self.client_id, inbound.nbytes)
         if message is None or kind is None:
             self._send_error(int(pb.MALFORMED_MESSAGE), "message does not parse as ClientMessage")
             if self.state is SessionState.CONNECTED:
@@ -171,6 +177,7 @@ class ClientSession:
             try:
                 getattr(self, f"_do_{action.value}")(payload, nbytes)
             except UploadRefusedError as refused:
+                self.job.telemetry.upload_refused(self.client_id, refused, not refused.tell_client)
                 if refused.tell_client:
                     self._send_error(refused.code, refused.message)
                 resume = SessionState.IDLE if refused.leaves_round else self._stay_state()
@@ -229,6 +236,7 @@ class ClientSession:
         self.client_id, init = self.job.admit(self, hello)
         self.name = hello.client_name
         self.log = self.log.bind(client_id=self.client_id, client=self.name)
+        self.job.telemetry.admitted(self.client_id, self.name)
         self.send(init)
 
     def _do_mark_ready(self, ready: pb.Ready, nbytes: int) -> None:
@@ -242,14 +250,17 @@ class ClientSession:
         self.round, stream = work
         self._progress.touch()
         self.log.debug("download_started", round=self.round)
+        self.job.telemetry.download_started(self.client_id, stream)
         self.send(stream)
 
     def _do_send_evaluate(self, work: tuple[int, OutgoingModel], nbytes: int) -> None:
         self._progress.touch()
+        self.job.telemetry.download_started(self.client_id, work[1])
         self.send(work[1])
 
     def _do_begin_upload(self, send: pb.SendModel, nbytes: int) -> None:
         self.upload = self.job.begin_upload(self, send)
+        self.job.telemetry.upload_started(self.client_id, send.update.total_bytes)
         self.upload.nbytes += nbytes
 
     def _do_receive_chunk(self, data: bytes | memoryview, nbytes: int) -> None:
@@ -264,6 +275,7 @@ class ClientSession:
         upload, self.upload = self.upload, None
         assert upload is not None
         upload.finish(trailer.checksum, nbytes)
+        self.job.telemetry.upload_finished(self.client_id)
 
     def _do_record_evaluation(self, result: pb.EvalResult, nbytes: int) -> None:
         self.job.eval_result(self, result)
@@ -277,7 +289,11 @@ class ClientSession:
     def _do_end_discard(self, trailer: pb.TensorStreamTrailer, nbytes: int) -> None:
         self.job.stream_discarded(self)
 
+    def _do_record_secagg(self, message: Any, nbytes: int) -> None:
+        self.job.secagg_message(self, message)
+
     def _do_log_peer_error(self, error: pb.Error, nbytes: int) -> None:
+        self.job.telemetry.peer_error(error.code)
         self.job.peer_error(self, error)
 
     def _do_nothing(self, payload: Any, nbytes: int) -> None:
@@ -287,6 +303,7 @@ class ClientSession:
         if self.upload is not None:
             self.upload.abort()
         self.upload = None
+        self.job.telemetry.disconnected(self.client_id)
         self.job.closed(self)
 
     # ------------------------------------------------------------------ outbound
@@ -302,9 +319,11 @@ class ClientSession:
     def touch(self) -> None:
         """Record progress: a frame went out (called by the stream's writer)."""
         self._progress.touch()
+        self.job.telemetry.frame_sent(self.client_id)
 
     def model_sent(self) -> None:
         """Note that a whole model stream went out (called by the stream's writer)."""
+        self.job.telemetry.download_finished(self.client_id)
         self.job.download_done(self)
 
     @property
@@ -345,6 +364,7 @@ class ClientSession:
             )
         if self._errors > MAX_ERRORS:
             return  # already told why it is closed
+        self.job.telemetry.protocol_error(code)
         self.send(messages.error(code, message))
         if self._errors == MAX_ERRORS:
             self.send(

@@ -10,6 +10,8 @@ Session lifecycle::
 
     CONNECTED --hello--> JOINED --ready--> IDLE --sync--> TRAINING --send_model--> UPLOADING
         UPLOADING --chunk--> UPLOADING --trailer--> IDLE
+        (secure aggregation) TRAINING --secagg_advert, secagg_shares--> TRAINING
+        IDLE --secagg_unmask--> IDLE
         IDLE --evaluate--> EVALUATING --eval_result--> IDLE
         any --disconnect--> CLOSED
 
@@ -56,6 +58,9 @@ class Event(Enum):
     EVAL_RESULT = "eval_result"
     HEARTBEAT = "heartbeat"
     ERROR = "error"
+    SECAGG_ADVERT = "secagg_advert"
+    SECAGG_SHARES = "secagg_shares"
+    SECAGG_UNMASK = "secagg_unmask"
     # from the job
     SYNC = "sync"
     EVALUATE = "evaluate"
@@ -78,6 +83,7 @@ class Action(Enum):
     DISCARD_CHUNK = "discard_chunk"
     END_DISCARD = "end_discard"
     LOG_PEER_ERROR = "log_peer_error"
+    RECORD_SECAGG = "record_secagg"
     NOTHING = "nothing"
     DROP = "drop"
 
@@ -102,6 +108,10 @@ TRANSITIONS: dict[tuple[SessionState, Event], tuple[Action, SessionState | None]
     (S.EVALUATING, E.EVAL_RESULT): (A.RECORD_EVALUATION, S.IDLE),
     (S.DISCARDING, E.CHUNK): (A.DISCARD_CHUNK, S.DISCARDING),
     (S.DISCARDING, E.TRAILER): (A.END_DISCARD, RESUME),
+    # Secure aggregation: keys and shares while the round's work goes on, shares after upload.
+    (S.TRAINING, E.SECAGG_ADVERT): (A.RECORD_SECAGG, S.TRAINING),
+    (S.TRAINING, E.SECAGG_SHARES): (A.RECORD_SECAGG, S.TRAINING),
+    (S.IDLE, E.SECAGG_UNMASK): (A.RECORD_SECAGG, S.IDLE),
 }
 # A refused tensor stream can start (SendModel) or break (chunk, trailer) in these states.
 for _state in (S.JOINED, S.IDLE, S.TRAINING, S.UPLOADING, S.EVALUATING):

@@ -100,6 +100,9 @@ class Upload:
         except CodecError as exc:
             self._fail(str(exc), more_frames=False)
         self._decoder = None  # from here on, ``received`` is what must be given back
+        if self._round.secagg is not None:
+            self._masked_in()
+            return
         if self._stream is not None:
             self._commit_stream(decoder)
             return
@@ -153,6 +156,20 @@ class Upload:
             self._log.debug("update_folding", round=self.round)
             self._round.fold.commit_stream(self._stream)
             self._done()
+        self._received()
+
+    def _masked_in(self) -> None:
+        """A masked update is in the sum; the client owes its unmask shares later (cond)."""
+        with self._intake.state.cond:
+            if not self._still_open():
+                self._ignored()
+                return
+            self._record()
+            self._round.fold.submit(self.client_id, 1.0, {})  # bookkeeping: who delivered
+            member = self._current_member()
+            if member is not None:
+                member.move(Stage.SECAGG_WAIT)  # its work goes on: the unmask stage
+            self._intake.state.cond.notify_all()
         self._received()
 
     def _hand_over(self, tensors: Mapping[str, torch.Tensor]) -> None:

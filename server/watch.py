@@ -22,7 +22,8 @@ from fedsilo.server.job_state import JobState
 from fedsilo.server.registry import Member, Stage
 
 HANDSHAKE_SECONDS = 10.0  # from a stream's opening to its Hello: a round trip and a TLS check
-UNWATCHED_STAGES = (Stage.IDLE, Stage.QUEUED)
+# Idle clients have nothing to do; the others there wait for the server itself.
+UNWATCHED_STAGES = (Stage.IDLE, Stage.QUEUED, Stage.SECAGG_WAIT)
 
 
 class SessionWatch:

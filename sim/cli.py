@@ -18,9 +18,10 @@ from fedsilo.common.cli import (
 )
 from fedsilo.server.config import ServerConfig
 from fedsilo.server.job_spec import JOB_FLAG_ALIASES, JobSpec
-from fedsilo.server.run_files import METRICS_FILE, MODEL_FILE
 from fedsilo.sim.app import simulate, tty_progress
 from fedsilo.sim.config import SimConfig
+from fedsilo.sim.host import JOINING, ClientFailure
+from fedsilo.sim.summary import failures_line, outcome_lines, read_rows, where_line
 
 PROG = "fl-sim"
 
@@ -52,20 +53,28 @@ def build_parser() -> ArgumentParser:
 FOREIGN_SETTINGS = frozenset(ServerConfig.model_fields) | frozenset(ClientConfig.model_fields)
 
 
+def report_failure(failure: ClientFailure) -> None:
+    """Print one line for a simulated client that failed, as it happens."""
+    then = "the simulation stops" if failure.stage == JOINING else "dropped from the job"
+    print(f"{PROG}: {failure.line}; {then} (traceback in the log)", file=sys.stderr, flush=True)
+
+
 def run_simulation(config: SimConfig) -> int:
-    """Simulate, print what ran and where the results are; 0 when every round completed."""
-    result = simulate(config, on_progress=tty_progress(config.rounds))
+    """Simulate and print a summary; 0 when every round completed, 1 when the job aborted."""
+    result = simulate(config, on_progress=tty_progress(config.rounds), on_failure=report_failure)
+    where = where_line(result.backend, result.workers, result.threads, result.nodes)
     print(
         f"{PROG}: task {config.task}: {result.clients} clients, {result.train_examples} training "
-        f"and {result.test_examples} held-out samples"
+        f"and {result.test_examples} held-out samples; {result.backend} backend, {where}"
     )
+    failed = failures_line(result.failures)
+    if failed is not None:
+        print(f"{PROG}: {failed}", file=sys.stderr)
     if not result.outcome.finished:
         print(f"{PROG}: the job aborted: {result.outcome.reason}", file=sys.stderr)
         return 1
-    print(
-        f"{PROG}: {result.outcome.rounds_completed} rounds; metrics in "
-        f"{config.out / METRICS_FILE}, model in {config.out / MODEL_FILE}"
-    )
+    for line in outcome_lines(config, read_rows(config.out), result.seconds):
+        print(f"{PROG}: {line}")
     return 0
 
 

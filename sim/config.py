@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from fedsilo.common.devices import DEVICE_PATTERN
 from fedsilo.common.errors import ConfigError
@@ -14,7 +14,10 @@ from fedsilo.common.settings import FedsiloSettings
 from fedsilo.server.config import ServerConfig
 from fedsilo.server.job_spec import JobSpec, job_field
 
-SIM_ROUND_TIMEOUT = 7 * 24 * 3600.0  # in-process clients cannot vanish; no deadline is needed
+RAY_ONLY = ("ray_address", "ray_num_cpus", "ray_num_gpus")
+# A simulated client that fails or whose worker dies is reported by its backend at once, so
+# no deadline is needed (a week: a slow round is never cut short).
+SIM_ROUND_TIMEOUT = 7 * 24 * 3600.0
 
 
 class SimConfig(JobSpec, FedsiloSettings):
@@ -34,8 +37,44 @@ class SimConfig(JobSpec, FedsiloSettings):
         pattern=DEVICE_PATTERN,
         description="Where to train: auto (a GPU when there is one), cpu, cuda, cuda:N.",
     )
-    threads: int | None = Field(None, ge=1, description="CPU threads for torch.")
+    backend: Literal["local", "ray"] = Field(
+        "local",
+        description="Where the clients run: local worker processes, or Ray actors (extra: ray).",
+    )
+    workers: int | None = Field(
+        None,
+        ge=0,
+        description="Worker processes (local) or Ray actors (ray), each hosting a share of the "
+        "clients; local 0: in this process. Default: the CPU count (local), the cluster's CPUs "
+        "/ ray_num_cpus (ray); never more than the clients.",
+    )
+    threads: int | None = Field(
+        None,
+        ge=1,
+        description="CPU threads for torch in each worker (default: 1 with several local "
+        "workers, torch's own with one; ray_num_cpus for a Ray actor).",
+    )
+    ray_address: str | None = Field(
+        None,
+        description="ray: the cluster (host:port, auto); default: RAY_ADDRESS, a cluster "
+        "started on this machine, else a new local instance.",
+    )
+    ray_num_cpus: float = Field(1.0, gt=0, description="ray: CPUs reserved by each actor.")
+    ray_num_gpus: float = Field(
+        0.0, ge=0, description="ray: GPUs reserved by each actor (fractions share one)."
+    )
     log_level: LogLevel = Field("warning", description="Least severe log lines written.")
+
+    @model_validator(mode="after")
+    def _backend_settings_fit(self) -> SimConfig:
+        given = self.model_fields_set
+        if self.backend == "local":
+            stray = sorted(name for name in RAY_ONLY if name in given)
+            if stray:
+                raise ValueError(f"{stray[0]}: only with backend ray")
+        elif self.workers == 0:
+            raise ValueError("workers: 0 (in this process) is for backend local; ray needs >= 1")
+        return self
 
     def job_spec(self) -> dict[str, Any]:
         """Return the value of every JobSpec field of this config."""

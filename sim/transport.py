@@ -1,18 +1,20 @@
-"""An in-process link between one server session and one client protocol: no sockets.
+"""An in-process link between one server session and one client protocol (``--workers 0``).
 
 Every message still goes through its wire form (serialized, then parsed on the other side),
 so the simulated federation runs the very code of the networked one: the server's sessions,
-state machine, job loop and strategy, and the client's protocol, task and training.
+state machine, job loop and strategy, and the client's protocol, task and training. The
+backends with worker processes or Ray actors use ``sim/links.py`` and ``sim/host.py`` instead.
 """
 
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 from google.protobuf.message import Message
 
 from fedsilo.client.protocol import ClientProtocol
+from fedsilo.common.errors import JobAbortedError, SessionLostError
 from fedsilo.common.proto import federation_pb2 as pb
 from fedsilo.common.wire import (
     CLIENT_CHUNKS,
@@ -23,6 +25,7 @@ from fedsilo.common.wire import (
 )
 from fedsilo.server.outbox import CLOSE, OutgoingModel
 from fedsilo.server.session import ClientSession
+from fedsilo.sim.host import EVALUATING, TRAINING, ClientFailure, failed_stage, failure_of, stage_of
 
 _parse_client = tolerant_deserializer(pb.ClientMessage, CLIENT_CHUNKS)
 
@@ -31,17 +34,26 @@ class InProcessLink:
     """Carries one simulated client's traffic both ways; a thread pumps server -> client.
 
     ``work_lock`` is shared by all links of a simulation so that clients do their local work
-    one at a time (a CPU runs them no faster in parallel, and order stays reproducible).
+    one at a time (they share one model). A client that raises is dropped (its stream ends)
+    and handed to ``on_failure``; an Abort from the server ends its session quietly.
     """
 
     def __init__(
-        self, session: ClientSession, protocol: ClientProtocol, work_lock: threading.Lock
+        self,
+        session: ClientSession,
+        protocol: ClientProtocol,
+        work_lock: threading.Lock,
+        *,
+        index: int = 0,
+        on_failure: Callable[[ClientFailure], None] | None = None,
     ) -> None:
         self.session = session
         self.protocol = protocol
+        self.index = index
         self._work_lock = work_lock
+        self._on_failure = on_failure
         self.finished = threading.Event()
-        self.failure: BaseException | None = None
+        self.failure: ClientFailure | None = None
         self._thread = threading.Thread(target=self._pump, name=f"sim-{protocol.name}", daemon=True)
 
     def start(self) -> None:
@@ -60,6 +72,7 @@ class InProcessLink:
             self.session.handle(_parse_client(serialize(frame)))
 
     def _pump(self) -> None:
+        stage = "starting"
         try:
             while True:
                 item = self.session.outbox.get()
@@ -73,13 +86,26 @@ class InProcessLink:
                     for frame in frames:
                         assert isinstance(frame, (bytes, Message))
                         message = parse_server_message(serialize(frame))
-                        if self.protocol.handle(message):
+                        stage = stage_of(message, stage)
+                        try:
+                            over = self.protocol.handle(message)
+                        except (JobAbortedError, SessionLostError):
+                            over = True  # the job ended: not this client's failure
+                        except Exception as exc:
+                            self._fail(failure_of(self.index, failed_stage(message, stage), exc))
+                            return
+                        if over:
                             self.finished.set()
                         self.session.touch()
                 if isinstance(item, OutgoingModel):
                     self.session.model_sent()
-        except Exception as exc:  # recorded; the simulator re-raises it
-            self.failure = exc
         finally:
             self.session.stream_ended()
             self.session.disconnect()
+
+    def _fail(self, failure: ClientFailure) -> None:
+        self.failure = failure
+        if failure.stage in (TRAINING, EVALUATING):
+            self.session.model_sent()  # it had the whole model: the drop is in that phase
+        if self._on_failure is not None:
+            self._on_failure(failure)

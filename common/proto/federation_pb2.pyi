@@ -23,6 +23,7 @@ class ErrorCode(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     NOT_ADMITTED: _ClassVar[ErrorCode]
     UNSUPPORTED_CONFIG: _ClassVar[ErrorCode]
     POLICY_MISMATCH: _ClassVar[ErrorCode]
+    SECAGG_REFUSED: _ClassVar[ErrorCode]
 ERROR_CODE_UNSPECIFIED: ErrorCode
 MALFORMED_MESSAGE: ErrorCode
 PROTOCOL_VERSION_MISMATCH: ErrorCode
@@ -37,9 +38,10 @@ INTERNAL: ErrorCode
 NOT_ADMITTED: ErrorCode
 UNSUPPORTED_CONFIG: ErrorCode
 POLICY_MISMATCH: ErrorCode
+SECAGG_REFUSED: ErrorCode
 
 class ClientMessage(_message.Message):
-    __slots__ = ("hello", "ready", "send_model", "chunk", "trailer", "eval_result", "heartbeat", "error")
+    __slots__ = ("hello", "ready", "send_model", "chunk", "trailer", "eval_result", "heartbeat", "error", "secagg_advert", "secagg_shares", "secagg_unmask")
     HELLO_FIELD_NUMBER: _ClassVar[int]
     READY_FIELD_NUMBER: _ClassVar[int]
     SEND_MODEL_FIELD_NUMBER: _ClassVar[int]
@@ -48,6 +50,9 @@ class ClientMessage(_message.Message):
     EVAL_RESULT_FIELD_NUMBER: _ClassVar[int]
     HEARTBEAT_FIELD_NUMBER: _ClassVar[int]
     ERROR_FIELD_NUMBER: _ClassVar[int]
+    SECAGG_ADVERT_FIELD_NUMBER: _ClassVar[int]
+    SECAGG_SHARES_FIELD_NUMBER: _ClassVar[int]
+    SECAGG_UNMASK_FIELD_NUMBER: _ClassVar[int]
     hello: Hello
     ready: Ready
     send_model: SendModel
@@ -56,10 +61,13 @@ class ClientMessage(_message.Message):
     eval_result: EvalResult
     heartbeat: Heartbeat
     error: Error
-    def __init__(self, hello: _Optional[_Union[Hello, _Mapping]] = ..., ready: _Optional[_Union[Ready, _Mapping]] = ..., send_model: _Optional[_Union[SendModel, _Mapping]] = ..., chunk: _Optional[_Union[TensorChunk, _Mapping]] = ..., trailer: _Optional[_Union[TensorStreamTrailer, _Mapping]] = ..., eval_result: _Optional[_Union[EvalResult, _Mapping]] = ..., heartbeat: _Optional[_Union[Heartbeat, _Mapping]] = ..., error: _Optional[_Union[Error, _Mapping]] = ...) -> None: ...
+    secagg_advert: SecAggKeyAdvert
+    secagg_shares: SecAggKeyShares
+    secagg_unmask: SecAggUnmaskResponse
+    def __init__(self, hello: _Optional[_Union[Hello, _Mapping]] = ..., ready: _Optional[_Union[Ready, _Mapping]] = ..., send_model: _Optional[_Union[SendModel, _Mapping]] = ..., chunk: _Optional[_Union[TensorChunk, _Mapping]] = ..., trailer: _Optional[_Union[TensorStreamTrailer, _Mapping]] = ..., eval_result: _Optional[_Union[EvalResult, _Mapping]] = ..., heartbeat: _Optional[_Union[Heartbeat, _Mapping]] = ..., error: _Optional[_Union[Error, _Mapping]] = ..., secagg_advert: _Optional[_Union[SecAggKeyAdvert, _Mapping]] = ..., secagg_shares: _Optional[_Union[SecAggKeyShares, _Mapping]] = ..., secagg_unmask: _Optional[_Union[SecAggUnmaskResponse, _Mapping]] = ...) -> None: ...
 
 class ServerMessage(_message.Message):
-    __slots__ = ("init_config", "sync_model", "chunk", "trailer", "evaluate", "finish", "abort", "heartbeat", "error")
+    __slots__ = ("init_config", "sync_model", "chunk", "trailer", "evaluate", "finish", "abort", "heartbeat", "error", "secagg_roster", "secagg_routed", "secagg_unmask_request")
     INIT_CONFIG_FIELD_NUMBER: _ClassVar[int]
     SYNC_MODEL_FIELD_NUMBER: _ClassVar[int]
     CHUNK_FIELD_NUMBER: _ClassVar[int]
@@ -69,6 +77,9 @@ class ServerMessage(_message.Message):
     ABORT_FIELD_NUMBER: _ClassVar[int]
     HEARTBEAT_FIELD_NUMBER: _ClassVar[int]
     ERROR_FIELD_NUMBER: _ClassVar[int]
+    SECAGG_ROSTER_FIELD_NUMBER: _ClassVar[int]
+    SECAGG_ROUTED_FIELD_NUMBER: _ClassVar[int]
+    SECAGG_UNMASK_REQUEST_FIELD_NUMBER: _ClassVar[int]
     init_config: InitConfig
     sync_model: SyncModel
     chunk: TensorChunk
@@ -78,7 +89,10 @@ class ServerMessage(_message.Message):
     abort: Abort
     heartbeat: Heartbeat
     error: Error
-    def __init__(self, init_config: _Optional[_Union[InitConfig, _Mapping]] = ..., sync_model: _Optional[_Union[SyncModel, _Mapping]] = ..., chunk: _Optional[_Union[TensorChunk, _Mapping]] = ..., trailer: _Optional[_Union[TensorStreamTrailer, _Mapping]] = ..., evaluate: _Optional[_Union[Evaluate, _Mapping]] = ..., finish: _Optional[_Union[Finish, _Mapping]] = ..., abort: _Optional[_Union[Abort, _Mapping]] = ..., heartbeat: _Optional[_Union[Heartbeat, _Mapping]] = ..., error: _Optional[_Union[Error, _Mapping]] = ...) -> None: ...
+    secagg_roster: SecAggKeyRoster
+    secagg_routed: SecAggRoutedShares
+    secagg_unmask_request: SecAggUnmaskRequest
+    def __init__(self, init_config: _Optional[_Union[InitConfig, _Mapping]] = ..., sync_model: _Optional[_Union[SyncModel, _Mapping]] = ..., chunk: _Optional[_Union[TensorChunk, _Mapping]] = ..., trailer: _Optional[_Union[TensorStreamTrailer, _Mapping]] = ..., evaluate: _Optional[_Union[Evaluate, _Mapping]] = ..., finish: _Optional[_Union[Finish, _Mapping]] = ..., abort: _Optional[_Union[Abort, _Mapping]] = ..., heartbeat: _Optional[_Union[Heartbeat, _Mapping]] = ..., error: _Optional[_Union[Error, _Mapping]] = ..., secagg_roster: _Optional[_Union[SecAggKeyRoster, _Mapping]] = ..., secagg_routed: _Optional[_Union[SecAggRoutedShares, _Mapping]] = ..., secagg_unmask_request: _Optional[_Union[SecAggUnmaskRequest, _Mapping]] = ...) -> None: ...
 
 class Hello(_message.Message):
     __slots__ = ("protocol_version", "job_id", "client_name")
@@ -99,7 +113,7 @@ class InitConfig(_message.Message):
     def __init__(self, client_id: _Optional[int] = ..., job: _Optional[_Union[JobConfig, _Mapping]] = ...) -> None: ...
 
 class JobConfig(_message.Message):
-    __slots__ = ("job_id", "task", "seed", "rounds", "chunk_size", "heartbeat_seconds", "progress_timeout_seconds", "compression", "task_options_json", "task_hash", "train", "control_variates")
+    __slots__ = ("job_id", "task", "seed", "rounds", "chunk_size", "heartbeat_seconds", "progress_timeout_seconds", "compression", "task_options_json", "task_hash", "train", "control_variates", "secure_aggregation")
     JOB_ID_FIELD_NUMBER: _ClassVar[int]
     TASK_FIELD_NUMBER: _ClassVar[int]
     SEED_FIELD_NUMBER: _ClassVar[int]
@@ -112,6 +126,7 @@ class JobConfig(_message.Message):
     TASK_HASH_FIELD_NUMBER: _ClassVar[int]
     TRAIN_FIELD_NUMBER: _ClassVar[int]
     CONTROL_VARIATES_FIELD_NUMBER: _ClassVar[int]
+    SECURE_AGGREGATION_FIELD_NUMBER: _ClassVar[int]
     job_id: int
     task: str
     seed: int
@@ -124,7 +139,128 @@ class JobConfig(_message.Message):
     task_hash: str
     train: TrainConfig
     control_variates: bool
-    def __init__(self, job_id: _Optional[int] = ..., task: _Optional[str] = ..., seed: _Optional[int] = ..., rounds: _Optional[int] = ..., chunk_size: _Optional[int] = ..., heartbeat_seconds: _Optional[float] = ..., progress_timeout_seconds: _Optional[float] = ..., compression: _Optional[_Union[Compression, _Mapping]] = ..., task_options_json: _Optional[str] = ..., task_hash: _Optional[str] = ..., train: _Optional[_Union[TrainConfig, _Mapping]] = ..., control_variates: _Optional[bool] = ...) -> None: ...
+    secure_aggregation: SecAggSettings
+    def __init__(self, job_id: _Optional[int] = ..., task: _Optional[str] = ..., seed: _Optional[int] = ..., rounds: _Optional[int] = ..., chunk_size: _Optional[int] = ..., heartbeat_seconds: _Optional[float] = ..., progress_timeout_seconds: _Optional[float] = ..., compression: _Optional[_Union[Compression, _Mapping]] = ..., task_options_json: _Optional[str] = ..., task_hash: _Optional[str] = ..., train: _Optional[_Union[TrainConfig, _Mapping]] = ..., control_variates: _Optional[bool] = ..., secure_aggregation: _Optional[_Union[SecAggSettings, _Mapping]] = ...) -> None: ...
+
+class SecAggSettings(_message.Message):
+    __slots__ = ("clip_norm", "max_weight", "element_bound", "corrupt_fraction", "dropout_fraction", "security_bits", "correctness_bits", "allow_unsigned")
+    CLIP_NORM_FIELD_NUMBER: _ClassVar[int]
+    MAX_WEIGHT_FIELD_NUMBER: _ClassVar[int]
+    ELEMENT_BOUND_FIELD_NUMBER: _ClassVar[int]
+    CORRUPT_FRACTION_FIELD_NUMBER: _ClassVar[int]
+    DROPOUT_FRACTION_FIELD_NUMBER: _ClassVar[int]
+    SECURITY_BITS_FIELD_NUMBER: _ClassVar[int]
+    CORRECTNESS_BITS_FIELD_NUMBER: _ClassVar[int]
+    ALLOW_UNSIGNED_FIELD_NUMBER: _ClassVar[int]
+    clip_norm: float
+    max_weight: int
+    element_bound: float
+    corrupt_fraction: float
+    dropout_fraction: float
+    security_bits: int
+    correctness_bits: int
+    allow_unsigned: bool
+    def __init__(self, clip_norm: _Optional[float] = ..., max_weight: _Optional[int] = ..., element_bound: _Optional[float] = ..., corrupt_fraction: _Optional[float] = ..., dropout_fraction: _Optional[float] = ..., security_bits: _Optional[int] = ..., correctness_bits: _Optional[int] = ..., allow_unsigned: _Optional[bool] = ...) -> None: ...
+
+class SecAggSetup(_message.Message):
+    __slots__ = ("round", "attempt", "participants", "length")
+    ROUND_FIELD_NUMBER: _ClassVar[int]
+    ATTEMPT_FIELD_NUMBER: _ClassVar[int]
+    PARTICIPANTS_FIELD_NUMBER: _ClassVar[int]
+    LENGTH_FIELD_NUMBER: _ClassVar[int]
+    round: int
+    attempt: bytes
+    participants: _containers.RepeatedScalarFieldContainer[int]
+    length: int
+    def __init__(self, round: _Optional[int] = ..., attempt: _Optional[bytes] = ..., participants: _Optional[_Iterable[int]] = ..., length: _Optional[int] = ...) -> None: ...
+
+class SecAggKeyAdvert(_message.Message):
+    __slots__ = ("client_id", "name", "cipher_key", "mask_key", "self_mask_commitment", "round_digest", "certificate", "signature")
+    CLIENT_ID_FIELD_NUMBER: _ClassVar[int]
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    CIPHER_KEY_FIELD_NUMBER: _ClassVar[int]
+    MASK_KEY_FIELD_NUMBER: _ClassVar[int]
+    SELF_MASK_COMMITMENT_FIELD_NUMBER: _ClassVar[int]
+    ROUND_DIGEST_FIELD_NUMBER: _ClassVar[int]
+    CERTIFICATE_FIELD_NUMBER: _ClassVar[int]
+    SIGNATURE_FIELD_NUMBER: _ClassVar[int]
+    client_id: int
+    name: str
+    cipher_key: bytes
+    mask_key: bytes
+    self_mask_commitment: bytes
+    round_digest: bytes
+    certificate: bytes
+    signature: bytes
+    def __init__(self, client_id: _Optional[int] = ..., name: _Optional[str] = ..., cipher_key: _Optional[bytes] = ..., mask_key: _Optional[bytes] = ..., self_mask_commitment: _Optional[bytes] = ..., round_digest: _Optional[bytes] = ..., certificate: _Optional[bytes] = ..., signature: _Optional[bytes] = ...) -> None: ...
+
+class SecAggKeyRoster(_message.Message):
+    __slots__ = ("clients", "adverts")
+    CLIENTS_FIELD_NUMBER: _ClassVar[int]
+    ADVERTS_FIELD_NUMBER: _ClassVar[int]
+    clients: _containers.RepeatedScalarFieldContainer[int]
+    adverts: _containers.RepeatedCompositeFieldContainer[SecAggKeyAdvert]
+    def __init__(self, clients: _Optional[_Iterable[int]] = ..., adverts: _Optional[_Iterable[_Union[SecAggKeyAdvert, _Mapping]]] = ...) -> None: ...
+
+class SecAggEncryptedShare(_message.Message):
+    __slots__ = ("sender", "recipient", "nonce", "ciphertext")
+    SENDER_FIELD_NUMBER: _ClassVar[int]
+    RECIPIENT_FIELD_NUMBER: _ClassVar[int]
+    NONCE_FIELD_NUMBER: _ClassVar[int]
+    CIPHERTEXT_FIELD_NUMBER: _ClassVar[int]
+    sender: int
+    recipient: int
+    nonce: bytes
+    ciphertext: bytes
+    def __init__(self, sender: _Optional[int] = ..., recipient: _Optional[int] = ..., nonce: _Optional[bytes] = ..., ciphertext: _Optional[bytes] = ...) -> None: ...
+
+class SecAggKeyShares(_message.Message):
+    __slots__ = ("sender", "shares")
+    SENDER_FIELD_NUMBER: _ClassVar[int]
+    SHARES_FIELD_NUMBER: _ClassVar[int]
+    sender: int
+    shares: _containers.RepeatedCompositeFieldContainer[SecAggEncryptedShare]
+    def __init__(self, sender: _Optional[int] = ..., shares: _Optional[_Iterable[_Union[SecAggEncryptedShare, _Mapping]]] = ...) -> None: ...
+
+class SecAggRoutedShares(_message.Message):
+    __slots__ = ("recipient", "shares")
+    RECIPIENT_FIELD_NUMBER: _ClassVar[int]
+    SHARES_FIELD_NUMBER: _ClassVar[int]
+    recipient: int
+    shares: _containers.RepeatedCompositeFieldContainer[SecAggEncryptedShare]
+    def __init__(self, recipient: _Optional[int] = ..., shares: _Optional[_Iterable[_Union[SecAggEncryptedShare, _Mapping]]] = ...) -> None: ...
+
+class SecAggUnmaskRequest(_message.Message):
+    __slots__ = ("self_mask_of", "mask_key_of")
+    SELF_MASK_OF_FIELD_NUMBER: _ClassVar[int]
+    MASK_KEY_OF_FIELD_NUMBER: _ClassVar[int]
+    self_mask_of: _containers.RepeatedScalarFieldContainer[int]
+    mask_key_of: _containers.RepeatedScalarFieldContainer[int]
+    def __init__(self, self_mask_of: _Optional[_Iterable[int]] = ..., mask_key_of: _Optional[_Iterable[int]] = ...) -> None: ...
+
+class SecAggUnmaskResponse(_message.Message):
+    __slots__ = ("sender", "self_mask_shares", "mask_key_shares")
+    class SelfMaskSharesEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: int
+        value: bytes
+        def __init__(self, key: _Optional[int] = ..., value: _Optional[bytes] = ...) -> None: ...
+    class MaskKeySharesEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: int
+        value: bytes
+        def __init__(self, key: _Optional[int] = ..., value: _Optional[bytes] = ...) -> None: ...
+    SENDER_FIELD_NUMBER: _ClassVar[int]
+    SELF_MASK_SHARES_FIELD_NUMBER: _ClassVar[int]
+    MASK_KEY_SHARES_FIELD_NUMBER: _ClassVar[int]
+    sender: int
+    self_mask_shares: _containers.ScalarMap[int, bytes]
+    mask_key_shares: _containers.ScalarMap[int, bytes]
+    def __init__(self, sender: _Optional[int] = ..., self_mask_shares: _Optional[_Mapping[int, bytes]] = ..., mask_key_shares: _Optional[_Mapping[int, bytes]] = ...) -> None: ...
 
 class Compression(_message.Message):
     __slots__ = ("codec", "topk_fraction", "per_channel")
@@ -167,14 +303,16 @@ class TrainConfig(_message.Message):
     def __init__(self, local_epochs: _Optional[int] = ..., batch_size: _Optional[int] = ..., learning_rate: _Optional[float] = ..., seed: _Optional[int] = ..., proximal_mu: _Optional[float] = ..., optimizer: _Optional[str] = ..., momentum: _Optional[float] = ..., nesterov: _Optional[bool] = ..., weight_decay: _Optional[float] = ...) -> None: ...
 
 class SyncModel(_message.Message):
-    __slots__ = ("round", "train", "model")
+    __slots__ = ("round", "train", "model", "secagg")
     ROUND_FIELD_NUMBER: _ClassVar[int]
     TRAIN_FIELD_NUMBER: _ClassVar[int]
     MODEL_FIELD_NUMBER: _ClassVar[int]
+    SECAGG_FIELD_NUMBER: _ClassVar[int]
     round: int
     train: TrainConfig
     model: TensorStreamHeader
-    def __init__(self, round: _Optional[int] = ..., train: _Optional[_Union[TrainConfig, _Mapping]] = ..., model: _Optional[_Union[TensorStreamHeader, _Mapping]] = ...) -> None: ...
+    secagg: SecAggSetup
+    def __init__(self, round: _Optional[int] = ..., train: _Optional[_Union[TrainConfig, _Mapping]] = ..., model: _Optional[_Union[TensorStreamHeader, _Mapping]] = ..., secagg: _Optional[_Union[SecAggSetup, _Mapping]] = ...) -> None: ...
 
 class SendModel(_message.Message):
     __slots__ = ("round", "train_examples", "metrics", "update")

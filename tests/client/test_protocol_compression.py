@@ -58,7 +58,7 @@ def test_unknown_codec_is_answered_with_an_error_and_stops_the_client() -> None:
     assert "\n" not in str(raised.value)
     (error,) = frames(sent)
     assert error.error.code == pb.UNSUPPORTED_CONFIG and "zstd" in error.error.message
-    assert protocol.task is None  # nothing was loaded
+    assert protocol.joined is None  # nothing was loaded
 
 
 def run_one_round(protocol: ClientProtocol, sent: list[object]) -> list[pb.ClientMessage]:
@@ -96,16 +96,18 @@ def test_a_new_job_gets_a_fresh_residual_and_a_reconnect_keeps_it() -> None:
     topk = Compression("topk", topk_fraction=0.1).to_proto()
     protocol.handle(init_config(topk))
     run_one_round(protocol, sent)
-    first = protocol.compressor
+    assert protocol.joined is not None
+    first = protocol.joined.compressor
     assert first is not None and first.residual
     residual = {k: v.clone() for k, v in first.residual.items()}
 
     protocol.start_session(sent.append)  # reconnect to the same job: same residual
     protocol.handle(init_config(topk))
-    assert protocol.compressor is first
+    assert protocol.joined.compressor is first
     assert all(torch.equal(first.residual[k], v) for k, v in residual.items())
 
     protocol.start_session(sent.append)  # another job: a fresh one
     protocol.handle(init_config(topk, job_id=2))
-    assert protocol.compressor is not first and protocol.compressor is not None
-    assert protocol.compressor.residual == {}
+    assert protocol.joined is not None
+    assert protocol.joined.compressor is not first and protocol.joined.compressor is not None
+    assert protocol.joined.compressor.residual == {}

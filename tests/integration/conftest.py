@@ -161,7 +161,7 @@ class Daemons:
         path.write_text("\n".join(lines) + "\n")
         return ["--config", str(path)]
 
-    def client(self, port: int, name: str, *args: str) -> Daemon:
+    def client(self, port: int, name: str, *args: str, prefix: Sequence[str] = ()) -> Daemon:
         """Start fl-client against 127.0.0.1:port, running the last server's task."""
         own_task = "--task" in args or "--config" in args
         return self.start(
@@ -177,6 +177,7 @@ class Daemons:
             *([] if own_task else self.client_task_args),
             *args,
             name=name,
+            prefix=prefix,
         )
 
     def federation(

@@ -50,6 +50,14 @@ class Peer:
         assert got == kind, f"expected {kind} from the client, got {got}: {message}"
         return getattr(message, kind)
 
+    def next_any(self) -> tuple[str, Any]:
+        """Return the kind and body of the client's next message, whatever it is."""
+        message = self._inbox.get(timeout=READ_TIMEOUT)
+        assert message is not None, "the client hung up"
+        kind = message.WhichOneof("body")
+        assert kind is not None
+        return kind, getattr(message, kind)
+
     def wait_closed(self, timeout: float = READ_TIMEOUT) -> None:
         """Block until the client ends its side of the stream (bounded)."""
         self.closed.wait(timeout)
@@ -61,7 +69,7 @@ Script = Callable[[Peer], Iterator[pb.ServerMessage | bytes]]
 class HostileCoordinator:
     """Serves one script per Session stream; records every message any client sent."""
 
-    def __init__(self, *scripts: Script) -> None:
+    def __init__(self, *scripts: Script, credentials: grpc.ServerCredentials | None = None) -> None:
         self._scripts = list(scripts)  # one per session, in order; the last one repeats
         self.received: list[pb.ClientMessage] = []
         self.sessions = 0
@@ -75,7 +83,10 @@ class HostileCoordinator:
         self._server.add_generic_rpc_handlers(
             [grpc.method_handlers_generic_handler(SERVICE, {"Session": handler})]
         )
-        self.port = self._server.add_insecure_port("127.0.0.1:0")
+        if credentials is None:
+            self.port = self._server.add_insecure_port("127.0.0.1:0")
+        else:  # the federation's server certificate, e.g. to face a client with a bundle
+            self.port = self._server.add_secure_port("127.0.0.1:0", credentials)
 
     def __enter__(self) -> HostileCoordinator:
         self._server.start()

@@ -1,6 +1,8 @@
-"""Run fl-server and kill -9 it from inside at the instant it logs a given event.
+"""Run fl-server (or fl-client) and kill -9 it from inside at the instant it logs an event.
 
-    python -m tests.integration.kill_at MARKER EVENT [FIELD=VALUE ...] -- FL_SERVER_ARGS...
+    python -m tests.integration.kill_at MARKER EVENT [FIELD=VALUE ...] -- PROGRAM ARGS...
+
+PROGRAM is the path of fl-server or fl-client (as ``Daemons.start`` puts it after a prefix).
 
 A structlog processor, placed first, sees every event the server logs (run it with
 ``--log-level debug`` to reach the debug ones); the first event that matches (name and fields,
@@ -53,10 +55,12 @@ def run(argv: list[str]) -> int:
     common_logging.configure_logging = configure_with_killer  # type: ignore[assignment]
     if hasattr(common_cli, "configure_logging"):
         common_cli.configure_logging = configure_with_killer  # type: ignore[attr-defined]
-    server_args = argv[split + 1 :]
-    if server_args and server_args[0].endswith("fl-server"):
-        server_args = server_args[1:]  # the program Daemons.start names after the prefix
-    return main(server_args)
+    program, *args = argv[split + 1 :]
+    if program.endswith("fl-client"):
+        from fedsilo.client.cli import main as client_main
+
+        return client_main(args)
+    return main(args)
 
 
 if __name__ == "__main__":

@@ -29,6 +29,14 @@ from fedsilo.server.job_spec import JobSpec
         ({"strategy": "fednova", "optimizer": "adam"}, "FedNova normalizes SGD's"),
         ({"strategy": "scaffold", "clients_per_round": 2}, "give the federation's size N"),
         (
+            {"strategy": "scaffold", "secure_aggregation": True, "secagg_clip_norm": 1.0},
+            "strategy: scaffold sends each update's control-variate change",
+        ),
+        (
+            {"strategy": "fednova", "secure_aggregation": True, "secagg_clip_norm": 1.0},
+            "strategy: fednova weighs each update by its own local steps",
+        ),
+        (
             {
                 "strategy": "scaffold",
                 "dp_noise_multiplier": 1.0,

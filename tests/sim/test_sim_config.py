@@ -38,7 +38,11 @@ NOT_DEFAULT = {
     "chunk_size": 4096,
     "weighting": "uniform",
     "central_data": Path("/srv/central"),
-    # DP-FedAvg excludes update_norm_bound and trimmed-mean above: off, its other settings not.
+    # Secure aggregation and DP-FedAvg exclude update_norm_bound, topk and trimmed-mean above:
+    # off, their other settings not.
+    "secure_aggregation": False,
+    "secagg_clip_norm": 2.0,
+    "secagg_max_weight": 100,
     "dp_noise_multiplier": None,
     "dp_clip_norm": 0.5,
     "dp_delta": 1e-6,
@@ -61,7 +65,8 @@ def test_server_config_carries_every_job_setting(tmp_path):
     server = config.server_config(6)
     for name, value in NOT_DEFAULT.items():
         assert getattr(server, name) == value, name
-        if name not in ("fraction", "dp_noise_multiplier", "optimizer"):  # in their own tests
+        # Carried in their own tests (below): their defaults exclude the others' values.
+        if name not in ("fraction", "dp_noise_multiplier", "secure_aggregation", "optimizer"):
             assert value != JobSpec.model_fields[name].get_default(call_default_factory=True)
     assert (server.start_clients, server.max_clients, server.run_dir) == (6, 6, tmp_path)
     assert server.log_level == "debug"
