@@ -200,8 +200,10 @@ class JobSpec(BaseModel):
             )
         if self.nesterov and self.momentum == 0:
             raise ValueError("nesterov: Nesterov momentum needs momentum > 0")
-        if self.strategy == "fednova" and self.optimizer != "sgd":
-            raise ValueError("optimizer: FedNova normalizes SGD's (momentum) steps; use sgd")
+        if self.strategy == "fednova" and (self.optimizer != "sgd" or self.nesterov):
+            raise ValueError(
+                "optimizer: FedNova normalizes heavy-ball SGD's steps; use sgd without nesterov"
+            )
         sampled = self.clients_per_round is not None or self.fraction is not None
         if self.strategy == "scaffold" and sampled and "population" not in self.strategy_options:
             raise ValueError(

@@ -26,7 +26,8 @@ from fedsilo.server.job_spec import JobSpec
         ({"momentum": 1.0}, "momentum"),
         ({"weight_decay": -0.1}, "weight_decay"),
         ({"optimizer": "rmsprop"}, "optimizer"),
-        ({"strategy": "fednova", "optimizer": "adam"}, "FedNova normalizes SGD's"),
+        ({"strategy": "fednova", "optimizer": "adam"}, "FedNova normalizes heavy-ball SGD's"),
+        ({"strategy": "fednova", "momentum": 0.9, "nesterov": True}, "without nesterov"),
         ({"strategy": "scaffold", "clients_per_round": 2}, "give the federation's size N"),
         (
             {"strategy": "scaffold", "secure_aggregation": True, "secagg_clip_norm": 1.0},
