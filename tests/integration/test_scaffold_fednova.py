@@ -9,13 +9,17 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import torch
 
 from tests.integration.conftest import BIN, Daemon, Daemons, free_port, read_metrics, wait_for
 
 JOB = 9
 CLIENTS = 2
-SIM_FLAGS = ("--clients", str(CLIENTS), "--threads", "1")  # one thread, as each daemon
+# One thread, as each daemon; the clients in fl-sim's own process (no worker start-up).
+SIM_FLAGS = ("--clients", str(CLIENTS), "--threads", "1", "--workers", "0")
+# fl-sim, then a killed and a resumed federation: longer than one run's default limit.
+TIMEOUT = 360
 
 
 def common(strategy: str) -> tuple[str, ...]:
@@ -70,6 +74,7 @@ def assert_same(expected: dict[str, torch.Tensor], actual: dict[str, torch.Tenso
         assert torch.equal(tensor, actual[name]), name
 
 
+@pytest.mark.timeout(TIMEOUT)
 def test_scaffold_survives_server_and_client_restarts_and_equals_fl_sim(
     daemons: Daemons, tmp_path: Path
 ) -> None:
@@ -108,6 +113,7 @@ def test_scaffold_survives_server_and_client_restarts_and_equals_fl_sim(
     assert [r["round"] for r in rows] == [0, 1, 2, 3]
 
 
+@pytest.mark.timeout(TIMEOUT)
 def test_fednova_over_real_daemons_equals_fl_sim(daemons: Daemons, tmp_path: Path) -> None:
     expected = simulated("fednova", tmp_path / "sim")
     port = free_port()
