@@ -15,7 +15,7 @@ CHROMIUM     := /usr/bin/chromium
 CHROMIUM_PKG := chromium
 
 .PHONY: install test test-slow lint typecheck demo proto clean bench bench-rounds bench-peers \
-	bench-sim datasets datasets-if-possible browser browser-if-possible reproduce-niid
+	bench-sim bench-wan datasets datasets-if-possible browser browser-if-possible reproduce-niid
 
 install: $(STAMP) datasets-if-possible browser-if-possible
 
@@ -97,12 +97,18 @@ bench-rounds: install
 	$(BIN)/python bench/round_bench.py --json build/bench-rounds.json
 
 # The same rounds with Flower 1.42 (legacy gRPC; its own venv bench/.venv-flwr, made on first
-# use) next to fedsilo's, measured in the same run; the ratio is Flower / fedsilo.
+# use), each fedsilo job interleaved with a Flower job; the ratio (Flower / fedsilo) is taken
+# within each repetition. About 10 minutes.
 bench-peers: install
 	@mkdir -p build
-	$(BIN)/python bench/round_bench.py --which big,many --counts 10 --json build/bench-rounds-peers.json
-	$(BIN)/python bench/peers/flower_bench.py --fedsilo build/bench-rounds-peers.json \
-		--json build/bench-peers.json
+	$(BIN)/python bench/peers/flower_bench.py --json build/bench-peers.json
+
+# fedsilo, raw TCP, plain grpcio and Flower over emulated WAN links (network namespaces and a
+# user-space delay line, bench/wan/): needs root, and says so and skips otherwise. About 25
+# minutes (BENCHMARKS.md, "WAN").
+bench-wan: install
+	@mkdir -p build
+	$(BIN)/python bench/wan_bench.py --json build/bench-wan.json
 
 # The job listens on a free port, or on DEMO_PORT (make demo DEMO_PORT=50100, or
 # make demo PORT=50100; a PORT that is merely in the environment is not taken).

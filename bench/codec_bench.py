@@ -5,15 +5,16 @@
 The state dict has 20 tensors, half float32 and half bfloat16. Encode = cut into 1 MiB chunk
 frames exactly as the server does (memoryviews + protobuf wire framing + xxh3); decode = parse
 each frame as the receiver does and copy it into preallocated tensors, then check the checksum.
-Each figure is printed with median, min and max over the repeats, and as a ratio to the ceiling
-measured in the same run: torch's copy bandwidth into a preallocated tensor.
+The ceiling is torch's copy bandwidth into a preallocated tensor. Copy, encode and decode run
+interleaved (copy, encode, decode, copy, ...) after one warm-up each; every figure is printed
+with median, min and max over the repetitions, and each ratio to the copy is taken within
+each repetition (bench/harness.py).
 """
 
 from __future__ import annotations
 
 import argparse
-import json
-import statistics
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -24,6 +25,17 @@ from fedsilo.common.proto import federation_pb2 as pb
 from fedsilo.common.specs import header_of, specs_from_header, specs_of
 from fedsilo.common.tensor_stream import TensorStreamDecoder, TensorStreamEncoder
 from fedsilo.common.wire import SERVER_CHUNKS
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from bench.harness import (
+    Conditions,
+    cell,
+    interleave,
+    markdown_table,
+    ratios,
+    summary,
+    write_report,
+)
 
 MIB = 1 << 20
 TOTAL = 256 * MIB
@@ -39,15 +51,11 @@ def make_state() -> dict[str, torch.Tensor]:
     return state
 
 
-def timed(action: Callable[[], object], repeats: int) -> list[float]:
-    """Seconds of each of ``repeats`` runs of ``action`` (after one warm-up)."""
+def rate(action: Callable[[], object]) -> dict[str, float]:
+    """GB/s of one run of ``action`` over the 256 MiB state."""
+    started = time.perf_counter()
     action()
-    runs = []
-    for _ in range(repeats):
-        started = time.perf_counter()
-        action()
-        runs.append(time.perf_counter() - started)
-    return runs
+    return {"gbps": TOTAL / (time.perf_counter() - started) / 1e9}
 
 
 def main() -> None:
@@ -80,29 +88,34 @@ def main() -> None:
 
     source = torch.randn(TOTAL // 4)
     sink = torch.empty_like(source)
-    figures = {
-        "copy_ceiling": timed(lambda: sink.copy_(source), args.repeats),
-        "encode": timed(encode, args.repeats),
-        "decode": timed(decode, args.repeats),
-    }
+    steps = [("copy", lambda: sink.copy_(source)), ("encode", encode), ("decode", decode)]
+    for _, action in steps:  # warm-up: first-touch page faults and lazy initialisation
+        action()
+    conditions = Conditions()
+    repetitions = interleave(
+        [(name, lambda a=action: rate(a)) for name, action in steps], args.repeats
+    )
+    conditions.end()
     assert all(torch.equal(target[n].view(torch.uint8), state[n].view(torch.uint8)) for n in state)
-    ceiling = TOTAL / statistics.median(figures["copy_ceiling"]) / 1e9
-    report = {}
-    for name, runs in figures.items():
-        rates = sorted(TOTAL / r / 1e9 for r in runs)
-        report[name] = {
-            "median_gbps": round(statistics.median(rates), 3),
-            "min_gbps": round(rates[0], 3),
-            "max_gbps": round(rates[-1], 3),
-            "ratio_to_copy": round(statistics.median(rates) / ceiling, 3),
-        }
-        print(
-            f"{name:>13}: median {report[name]['median_gbps']:6.2f} GB/s "
-            f"(min {rates[0]:.2f}, max {rates[-1]:.2f}) = {report[name]['ratio_to_copy']:.2f} "
-            f"x torch copy"
-        )
-    if args.json:
-        args.json.write_text(json.dumps(report, indent=2))
+    report = {
+        "figures": {name: summary([rep[name]["gbps"] for rep in repetitions]) for name, _ in steps},
+        "ratios": {
+            name: ratios(repetitions, f"{name}.gbps", "copy.gbps") for name in ("encode", "decode")
+        },
+        "repetitions": repetitions,
+        "conditions": conditions.as_dict(),
+    }
+    rows = [
+        [
+            name,
+            cell(report["figures"][name]),
+            cell(report["ratios"][name]) if name != "copy" else "1",
+        ]
+        for name, _ in steps
+    ]
+    print(markdown_table(["step", "GB/s median [min, max]", "/ torch copy, per repetition"], rows))
+    print(conditions.line())
+    write_report(args.json, report)
 
 
 if __name__ == "__main__":

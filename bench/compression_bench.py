@@ -22,6 +22,9 @@ from fedsilo.common.logging import configure_logging
 from fedsilo.sim.app import simulate
 from fedsilo.sim.config import SimConfig
 
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from bench.harness import Conditions
+
 # (label, codec, options): the codecs as a user would pick them.
 VARIANTS: list[tuple[str, str, dict[str, Any]]] = [
     ("none", "none", {}),
@@ -86,6 +89,7 @@ def main() -> int:
     parser.add_argument("--json", type=Path, help="also write the figures here")
     args = parser.parse_args()
     configure_logging("warning")
+    conditions = Conditions()
     results: dict[str, dict[str, Any]] = {}
     with tempfile.TemporaryDirectory() as tmp:
         for task in args.tasks:
@@ -106,9 +110,14 @@ def main() -> int:
                     f"{figures['final_accuracy']:.4f} | {figures['seconds']:.1f} |",
                     flush=True,
                 )
+    print(conditions.end().line())
     if args.json is not None:
         args.json.parent.mkdir(parents=True, exist_ok=True)
-        payload = {"settings": vars(args) | {"json": str(args.json)}, "results": results}
+        payload = {
+            "settings": vars(args) | {"json": str(args.json)},
+            "results": results,
+            "conditions": conditions.as_dict(),
+        }
         args.json.write_text(json.dumps(payload, indent=2), encoding="utf-8")
     return 0
 

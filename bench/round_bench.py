@@ -42,13 +42,25 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from bench.harness import BIN, REPO, events, free_port, max_rss_mib, stamp, stop, summary
+from bench.harness import (
+    BIN,
+    REPO,
+    Conditions,
+    events,
+    free_port,
+    max_rss_mib,
+    stamp,
+    stop,
+    summary,
+    write_report,
+)
 
 TASK = "bench.bench_task:NoopTask"
 TINY_MIB = 0.01
 # Clients log warnings only; FEDSILO_BENCH_CLIENT_LOG=debug shows each model_received, for
 # timelines with --keep.
 CLIENT_LOG_LEVEL = os.environ.get("FEDSILO_BENCH_CLIENT_LOG", "warning")
+PAYLOADS = ("random", "zeros")  # NoopTask's; not imported: torch stays out of this process
 PROCESS_CLIENTS_UP_TO = 10  # larger counts run as threads in bench/many_clients.py
 
 
@@ -58,11 +70,13 @@ class JobFailedError(RuntimeError):
 
 @dataclass(frozen=True)
 class Case:
-    """One benchmark job: a model size and a client count."""
+    """One benchmark job: a model size, a client count and the model's payload."""
 
     name: str
     model_mib: float
     clients: int
+    payload: str = "random"
+    server_args: tuple[str, ...] = ()  # more fl-server flags (e.g. --secure-aggregation)
 
 
 def daemon_env() -> dict[str, str]:
@@ -159,7 +173,10 @@ def run_job(
     """Run one job of ``case``; return per-round seconds (rounds >= 2) and peak RSS figures."""
     port = free_port()
     config = workdir / "job.toml"
-    config.write_text(f'task = "{TASK}"\n[task_options]\nmodel_mib = {case.model_mib}\n')
+    config.write_text(
+        f'task = "{TASK}"\n[task_options]\nmodel_mib = {case.model_mib}\n'
+        f'payload = "{case.payload}"\n'
+    )
     timing = ["/usr/bin/time", "-f", "CPU %U %S\nMAXRSS %M"]
     join_timeout = 60 + 0.3 * case.clients
     env = daemon_env()
@@ -188,6 +205,7 @@ def run_job(
         str(workdir / "run"),
         "--log-level",
         "info",
+        *case.server_args,
     ]
     processes: list[subprocess.Popen[bytes]] = []
     client_errs: list[Path] = []
@@ -253,7 +271,14 @@ def run_job(
         "server_cpu_s": cpu_seconds(server_err),
         "clients_cpu_s": sum(cpu_seconds(path) for path in client_errs),
         "job_s": stamp(log[-1]) - listening,
+        "rows": metrics_rows(workdir / "run" / "metrics.jsonl", measured),
     }
+
+
+def metrics_rows(path: Path, rounds: range) -> list[dict[str, Any]]:
+    """The job's metrics.jsonl rows of ``rounds`` (bytes each way, participants)."""
+    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    return [row for row in rows if row.get("round") in rounds]
 
 
 def run_case(
@@ -299,13 +324,13 @@ def run_case(
     }
 
 
-def cases(which: list[str], counts: list[int], big_mib: float) -> list[Case]:
+def cases(which: list[str], counts: list[int], big_mib: float, payload: str) -> list[Case]:
     """The cases the flags select, in order."""
     selected = []
     if "big" in which:
-        selected.append(Case("big", big_mib, 2))
+        selected.append(Case("big", big_mib, 2, payload))
     if "many" in which:
-        selected.extend(Case(f"many-{count}", TINY_MIB, count) for count in counts)
+        selected.extend(Case(f"many-{count}", TINY_MIB, count, payload) for count in counts)
     return selected
 
 
@@ -344,6 +369,9 @@ def main() -> int:
     parser.add_argument("--per-process", type=int, default=100, help="client threads a process")
     parser.add_argument("--job-timeout", type=float, default=1800.0, help="seconds per job")
     parser.add_argument("--keep", type=Path, help="keep each job's logs in a folder under this")
+    parser.add_argument(
+        "--payload", choices=PAYLOADS, default="random", help="zeros: a labelled comparison only"
+    )
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
     if args.rounds < 2:
@@ -354,7 +382,8 @@ def main() -> int:
         parser.error(f"--which: unknown {sorted(unknown)}")
     counts = [int(c) for c in args.counts.split(",") if c.strip()]
     results: dict[str, dict[str, Any]] = {}
-    for case in cases(which, counts, args.big_mib):
+    conditions = Conditions()
+    for case in cases(which, counts, args.big_mib, args.payload):
         results[case.name] = run_case(
             case,
             args.rounds,
@@ -365,17 +394,19 @@ def main() -> int:
         )
         if "error" in results[case.name]:
             print(results[case.name]["error"], file=sys.stderr)
+    conditions.end()
     print_table(results)
-    print(f"{args.rounds} rounds per job, round 1 skipped; {args.repeats} job(s) per case")
-    if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        report = {
-            "rounds": args.rounds,
-            "repeats": args.repeats,
-            "cpus": os.cpu_count(),
-            "cases": results,
-        }
-        args.json.write_text(json.dumps(report, indent=2))
+    label = "" if args.payload == "random" else "; ZERO-FILLED models (comparison only)"
+    print(f"{args.rounds} rounds per job, round 1 skipped; {args.repeats} job(s) per case{label}")
+    print(conditions.line())
+    report = {
+        "rounds": args.rounds,
+        "repeats": args.repeats,
+        "payload": args.payload,
+        "conditions": conditions.as_dict(),
+        "cases": results,
+    }
+    write_report(args.json, report)
     return 1 if any("error" in figures for figures in results.values()) else 0
 
 

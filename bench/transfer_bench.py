@@ -1,223 +1,246 @@
-"""Benchmark 2 of issue 6: a 1 GiB float32 model through the real daemons, both directions.
+"""A model through the real daemons, both directions, interleaved with its ceilings.
 
-    python bench/transfer_bench.py [--repeats 3] [--mib 1024] [--json out.json]
+    python bench/transfer_bench.py [--repeats 3] [--mib 1024] [--payload random|zeros]
+                                   [--json out.json]
 
-Starts fl-server and one fl-client (plaintext, 127.0.0.1) for four rounds of a task whose
-model is a 1 GiB buffer and whose training does nothing (bench/bench_task.py), so a round is
-all transfer. Download = round_started (server log) to model_received (client log); upload =
-upload_started to update_received (server log, so the checks and the fold are included).
-Round 1 and the median of rounds 2-4 (the steady state) are reported apart. Peak RSS of each
-process comes from /usr/bin/time, with the RSS of a process that only imports the server as a
-baseline. The ceilings, measured in the same run, interleaved with the runs: a plain grpcio
-stream of 1 MiB bytes messages over loopback, and a raw TCP socket copy, the same byte count.
+Each repetition runs, in this order: a plain grpcio stream, a raw TCP connection (both
+``bench/streams.py``: two processes, one fresh connection, the same bytes down and up in the
+same four rounds), then one fedsilo job: ``fl-server`` and one ``fl-client`` (plaintext,
+127.0.0.1) for four rounds of ``bench.bench_task:NoopTask`` (seeded random weights; training
+does nothing), so a round is all transfer. Every boundary is the sender's first byte to the
+receiver's last:
+
+- download: the server's ``round_started`` (before the model goes out) to the client's
+  ``model_received`` (decoded and checked);
+- upload: the client's ``model_received`` (the no-op training and the upload follow at once)
+  to the server's ``update_received`` (decoded, checked and folded into the round's sum).
+
+Round 1 and the median of rounds 2-4 ("steady") are apart: in round 1 the upload lands in
+freshly allocated memory. The ratios to the ceilings are taken within each repetition and
+summarised over them (bench/harness.py). Peak RSS of each daemon from /usr/bin/time, with the
+RSS of a process that only imports the server as a baseline. ``fedsilo_job()`` is also the
+WAN benchmark's fedsilo trial, run inside network namespaces.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
-import socket
+import os
 import statistics
 import subprocess
 import sys
 import tempfile
-import threading
-import time
-from concurrent import futures
 from pathlib import Path
 from typing import Any
 
-import grpc
-
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from bench import streams
 from bench.harness import (
     BIN,
+    LOOPBACK,
     REPO,
+    Conditions,
+    Placement,
+    cell,
     events,
-    free_port,
     import_baseline_mib,
+    interleave,
+    markdown_table,
     max_rss_mib,
+    ratios,
     stamp,
+    stop,
+    summary,
+    write_report,
 )
 
 MIB = 1 << 20
-# Round 1 decodes the upload into fresh memory (page faults); the median of the later rounds
-# is the steady state, where the upload lands in the memory of the previous model.
 ROUNDS = 4
+TASK = "bench.bench_task:NoopTask"
 
 
-def grpc_ceiling(total: int) -> float:
-    """GB/s of a plain grpcio client stream of 1 MiB bytes messages to a server, loopback."""
-    received = []
-
-    def sink(requests, context):  # type: ignore[no-untyped-def]
-        count = 0
-        for message in requests:
-            count += len(message)
-        received.append(count)
-        return b""
-
-    handler = grpc.method_handlers_generic_handler(
-        "bench.Sink", {"Push": grpc.stream_unary_rpc_method_handler(sink)}
-    )
-    options = [
-        ("grpc.max_receive_message_length", 8 * MIB),
-        ("grpc.max_send_message_length", 8 * MIB),
-    ]
-    server = grpc.server(futures.ThreadPoolExecutor(4), handlers=[handler], options=options)
-    port = server.add_insecure_port("127.0.0.1:0")
-    server.start()
-    payload = bytes(MIB)
-    with grpc.insecure_channel(f"127.0.0.1:{port}", options=options) as channel:
-        push = channel.stream_unary("/bench.Sink/Push")
-        started = time.perf_counter()
-        push(iter([payload] * (total // MIB)))
-        seconds = time.perf_counter() - started
-    server.stop(0)
-    assert received == [total]
-    return total / seconds / 1e9
+def daemon_env() -> dict[str, str]:
+    """Our environment with the repository root importable and the daemons on PATH."""
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))
+    env["PATH"] = os.pathsep.join([str(BIN), env.get("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")])
+    return env
 
 
-def one_run(mib: int, workdir: Path) -> dict[str, float]:
-    """One round with a ``mib`` MiB model; return GB/s each way and peak RSS of each side."""
-    port = free_port()
+def fedsilo_job(
+    mib: float,
+    workdir: Path,
+    *,
+    rounds: int = ROUNDS,
+    payload: str = "random",
+    placement: Placement = LOOPBACK,
+    timeout: float = 900.0,
+) -> dict[str, Any]:
+    """One fedsilo job of ``rounds`` rounds: seconds each way and of each round, peak RSS."""
+    host, port = placement.address()
     config = workdir / "job.toml"
-    config.write_text(f'task = "bench.bench_task:NoopTask"\n[task_options]\nmodel_mib = {mib}\n')
+    config.write_text(
+        f'task = "{TASK}"\n[task_options]\nmodel_mib = {mib}\npayload = "{payload}"\n'
+    )
     timing = ["/usr/bin/time", "-f", "MAXRSS %M"]
-    env = {"PYTHONPATH": str(REPO), "PATH": str(BIN), "FEDSILO_INSECURE": "1"}
     server_err, client_err = workdir / "server.err", workdir / "client.err"
-    with server_err.open("wb") as serr, client_err.open("wb") as cerr:
-        server = subprocess.Popen(
-            [
-                *timing,
-                str(BIN / "fl-server"),
-                "--job-id",
-                "1",
-                "--port-base",
-                str(port - 1),
-                "--host",
-                "127.0.0.1",
-                "--config",
-                str(config),
-                "--rounds",
-                str(ROUNDS),
-                "--min-clients",
-                "1",
-                "--log-level",
-                "debug",
-                "--out",
-                str(workdir / "run"),
-            ],
-            stderr=serr,
-            stdout=subprocess.DEVNULL,
-            env=env,
-        )
-        client = subprocess.Popen(
-            [
-                *timing,
-                str(BIN / "fl-client"),
-                "--server",
-                f"127.0.0.1:{port}",
-                "--name",
-                "bench",
-                "--threads",
-                "1",
-                "--log-level",
-                "debug",
-                "--connect-timeout",
-                "60",
-                "--config",
-                str(config),  # the job's task: the client runs it by its own choice
-            ],
-            stderr=cerr,
-            stdout=subprocess.DEVNULL,
-            env=env,
-        )
-        if server.wait(timeout=600) != 0 or client.wait(timeout=120) != 0:
-            raise RuntimeError(f"daemons failed; see {workdir}")
-    srv, cli = events(server_err), events(client_err)
-    total = mib * MIB
-    figures: dict[str, float] = {}
+    # fmt: off
+    server_cmd = [
+        *placement.server_prefix, *timing, str(BIN / "fl-server"), "--insecure", "--job-id", "1",
+        "--port-base", str(port - 1), "--host", placement.bind,
+        "--config", str(config), "--rounds", str(rounds), "--min-clients", "1",
+        "--log-level", "debug", "--out", str(workdir / "run"),
+    ]
+    client_cmd = [
+        *placement.client_prefix, *timing, str(BIN / "fl-client"), "--insecure",
+        "--server", f"{host}:{port}", "--name", "bench", "--threads", "1",
+        "--log-level", "debug", "--connect-timeout", "60",
+        "--config", str(config),  # the job's task: the client runs it by its own choice
+    ]
+    # fmt: on
+    processes: list[subprocess.Popen[bytes]] = []
+    try:
+        with server_err.open("wb") as serr, client_err.open("wb") as cerr:
+            for argv, err in ((server_cmd, serr), (client_cmd, cerr)):
+                processes.append(
+                    subprocess.Popen(
+                        argv,
+                        stderr=err,
+                        stdout=subprocess.DEVNULL,
+                        env=daemon_env(),
+                        start_new_session=True,
+                    )
+                )
+            codes = [process.wait(timeout=timeout) for process in processes]
+    except subprocess.TimeoutExpired:
+        raise RuntimeError(f"fedsilo job ran past {timeout:g}s; see {workdir}") from None
+    finally:
+        for process in processes:
+            stop(process)
+    if any(codes):
+        tail = server_err.read_text()[-2000:] + client_err.read_text()[-2000:]
+        raise RuntimeError(f"daemons exited {codes}; see {workdir}:\n{tail}")
+    return _job_figures(events(server_err), events(client_err), rounds) | {
+        "server_peak_rss_mib": max_rss_mib(server_err),
+        "client_peak_rss_mib": max_rss_mib(client_err),
+    }
+
+
+def _job_figures(
+    server: list[dict[str, Any]], client: list[dict[str, Any]], rounds: int
+) -> dict[str, Any]:
+    """Per-round seconds down, up and of the whole round, from both daemons' logs."""
 
     def at(log: list[dict[str, Any]], event: str, number: int) -> float:
-        return next(stamp(e) for e in log if e["event"] == event and e["round"] == number)
+        return next(stamp(e) for e in log if e["event"] == event and e.get("round") == number)
 
-    for label, numbers in (("first round", [1]), ("steady", list(range(2, ROUNDS + 1)))):
-        downs = [at(cli, "model_received", n) - at(srv, "round_started", n) for n in numbers]
-        ups = [at(srv, "update_received", n) - at(srv, "upload_started", n) for n in numbers]
-        figures[f"download_gbps ({label})"] = total / statistics.median(downs) / 1e9
-        figures[f"upload_gbps ({label})"] = total / statistics.median(ups) / 1e9
-    figures["server_peak_rss_mib"] = max_rss_mib(server_err)
-    figures["client_peak_rss_mib"] = max_rss_mib(client_err)
+    numbers = range(1, rounds + 1)
+    received = {n: at(client, "model_received", n) for n in numbers}
+    writing = {e["round"]: stamp(e) for e in server if e["event"] == "checkpoint_writing"}
+    saved = {e["round"]: stamp(e) for e in server if e["event"] == "checkpoint_saved"}
+    return {
+        # When each round's model went out and its update was in, and each checkpoint write.
+        "round_windows": [
+            (at(server, "round_started", n), at(server, "update_received", n)) for n in numbers
+        ],
+        "checkpoint_windows": [(writing[n], saved[n]) for n in sorted(writing) if n in saved],
+        "down_s": [received[n] - at(server, "round_started", n) for n in numbers],
+        "up_s": [at(server, "update_received", n) - received[n] for n in numbers],
+        "round_s": [
+            float(
+                next(e["seconds"] for e in server if e["event"] == "round_done" and e["round"] == n)
+            )
+            for n in numbers
+        ],
+    }
+
+
+def rates(seconds: dict[str, list[float]], total: float) -> dict[str, float]:
+    """GB/s each way in round 1 and steady (the median of the later rounds)."""
+    figures = {}
+    for way in ("down", "up"):
+        times = seconds[f"{way}_s"]
+        figures[f"{way}_gbps_round1"] = total / times[0] / 1e9
+        figures[f"{way}_gbps"] = total / statistics.median(times[1:]) / 1e9
     return figures
 
 
-def tcp_ceiling(total: int) -> float:
-    """GB/s of a raw TCP socket copy over loopback in 1 MiB sends, received into one buffer."""
-    with socket.socket() as listener:
-        listener.bind(("127.0.0.1", 0))
-        listener.listen(1)
-        got: list[int] = []
+def fedsilo_trial(mib: float, payload: str) -> dict[str, float]:
+    """One loopback job of ROUNDS rounds: GB/s each way, peak RSS of each daemon."""
+    with tempfile.TemporaryDirectory(prefix="transfer-bench-") as tmp:
+        job = fedsilo_job(mib, Path(tmp), payload=payload)
+    return rates(job, mib * MIB) | {
+        "server_peak_rss_mib": job["server_peak_rss_mib"],
+        "client_peak_rss_mib": job["client_peak_rss_mib"],
+    }
 
-        def receive() -> None:
-            connection, _ = listener.accept()
-            with connection:
-                buffer = memoryview(bytearray(MIB))
-                count = 0
-                while count < total:
-                    count += connection.recv_into(buffer)
-                got.append(count)
 
-        reader = threading.Thread(target=receive)
-        reader.start()
-        payload = bytes(MIB)
-        with socket.create_connection(listener.getsockname()) as sender:
-            started = time.perf_counter()
-            for _ in range(total // MIB):
-                sender.sendall(payload)
-            reader.join(timeout=120)
-            seconds = time.perf_counter() - started
-    assert got == [total]
-    return total / seconds / 1e9
+def ceiling_trial(kind: str, mib: float) -> dict[str, float]:
+    """GB/s of ``kind`` (tcp, grpc) moving the same bytes in the same rounds, loopback."""
+    total = int(mib * MIB)
+    return rates(streams.measure(kind, total, ROUNDS), total)
 
 
 def main() -> None:
     """Run the benchmark and print the figures."""
-    parser = argparse.ArgumentParser()
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--mib", type=int, default=1024)
+    parser.add_argument("--payload", choices=["random", "zeros"], default="random")
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
-    ceilings: dict[str, list[float]] = {"grpc_ceiling_gbps": [], "tcp_ceiling_gbps": []}
-    runs = []
-    for _ in range(args.repeats):  # ceilings and runs interleaved: the box's load drifts
-        ceilings["grpc_ceiling_gbps"].append(grpc_ceiling(args.mib * MIB))
-        ceilings["tcp_ceiling_gbps"].append(tcp_ceiling(args.mib * MIB))
-        with tempfile.TemporaryDirectory() as tmp:
-            runs.append(one_run(args.mib, Path(tmp)))
-    report: dict[str, dict[str, float]] = {}
-    for key, values in list(ceilings.items()) + [
-        (name, [run[name] for run in runs]) for name in runs[0]
-    ]:
-        report[key] = {"median": statistics.median(values), "min": min(values), "max": max(values)}
-    report["import_baseline_rss_mib"] = dict.fromkeys(
-        ("median", "min", "max"), import_baseline_mib()
+    conditions = Conditions()
+    repetitions = interleave(
+        [
+            ("grpc", lambda: ceiling_trial("grpc", args.mib)),
+            ("tcp", lambda: ceiling_trial("tcp", args.mib)),
+            ("fedsilo", lambda: fedsilo_trial(args.mib, args.payload)),
+        ],
+        args.repeats,
+        progress=lambda rep, name, figures: print(f"rep {rep + 1} {name}: {figures}", flush=True),
     )
-    ceiling_median = report["grpc_ceiling_gbps"]["median"]
-    for key, figure in report.items():
-        ratio = ""
-        if key.startswith(("download", "upload")):
-            ratio = f"  = {figure['median'] / ceiling_median:.2f} x plain grpcio"
-        print(
-            f"{key:>30}: median {figure['median']:8.2f} (min {figure['min']:.2f}, "
-            f"max {figure['max']:.2f}){ratio}"
-        )
-    print(
-        f"model: {args.mib} MiB; RSS target (issue 6): < 2 x model + 200 MiB = "
-        f"{2 * args.mib + 200} MiB"
-    )
-    if args.json:
-        args.json.write_text(json.dumps(report, indent=2))
+    conditions.end()
+    report = report_of(repetitions, args.mib, args.payload, conditions)
+    report["import_baseline_rss_mib"] = import_baseline_mib()
+    print_report(report)
+    write_report(args.json, report)
+
+
+def report_of(
+    repetitions: list[dict[str, dict[str, float]]], mib: int, payload: str, conditions: Conditions
+) -> dict[str, Any]:
+    """Figures (median, min, max over repetitions) and per-repetition ratios to the ceilings."""
+    figures = {
+        f"{trial}.{name}": summary([rep[trial][name] for rep in repetitions])
+        for trial in repetitions[0]
+        for name in repetitions[0][trial]
+    }
+    ratio = {
+        f"{measure} / {ceiling}": ratios(repetitions, f"fedsilo.{measure}", f"{ceiling}.{measure}")
+        for measure in ("down_gbps_round1", "down_gbps", "up_gbps_round1", "up_gbps")
+        for ceiling in ("grpc", "tcp")
+    }
+    return {
+        "model_mib": mib,
+        "payload": payload,
+        "repeats": len(repetitions),
+        "conditions": conditions.as_dict(),
+        "figures": figures,
+        "ratios": ratio,
+        "repetitions": repetitions,
+    }
+
+
+def print_report(report: dict[str, Any]) -> None:
+    """Print the figures and the ratios as Markdown tables."""
+    label = "" if report["payload"] == "random" else " (ZERO-FILLED model: comparison only)"
+    print(f"\nmodel {report['model_mib']} MiB{label}, {report['repeats']} repetitions")
+    rows = [[key, cell(value)] for key, value in report["figures"].items()]
+    print(markdown_table(["figure", "median [min, max]"], rows))
+    rows = [[key, cell(value)] for key, value in report["ratios"].items()]
+    print(markdown_table(["fedsilo / ceiling, per repetition", "median [min, max]"], rows))
+    print(f"import baseline {report['import_baseline_rss_mib']:.0f} MiB")
+    print(report["conditions"]["line"])
 
 
 if __name__ == "__main__":

@@ -68,6 +68,12 @@ def build_parser() -> ArgumentParser:
         help="CPU threads for training; 1 suits several clients sharing one machine",
     )
     parser.add_argument(
+        "--nproc-per-node",
+        type=int,
+        help="processes that train each round with torch DDP: gloo on the CPU, one GPU each "
+        "with nccl (default 1: in this process)",
+    )
+    parser.add_argument(
         "--out", type=Path, help="run folder for audit.jsonl (default runs/client-<name>)"
     )
     parser.add_argument(

@@ -45,6 +45,13 @@ class ClientConfig(PolicySettings):
     threads: int | None = Field(
         None, ge=1, description="CPU threads for local training (default: torch's choice)."
     )
+    nproc_per_node: int = Field(
+        1,
+        ge=1,
+        le=256,
+        description="Processes that train each round together with torch DDP (gloo on the "
+        "CPU, one GPU each with nccl); 1 trains in the client process.",
+    )
     out: Path | None = Field(
         None, description="Run folder for audit.jsonl; default runs/client-<name>."
     )

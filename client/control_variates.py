@@ -50,6 +50,8 @@ class ControlVariateStore:
         self.specs = list(specs)  # the model's floating tensors, under their own names
         self.folder = folder
         self._memory: dict[int, State] = {}
+        # The server's variate c of the round being trained (``client/incoming.py`` sets it).
+        self.server: State | None = None
         if folder is not None:
             try:
                 folder.mkdir(parents=True, exist_ok=True)
@@ -169,6 +171,14 @@ def read_variate(path: Path, round_number: int, specs: Sequence[TensorSpec]) -> 
         out[spec.name] = tensor
         offset += spec.nbytes
     return out
+
+
+def round_inputs(store: ControlVariateStore, round_number: int) -> tuple[State, State, State]:
+    """Return ``(c, c_i, c - c_i)`` for training round ``round_number``."""
+    if store.server is None:
+        raise ConfigError("the job uses control variates; the round's stream had none")
+    own = store.for_round(round_number)
+    return store.server, own, correction(store.server, own)
 
 
 def correction(server: Mapping[str, torch.Tensor], own: Mapping[str, torch.Tensor]) -> State:

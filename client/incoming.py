@@ -36,6 +36,8 @@ class IncomingModel:
     # ``finish`` its tensors by model name (None: the stream carries none).
     control_names: tuple[str, ...] = ()
     control: dict[str, torch.Tensor] | None = None
+    # Where ``finish`` hands the server's variate to: the client's store (``store.server``).
+    store: ControlVariateStore | None = None
 
     @classmethod
     def begin(
@@ -63,7 +65,7 @@ class IncomingModel:
             into = {**into, **control_variates.zeros(extras)}
         decoder = TensorStreamDecoder(specs, into=into, max_chunk_size=chunk_size)
         names = tuple(spec.name for spec in extras)
-        return cls(round_number, train, decoder, names, {} if with_control else None)
+        return cls(round_number, train, decoder, names, {} if with_control else None, control)
 
     def feed(self, data: bytes | memoryview) -> None:
         """Decode one chunk into place."""
@@ -78,6 +80,8 @@ class IncomingModel:
         if self.control is not None:
             received = {name: tensors[name] for name in self.control_names}
             self.control = control_variates.unsuffixed(received, control_variates.SERVER_SUFFIX)
+            if self.store is not None:
+                self.store.server = self.control
         names = set(self.control_names)
         _load_if_copied(model, {k: t for k, t in tensors.items() if k not in names})
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Protocol
 
 import torch
 
@@ -25,10 +26,17 @@ from fedsilo.common.proto import federation_pb2 as pb
 from fedsilo.common.specs import specs_of
 from fedsilo.common.task_identity import TaskIdentity
 from fedsilo.common.wire import MAX_CHUNK_SIZE
-from fedsilo.tasks import LocalData, Task
+from fedsilo.tasks import LocalData, Task, TrainConfig, TrainResult
 from fedsilo.tasks.loading import instantiate_task
 
 SharedModels = dict[tuple[object, ...], torch.nn.Module]
+
+
+class RoundTrainer(Protocol):
+    """Trains a round somewhere other than in the client's own process (``client/ranks.py``)."""
+
+    def train(self, joined: Joined, round_number: int, config: TrainConfig) -> TrainResult:
+        """Train ``joined.model`` in place; raise LocalTrainingError if that fails."""
 
 
 @dataclass(frozen=True)
@@ -46,6 +54,8 @@ class LocalSettings:
     state_dir: Path | None = None
     # Secure aggregation: the certificate key round keys are signed with, and the CA.
     secagg_keys: SecAggKeys | None = None
+    # fl-client --nproc-per-node N > 1: the round's training runs on N local processes.
+    ranks: RoundTrainer | None = None
 
 
 @dataclass

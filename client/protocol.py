@@ -172,8 +172,9 @@ class ClientProtocol:
             self._secagg.accept_job(job, self.local.secagg_keys)
         except PolicyError as exc:
             self._refuse(pb.POLICY_MISMATCH, f"refused the server's job: {exc}", PolicyError)
-        try:
-            joined, rejoined = join(self.joined, init, admitted, setting, self.local)
+        try:  # loading a big task or its data can outlast the server's progress deadline
+            with self._heartbeats(job):
+                joined, rejoined = join(self.joined, init, admitted, setting, self.local)
         except TaskLoadError as exc:
             self._refuse(pb.UNSUPPORTED_CONFIG, str(exc), TaskLoadError)
         self.joined = joined
@@ -263,6 +264,7 @@ class ClientProtocol:
             checksum=f"{trailer.checksum:016x}",
             **({"training": work.train_record(incoming.train)} if incoming.train else {}),
         )
+        self.log.debug("model_received", round=incoming.round, bytes=incoming.decoder.total_bytes)
         return incoming
 
     # ------------------------------------------------------------------ actions: work
@@ -279,8 +281,8 @@ class ClientProtocol:
             device=self.local.device,
             heartbeats=self._heartbeats(),
             measure_norm=self.audit is not None,
-            server_control=incoming.control,
             masked=self._secagg.enabled,
+            ranks=self.local.ranks,  # LocalTrainingError if they fail: the session leaves
         )
         if self._secagg.enabled:
             self._secagg.keep(upload, self._joined().model)
@@ -380,12 +382,10 @@ class ClientProtocol:
         assert self.joined is not None  # the table allows these actions only once joined
         return self.joined
 
-    def _heartbeats(self) -> work.Heartbeats:
-        """Send a Heartbeat every ``heartbeat_seconds`` while the body runs (long local work)."""
-        seconds = self.joined.job.heartbeat_seconds if self.joined is not None else 0.0
+    def _heartbeats(self, job: pb.JobConfig | None = None) -> work.Heartbeats:
+        seconds = (job or self._joined().job).heartbeat_seconds
         interval = max(seconds, MIN_HEARTBEAT_SECONDS) if seconds > 0 else 0.0
-        beat = pb.ClientMessage(heartbeat=pb.Heartbeat())
-        send = self._send
+        beat, send = pb.ClientMessage(heartbeat=pb.Heartbeat()), self._send
         return self._pacer.running(lambda: send(beat), interval)
 
     def _send(self, message: Outbound | Iterator[bytes]) -> None:

@@ -17,6 +17,7 @@ import queue
 import threading
 import time
 from collections.abc import Iterator
+from typing import Any, NoReturn
 
 import grpc
 import structlog
@@ -27,6 +28,7 @@ from fedsilo.client.config import ClientConfig
 from fedsilo.client.connection import Endpoint, connect
 from fedsilo.client.policy import policy_of
 from fedsilo.client.protocol import ClientProtocol, LocalSettings
+from fedsilo.client.ranks import RankLauncher, RankSettings
 from fedsilo.client.reconnect import Outage
 from fedsilo.client.secagg_client import secagg_keys_of
 from fedsilo.client.silence import SilenceWatch
@@ -34,11 +36,14 @@ from fedsilo.common.devices import resolve_device
 from fedsilo.common.errors import (
     ConnectError,
     FedsiloError,
+    LeftRoundError,
+    LocalTrainingError,
     ProtocolError,
     SessionLostError,
     StopRequestedError,
 )
 from fedsilo.common.proto import federation_pb2 as pb
+from fedsilo.common.text import one_line
 from fedsilo.common.wire import (
     MAX_CHUNK_SIZE,
     MESSAGE_OVERHEAD_BYTES,
@@ -74,13 +79,18 @@ class FederationClient:
         self.log = log.bind(client=endpoint.name)
         policy = policy_of(config, config.bundle)  # the local task is resolved here, once
         self.audit = AuditLog(config.run_dir(endpoint.name) / "audit.jsonl", endpoint.name)
+        device = resolve_device(config.device)
+        ranks = RankSettings.resolve(
+            config.nproc_per_node, device, config.threads, config.log_level
+        )
         local = LocalSettings(
             partition=config.partition,
             data=config.data,
-            device=resolve_device(config.device),
+            device=device,
             policy=policy,
             state_dir=config.run_dir(endpoint.name),
             secagg_keys=secagg_keys_of(config),
+            ranks=RankLauncher(ranks, endpoint.name, config.data, self.log) if ranks else None,
         )
         self.protocol = ClientProtocol(endpoint.name, endpoint.job_id, local, log, self.audit)
         identity = policy.identity
@@ -114,7 +124,8 @@ class FederationClient:
                             f"no session with the server at {self.endpoint.address} within "
                             f"{self.config.connect_timeout:g}s (--connect-timeout): {lost}"
                         ) from lost
-                    self.log.warning("connection_lost", reason=str(lost), retry_in=round(delay, 2))
+                    event = "rejoining" if isinstance(lost, LeftRoundError) else "connection_lost"
+                    self.log.warning(event, reason=str(lost), retry_in=round(delay, 2))
                     time.sleep(delay)
         finally:
             self.audit.close()
@@ -122,6 +133,9 @@ class FederationClient:
     def _session_once(self, outage: Outage) -> None:
         """Run one stream from Hello to Finish; raise SessionLostError if it breaks."""
         outbox: queue.SimpleQueue[OutboxItem] = queue.SimpleQueue()
+        # Before connect: a connect that fails must not leave the last session's "joined"
+        # standing, or run() would start a fresh outage budget at every attempt, forever.
+        hello = self.protocol.start_session(outbox.put)
         channel = connect(self.endpoint, max(outage.remaining, 0.1))
         watch = SilenceWatch(self.config.idle_timeout)
         call = channel.stream_stream(
@@ -132,17 +146,11 @@ class FederationClient:
         watch.start(call.cancel)
         finished = False
         try:
-            outbox.put(self.protocol.start_session(outbox.put))
+            outbox.put(hello)
             watch.waiting()
             for message in call:
                 watch.working()
-                try:
-                    done = self.protocol.handle(message)
-                except (SessionLostError, StopRequestedError):
-                    raise
-                except FedsiloError:
-                    _close_after_refusal(call, outbox)
-                    raise
+                done = self._handle(message, call, outbox)
                 if done:
                     # Half-close our side and read on until the server ends the stream, so
                     # that no grpc thread is still busy with this call when the process exits.
@@ -172,6 +180,46 @@ class FederationClient:
             channel.close()
         if not finished:
             raise SessionLostError("the server closed the session early")
+
+    def _handle(
+        self,
+        message: pb.ServerMessage | RawChunk | None,
+        call: grpc.Call,
+        outbox: queue.SimpleQueue[OutboxItem],
+    ) -> bool:
+        """Handle one message; after a refusal (or leaving a round) let our Error out first."""
+        try:
+            return self.protocol.handle(message)
+        except LocalTrainingError as failed:
+            self._leave_round(failed, call, outbox)
+        except (SessionLostError, StopRequestedError):
+            raise
+        except FedsiloError:
+            _close_after_refusal(call, outbox)
+            raise
+
+    def _leave_round(
+        self,
+        failed: LocalTrainingError,
+        call: grpc.Call,
+        outbox: queue.SimpleQueue[OutboxItem],
+    ) -> NoReturn:
+        """Tell the server the round's training failed here; end the session to rejoin.
+
+        The server drops a member from its round when its stream ends; the client comes back
+        at once (``run``) and is ready for the next round.
+        """
+        number = failed.round_number
+        line = one_line(f"left round {number}: local training failed: {failed}")
+        outbox.put(pb.ClientMessage(error=pb.Error(code=pb.INTERNAL, message=line)))
+        joined = self.protocol.joined
+        where: dict[str, Any] = (
+            {"job_id": joined.job.job_id, "client_id": joined.client_id} if joined else {}
+        )
+        self.audit.record("left_round", True, **where, round=number, reason=line)
+        self.log.warning("left_round", **where, round=number, reason=line)
+        _close_after_refusal(call, outbox)
+        raise LeftRoundError(line) from failed
 
 
 def _close_after_refusal(call: grpc.Call, outbox: queue.SimpleQueue[OutboxItem]) -> None:

@@ -15,7 +15,7 @@ from typing import Any
 import torch
 
 from fedsilo.client import control_variates as scaffold
-from fedsilo.client.joined import Joined
+from fedsilo.client.joined import Joined, RoundTrainer
 from fedsilo.client.policy import ClientPolicy
 from fedsilo.common import control_variates
 from fedsilo.common.errors import ConfigError
@@ -87,13 +87,13 @@ def train_round(
     heartbeats: Heartbeats,
     measure_norm: bool,
     masked: bool = False,
-    server_control: dict[str, torch.Tensor] | None = None,
+    ranks: RoundTrainer | None = None,
 ) -> Upload:
-    """Evaluate the received model, train on it and encode the update.
+    """Evaluate the received model, train on it (here, or on ``ranks``), encode the update.
 
     ``masked`` (secure aggregation): the update is not encoded here; the SendModel carries the
     metrics only, and the received weights come back in ``reference`` for the masked upload.
-    With control variates (SCAFFOLD: ``joined.control`` and the server's ``server_control``),
+    With control variates (SCAFFOLD: ``joined.control``, holding the server's c of the round),
     training is corrected by ``c - c_i``, and the update carries ``c_i+ - c_i`` after the
     codec's tensors; ``c_i+`` is saved before anything is sent.
     """
@@ -108,15 +108,22 @@ def train_round(
         reference = floating_copy(model.state_dict(), into=joined.reference)
         joined.reference = reference
         compressor.remember_global(reference, copy=False)
-    own = correction = None
+    inputs = None
     if store is not None:
-        if server_control is None:
-            raise ConfigError("the job uses control variates; the round's stream had none")
-        own = store.for_round(round_number)
-        correction = scaffold.correction(server_control, own)
-    with heartbeats, on_device(model, device):
-        evaluation = joined.task.evaluate(model, joined.data)
-        result = joined.task.train(model, joined.data, train_config(train, correction))
+        if ranks is not None:
+            raise ConfigError(
+                "SCAFFOLD's correction does not reach the ranks of --nproc-per-node; "
+                "run this silo as one process for this job"
+            )
+        inputs = scaffold.round_inputs(store, round_number)
+    config = train_config(train, inputs[2] if inputs is not None else None)
+    with heartbeats:
+        with on_device(model, device):
+            evaluation = joined.task.evaluate(model, joined.data)
+            if ranks is None:
+                result = joined.task.train(model, joined.data, config)
+        if ranks is not None:  # the ranks put the model on their own devices
+            result = ranks.train(joined, round_number, config)
     check_evaluation(evaluation)
     seconds = time.monotonic() - started
     trained = model.state_dict()
@@ -136,18 +143,8 @@ def train_round(
         )
     wire = compressor.encode(trained)
     if store is not None:
-        assert own is not None and server_control is not None and reference is not None
-        new, delta = scaffold.next_variate(
-            own,
-            server_control,
-            reference,
-            trained,
-            steps=result.steps,
-            learning_rate=train.learning_rate,
-            parameters={name for name, _ in model.named_parameters()},
-        )
-        store.save(round_number, new)
-        wire.update(control_variates.suffixed(delta, control_variates.DELTA_SUFFIX))
+        assert inputs is not None and reference is not None
+        wire.update(_control_change(joined, round_number, inputs, reference, result, train))
     specs = specs_of(wire)
     send = pb.ClientMessage(
         send_model=pb.SendModel(
@@ -168,6 +165,30 @@ def train_round(
     record["bytes"] = sum(spec.nbytes for spec in specs)
     record["control_variates"] = store is not None
     return Upload(frames, record, _summary(result.loss, seconds, evaluation), result.examples)
+
+
+def _control_change(
+    joined: Joined,
+    round_number: int,
+    inputs: tuple[dict[str, torch.Tensor], ...],
+    start: dict[str, torch.Tensor],
+    result: TrainResult,
+    train: pb.TrainConfig,
+) -> dict[str, torch.Tensor]:
+    """Save SCAFFOLD's ``c_i+`` of the round; return ``c_i+ - c_i`` under its wire names."""
+    assert joined.control is not None
+    server, own, _ = inputs
+    new, delta = scaffold.next_variate(
+        own,
+        server,
+        start,
+        joined.model.state_dict(),
+        steps=result.steps,
+        learning_rate=train.learning_rate,
+        parameters={name for name, _ in joined.model.named_parameters()},
+    )
+    joined.control.save(round_number, new)
+    return control_variates.suffixed(delta, control_variates.DELTA_SUFFIX)
 
 
 def _record(

@@ -9,6 +9,8 @@
     ├── ProtocolError             a message that is illegal now; carries the wire ErrorCode
     ├── ConnectError              the server could not be reached in the allowed time
     ├── SessionLostError          a client's stream broke; it reconnects within its budget
+    │   └── LeftRoundError        a client left a round it could not train; it rejoins
+    ├── LocalTrainingError        the processes training a round failed (a rank died)
     ├── ServerRefusedError        the server answered a client with an Error message
     ├── StopRequestedError        SIGTERM/SIGINT asked a daemon to leave (exit 0)
     ├── JobAbortedError           the job ended without finishing its rounds
@@ -76,6 +78,18 @@ class JobAbortedError(FedsiloError):
 
 class SessionLostError(FedsiloError):
     """A client's stream broke (network, server restart, cut off); the client may reconnect."""
+
+
+class LeftRoundError(SessionLostError):
+    """A client told the server it cannot deliver this round and ends the session to rejoin."""
+
+
+class LocalTrainingError(FedsiloError):
+    """The processes that train a round locally failed (a rank died or raised)."""
+
+    def __init__(self, message: str, round_number: int | None = None) -> None:
+        super().__init__(message)
+        self.round_number = round_number
 
 
 class ServerRefusedError(FedsiloError):

@@ -17,6 +17,11 @@ import ctypes.util
 M_MMAP_THRESHOLD = -3  # from glibc's malloc.h
 M_ARENA_MAX = -8
 MIN_THRESHOLD_BYTES = 2 << 20
+# A loop over a model in pieces keeps each temporary at most this big, so that it comes from the
+# reused heap: at or above the threshold every allocation is a fresh mapping, page-faulted
+# again (measured: the secure-aggregation mean of 64 MiB in 2 MiB float64 pieces, 5.7 s
+# instead of 1.4 s in 1 MiB pieces).
+SCRATCH_BYTES = MIN_THRESHOLD_BYTES // 2
 
 
 def tune_for_streams(message_bytes: int) -> bool:

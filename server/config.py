@@ -61,6 +61,12 @@ class ServerConfig(JobSpec, FedsiloSettings):
         description="Address of the admin port; any but loopback needs --tls (mutual TLS).",
     )
     log_level: LogLevel = Field("info", description="Least severe log lines written.")
+    threads: int = Field(
+        1,
+        ge=1,
+        description="CPU threads for torch (central evaluation); the streaming work is "
+        "per-chunk and runs best on one.",
+    )
 
     @model_validator(mode="after")
     def _transport_chosen(self) -> ServerConfig:

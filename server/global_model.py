@@ -125,7 +125,11 @@ class GlobalModel:
         """The model the round's fold leads to, through DP-FedAvg and the strategy."""
         strategy = self.strategy
         if current.secagg is not None:  # the survivors' unmasked mean: a sum, no single update
-            new_state = strategy.next_global(self.state, current.secagg.mean_state(self.state))  # type: ignore[union-attr]
+            mean = current.secagg.mean_state(self.state)
+            if self.dp is not None:  # distributed: the clients' noise is in it already
+                survivors = len(current.secagg.result.survivors)
+                mean = self.dp.noised(self.state, mean, survivors, current.number)
+            new_state = strategy.next_global(self.state, mean)  # type: ignore[union-attr]
         elif strategy.needs_all_updates:
             updates, weights = current.fold.collected()
             new_state = strategy.combine(self.state, updates, weights)

@@ -31,7 +31,7 @@ from fedsilo.server.central_eval import CentralEvaluator
 from fedsilo.server.checkpoint import Checkpoint
 from fedsilo.server.config import ServerConfig
 from fedsilo.server.coordinator import Coordinator, JobOutcome
-from fedsilo.server.dp_round import DpRound, dp_settings
+from fedsilo.server.dp_round import LEDGER_FILE, DpRound, dp_settings
 from fedsilo.server.global_model import GlobalModel, SecAggSettingsOfJob
 from fedsilo.server.intake import Intake, UploadChecks
 from fedsilo.server.job_state import JobState
@@ -83,8 +83,12 @@ class Job:
         except ValueError as exc:
             raise ConfigError(f"strategy: {exc}") from exc
         dp_setting = dp_settings(config)
-        dp = DpRound(dp_setting) if dp_setting is not None else None
         run_dir = config.run_dir
+        dp = (
+            DpRound(dp_setting, config.min_clients, run_dir / LEDGER_FILE, config.resume)
+            if dp_setting is not None
+            else None
+        )
         self.recorder = JobRecorder(config, log)
         self.telemetry = self.recorder.telemetry
         registry = ClientRegistry(config.job_id, ClientIdLog(run_dir / CLIENT_IDS_FILE), admitted)

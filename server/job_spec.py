@@ -217,9 +217,7 @@ class JobSpec(BaseModel):
         if not self.secure_aggregation:
             return self
         problems = {
-            "secagg_clip_norm": "secure aggregation needs the clipping norm C of an update"
-            if self.secagg_clip_norm is None
-            else None,
+            "secagg_clip_norm": self._secagg_clip_problem(),
             "compression": "secure aggregation sets the update's bytes itself; use none"
             if self.compression != "none"
             else None,
@@ -228,9 +226,9 @@ class JobSpec(BaseModel):
             "secagg_clip_norm"
             if self.update_norm_bound is not None
             else None,
-            "dp_noise_multiplier": "DP-FedAvg with secure aggregation (noise shares added by the "
-            "clients) is not built yet; see docs/privacy.md"
-            if self.dp_noise_multiplier is not None
+            "dp_noise_seed": "with secure aggregation each client draws its noise share in "
+            "secret; a seed would make the noise known"
+            if self.dp_noise_seed is not None and self.dp_noise_multiplier is not None
             else None,
             "secagg_max_weight": "with weighting = examples, secure aggregation needs the "
             "largest weight a client may claim"
@@ -241,6 +239,15 @@ class JobSpec(BaseModel):
             if problem is not None:
                 raise ValueError(f"{setting}: {problem}")
         return self
+
+    def _secagg_clip_problem(self) -> str | None:
+        if self.dp_noise_multiplier is None:
+            if self.secagg_clip_norm is None:
+                return "secure aggregation needs the clipping norm C of an update"
+            return None
+        if self.secagg_clip_norm not in (None, self.dp_clip_norm):
+            return "with DP-FedAvg, clients clip to dp_clip_norm: give one of the two"
+        return None
 
     @model_validator(mode="after")
     def _sampling_consistent(self) -> JobSpec:

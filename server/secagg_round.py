@@ -25,7 +25,9 @@ from fedsilo.common.secagg import wire as secagg_wire
 from fedsilo.common.secagg.messages import ATTEMPT_BYTES
 from fedsilo.common.secagg.vectors import vector_length, write_mean
 from fedsilo.common.specs import TensorSpec
+from fedsilo.server.allocator import SCRATCH_BYTES
 from fedsilo.server.config import ServerConfig
+from fedsilo.server.dp_round import dp_settings
 
 MASKED_NAME = "secagg.masked"
 WORD_BYTES = 4
@@ -36,14 +38,17 @@ def secagg_config(config: ServerConfig) -> SecAggConfig | None:
     """The job's secure-aggregation settings, or None when it runs without."""
     if not config.secure_aggregation:
         return None
-    assert config.secagg_clip_norm is not None  # the job spec requires it
+    dp = dp_settings(config)  # distributed DP-FedAvg: clients clip to C and add noise shares
+    clip_norm = dp.clip_norm if dp is not None else config.secagg_clip_norm
+    assert clip_norm is not None  # the job spec requires one
     max_weight = 1 if config.weighting == "uniform" else config.secagg_max_weight
     assert max_weight is not None
     return SecAggConfig.model_validate(
         {
-            "clip_norm": config.secagg_clip_norm,
+            "clip_norm": clip_norm,
             "max_weight": max_weight,
             "allow_unsigned": config.tls is None,  # plaintext: no certificates to sign keys
+            "noise_std": dp.client_noise_std if dp is not None else 0.0,
         }
     )
 
@@ -150,7 +155,8 @@ class SecAggRound:
     def mean_state(self, global_state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """The survivors' weighted mean update as a model: ``g + mean delta`` (floats only)."""
         out = {name: tensor.clone() for name, tensor in global_state.items()}
-        write_mean(self.result.mean_chunks(), global_state, out)
+        # float64 pieces below the server's mmap threshold (server/allocator.py)
+        write_mean(self.result.mean_chunks(chunk_words=SCRATCH_BYTES // 8), global_state, out)
         return out
 
 

@@ -13,18 +13,26 @@ step (``ScaffoldCorrection``). A Task with its own loop uses the same two helper
     for inputs, labels in loader:
         ...; loss.backward(); optimizer.step(); correction.apply()
     return TrainResult(examples=..., loss=..., steps=correction.steps)   # steps: FedNova
+
+Given a ``DistributedDataParallel`` model (``fl-client --nproc-per-node N``), ``train_classifier``
+runs the same steps across the ranks: every rank draws the same batches as one process would
+(``global_batches``), computes its share of each (every N-th example) and scales its summed loss
+so that DDP's gradient average is the whole batch's mean gradient. ``batch_size`` stays the
+batch of the whole silo, so the result equals one process's training up to float rounding.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import torch
+import torch.distributed as dist
 from torch.nn import functional
-from torch.utils.data import DataLoader, Dataset
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import DataLoader, Dataset, default_collate
 
 from fedsilo.tasks.interface import Evaluation, TrainConfig, TrainResult
 from fedsilo.tasks.metrics import check_metric_names, classification_metrics
@@ -113,6 +121,10 @@ def train_classifier(
     mu = float(getattr(config, "proximal_mu", 0.0))
     if not mu >= 0:
         raise ValueError(f"proximal_mu must be >= 0, got {mu}")
+    if isinstance(model, DistributedDataParallel):
+        if getattr(config, "privacy", None) is not None:
+            raise ValueError("DP-SGD is not supported across processes (--nproc-per-node)")
+        return _train_ranks(model, dataset, config, mu)
     if getattr(config, "privacy", None) is not None:
         return _train_private(model, dataset, config, mu)
     generator = torch.Generator().manual_seed(config.seed)
@@ -138,6 +150,65 @@ def train_classifier(
         loss=total_loss / max(correction.steps, 1),
         steps=correction.steps,
     )
+
+
+def global_batches(count: int, batch_size: int, generator: torch.Generator) -> Iterator[list[int]]:
+    """Yield one epoch's batches of indices, as a shuffled DataLoader with ``generator`` would."""
+    # The same DataLoader over range(count) draws from the generator exactly as the loader over
+    # the data does (a base seed, then the permutation), so the batches are the same.
+    indices = cast("Dataset[int]", range(count))
+    yield from DataLoader(
+        indices, batch_size=batch_size, shuffle=True, generator=generator, collate_fn=list
+    )
+
+
+def rank_share(batch: list[int], rank: int, world: int) -> tuple[list[int], float]:
+    """Return this rank's examples of a batch (every ``world``-th) and its loss scale.
+
+    A rank whose share is empty (a batch smaller than the world) still takes part in DDP's
+    all-reduce: it computes one example scaled by 0.
+    """
+    share = batch[rank::world]
+    if not share:
+        return batch[:1], 0.0
+    return share, world / len(batch)
+
+
+def _train_ranks(
+    model: DistributedDataParallel, dataset: Dataset[Any], config: TrainConfig, mu: float
+) -> TrainResult:
+    """Train as train_classifier does, each DDP rank on its share of every batch."""
+    group = model.process_group
+    rank, world = dist.get_rank(group), dist.get_world_size(group)
+    count = len(dataset)  # type: ignore[arg-type]
+    generator = torch.Generator().manual_seed(config.seed)
+    parameters = list(model.parameters())
+    anchor = [p.detach().clone() for p in parameters] if mu > 0 else []
+    optimizer = make_optimizer(parameters, config)
+    correction = ScaffoldCorrection.of(model.module, config)  # its names are the model's
+    device = parameters[0].device
+    model.train()  # type: ignore[no-untyped-call]
+    total_loss = torch.zeros((), dtype=torch.float64, device=device)
+    batches = 0
+    for _ in range(config.local_epochs):
+        for batch in global_batches(count, config.batch_size, generator):
+            share, scale = rank_share(batch, rank, world)
+            inputs, labels = default_collate([dataset[i] for i in share])
+            optimizer.zero_grad(set_to_none=True)
+            logits = model(inputs.to(device))
+            loss = functional.cross_entropy(logits, labels.to(device), reduction="sum")
+            # DDP averages the ranks' gradients: world/len(batch) x the share's sum makes the
+            # average the batch's mean gradient, however unevenly the batch splits.
+            objective = loss * scale
+            if anchor:
+                objective = objective + proximal_term(parameters, anchor, mu)
+            objective.backward()  # type: ignore[no-untyped-call]
+            optimizer.step()
+            correction.apply()
+            total_loss += loss.detach().double() * (scale / world)
+            batches += 1
+    dist.all_reduce(total_loss, group=group)  # the sum of every batch's mean loss
+    return TrainResult(examples=count, loss=float(total_loss) / max(batches, 1), steps=batches)
 
 
 def _add_proximal_gradient(

@@ -143,7 +143,7 @@ class JobConfig(_message.Message):
     def __init__(self, job_id: _Optional[int] = ..., task: _Optional[str] = ..., seed: _Optional[int] = ..., rounds: _Optional[int] = ..., chunk_size: _Optional[int] = ..., heartbeat_seconds: _Optional[float] = ..., progress_timeout_seconds: _Optional[float] = ..., compression: _Optional[_Union[Compression, _Mapping]] = ..., task_options_json: _Optional[str] = ..., task_hash: _Optional[str] = ..., train: _Optional[_Union[TrainConfig, _Mapping]] = ..., control_variates: _Optional[bool] = ..., secure_aggregation: _Optional[_Union[SecAggSettings, _Mapping]] = ...) -> None: ...
 
 class SecAggSettings(_message.Message):
-    __slots__ = ("clip_norm", "max_weight", "element_bound", "corrupt_fraction", "dropout_fraction", "security_bits", "correctness_bits", "allow_unsigned")
+    __slots__ = ("clip_norm", "max_weight", "element_bound", "corrupt_fraction", "dropout_fraction", "security_bits", "correctness_bits", "allow_unsigned", "noise_std")
     CLIP_NORM_FIELD_NUMBER: _ClassVar[int]
     MAX_WEIGHT_FIELD_NUMBER: _ClassVar[int]
     ELEMENT_BOUND_FIELD_NUMBER: _ClassVar[int]
@@ -152,6 +152,7 @@ class SecAggSettings(_message.Message):
     SECURITY_BITS_FIELD_NUMBER: _ClassVar[int]
     CORRECTNESS_BITS_FIELD_NUMBER: _ClassVar[int]
     ALLOW_UNSIGNED_FIELD_NUMBER: _ClassVar[int]
+    NOISE_STD_FIELD_NUMBER: _ClassVar[int]
     clip_norm: float
     max_weight: int
     element_bound: float
@@ -160,7 +161,8 @@ class SecAggSettings(_message.Message):
     security_bits: int
     correctness_bits: int
     allow_unsigned: bool
-    def __init__(self, clip_norm: _Optional[float] = ..., max_weight: _Optional[int] = ..., element_bound: _Optional[float] = ..., corrupt_fraction: _Optional[float] = ..., dropout_fraction: _Optional[float] = ..., security_bits: _Optional[int] = ..., correctness_bits: _Optional[int] = ..., allow_unsigned: _Optional[bool] = ...) -> None: ...
+    noise_std: float
+    def __init__(self, clip_norm: _Optional[float] = ..., max_weight: _Optional[int] = ..., element_bound: _Optional[float] = ..., corrupt_fraction: _Optional[float] = ..., dropout_fraction: _Optional[float] = ..., security_bits: _Optional[int] = ..., correctness_bits: _Optional[int] = ..., allow_unsigned: _Optional[bool] = ..., noise_std: _Optional[float] = ...) -> None: ...
 
 class SecAggSetup(_message.Message):
     __slots__ = ("round", "attempt", "participants", "length")

@@ -10,6 +10,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from fedsilo.common.secagg.plan import ThreatModel
 
 DEFAULT_THREAT = ThreatModel.model_validate({})
+NOISE_TAIL = 8.0
 
 
 class SecAggConfig(BaseModel):
@@ -29,6 +30,13 @@ class SecAggConfig(BaseModel):
     allow_unsigned: bool = Field(
         False, description="plaintext mode: keys are not signed, a server can substitute them"
     )
+    noise_std: float = Field(
+        0.0,
+        ge=0.0,
+        allow_inf_nan=False,
+        description="distributed DP-FedAvg: std of the Gaussian noise each client adds to its "
+        "clipped delta before masking (0: none)",
+    )
 
     @model_validator(mode="after")
     def _bound_within_norm(self) -> SecAggConfig:
@@ -38,8 +46,14 @@ class SecAggConfig(BaseModel):
 
     @property
     def bound(self) -> float:
-        """Return the largest magnitude an element of a clipped delta can have."""
-        return self.clip_norm if self.element_bound is None else self.element_bound
+        """Return the largest magnitude an element of a clipped (and noised) delta can have.
+
+        With noise, the default range leaves NOISE_TAIL standard deviations of room, so that
+        clamping touches an element with probability below 1e-15.
+        """
+        if self.element_bound is not None:
+            return self.element_bound
+        return self.clip_norm + NOISE_TAIL * self.noise_std
 
     def digest(self) -> bytes:
         """Return SHA-256 of the canonical JSON form (sorted keys): what clients must agree on."""

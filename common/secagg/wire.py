@@ -33,6 +33,7 @@ def settings_message(config: SecAggConfig) -> pb.SecAggSettings:
         security_bits=config.threat.security_bits,
         correctness_bits=config.threat.correctness_bits,
         allow_unsigned=config.allow_unsigned,
+        noise_std=config.noise_std,
     )
 
 
@@ -50,6 +51,7 @@ def config_of(settings: pb.SecAggSettings) -> SecAggConfig:
         element_bound=settings.element_bound or None,
         threat=threat,
         allow_unsigned=settings.allow_unsigned,
+        noise_std=settings.noise_std,
     )
 
 

@@ -6,6 +6,7 @@ evaluated or imported nothing its policy did not allow.
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import torch
@@ -51,3 +52,15 @@ class IntOptionTask(CanaryTask):
         if isinstance(hidden, bool) or not isinstance(hidden, int):
             raise TypeError(f"hidden must be an int, got {hidden!r}")
         super().__init__(features=hidden)
+
+
+class SlowLoadingTask(CanaryTask):
+    """A CanaryTask whose data takes ``load_seconds`` to load (a big dataset, a slow disk)."""
+
+    def __init__(self, features: int = 3, load_seconds: float = 0.0) -> None:
+        super().__init__(features)
+        self.load_seconds = load_seconds
+
+    def load_data(self, partition: int, seed: int, data_dir: Path | None) -> LocalData:
+        time.sleep(self.load_seconds)  # the slow load under test, not a wait for anything
+        return super().load_data(partition, seed, data_dir)

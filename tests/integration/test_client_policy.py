@@ -102,3 +102,20 @@ def test_the_audit_log_records_what_the_client_agreed_to_and_what_left(
         assert sent["train_examples"] == server_view["train_examples"]
         assert sent["metrics"]["train_loss"] == server_view["train_loss"]
         assert math.isfinite(sent["update_norm"]) and sent["update_norm"] > 0
+
+
+def test_a_member_loading_its_data_longer_than_the_progress_deadline_is_not_dropped(
+    daemons: Daemons, tmp_path: Path
+) -> None:
+    # The client heartbeats while it loads: the server's watch sees progress and keeps it.
+    config = tmp_path / "job.toml"
+    config.write_text(
+        'task = "tests.integration.canary_task:SlowLoadingTask"\nrounds = 1\nmin_clients = 1\n'
+        "progress_timeout = 1.0\n[task_options]\nload_seconds = 3.0\n"
+    )
+    port = free_port()
+    server = daemons.server(JOB_ID, port - JOB_ID, "--config", str(config), "--out", str(tmp_path))
+    client = daemons.client(port, "org-slow")
+    assert client.wait(timeout=90) == 0, client.tail()
+    assert server.wait(timeout=30) == 0, server.tail()
+    assert not server.has_event("client_cut_off")

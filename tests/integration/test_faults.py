@@ -19,9 +19,9 @@ CONFIG = 'task = "tests.integration.user_task:TinyTask"\n[task_options]\nballast
 
 
 class ScriptedFaultyClient:
-    """tests/integration/faulty_client.py as a process: it stops at a phase of round 2."""
+    """tests/integration/faulty_client.py as a process: it stops at a phase of a round (2)."""
 
-    def __init__(self, tmp_path: Path, port: int, phase: str) -> None:
+    def __init__(self, tmp_path: Path, port: int, phase: str, fault_round: int = 2) -> None:
         self.stdout_path = tmp_path / "faulty.out"
         with self.stdout_path.open("wb") as out:
             self.process = subprocess.Popen(
@@ -34,7 +34,7 @@ class ScriptedFaultyClient:
                     "--name",
                     "faulty",
                     "--fault-round",
-                    "2",
+                    str(fault_round),
                     "--stop-at",
                     phase,
                 ],

@@ -19,6 +19,7 @@ from fedsilo.sim.config import SimConfig
 from fedsilo.tasks import load_task
 
 CLIP = 50.0  # larger than any synthetic update: clipping changes nothing, only quantization does
+DP = {"dp_noise_multiplier": 1.0, "dp_clip_norm": 1.0, "clients_per_round": 4}
 
 
 def run(tmp_path: Path, name: str, **settings: Any) -> dict[str, torch.Tensor]:
@@ -90,6 +91,8 @@ def test_every_round_draws_new_keys(tmp_path: Path) -> None:
         ({"update_norm_bound": 1.0}, "update_norm_bound"),
         ({"weighting": "examples"}, "secagg_max_weight"),
         ({"secagg_clip_norm": None}, "secagg_clip_norm"),
+        ({**DP, "secagg_clip_norm": 2.0}, "secagg_clip_norm"),
+        ({**DP, "dp_noise_seed": 7}, "dp_noise_seed"),
     ],
 )
 def test_what_cannot_work_with_secure_aggregation_is_refused_at_load(
@@ -102,3 +105,31 @@ def test_what_cannot_work_with_secure_aggregation_is_refused_at_load(
     }
     with pytest.raises((ConfigError, ValueError), match=setting):
         SimConfig(out=tmp_path, **{**base, **settings})
+
+
+def test_distributed_dp_the_clients_noise_is_in_the_sum_and_charged(tmp_path: Path) -> None:
+    # The same job with and without DP-FedAvg over secure aggregation: the clients clip to C
+    # (both runs) and, with DP, each adds N(0, (zC)^2 / n) before masking; the server adds
+    # nothing. The difference of the two models is then the noise of the mean, std z*C/n.
+    z, clip, n = 2.0, 0.5, 4
+    common: dict[str, Any] = {"weighting": "uniform", "secure_aggregation": True}
+    masked = run(tmp_path, "masked", **common, secagg_clip_norm=clip)
+    noised = run(
+        tmp_path,
+        "noised",
+        **common,
+        dp_noise_multiplier=z,
+        dp_clip_norm=clip,
+        clients_per_round=n,
+    )
+    again = run(
+        tmp_path, "again", **common, dp_noise_multiplier=z, dp_clip_norm=clip, clients_per_round=n
+    )
+    differences = torch.cat([(noised[k].double() - masked[k].double()).reshape(-1) for k in masked])
+    expected = z * clip / n
+    assert abs(float(differences.std()) / expected - 1) < 0.15  # 610 values: ~3 std errors
+    assert abs(float(differences.mean())) < 4 * expected / differences.numel() ** 0.5
+    assert largest_difference(noised, again) > 0  # the noise is secret: never drawn twice alike
+    row = json.loads((tmp_path / "noised" / "metrics.jsonl").read_text().splitlines()[1])
+    assert row["dp"]["mode"] == "distributed" and row["dp"]["noise_multiplier"] == z
+    assert row["epsilon"] > 0
