@@ -183,7 +183,7 @@ def one_run(task: StaggeredTask, mib: int, order: str, workdir: Path) -> dict:
         "arrival_order": arrival,
         "round_seconds": done["seconds"],
         "spilled_uploads": sum(
-            1 for e in log if e["event"] == "upload_started" and e.get("spilled")
+            1 for e in log if e["event"] == "upload_started" and e.get("placement") == "spilled"
         ),
         "model": model,
         "started": started["timestamp"],

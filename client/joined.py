@@ -19,6 +19,7 @@ import torch
 from fedsilo.client.control_variates import FOLDER, ControlVariateStore
 from fedsilo.client.policy import AdmittedTask, ClientPolicy
 from fedsilo.client.secagg_client import SecAggKeys
+from fedsilo.client.task_failure import task_code
 from fedsilo.common import control_variates
 from fedsilo.common.compression import ClientCompressor, Compression
 from fedsilo.common.errors import ConfigError, PolicyError
@@ -141,15 +142,16 @@ def build(
     job = init.job
     task = instantiate_task(admitted.task_class, admitted.options, admitted.identity.name)
     shared = local.shared_models
-    if shared is None:
-        model = task.build_model(job.seed)
-    else:  # simulated clients that work one at a time can share one set of weights
-        key = (job.job_id, admitted.identity.hash, job.seed)
-        if key not in shared:
-            shared[key] = task.build_model(job.seed)
-        model = shared[key]
     partition = local.partition if local.partition is not None else init.client_id
-    data = task.load_data(partition, job.seed, local.data)
+    with task_code("building its model and loading its data"):
+        if shared is None:
+            model = task.build_model(job.seed)
+        else:  # simulated clients that work one at a time can share one set of weights
+            key = (job.job_id, admitted.identity.hash, job.seed)
+            if key not in shared:
+                shared[key] = task.build_model(job.seed)
+            model = shared[key]
+        data = task.load_data(partition, job.seed, local.data)
     control = None
     if job.control_variates:
         folder = None if local.state_dir is None else local.state_dir / FOLDER / f"job-{job.job_id}"

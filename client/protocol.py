@@ -8,8 +8,8 @@ sends goes to a ``send`` callback. The gRPC daemon (``client/session.py``) and t
 both drive it, so a simulated client behaves exactly like a networked one.
 
 Whatever the client refuses, it refuses once: one Error to the server (POLICY_MISMATCH,
-UNSUPPORTED_CONFIG, BAD_TENSOR_STREAM, WRONG_ROUND or ILLEGAL_MESSAGE), one line in the audit
-log, and one exception whose text is the one line the CLI prints.
+UNSUPPORTED_CONFIG, BAD_TENSOR_STREAM, WRONG_ROUND, ILLEGAL_MESSAGE; TASK_FAILED when its task
+raised, ``client/task_failure.py``), one line in the audit log, one exception, one line shown.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from typing import Any, NoReturn, TypeVar, cast
 import structlog
 import torch
 
-from fedsilo.client import secagg_session, work
+from fedsilo.client import resume, secagg_session, task_failure, work
 from fedsilo.client.audit import AuditLog
 from fedsilo.client.heartbeat import HeartbeatPacer
 from fedsilo.client.incoming import IncomingModel
@@ -47,7 +47,7 @@ from fedsilo.common.errors import (
 )
 from fedsilo.common.proto import federation_pb2 as pb
 from fedsilo.common.text import one_line
-from fedsilo.common.wire import PROTOCOL_VERSION, Outbound, RawChunk
+from fedsilo.common.wire import Outbound, RawChunk
 from fedsilo.tasks import LocalData
 
 __all__ = ["ClientProtocol", "LocalSettings", "Send"]
@@ -83,6 +83,8 @@ class ClientProtocol:
         self._pacer = HeartbeatPacer()
         self.rounds_done = 0
         self._secagg = ClientSecAgg()  # secure aggregation's state, when the job uses it
+        self._resume = resume.Transfers()  # what a later session may continue
+        self._do_note_ack = self._resume.note_ack  # the table's NOTE_ACK action
 
     # ------------------------------------------------------------------ what the job gave
 
@@ -112,13 +114,11 @@ class ClientProtocol:
         """Begin a new stream whose outgoing messages go to ``send``; return the Hello."""
         self._send_to = send
         self._joined_this_session = False
+        self._resume.set_aside(self._incoming)
         self._incoming = None
         self._last_round = 0
         self.state = ClientState.HELLO_SENT
-        hello = pb.Hello(protocol_version=PROTOCOL_VERSION, client_name=self.name)
-        if self.job_id is not None:
-            hello.job_id = self.job_id
-        return pb.ClientMessage(hello=hello)
+        return self._resume.hello(self.name, self.job_id)
 
     def handle(self, message: pb.ServerMessage | RawChunk | None) -> bool:
         """Handle one server message (None: bytes that did not parse); True once it is over."""
@@ -146,7 +146,7 @@ class ClientProtocol:
         if step is None:
             self._illegal(f"{event.value} is not allowed while {self.state.value}")
         action, next_state = step
-        getattr(self, f"_do_{action.value}")(payload)
+        task_failure.telling_server(getattr(self, f"_do_{action.value}"), payload, self._send)
         self.state = next_state
 
     def _receive_inline(self, header: pb.TensorStreamHeader) -> None:
@@ -194,6 +194,7 @@ class ClientProtocol:
             train_examples=joined.data.train_examples, test_examples=joined.data.test_examples
         )
         self._send(pb.ClientMessage(ready=ready))
+        self._resume.continue_after(init, self._send, self._record, self.log)
 
     # ------------------------------------------------------------------ actions: model streams
 
@@ -217,6 +218,7 @@ class ClientProtocol:
             self._illegal("a round without secure aggregation's setup, or one not asked for")
         self._secagg.expect_round(sync)
         self._last_round = number
+        self._resume.note_sync(sync)
         self._begin_stream(number, sync.train, sync.model)
 
     def _do_begin_final(self, evaluate: pb.Evaluate) -> None:
@@ -234,10 +236,8 @@ class ClientProtocol:
         self, number: int, train: pb.TrainConfig | None, header: pb.TensorStreamHeader
     ) -> None:
         joined = self._joined()
-        try:
-            self._incoming = IncomingModel.begin(
-                joined.model, header, joined.job.chunk_size, number, train, joined.control
-            )
+        try:  # a new model stream, or the rest of a broken one
+            self._incoming = self._resume.incoming(joined, header, number, train)
         except CodecError as exc:
             self._bad_stream(f"the model does not fit the task: {exc}")
 
@@ -288,7 +288,7 @@ class ClientProtocol:
             self._secagg.keep(upload, self._joined().model)
             return
         self._record("update_sent", **upload.record)
-        self._send(upload.frames)
+        self._send(self._resume.keep(upload))
         self.rounds_done += 1
         self.log.info("update_sent", round=incoming.round, **upload.summary)
 

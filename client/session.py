@@ -8,7 +8,9 @@ itself (what to do with each message) is ``client/protocol.py``.
 Bounds: a session that makes no progress either way for ``--idle-timeout`` seconds while the
 client waits for the server is given up (``client/silence.py``); after a refusal the client
 sends its Error, half-closes and waits at most ``CLOSE_GRACE`` seconds for the server to end
-the stream.
+the stream. A task that raised (TaskFailedError, ``client/task_failure.py``) ends it the
+same way, with one line (exit 3; its traceback is logged at debug level); ``--data`` and the
+task are checked before the first connection (``client/preflight.py``).
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ from fedsilo.client.audit import AuditLog
 from fedsilo.client.config import ClientConfig
 from fedsilo.client.connection import Endpoint, connect
 from fedsilo.client.policy import policy_of
+from fedsilo.client.preflight import check_data_folder, check_task
 from fedsilo.client.protocol import ClientProtocol, LocalSettings
 from fedsilo.client.ranks import RankLauncher, RankSettings
 from fedsilo.client.reconnect import Outage
@@ -41,6 +44,7 @@ from fedsilo.common.errors import (
     ProtocolError,
     SessionLostError,
     StopRequestedError,
+    TaskFailedError,
 )
 from fedsilo.common.proto import federation_pb2 as pb
 from fedsilo.common.text import one_line
@@ -78,6 +82,8 @@ class FederationClient:
         self.endpoint = endpoint
         self.log = log.bind(client=endpoint.name)
         policy = policy_of(config, config.bundle)  # the local task is resolved here, once
+        check_data_folder(config.data)
+        check_task(policy)
         self.audit = AuditLog(config.run_dir(endpoint.name) / "audit.jsonl", endpoint.name)
         device = resolve_device(config.device)
         ranks = RankSettings.resolve(
@@ -136,7 +142,7 @@ class FederationClient:
         # Before connect: a connect that fails must not leave the last session's "joined"
         # standing, or run() would start a fresh outage budget at every attempt, forever.
         hello = self.protocol.start_session(outbox.put)
-        channel = connect(self.endpoint, max(outage.remaining, 0.1))
+        channel = connect(self.endpoint, max(outage.remaining, 0.1), self.log)
         watch = SilenceWatch(self.config.idle_timeout)
         call = channel.stream_stream(
             SESSION_METHOD_PATH,
@@ -187,16 +193,31 @@ class FederationClient:
         call: grpc.Call,
         outbox: queue.SimpleQueue[OutboxItem],
     ) -> bool:
-        """Handle one message; after a refusal (or leaving a round) let our Error out first."""
+        """Handle one message; after our own Error (refused, task failed, left a round), close."""
         try:
             return self.protocol.handle(message)
         except LocalTrainingError as failed:
             self._leave_round(failed, call, outbox)
         except (SessionLostError, StopRequestedError):
             raise
-        except FedsiloError:
+        except FedsiloError as exc:
             _close_after_refusal(call, outbox)
+            if isinstance(exc, TaskFailedError):
+                self._task_failed(exc)
             raise
+
+    def _task_failed(self, failed: TaskFailedError) -> None:
+        """Record the TASK_FAILED sent; the person gets one line, the traceback is at debug."""
+        self.audit.record(
+            "task_failed", True, **self._where(), code="TASK_FAILED", reason=str(failed)
+        )
+        self.log.error("task_failed", reason=str(failed))
+        self.log.debug("task_failed_traceback", exc_info=failed)
+
+    def _where(self) -> dict[str, Any]:
+        """The job and client id of an audit line, once joined."""
+        joined = self.protocol.joined
+        return {"job_id": joined.job.job_id, "client_id": joined.client_id} if joined else {}
 
     def _leave_round(
         self,
@@ -212,10 +233,7 @@ class FederationClient:
         number = failed.round_number
         line = one_line(f"left round {number}: local training failed: {failed}")
         outbox.put(pb.ClientMessage(error=pb.Error(code=pb.INTERNAL, message=line)))
-        joined = self.protocol.joined
-        where: dict[str, Any] = (
-            {"job_id": joined.job.job_id, "client_id": joined.client_id} if joined else {}
-        )
+        where = self._where()
         self.audit.record("left_round", True, **where, round=number, reason=line)
         self.log.warning("left_round", **where, round=number, reason=line)
         _close_after_refusal(call, outbox)

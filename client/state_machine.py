@@ -12,6 +12,7 @@ Session lifecycle, one per stream::
         READY --evaluate--> RECEIVING_FINAL --chunk/trailer--> ... READY
         READY --finish--> FINISHED
         READY --secagg_roster, secagg_routed, secagg_unmask_request--> READY
+        READY --upload_ack--> READY
         any but FINISHED --abort/error--> FINISHED (the session ends)
 
 Heartbeats are legal in every state; after FINISHED only heartbeats are.
@@ -47,6 +48,7 @@ class ServerEvent(Enum):
     SECAGG_ROSTER = "secagg_roster"
     SECAGG_ROUTED = "secagg_routed"
     SECAGG_UNMASK_REQUEST = "secagg_unmask_request"
+    UPLOAD_ACK = "upload_ack"
 
 
 class ClientAction(Enum):
@@ -61,6 +63,7 @@ class ClientAction(Enum):
     END = "end"
     STOP = "stop"
     SERVER_ERROR = "server_error"
+    NOTE_ACK = "note_ack"
     NOTHING = "nothing"
     SECAGG_SHARE = "secagg_share"
     SECAGG_UPLOAD = "secagg_upload"
@@ -85,6 +88,8 @@ TRANSITIONS: dict[tuple[ClientState, ServerEvent], tuple[ClientAction, ClientSta
     (S.READY, E.SECAGG_ROSTER): (A.SECAGG_SHARE, S.READY),
     (S.READY, E.SECAGG_ROUTED): (A.SECAGG_UPLOAD, S.READY),
     (S.READY, E.SECAGG_UNMASK_REQUEST): (A.SECAGG_UNMASK, S.READY),
+    # The server acknowledges the bytes of the update the client is sending (or resuming).
+    (S.READY, E.UPLOAD_ACK): (A.NOTE_ACK, S.READY),
 }
 for _state in S:
     TRANSITIONS[(_state, E.HEARTBEAT)] = (A.NOTHING, _state)

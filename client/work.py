@@ -17,19 +17,15 @@ import torch
 from fedsilo.client import control_variates as scaffold
 from fedsilo.client.joined import Joined, RoundTrainer
 from fedsilo.client.policy import ClientPolicy
+from fedsilo.client.resume import PendingUpload
+from fedsilo.client.task_failure import task_code
 from fedsilo.common import control_variates
 from fedsilo.common.errors import ConfigError
 from fedsilo.common.metric_names import metrics_problem
 from fedsilo.common.proto import federation_pb2 as pb
 from fedsilo.common.specs import header_of, specs_of
 from fedsilo.common.tensor_checks import floating_copy, update_norm
-from fedsilo.common.tensor_stream import TensorStreamEncoder
-from fedsilo.common.wire import (
-    CLIENT_CHUNKS,
-    PROTOCOL_VERSION,
-    inline_tensors,
-    tensor_stream_frames,
-)
+from fedsilo.common.wire import PROTOCOL_VERSION, inline_tensors
 from fedsilo.tasks import Evaluation, TrainConfig, TrainResult
 
 Heartbeats = AbstractContextManager[None]
@@ -45,6 +41,7 @@ class Upload:
     examples: int = 0  # what the update weighs
     # Under secure aggregation: the received weights (the update is made from them later).
     reference: dict[str, torch.Tensor] | None = None
+    pending: PendingUpload | None = None  # a chunked update, which a new session may continue
 
 
 @contextmanager
@@ -118,7 +115,8 @@ def train_round(
         inputs = scaffold.round_inputs(store, round_number)
     config = train_config(train, inputs[2] if inputs is not None else None)
     with heartbeats:
-        with on_device(model, device):
+        # The ranks' own failures are theirs (LocalTrainingError: the client leaves the round).
+        with task_code(f"training in round {round_number}"), on_device(model, device):
             evaluation = joined.task.evaluate(model, joined.data)
             if ranks is None:
                 result = joined.task.train(model, joined.data, config)
@@ -155,16 +153,18 @@ def train_round(
         )
     )
     frames: pb.ClientMessage | Iterator[bytes] = send
+    pending = None
     inline = inline_tensors(list(wire.values()), joined.job.chunk_size)
     if inline is not None:
         send.send_model.update.inline.CopyFrom(inline)
     else:
-        encoder = TensorStreamEncoder(list(wire.values()), joined.job.chunk_size)
-        frames = tensor_stream_frames(send, encoder, CLIENT_CHUNKS, _client_trailer)
+        pending = PendingUpload(round_number, send, list(wire.values()), joined.job.chunk_size)
+        frames = pending.frames()
     record = _record(round_number, compressor.setting.codec, norm, result, seconds, evaluation)
     record["bytes"] = sum(spec.nbytes for spec in specs)
     record["control_variates"] = store is not None
-    return Upload(frames, record, _summary(result.loss, seconds, evaluation), result.examples)
+    summary = _summary(result.loss, seconds, evaluation)
+    return Upload(frames, record, summary, result.examples, pending=pending)
 
 
 def _control_change(
@@ -227,7 +227,7 @@ def _summary(loss: float, seconds: float, evaluation: Evaluation) -> dict[str, f
 
 def evaluate_final(joined: Joined, device: torch.device, heartbeats: Heartbeats) -> Evaluation:
     """Evaluate the final model on the local held-out data."""
-    with heartbeats, on_device(joined.model, device):
+    with heartbeats, task_code("evaluating the final model"), on_device(joined.model, device):
         evaluation = joined.task.evaluate(joined.model, joined.data)
     check_evaluation(evaluation)
     return evaluation
@@ -304,7 +304,3 @@ def join_record(joined: Joined, rejoined: bool, policy: ClientPolicy) -> dict[st
         "train_examples": joined.data.train_examples,
         "test_examples": joined.data.test_examples,
     }
-
-
-def _client_trailer(checksum: int) -> pb.ClientMessage:
-    return pb.ClientMessage(trailer=pb.TensorStreamTrailer(checksum=checksum))

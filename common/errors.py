@@ -7,11 +7,13 @@
     ├── PolicyError               a client refuses what the server asks of it (exit 2)
     ├── CodecError                a tensor stream that disagrees with its header or the model
     ├── ProtocolError             a message that is illegal now; carries the wire ErrorCode
-    ├── ConnectError              the server could not be reached in the allowed time
+    ├── ConnectError              no session with the server in the allowed time, or
+    │                             a failure retrying cannot fix (foreign CA, TLS mismatch)
     ├── SessionLostError          a client's stream broke; it reconnects within its budget
     │   └── LeftRoundError        a client left a round it could not train; it rejoins
     ├── LocalTrainingError        the processes training a round failed (a rank died)
     ├── ServerRefusedError        the server answered a client with an Error message
+    ├── TaskFailedError           a client's own task raised (load_data, train, evaluate)
     ├── StopRequestedError        SIGTERM/SIGINT asked a daemon to leave (exit 0)
     ├── JobAbortedError           the job ended without finishing its rounds
     └── SecAggError               a secure-aggregation round cannot complete (too few survivors)
@@ -69,7 +71,7 @@ class ProtocolError(FedsiloError):
 
 
 class ConnectError(FedsiloError):
-    """The server could not be reached within the allowed time."""
+    """No session with the server: not within the allowed time, or never (a certain failure)."""
 
 
 class JobAbortedError(FedsiloError):
@@ -94,6 +96,25 @@ class LocalTrainingError(FedsiloError):
 
 class ServerRefusedError(FedsiloError):
     """The server answered a client with an Error message."""
+
+
+class TaskFailedError(FedsiloError):
+    """A client's own task raised while ``doing``; ``line`` (type: message) goes to the server.
+
+    It exits 3 (neither a usage error nor the server's or the network's doing), or with the
+    code of the fedsilo error the task raised (a ConfigError of the member's: 2).
+    """
+
+    exit_code = 3
+
+    def __init__(self, doing: str, line: str, exit_code: int = 3) -> None:
+        super().__init__(f"the task failed while {doing}: {line}")
+        self.doing = doing
+        self.line = line
+        self.exit_code = exit_code
+
+    def __reduce__(self) -> tuple[type[TaskFailedError], tuple[str, str, int]]:
+        return (type(self), (self.doing, self.line, self.exit_code))  # not only its message
 
 
 class StopRequestedError(FedsiloError):

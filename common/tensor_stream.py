@@ -41,7 +41,8 @@ class TensorStreamEncoder:
     """Cut a sequence of tensors into chunks of raw bytes and checksum them.
 
     Iterate to get the chunks, each a list of memoryviews (one chunk may span tensors);
-    ``checksum`` is valid once iteration has finished.
+    ``checksum`` is valid once iteration has finished. With ``start``, the chunks carry bytes
+    ``start ..`` only (a resumed stream), while the checksum still covers every byte from 0.
     """
 
     def __init__(
@@ -49,10 +50,14 @@ class TensorStreamEncoder:
         tensors: Sequence[torch.Tensor],
         chunk_size: int = DEFAULT_CHUNK_SIZE,
         checksum: bool = True,
+        start: int = 0,
     ):
         if chunk_size <= 0:
             raise ValueError("chunk_size must be positive")
         self._tensors = [wire_ready(t) for t in tensors]
+        if not 0 <= start <= self.total_bytes:
+            raise ValueError(f"start {start} is outside the stream's 0..{self.total_bytes} bytes")
+        self._start = start
         self._chunk_size = chunk_size
         self._hash = xxhash.xxh3_64() if checksum else None
         self._done = False
@@ -64,7 +69,7 @@ class TensorStreamEncoder:
 
     @property
     def checksum(self) -> int:
-        """The xxh3-64 of every byte yielded; only valid after the last chunk."""
+        """The xxh3-64 of every byte of the stream (from 0); only valid after the last chunk."""
         if not self._done:
             raise RuntimeError("checksum read before the stream was fully encoded")
         if self._hash is None:
@@ -74,9 +79,13 @@ class TensorStreamEncoder:
     def __iter__(self) -> Iterator[list[memoryview]]:
         parts: list[memoryview] = []
         room = self._chunk_size
+        skip = self._start  # bytes already delivered: hashed, not yielded
         for tensor in self._tensors:
             view = byte_view(tensor).data
-            offset = 0
+            offset = min(skip, len(view))
+            skip -= offset
+            if offset and self._hash is not None:
+                self._hash.update(view[:offset])
             while offset < len(view):
                 take = min(room, len(view) - offset)
                 part = view[offset : offset + take]

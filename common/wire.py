@@ -211,9 +211,14 @@ class ModelFrames:
         self._lock = threading.Lock()
 
     def __iter__(self) -> Iterator[bytes]:
+        return self.frames_from(0)
+
+    def frames_from(self, start: int) -> Iterator[bytes]:
+        """Yield the chunk frames of bytes ``start ..`` (a resumed download), then the trailer."""
         if self.inline is not None:
             return
-        for parts in TensorStreamEncoder(self._tensors, self._chunk_size, checksum=False):
+        encoder = TensorStreamEncoder(self._tensors, self._chunk_size, checksum=False, start=start)
+        for parts in encoder:
             yield self._framer.frame(parts)
         yield self.trailer
 

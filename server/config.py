@@ -35,6 +35,13 @@ class ServerConfig(JobSpec, FedsiloSettings):
         gt=0,
         description="Seconds a client in a round may show no progress before it is cut off.",
     )
+    transfer_resume_seconds: float = Field(
+        60.0,
+        ge=0,
+        description="Seconds a client whose connection broke mid-upload or mid-download keeps "
+        "its place in the round to continue the transfer (never past the round's deadline; "
+        "0: it is dropped at once).",
+    )
     resume: bool = Field(
         False, description="Continue from the run folder's checkpoint (fresh if there is none)."
     )

@@ -9,6 +9,7 @@ job's condition with a deadline; sessions are offered work with the condition re
 
 from __future__ import annotations
 
+import functools
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -26,7 +27,8 @@ from fedsilo.server.global_model import GlobalModel
 from fedsilo.server.job_state import FinalEvaluation, JobState, Round
 from fedsilo.server.outbox import OutgoingModel
 from fedsilo.server.recorder import JobRecorder
-from fedsilo.server.registry import Work, WorkKind
+from fedsilo.server.registry import Member, Work, WorkKind
+from fedsilo.server.resume_download import ParkedDownloads
 from fedsilo.server.sampling import sample_clients
 from fedsilo.server.secagg_stages import run_stages
 from fedsilo.server.state_machine import Event, JobPhase
@@ -55,8 +57,10 @@ class Coordinator:
         model: GlobalModel,
         recorder: JobRecorder,
         log: structlog.typing.FilteringBoundLogger,
+        downloads: ParkedDownloads | None = None,
     ) -> None:
         self.config = config
+        self.downloads = downloads  # broken downloads that go on once their client is back
         self.state = state
         self.model = model
         self.recorder = recorder
@@ -160,7 +164,8 @@ class Coordinator:
         log.info("round_started", clients=selected, model_bytes=self.model.nbytes)
         if current.secagg is not None:
             run_stages(state, current, self._wait, self._drop, self.log)
-        done = self._wait(lambda: current.fold.complete)
+        resend = functools.partial(self._resend, current, header=header, frames=frames)
+        done = self._wait(lambda: current.fold.complete, resend)
         with state.cond:
             if not done:
                 reason = f"no update within round_timeout={self.config.round_timeout:g}s"
@@ -302,20 +307,60 @@ class Coordinator:
                 member.work = None  # idle again once its stream says so (see Intake)
         self.state.cond.notify_all()
 
-    def _wait(self, done: Callable[[], bool]) -> bool:
+    def _wait(
+        self,
+        done: Callable[[], bool],
+        resend: Callable[[list[tuple[Member, int]]], None] | None = None,
+    ) -> bool:
         """Wait until ``done()`` or round_timeout; return whether it held in time.
 
         Clients that stall meanwhile are dropped and cut off by the SessionWatch
-        (``server/watch.py``), which wakes this wait. Raises JobAbortedError on a stop request.
+        (``server/watch.py``), which wakes this wait; with ``resend``, clients back for a broken
+        download get the rest of it. Raises JobAbortedError on a stop request.
         """
-        state = self.state
-        with state.cond:
-            in_time = state.cond.wait_for(
-                lambda: state.stop_reason is not None or done(),
-                timeout=self.config.round_timeout,
+        state, downloads = self.state, self.downloads if resend is not None else None
+        deadline = time.monotonic() + self.config.round_timeout
+        while True:
+            with state.cond:
+                state.cond.wait_for(
+                    lambda: (
+                        state.stop_reason is not None
+                        or done()
+                        or (downloads is not None and downloads.any_due())
+                    ),
+                    timeout=max(0.0, deadline - time.monotonic()),
+                )
+                self._raise_if_stopping()
+                due = downloads.take_due() if downloads is not None else []
+                if not due:
+                    return done()
+            assert resend is not None
+            resend(due)
+
+    def _resend(
+        self,
+        current: Round,
+        due: list[tuple[Member, int]],
+        header: pb.TensorStreamHeader,
+        frames: ModelFrames,
+    ) -> None:
+        """Send clients back for a broken download the rest of the round's model."""
+        for member, offset in due:
+            cid = member.client_id
+            train = messages.train_config(self.config, current.number, cid)
+            opening = messages.sync_opening(current.number, train, header, resume_offset=offset)
+            stream = OutgoingModel(opening, frames, start=offset)
+            self.log.info(
+                "download_resumed",
+                client_id=cid,
+                client=member.name,
+                round=current.number,
+                offset=offset,
             )
-            self._raise_if_stopping()
-        return in_time
+            if not member.session.offer(Event.SYNC, (current.number, stream)):
+                stream.abandon()
+                with self.state.cond:
+                    self._drop(current, [cid], "disconnected")
 
     def _weight_bound(self, selected: list[int]) -> float:
         """The most the selected clients' weights can add up to (cond held)."""

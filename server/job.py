@@ -25,7 +25,7 @@ from fedsilo.common.errors import ConfigError, ProtocolError, SecAggRefusedError
 from fedsilo.common.proto import federation_pb2 as pb
 from fedsilo.common.secagg import Trust
 from fedsilo.common.specs import check_specs_match, specs_of
-from fedsilo.common.text import shown
+from fedsilo.common.text import one_line, shown
 from fedsilo.server import messages
 from fedsilo.server.central_eval import CentralEvaluator
 from fedsilo.server.checkpoint import Checkpoint
@@ -36,7 +36,7 @@ from fedsilo.server.global_model import GlobalModel, SecAggSettingsOfJob
 from fedsilo.server.intake import Intake, UploadChecks
 from fedsilo.server.job_state import JobState
 from fedsilo.server.recorder import JobRecorder
-from fedsilo.server.registry import ClientRegistry, Stage, WorkKind
+from fedsilo.server.registry import ClientRegistry, Member, Stage, WorkKind
 from fedsilo.server.report_checks import ReportError, check_evaluation
 from fedsilo.server.run_files import CLIENT_IDS_FILE, ClientIdLog, MetricsLog
 from fedsilo.server.secagg_round import secagg_config
@@ -44,6 +44,7 @@ from fedsilo.server.session import ClientSession
 from fedsilo.server.state_machine import JobPhase
 from fedsilo.server.strategies import make_strategy
 from fedsilo.server.strategies.fednova import local_steps
+from fedsilo.server.transfers import KeptTransfers
 from fedsilo.server.upload import Upload
 from fedsilo.server.uploads import UploadStore
 from fedsilo.server.watch import SessionWatch
@@ -54,6 +55,14 @@ _SECAGG_EVENTS = {
     "SecAggKeyShares": "secagg_shares",
     "SecAggUnmaskResponse": "secagg_unmask",
 }  # in the run folder: uploads that wait for their turn to be folded
+
+# Errors by which a client says it cannot do its work: it is dropped from its round or the
+# final evaluation at once, for this reason, instead of when its stream ends (or times out).
+LEAVES_WORK = {
+    pb.TASK_FAILED: "task failed",
+    pb.POLICY_MISMATCH: "policy mismatch",
+    pb.UNSUPPORTED_CONFIG: "unsupported config",
+}
 
 __all__ = ["Job", "JobOutcome"]
 
@@ -130,7 +139,11 @@ class Job:
                 local_steps=local_steps(config),
             ),
         )
-        self.coordinator = Coordinator(config, self.state, model, self.recorder, log)
+        # Under secure aggregation a broken transfer is a dropped member (its stages' own rule).
+        window = 0.0 if secagg is not None else config.transfer_resume_seconds
+        self.transfers = KeptTransfers(self.state, window, log)
+        downloads = self.transfers.downloads
+        self.coordinator = Coordinator(config, self.state, model, self.recorder, log, downloads)
         self._job_message = messages.job_config(config, setting, secagg)
 
     def begin(self, checkpoint: Checkpoint | None) -> None:
@@ -153,7 +166,7 @@ class Job:
 
     def run(self) -> JobOutcome:
         """Drive the whole job (see Coordinator); return how it ended."""
-        watch = SessionWatch(self.state, self.config.progress_timeout, self.log)
+        watch = SessionWatch(self.state, self.config.progress_timeout, self.log, self.transfers)
         watch.start()
         try:
             return self.coordinator.run()
@@ -215,11 +228,14 @@ class Job:
                     f"the job is full: max_clients={self.config.max_clients} are connected",
                 )
             self.state.pending.pop(session, None)
+            if known is not None:
+                self.transfers.before_admit(known)
             member, replaced = registry.admit(hello.client_name, session)
             if replaced is not None:
                 self._leave_work(
                     replaced.client_id, "replaced by a new connection", replaced.stage.value
                 )
+            resume = self.transfers.after_admit(member, hello)
         if replaced is not None:
             replaced.session.send(
                 messages.error(
@@ -233,7 +249,7 @@ class Job:
                 "session_replaced", client_id=member.client_id, client=member.name, by=session.peer
             )
         session.log.info("client_joined", client_id=member.client_id, client=member.name)
-        return member.client_id, messages.init_config(member.client_id, self._job_message)
+        return member.client_id, messages.init_config(member.client_id, self._job_message, resume)
 
     def ready(self, session: ClientSession, ready: pb.Ready) -> None:
         """Note that a client has loaded its task and data: it is available for work.
@@ -262,6 +278,8 @@ class Job:
     def begin_upload(self, session: ClientSession, send: pb.SendModel) -> Upload:
         """Open the upload a SendModel announces (raises UploadRefusedError)."""
         assert session.client_id is not None
+        if send.HasField("resume_offset"):  # it continues a broken upload
+            return self.transfers.resume_upload(session.client_id, session, send, session.log)
         return self.intake.begin(session.client_id, session, send, session.round, session.log)
 
     def stream_discarded(self, session: ClientSession) -> None:
@@ -330,21 +348,54 @@ class Job:
             self.state.cond.notify_all()
 
     def peer_error(self, session: ClientSession, error: pb.Error) -> None:
-        """Record an Error a client sent."""
+        """Record an Error a client sent; one that says it cannot work drops it from its work."""
+        dropped: dict[str, object] = {}
+        if error.code in LEAVES_WORK:
+            with self.state.cond:
+                member = self.state.registry.current(session.client_id, session)
+                if member is not None:
+                    dropped = self._fail_work(member, error)
         session.log.warning(
             "client_reported_error",
             code=messages.code_name(error.code),
             message=shown(error.message, 300),
+            **dropped,
         )
 
-    def closed(self, session: ClientSession) -> None:
-        """Forget a session whose stream ended; drop it from the work it owed."""
+    def _fail_work(self, member: Member, error: pb.Error) -> dict[str, object]:
+        """Drop a member that cannot do its work from it (cond held); return the log's fields."""
+        work = member.work
+        if work is None:
+            return {"phase": member.stage.value}
+        if member.stage is Stage.DOWNLOAD and error.code == pb.TASK_FAILED:
+            # Its task runs only on a whole model: the download is over, though the stream's
+            # writer may not have noted it yet.
+            evaluating = work.kind is WorkKind.EVALUATE
+            member.move(Stage.EVALUATING if evaluating else Stage.TRAINING)
+        phase = member.stage.value
+        reason = f"{LEAVES_WORK[error.code]}: {one_line(error.message)}"
+        final = self.state.final
+        if (
+            work.kind is WorkKind.EVALUATE
+            and final is not None
+            and member.client_id in final.expected
+        ):
+            self.recorder.evaluation_failed(member.client_id, reason)  # in the final row
+        self._leave_work(member.client_id, reason, phase)
+        member.work = None  # not released to IDLE: no new work before its stream ends (it leaves)
+        return {"phase": phase, "round": work.round, "dropped": True}
+
+    def closed(self, session: ClientSession, upload: Upload | None = None) -> None:
+        """Forget a session whose stream ended; drop it from the work it owed, unless it keeps
+        its place to continue a broken transfer (``server/transfers.py``)."""
         with self.state.cond:
             self.state.pending.pop(session, None)
             member = self.state.registry.remove(session.client_id, session)
+            kept, reason = self.transfers.closed(member, upload)
             if member is None:
                 return
-            self._leave_work(member.client_id, "disconnected", member.stage.value)
+            if not kept:
+                self._leave_work(member.client_id, reason, member.stage.value)
         session.log.info("client_left", phase=member.stage.value)
 
     def _leave_work(self, client_id: int, reason: str, stage: str) -> None:

@@ -44,9 +44,20 @@ def job_config(
     )
 
 
-def init_config(client_id: int, job: pb.JobConfig) -> pb.ServerMessage:
-    """Return the InitConfig answering an admitted client's Hello."""
-    return pb.ServerMessage(init_config=pb.InitConfig(client_id=client_id, job=job))
+def upload_ack(round_number: int, offset: int) -> pb.ServerMessage:
+    """Return the acknowledgement of the first ``offset`` bytes of a round's upload."""
+    position = pb.StreamPosition(round=round_number, offset=offset)
+    return pb.ServerMessage(upload_ack=position)
+
+
+def init_config(
+    client_id: int, job: pb.JobConfig, resume_upload: pb.StreamPosition | None = None
+) -> pb.ServerMessage:
+    """Return the InitConfig answering an admitted client's Hello (and where its upload goes on)."""
+    init = pb.InitConfig(client_id=client_id, job=job)
+    if resume_upload is not None:
+        init.resume_upload.CopyFrom(resume_upload)
+    return pb.ServerMessage(init_config=init)
 
 
 def train_config(config: ServerConfig, round_number: int, client_id: int) -> pb.TrainConfig:
@@ -82,11 +93,14 @@ def sync_opening(
     train: pb.TrainConfig,
     header: pb.TensorStreamHeader,
     secagg: pb.SecAggSetup | None = None,
+    resume_offset: int | None = None,
 ) -> bytes:
-    """Return the serialized SyncModel that opens a round's model stream."""
+    """Return the serialized SyncModel that opens a round's model stream (or continues it)."""
     sync = pb.SyncModel(round=round_number, train=train, model=header)
     if secagg is not None:
         sync.secagg.CopyFrom(secagg)
+    if resume_offset is not None:
+        sync.resume_offset = resume_offset
     return serialize(pb.ServerMessage(sync_model=sync))
 
 

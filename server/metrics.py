@@ -95,27 +95,35 @@ def initial_row() -> dict[str, Any]:
 
 
 def with_evaluation(
-    row: Mapping[str, Any], evaluations: Iterable[ClientEvaluation]
+    row: Mapping[str, Any],
+    evaluations: Iterable[ClientEvaluation],
+    errors: Mapping[int, str] | None = None,
 ) -> dict[str, Any]:
-    """Return ``row`` with the example-weighted evaluation and the per-client values added."""
+    """Return ``row`` with the example-weighted evaluation and the per-client values added.
+
+    ``errors``: why a client has no evaluation (its task failed), as ``{"client_id", "error"}``
+    entries of eval_clients (what fl-report lists under "Client evaluation errors").
+    """
     evals = sorted(evaluations, key=lambda e: e.client_id)
     extra = {"eval_metrics": named} if (named := named_means(evals)) else {}
+    clients: list[dict[str, Any]] = [
+        {
+            "client_id": e.client_id,
+            "examples": e.examples,
+            "loss": e.loss,
+            "accuracy": e.accuracy,
+            **({"metrics": dict(e.metrics)} if e.metrics else {}),
+        }
+        for e in evals
+    ]
+    clients += [{"client_id": cid, "error": text} for cid, text in (errors or {}).items()]
     return {
         **row,
         "eval_loss": _weighted((e.loss, e.examples) for e in evals),
         "eval_accuracy": _weighted((e.accuracy, e.examples) for e in evals),
         "eval_examples": sum(e.examples for e in evals),
         **extra,
-        "eval_clients": [
-            {
-                "client_id": e.client_id,
-                "examples": e.examples,
-                "loss": e.loss,
-                "accuracy": e.accuracy,
-                **({"metrics": dict(e.metrics)} if e.metrics else {}),
-            }
-            for e in evals
-        ],
+        "eval_clients": sorted(clients, key=lambda c: int(c["client_id"])),
     }
 
 

@@ -25,9 +25,10 @@ class OutgoingModel:
     abandoned, so that the job knows when the model's memory is free to reuse. Iterate once.
     """
 
-    def __init__(self, opening: bytes, frames: ModelFrames) -> None:
+    def __init__(self, opening: bytes, frames: ModelFrames, start: int = 0) -> None:
         self.opening = opening
         self.frames = frames
+        self.start = start  # bytes of the model the client already has (a resumed download)
         self._started = False
         self._released = False
         frames.reserve()
@@ -43,7 +44,7 @@ class OutgoingModel:
         self._started = True
         try:
             yield self.opening
-            yield from self.frames
+            yield from self.frames.frames_from(self.start)
         finally:  # also when the stream is cut off and the generator closed
             self._release()
 

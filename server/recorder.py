@@ -43,6 +43,9 @@ class JobRecorder:
         self._checkpoints = CheckpointWriter(self.run_dir / CHECKPOINT_FILE, log)
         self._pending_row: dict[str, Any] | None = metrics.initial_row()
         self._last_round_row: dict[str, Any] | None = None  # the newest checkpointable row
+        # Noted by a session thread under the job's cond while the client still owes its
+        # evaluation, so before the coordinator (which waits on that cond) writes the row.
+        self._evaluation_errors: dict[int, str] = {}
 
     def begin_fresh(self) -> None:
         """Start a new job in this folder: an old metrics file is replaced."""
@@ -69,12 +72,17 @@ class JobRecorder:
         if self._pending_row is not None:
             self._pending_row = {**self._pending_row, **fields}
 
+    def evaluation_failed(self, client_id: int, error: str) -> None:
+        """Note why a client has no evaluation of the pending row's model (in its eval_clients)."""
+        self._evaluation_errors[client_id] = error
+
     def write_row(self, evaluations: Sequence[metrics.ClientEvaluation]) -> None:
         """Complete the pending row with the evaluations of its model and append it."""
         if self._pending_row is None:
             return
-        row = metrics.with_evaluation(self._pending_row, evaluations)
+        row = metrics.with_evaluation(self._pending_row, evaluations, self._evaluation_errors)
         self._pending_row = None
+        self._evaluation_errors = {}
         self.metrics_log.append(row)
         if self._tensorboard is not None:
             self._tensorboard.append(row)

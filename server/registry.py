@@ -95,6 +95,7 @@ class Member:
     stage: Stage = Stage.JOINED
     work: Work | None = None
     declared_examples: int = 0  # its Ready's train_examples
+    takes_acks: bool = False  # its Hello said it takes upload_ack messages
     since: float = field(default_factory=time.monotonic)  # when the stage last changed
 
     def move(self, stage: Stage) -> None:

@@ -68,8 +68,8 @@ class SessionJob(Protocol):
     def secagg_message(self, session: ClientSession, message: Any) -> None:
         """Take a secure-aggregation stage message (raises ProtocolError when refused)."""
 
-    def closed(self, session: ClientSession) -> None:
-        """Forget a session whose stream ended."""
+    def closed(self, session: ClientSession, upload: Upload | None = None) -> None:
+        """Forget a session whose stream ended (with the upload it broke off, if any)."""
 
 
 class Progress:
@@ -300,11 +300,9 @@ class ClientSession:
         return None
 
     def _do_drop(self, payload: Any, nbytes: int) -> None:
-        if self.upload is not None:
-            self.upload.abort()
-        self.upload = None
+        upload, self.upload = self.upload, None
         self.job.telemetry.disconnected(self.client_id)
-        self.job.closed(self)
+        self.job.closed(self, upload)  # which keeps a broken upload for a resume, or aborts it
 
     # ------------------------------------------------------------------ outbound
 

@@ -33,6 +33,9 @@ if TYPE_CHECKING:
 
 Log = structlog.typing.FilteringBoundLogger
 
+# The server acknowledges an upload's bytes every this many (docs/protocol.md, "Resuming").
+ACK_BYTES = 8 << 20
+
 
 class UploadRefusedError(ProtocolError):
     """An update the round does not take; the session swallows the rest of its stream."""
@@ -78,6 +81,9 @@ class Upload:
         self.nbytes = 0
         # What the base weight was divided by (FedNova's a_i; 1 otherwise).
         self.normalizer = intake.checks.weight(send)[1]
+        self.send = send  # its SendModel, against which a resumed one is checked
+        self.chunked = not send.update.HasField("inline")
+        self._next_ack = ACK_BYTES
         # Where the bytes go: "streamed" into the sum, "memory" or "spilled".
         self.placement = "streamed" if stream else ("spilled" if decoder.spills else "memory")
 
@@ -89,6 +95,36 @@ class Upload:
             self._decoder.feed(data)
         except CodecError as exc:
             self._fail(str(exc), more_frames=True)
+        received = self._decoder.received_bytes
+        if self.chunked and self._member.takes_acks and received >= self._next_ack:
+            self._next_ack = received + ACK_BYTES
+            self._member.session.send(messages.upload_ack(self.round, received))
+            self._log.debug("upload_acked", round=self.round, offset=received)
+
+    @property
+    def received_bytes(self) -> int:
+        """Bytes of the update's stream taken so far (where a resumed stream continues)."""
+        return self._decoder.received_bytes if self._decoder is not None else 0
+
+    @property
+    def client_name(self) -> str:
+        """The name of the client sending it."""
+        return self._member.name
+
+    @property
+    def round_state(self) -> Round:
+        """The round this update is for."""
+        return self._round
+
+    @property
+    def resumable(self) -> bool:
+        """Whether a broken stream of this upload may be continued: chunked and not ended."""
+        return self.chunked and self._decoder is not None
+
+    def adopt(self, member: Member, log: Log) -> None:
+        """Continue on the client's new session (a resumed upload; cond held)."""
+        self._member = member
+        self._log = log
 
     def finish(self, checksum: int, nbytes: int) -> None:
         """Check the whole update and fold it (or hand it to the fold), else refuse it."""

@@ -7,7 +7,9 @@ Hello after ``HANDSHAKE_SECONDS``; in every other state after ``progress_timeout
 moving (a message in, a frame out; while uploading, only tensor bytes count, so heartbeats
 cannot hold a round open). A client doing work for a round or the final evaluation is dropped
 from it, with the reason and the phase, before its stream is cut. Idle clients and uploads the
-server itself keeps waiting in line have no deadline.
+server itself keeps waiting in line have no deadline. An uploader that stalls is cut off but
+stays in its round when broken transfers are kept (``server/transfers.py``): its transfer is
+parked when its stream closes, and the watch gives kept transfers up when their time is over.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ import structlog
 
 from fedsilo.server.job_state import JobState
 from fedsilo.server.registry import Member, Stage
+from fedsilo.server.transfers import TRANSFERS, KeptTransfers
 
 HANDSHAKE_SECONDS = 10.0  # from a stream's opening to its Hello: a round trip and a TLS check
 # Idle clients have nothing to do; the others there wait for the server itself.
@@ -34,8 +37,10 @@ class SessionWatch:
         state: JobState,
         progress_timeout: float,
         log: structlog.typing.FilteringBoundLogger,
+        transfers: KeptTransfers | None = None,
     ) -> None:
         self._state = state
+        self._transfers = transfers
         self._handshake = min(HANDSHAKE_SECONDS, progress_timeout)
         self._progress_timeout = progress_timeout
         self._log = log
@@ -67,6 +72,8 @@ class SessionWatch:
         overdue: list[tuple[Any, str]] = []
         state = self._state
         with state.cond:
+            if self._transfers is not None:
+                self._transfers.expire()
             for session, opened in list(state.pending.items()):
                 if now - opened > self._handshake:
                     del state.pending[session]
@@ -83,7 +90,8 @@ class SessionWatch:
                 if member.session.progress.idle_seconds(uploading) <= limit:
                     continue
                 reason = f"stalled: no progress for {limit:g}s"
-                self._leave_work(member, reason)
+                if not self._parks(member, reason, limit):
+                    self._leave_work(member, reason)
                 self._log.warning(
                     "client_cut_off",
                     client_id=member.client_id,
@@ -92,6 +100,21 @@ class SessionWatch:
                 )
                 overdue.append((member.session, reason))
         return overdue
+
+    def _parks(self, member: Member, reason: str, limit: float) -> bool:
+        """Whether a stalled up- or downloader stays in its round for its transfer to be parked
+        when its stream closes (cond held).
+
+        Bounded: one whose stream has not closed within the resume window after the cut-off is
+        dropped after all.
+        """
+        kept = self._transfers
+        if kept is None or kept.window <= 0 or member.stage not in TRANSFERS:
+            return False
+        if member.session.progress.idle_seconds(True) > limit + kept.window:
+            return False
+        kept.stalled[member.client_id] = reason
+        return True
 
     def _leave_work(self, member: Member, reason: str) -> None:
         """Drop a stalled client from the round or final evaluation it owes work to (cond held)."""

@@ -25,7 +25,7 @@ from google.protobuf.message import Message
 from fedsilo.client.policy import ClientPolicy
 from fedsilo.client.protocol import ClientProtocol, LocalSettings
 from fedsilo.common.devices import resolve_device
-from fedsilo.common.errors import JobAbortedError, SessionLostError
+from fedsilo.common.errors import JobAbortedError, SessionLostError, TaskFailedError
 from fedsilo.common.logging import configure_logging
 from fedsilo.common.proto import federation_pb2 as pb
 from fedsilo.common.wire import Outbound, RawChunk, parse_server_message
@@ -126,6 +126,8 @@ class ClientFailure:
 
 def failure_of(index: int, stage: str, exc: BaseException) -> ClientFailure:
     """Describe ``exc``, raised by client ``index`` while ``stage``, in one line and a traceback."""
+    if isinstance(exc, TaskFailedError) and exc.__cause__ is not None:
+        exc = exc.__cause__  # the task's own exception: ``stage`` already says where
     text = str(exc).strip().splitlines()
     error = type(exc).__name__ + (f": {text[0]}" if text else "")
     trace = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))

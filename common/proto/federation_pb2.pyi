@@ -23,6 +23,7 @@ class ErrorCode(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     NOT_ADMITTED: _ClassVar[ErrorCode]
     UNSUPPORTED_CONFIG: _ClassVar[ErrorCode]
     POLICY_MISMATCH: _ClassVar[ErrorCode]
+    TASK_FAILED: _ClassVar[ErrorCode]
     SECAGG_REFUSED: _ClassVar[ErrorCode]
 ERROR_CODE_UNSPECIFIED: ErrorCode
 MALFORMED_MESSAGE: ErrorCode
@@ -38,6 +39,7 @@ INTERNAL: ErrorCode
 NOT_ADMITTED: ErrorCode
 UNSUPPORTED_CONFIG: ErrorCode
 POLICY_MISMATCH: ErrorCode
+TASK_FAILED: ErrorCode
 SECAGG_REFUSED: ErrorCode
 
 class ClientMessage(_message.Message):
@@ -67,7 +69,7 @@ class ClientMessage(_message.Message):
     def __init__(self, hello: _Optional[_Union[Hello, _Mapping]] = ..., ready: _Optional[_Union[Ready, _Mapping]] = ..., send_model: _Optional[_Union[SendModel, _Mapping]] = ..., chunk: _Optional[_Union[TensorChunk, _Mapping]] = ..., trailer: _Optional[_Union[TensorStreamTrailer, _Mapping]] = ..., eval_result: _Optional[_Union[EvalResult, _Mapping]] = ..., heartbeat: _Optional[_Union[Heartbeat, _Mapping]] = ..., error: _Optional[_Union[Error, _Mapping]] = ..., secagg_advert: _Optional[_Union[SecAggKeyAdvert, _Mapping]] = ..., secagg_shares: _Optional[_Union[SecAggKeyShares, _Mapping]] = ..., secagg_unmask: _Optional[_Union[SecAggUnmaskResponse, _Mapping]] = ...) -> None: ...
 
 class ServerMessage(_message.Message):
-    __slots__ = ("init_config", "sync_model", "chunk", "trailer", "evaluate", "finish", "abort", "heartbeat", "error", "secagg_roster", "secagg_routed", "secagg_unmask_request")
+    __slots__ = ("init_config", "sync_model", "chunk", "trailer", "evaluate", "finish", "abort", "heartbeat", "error", "secagg_roster", "secagg_routed", "secagg_unmask_request", "upload_ack")
     INIT_CONFIG_FIELD_NUMBER: _ClassVar[int]
     SYNC_MODEL_FIELD_NUMBER: _ClassVar[int]
     CHUNK_FIELD_NUMBER: _ClassVar[int]
@@ -80,6 +82,7 @@ class ServerMessage(_message.Message):
     SECAGG_ROSTER_FIELD_NUMBER: _ClassVar[int]
     SECAGG_ROUTED_FIELD_NUMBER: _ClassVar[int]
     SECAGG_UNMASK_REQUEST_FIELD_NUMBER: _ClassVar[int]
+    UPLOAD_ACK_FIELD_NUMBER: _ClassVar[int]
     init_config: InitConfig
     sync_model: SyncModel
     chunk: TensorChunk
@@ -92,25 +95,42 @@ class ServerMessage(_message.Message):
     secagg_roster: SecAggKeyRoster
     secagg_routed: SecAggRoutedShares
     secagg_unmask_request: SecAggUnmaskRequest
-    def __init__(self, init_config: _Optional[_Union[InitConfig, _Mapping]] = ..., sync_model: _Optional[_Union[SyncModel, _Mapping]] = ..., chunk: _Optional[_Union[TensorChunk, _Mapping]] = ..., trailer: _Optional[_Union[TensorStreamTrailer, _Mapping]] = ..., evaluate: _Optional[_Union[Evaluate, _Mapping]] = ..., finish: _Optional[_Union[Finish, _Mapping]] = ..., abort: _Optional[_Union[Abort, _Mapping]] = ..., heartbeat: _Optional[_Union[Heartbeat, _Mapping]] = ..., error: _Optional[_Union[Error, _Mapping]] = ..., secagg_roster: _Optional[_Union[SecAggKeyRoster, _Mapping]] = ..., secagg_routed: _Optional[_Union[SecAggRoutedShares, _Mapping]] = ..., secagg_unmask_request: _Optional[_Union[SecAggUnmaskRequest, _Mapping]] = ...) -> None: ...
+    upload_ack: StreamPosition
+    def __init__(self, init_config: _Optional[_Union[InitConfig, _Mapping]] = ..., sync_model: _Optional[_Union[SyncModel, _Mapping]] = ..., chunk: _Optional[_Union[TensorChunk, _Mapping]] = ..., trailer: _Optional[_Union[TensorStreamTrailer, _Mapping]] = ..., evaluate: _Optional[_Union[Evaluate, _Mapping]] = ..., finish: _Optional[_Union[Finish, _Mapping]] = ..., abort: _Optional[_Union[Abort, _Mapping]] = ..., heartbeat: _Optional[_Union[Heartbeat, _Mapping]] = ..., error: _Optional[_Union[Error, _Mapping]] = ..., secagg_roster: _Optional[_Union[SecAggKeyRoster, _Mapping]] = ..., secagg_routed: _Optional[_Union[SecAggRoutedShares, _Mapping]] = ..., secagg_unmask_request: _Optional[_Union[SecAggUnmaskRequest, _Mapping]] = ..., upload_ack: _Optional[_Union[StreamPosition, _Mapping]] = ...) -> None: ...
 
 class Hello(_message.Message):
-    __slots__ = ("protocol_version", "job_id", "client_name")
+    __slots__ = ("protocol_version", "job_id", "client_name", "resume_upload", "resume_download", "takes_upload_acks")
     PROTOCOL_VERSION_FIELD_NUMBER: _ClassVar[int]
     JOB_ID_FIELD_NUMBER: _ClassVar[int]
     CLIENT_NAME_FIELD_NUMBER: _ClassVar[int]
+    RESUME_UPLOAD_FIELD_NUMBER: _ClassVar[int]
+    RESUME_DOWNLOAD_FIELD_NUMBER: _ClassVar[int]
+    TAKES_UPLOAD_ACKS_FIELD_NUMBER: _ClassVar[int]
     protocol_version: int
     job_id: int
     client_name: str
-    def __init__(self, protocol_version: _Optional[int] = ..., job_id: _Optional[int] = ..., client_name: _Optional[str] = ...) -> None: ...
+    resume_upload: StreamPosition
+    resume_download: StreamPosition
+    takes_upload_acks: bool
+    def __init__(self, protocol_version: _Optional[int] = ..., job_id: _Optional[int] = ..., client_name: _Optional[str] = ..., resume_upload: _Optional[_Union[StreamPosition, _Mapping]] = ..., resume_download: _Optional[_Union[StreamPosition, _Mapping]] = ..., takes_upload_acks: _Optional[bool] = ...) -> None: ...
 
 class InitConfig(_message.Message):
-    __slots__ = ("client_id", "job")
+    __slots__ = ("client_id", "job", "resume_upload")
     CLIENT_ID_FIELD_NUMBER: _ClassVar[int]
     JOB_FIELD_NUMBER: _ClassVar[int]
+    RESUME_UPLOAD_FIELD_NUMBER: _ClassVar[int]
     client_id: int
     job: JobConfig
-    def __init__(self, client_id: _Optional[int] = ..., job: _Optional[_Union[JobConfig, _Mapping]] = ...) -> None: ...
+    resume_upload: StreamPosition
+    def __init__(self, client_id: _Optional[int] = ..., job: _Optional[_Union[JobConfig, _Mapping]] = ..., resume_upload: _Optional[_Union[StreamPosition, _Mapping]] = ...) -> None: ...
+
+class StreamPosition(_message.Message):
+    __slots__ = ("round", "offset")
+    ROUND_FIELD_NUMBER: _ClassVar[int]
+    OFFSET_FIELD_NUMBER: _ClassVar[int]
+    round: int
+    offset: int
+    def __init__(self, round: _Optional[int] = ..., offset: _Optional[int] = ...) -> None: ...
 
 class JobConfig(_message.Message):
     __slots__ = ("job_id", "task", "seed", "rounds", "chunk_size", "heartbeat_seconds", "progress_timeout_seconds", "compression", "task_options_json", "task_hash", "train", "control_variates", "secure_aggregation")
@@ -305,28 +325,32 @@ class TrainConfig(_message.Message):
     def __init__(self, local_epochs: _Optional[int] = ..., batch_size: _Optional[int] = ..., learning_rate: _Optional[float] = ..., seed: _Optional[int] = ..., proximal_mu: _Optional[float] = ..., optimizer: _Optional[str] = ..., momentum: _Optional[float] = ..., nesterov: _Optional[bool] = ..., weight_decay: _Optional[float] = ...) -> None: ...
 
 class SyncModel(_message.Message):
-    __slots__ = ("round", "train", "model", "secagg")
+    __slots__ = ("round", "train", "model", "secagg", "resume_offset")
     ROUND_FIELD_NUMBER: _ClassVar[int]
     TRAIN_FIELD_NUMBER: _ClassVar[int]
     MODEL_FIELD_NUMBER: _ClassVar[int]
     SECAGG_FIELD_NUMBER: _ClassVar[int]
+    RESUME_OFFSET_FIELD_NUMBER: _ClassVar[int]
     round: int
     train: TrainConfig
     model: TensorStreamHeader
     secagg: SecAggSetup
-    def __init__(self, round: _Optional[int] = ..., train: _Optional[_Union[TrainConfig, _Mapping]] = ..., model: _Optional[_Union[TensorStreamHeader, _Mapping]] = ..., secagg: _Optional[_Union[SecAggSetup, _Mapping]] = ...) -> None: ...
+    resume_offset: int
+    def __init__(self, round: _Optional[int] = ..., train: _Optional[_Union[TrainConfig, _Mapping]] = ..., model: _Optional[_Union[TensorStreamHeader, _Mapping]] = ..., secagg: _Optional[_Union[SecAggSetup, _Mapping]] = ..., resume_offset: _Optional[int] = ...) -> None: ...
 
 class SendModel(_message.Message):
-    __slots__ = ("round", "train_examples", "metrics", "update")
+    __slots__ = ("round", "train_examples", "metrics", "update", "resume_offset")
     ROUND_FIELD_NUMBER: _ClassVar[int]
     TRAIN_EXAMPLES_FIELD_NUMBER: _ClassVar[int]
     METRICS_FIELD_NUMBER: _ClassVar[int]
     UPDATE_FIELD_NUMBER: _ClassVar[int]
+    RESUME_OFFSET_FIELD_NUMBER: _ClassVar[int]
     round: int
     train_examples: int
     metrics: LocalMetrics
     update: TensorStreamHeader
-    def __init__(self, round: _Optional[int] = ..., train_examples: _Optional[int] = ..., metrics: _Optional[_Union[LocalMetrics, _Mapping]] = ..., update: _Optional[_Union[TensorStreamHeader, _Mapping]] = ...) -> None: ...
+    resume_offset: int
+    def __init__(self, round: _Optional[int] = ..., train_examples: _Optional[int] = ..., metrics: _Optional[_Union[LocalMetrics, _Mapping]] = ..., update: _Optional[_Union[TensorStreamHeader, _Mapping]] = ..., resume_offset: _Optional[int] = ...) -> None: ...
 
 class Evaluate(_message.Message):
     __slots__ = ("round", "model")

@@ -46,6 +46,9 @@ def message_of(event: ServerEvent, driven: Driven) -> pb.ServerMessage:
         ServerEvent.SECAGG_UNMASK_REQUEST: lambda: pb.ServerMessage(
             secagg_unmask_request=pb.SecAggUnmaskRequest()
         ),
+        ServerEvent.UPLOAD_ACK: lambda: pb.ServerMessage(
+            upload_ack=pb.StreamPosition(round=1, offset=8)
+        ),
     }
     return bodies[event]()
 
@@ -93,9 +96,10 @@ def test_an_unexpected_message_gets_one_error_and_one_line(
 
 
 def test_the_table_forbids_what_the_protocol_never_does() -> None:
-    # 5 states x 12 messages = 60 pairs; legal: 8 steps, 3 secure-aggregation stages (while
-    # ready), 5 heartbeats, 4 aborts, 4 errors = 24
-    assert len(ILLEGAL) == 60 - 24
+    # 5 states x 13 messages = 65 pairs; legal: 8 steps, 3 secure-aggregation stages and
+    # upload_ack (while ready), 5 heartbeats, 4 aborts, 4 errors = 25
+    assert len(ILLEGAL) == 65 - 25
+    assert (ClientState.RECEIVING_ROUND, ServerEvent.UPLOAD_ACK) in ILLEGAL
     assert (ClientState.READY, ServerEvent.INIT_CONFIG) in ILLEGAL
     assert (ClientState.RECEIVING_ROUND, ServerEvent.SYNC_MODEL) in ILLEGAL
     assert (ClientState.FINISHED, ServerEvent.FINISH) in ILLEGAL

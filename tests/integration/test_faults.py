@@ -113,13 +113,16 @@ def run_round_2_with_a_faulty_client(
 def test_a_client_killed_in_any_phase_is_dropped_and_the_round_completes(
     daemons: Daemons, tmp_path: Path, phase: str
 ) -> None:
-    rows = run_round_2_with_a_faulty_client(daemons, tmp_path, phase, kill=True)
+    # A broken up- or download is kept 1 s for its client to resume it (server/resume*.py).
+    flags = ("--transfer-resume-seconds", "1")
+    rows = run_round_2_with_a_faulty_client(daemons, tmp_path, phase, True, *flags)
     assert sorted(rows[1]["participants"]) == [0, 1]  # faulty (0) and org-a (1)
     assert rows[2]["selected"] == [0, 1, 2]
     assert rows[2]["participants"] == [1, 2]
     (dropped,) = rows[2]["dropped"]
     assert dropped["client_id"] == 0
-    assert dropped["reason"] == "disconnected"
+    kept = "; not resumed within 1s" if phase in ("download", "upload") else ""
+    assert dropped["reason"] == "disconnected" + kept
     assert dropped["phase"] == phase
     assert dropped["after_seconds"] >= 0
 
@@ -128,12 +131,13 @@ def test_a_client_killed_in_any_phase_is_dropped_and_the_round_completes(
 def test_a_stalled_client_is_cut_off_at_the_progress_deadline(
     daemons: Daemons, tmp_path: Path, phase: str
 ) -> None:
-    rows = run_round_2_with_a_faulty_client(
-        daemons, tmp_path, phase, False, "--progress-timeout", "2"
-    )
+    flags = ("--progress-timeout", "2", "--transfer-resume-seconds", "1")
+    rows = run_round_2_with_a_faulty_client(daemons, tmp_path, phase, False, *flags)
     assert rows[2]["participants"] == [1, 2]
     (dropped,) = rows[2]["dropped"]
     assert dropped["client_id"] == 0
-    assert dropped["reason"] == "stalled: no progress for 2s"
+    # A stalled download is cut off, then kept 1 s for its client to resume it.
+    kept = "; not resumed within 1s" if phase == "download" else ""
+    assert dropped["reason"] == "stalled: no progress for 2s" + kept
     assert dropped["phase"] == phase
     assert dropped["after_seconds"] < 60  # long before the 120 s round deadline

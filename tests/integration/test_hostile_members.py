@@ -171,6 +171,8 @@ def test_heartbeats_do_not_hold_an_upload_open(daemons: Daemons, tmp_path: Path)
         "1024",
         "--progress-timeout",
         "3",
+        "--transfer-resume-seconds",  # its broken upload is then kept 1 s for a resume
+        "1",
         "--start-clients",
         "2",
         rounds=1,

@@ -1,6 +1,8 @@
 """A network partition, for real: the server and each organisation in their own network
 namespace; one organisation's link is cut in the middle of its upload for longer than the
-progress deadline, then healed. The round goes on without it and it rejoins by itself."""
+progress deadline and the time the server keeps a broken upload, then healed. The round goes
+on without it and it rejoins by itself. (A cut short enough to resume from:
+test_resume_transfer.py.)"""
 
 from __future__ import annotations
 
@@ -55,6 +57,8 @@ def test_an_organisation_cut_off_mid_upload_is_dropped_and_rejoins_after_healing
         "2",
         "--progress-timeout",
         "3",
+        "--transfer-resume-seconds",
+        "2",
         "--chunk-size",
         "65536",
         "--log-level",
@@ -96,6 +100,7 @@ def test_an_organisation_cut_off_mid_upload_is_dropped_and_rejoins_after_healing
 
     topology.cut(1)
     wait_for(lambda: server.has_event("client_cut_off", client="org-1"), 30, "the cut-off")
+    wait_for(lambda: server.has_event("upload_given_up", client="org-1"), 30, "the upload lost")
     wait_for(lambda: server.has_event("round_done", round=cut_round), 60, "the round to end")
     topology.heal(1)
     topology.unthrottle(1)
@@ -123,6 +128,6 @@ def test_an_organisation_cut_off_mid_upload_is_dropped_and_rejoins_after_healing
     )
     (dropped,) = [d for d in rows[cut_round]["dropped"] if d["client_id"] == org_1_id]
     assert dropped["phase"] == "upload"
-    assert dropped["reason"] == "stalled: no progress for 3s"
+    assert dropped["reason"] == "stalled: no progress for 3s; not resumed within 2s"
     assert org_1_id not in rows[cut_round]["participants"]
     assert any(org_1_id in row.get("participants", []) for r, row in rows.items() if r > cut_round)

@@ -79,6 +79,7 @@ class ScriptedClient:
     answer: Answer = echo
     examples: int = 10
     received: list[ReceivedModel] = field(default_factory=list)
+    kept: bytes = b""  # the first bytes of a broken download that a resumed SyncModel continues
     messages: queue.SimpleQueue[pb.ServerMessage] = field(default_factory=queue.SimpleQueue)
 
     def __post_init__(self) -> None:
@@ -86,13 +87,22 @@ class ScriptedClient:
         self._thread = threading.Thread(target=self._pump, daemon=True, name=self.name)
         self._ended = threading.Event()
 
-    def join(self, ready: bool = True) -> None:
-        """Say Hello (and Ready) and start answering."""
-        self.send(
-            pb.ClientMessage(
-                hello=pb.Hello(protocol_version=PROTOCOL_VERSION, client_name=self.name)
-            )
+    def join(
+        self,
+        ready: bool = True,
+        resume: pb.StreamPosition | None = None,
+        download: pb.StreamPosition | None = None,
+        acks: bool = True,
+    ) -> None:
+        """Say Hello (naming a broken upload or download, if any) and Ready; start answering."""
+        hello = pb.Hello(
+            protocol_version=PROTOCOL_VERSION, client_name=self.name, takes_upload_acks=acks
         )
+        if resume is not None:
+            hello.resume_upload.CopyFrom(resume)
+        if download is not None:
+            hello.resume_download.CopyFrom(download)
+        self.send(pb.ClientMessage(hello=hello))
         self._thread.start()
         if ready:
             self.send(pb.ClientMessage(ready=pb.Ready(train_examples=self.examples)))
@@ -155,6 +165,8 @@ class ScriptedClient:
                 kind = message.WhichOneof("body")
                 if kind in ("sync_model", "evaluate"):
                     opening, chunks = message, []
+                    if kind == "sync_model" and message.sync_model.HasField("resume_offset"):
+                        chunks = [self.kept[: message.sync_model.resume_offset]]
                     header = (
                         message.sync_model.model if kind == "sync_model" else message.evaluate.model
                     )
