@@ -15,7 +15,8 @@ CHROMIUM     := /usr/bin/chromium
 CHROMIUM_PKG := chromium
 
 .PHONY: install test test-slow lint typecheck demo proto clean bench bench-rounds bench-peers \
-	bench-sim bench-wan bench-dp datasets datasets-if-possible browser browser-if-possible
+	bench-sim bench-wan bench-dp datasets datasets-if-possible browser browser-if-possible \
+	reproduce-niid
 
 install: $(STAMP) datasets-if-possible browser-if-possible
 
@@ -128,6 +129,22 @@ bench-sim: install
 
 demo: install
 	$(BIN)/python tools/demo.py $(if $(DEMO_PORT),--port $(DEMO_PORT))
+
+# NIID-Bench on Fashion-MNIST (docs/results.md): every cell of configs/niid/ through fl-sim,
+# then one fl-report per partition. Days on 2 cores; a cell already finished is skipped (its
+# model.pt exists). make reproduce-niid NIID_CELLS="dir0.5/fedavg c2/scaffold" runs only those.
+NIID_OUT   ?= runs/niid
+NIID_CELLS ?= $(patsubst configs/niid/%.toml,%,$(sort $(wildcard configs/niid/*/*.toml)))
+reproduce-niid: install datasets
+	@set -e; for cell in $(NIID_CELLS); do \
+		if [ -f $(NIID_OUT)/$$cell/model.pt ]; then echo "niid: $$cell done"; continue; fi; \
+		echo "niid: $$cell"; \
+		$(BIN)/fl-sim --config configs/niid/$$cell.toml --out $(NIID_OUT)/$$cell; \
+	done
+	@set -e; for part in $(sort $(dir $(NIID_CELLS))); do \
+		runs=$$(for cell in $(NIID_CELLS); do case $$cell in $$part*) echo $(NIID_OUT)/$$cell;; esac; done); \
+		$(BIN)/fl-report $$runs --out $(NIID_OUT)/$${part%/}-report --latex; \
+	done
 
 proto: install
 	$(BIN)/python tools/genproto.py

@@ -16,13 +16,16 @@ from typing import Protocol
 
 import torch
 
+from fedsilo.client.control_variates import FOLDER, ControlVariateStore
 from fedsilo.client.dp_budget import SiloBudget
 from fedsilo.client.policy import AdmittedTask, ClientPolicy
 from fedsilo.client.secagg_client import SecAggKeys
 from fedsilo.client.task_failure import task_code
+from fedsilo.common import control_variates
 from fedsilo.common.compression import ClientCompressor, Compression
 from fedsilo.common.errors import ConfigError, PolicyError
 from fedsilo.common.proto import federation_pb2 as pb
+from fedsilo.common.specs import specs_of
 from fedsilo.common.task_identity import TaskIdentity
 from fedsilo.common.wire import MAX_CHUNK_SIZE
 from fedsilo.tasks import LocalData, Task, TrainConfig, TrainResult
@@ -49,7 +52,8 @@ class LocalSettings:
     # Only for clients that never work concurrently (fl-sim): every round overwrites all
     # weights before use, so one model per task can serve them all.
     shared_models: SharedModels | None = None
-    # Where the client keeps state across restarts (its DP-SGD budget); None: memory only.
+    # The client's run folder, where it keeps state across restarts (its DP-SGD budget,
+    # SCAFFOLD's control variates); None: in memory only.
     state_dir: Path | None = None
     # Secure aggregation: the certificate key round keys are signed with, and the CA.
     secagg_keys: SecAggKeys | None = None
@@ -75,6 +79,8 @@ class Joined:
     reference: dict[str, torch.Tensor] | None = None
     # Record-level DP-SGD of this job, when the policy asks for it.
     budget: SiloBudget | None = None
+    # SCAFFOLD: this client's control variates by round (jobs with control_variates only).
+    control: ControlVariateStore | None = None
 
     def is_same_job(self, client_id: int, job: pb.JobConfig, identity: TaskIdentity) -> bool:
         """Whether an InitConfig continues this job (a reconnect), so task and data are kept."""
@@ -82,6 +88,7 @@ class Joined:
             self.client_id == client_id
             and self.job.job_id == job.job_id
             and self.job.seed == job.seed
+            and self.job.control_variates == job.control_variates
             and self.identity == identity
         )
 
@@ -154,6 +161,11 @@ def build(
     budget = None
     if dp is not None:  # outside task_code: a budget that cannot be opened is a ConfigError
         budget = SiloBudget.open(dp, job, data.train_examples, local.state_dir)
+    control = None
+    if job.control_variates:
+        folder = None if local.state_dir is None else local.state_dir / FOLDER / f"job-{job.job_id}"
+        specs = control_variates.controlled(specs_of(model.state_dict()))
+        control = ControlVariateStore(specs, folder)
     return Joined(
         client_id=init.client_id,
         job=job,
@@ -164,4 +176,5 @@ def build(
         compressor=ClientCompressor(setting),
         partition=partition,
         budget=budget,
+        control=control,
     )

@@ -66,6 +66,18 @@ class PolicySettings(RecordDpSettings):
         10.0, gt=0, allow_inf_nan=False, description="Largest learning rate a round may ask for."
     )
     max_rounds: int = Field(100_000, ge=1, description="Most rounds a job may have.")
+    max_sgd_momentum: float = Field(
+        0.999, ge=0, lt=1, description="Largest local SGD momentum a round may ask for."
+    )
+    max_decay: float = Field(
+        1.0, ge=0, allow_inf_nan=False, description="Largest weight decay a round may ask for."
+    )
+    allow_adam: bool = Field(True, description="Whether a round may ask for the Adam optimizer.")
+    allow_control_variates: bool = Field(
+        True,
+        description="Whether a job may use SCAFFOLD (a model-sized control variate kept in the "
+        "run folder, and sent with each update).",
+    )
 
     @model_validator(mode="after")
     def _consistent(self) -> PolicySettings:
@@ -82,7 +94,12 @@ _BOUNDS = (
     "max_batch",
     "max_lr",
     "max_rounds",
+    "max_sgd_momentum",
+    "max_decay",
+    "allow_adam",
+    "allow_control_variates",
 )
+OPTIMIZERS = ("sgd", "adam")
 
 
 @dataclass(frozen=True)
@@ -94,6 +111,10 @@ class TrainingBounds:
     max_batch: int = 65536
     max_lr: float = 10.0
     max_rounds: int = 100_000
+    max_sgd_momentum: float = 0.999
+    max_decay: float = 1.0
+    allow_adam: bool = True
+    allow_control_variates: bool = True
 
     def problems(self, train: pb.TrainConfig) -> list[str]:
         """Return what in ``train`` is out of bounds, one phrase each (empty: all in bounds)."""
@@ -108,6 +129,25 @@ class TrainingBounds:
         mu = train.proximal_mu
         if not (math.isfinite(mu) and mu >= 0):
             found.append(f"proximal_mu {mu:g} is not a finite number >= 0")
+        return found + self._optimizer_problems(train)
+
+    def _optimizer_problems(self, train: pb.TrainConfig) -> list[str]:
+        found = []
+        optimizer = train.optimizer or "sgd"
+        if optimizer not in OPTIMIZERS:
+            found.append(f"optimizer {_shown(optimizer)} is not one of {', '.join(OPTIMIZERS)}")
+        elif optimizer == "adam" and not self.allow_adam:
+            found.append("optimizer adam is not allowed (allow_adam is off)")
+        momentum = train.momentum
+        if not (math.isfinite(momentum) and 0 <= momentum <= self.max_sgd_momentum):
+            found.append(f"momentum {momentum:g} not in [0, {self.max_sgd_momentum:g}]")
+        if train.nesterov and not momentum > 0:
+            found.append("nesterov needs momentum > 0")
+        if optimizer == "adam" and (momentum or train.nesterov):
+            found.append("momentum and nesterov are SGD's, not Adam's")
+        decay = train.weight_decay
+        if not (math.isfinite(decay) and 0 <= decay <= self.max_decay):
+            found.append(f"weight_decay {decay:g} not in [0, {self.max_decay:g}]")
         return found
 
     def check_training(self, train: pb.TrainConfig, what: str) -> None:
@@ -195,6 +235,10 @@ class ClientPolicy:
             raise PolicyError(
                 "the job requires record-level DP-SGD (--require-dp) and this client's policy "
                 "sets none (record_dp_epsilon or record_dp_noise)"
+            )
+        if job.control_variates and not self.bounds.allow_control_variates:
+            raise PolicyError(
+                "the job uses SCAFFOLD's control variates; allow_control_variates is off"
             )
         if ours is None:
             return _admit_builtin(theirs)

@@ -57,6 +57,10 @@ class RankTraining(BaseModel):
     learning_rate: float
     seed: int
     proximal_mu: float
+    optimizer: str = "sgd"
+    momentum: float = 0.0
+    nesterov: bool = False
+    weight_decay: float = 0.0
 
     def config(self) -> TrainConfig:
         """Return these settings as the Task's TrainConfig."""

@@ -122,7 +122,9 @@ class Transfers:
         kept, self.download = self.download, None
         offset, self._resume_offset = self._resume_offset, None
         if offset is None:
-            return IncomingModel.begin(joined.model, header, joined.job.chunk_size, number, train)
+            return IncomingModel.begin(
+                joined.model, header, joined.job.chunk_size, number, train, joined.control
+            )
         decoder = kept.decoder if kept is not None else None
         if kept is None or decoder is None or (kept.round, kept.train) != (number, train):
             raise CodecError(f"a continued model stream of round {number}, which it never began")

@@ -101,7 +101,7 @@ class FederationClient:
             data=config.data,
             device=device,
             policy=policy,
-            state_dir=run_dir,  # the DP-SGD budget of each job, next to audit.jsonl
+            state_dir=run_dir,  # DP-SGD budgets and control variates, next to audit.jsonl
             secagg_keys=secagg_keys_of(config),
             ranks=RankLauncher(ranks, endpoint.name, config.data, self.log) if ranks else None,
         )

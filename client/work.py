@@ -14,16 +14,21 @@ from typing import Any
 
 import torch
 
+from fedsilo.client import control_variates as scaffold
 from fedsilo.client.dp_budget import SiloBudget
 from fedsilo.client.joined import Joined, RoundTrainer
 from fedsilo.client.policy import ClientPolicy
 from fedsilo.client.resume import PendingUpload
 from fedsilo.client.task_failure import task_code
+from fedsilo.common import control_variates
+from fedsilo.common.errors import ConfigError
+from fedsilo.common.metric_names import metrics_problem
 from fedsilo.common.proto import federation_pb2 as pb
 from fedsilo.common.specs import header_of, specs_of
 from fedsilo.common.tensor_checks import floating_copy, update_norm
 from fedsilo.common.wire import PROTOCOL_VERSION, inline_tensors
-from fedsilo.tasks import Evaluation, TrainConfig
+from fedsilo.tasks import Evaluation, TrainConfig, TrainResult
+from fedsilo.tasks.interface import DpSgdConfig
 
 Heartbeats = AbstractContextManager[None]
 
@@ -54,6 +59,27 @@ def on_device(model: torch.nn.Module, device: torch.device) -> Iterator[None]:
         model.to("cpu")
 
 
+def train_config(
+    train: pb.TrainConfig,
+    correction: dict[str, torch.Tensor] | None = None,
+    privacy: DpSgdConfig | None = None,
+) -> TrainConfig:
+    """Return the Task's TrainConfig for a round's settings (SCAFFOLD's correction, DP-SGD's)."""
+    return TrainConfig(
+        local_epochs=train.local_epochs,
+        batch_size=train.batch_size,
+        learning_rate=train.learning_rate,
+        seed=train.seed,
+        proximal_mu=train.proximal_mu,
+        optimizer=train.optimizer or "sgd",
+        momentum=train.momentum,
+        nesterov=train.nesterov,
+        weight_decay=train.weight_decay,
+        control_correction=correction,
+        privacy=privacy,
+    )
+
+
 def train_round(
     joined: Joined,
     round_number: int,
@@ -69,24 +95,27 @@ def train_round(
 
     ``masked`` (secure aggregation): the update is not encoded here; the SendModel carries the
     metrics only, and the received weights come back in ``reference`` for the masked upload.
+    With control variates (SCAFFOLD: ``joined.control``, holding the server's c of the round),
+    training is corrected by ``c - c_i``, and the update carries ``c_i+ - c_i`` after the
+    codec's tensors; ``c_i+`` is saved before anything is sent.
     """
     model, compressor = joined.model, joined.compressor
     started = time.monotonic()
-    # One copy of the received weights serves the codec's delta and the audit's update norm.
+    # One copy of the received weights serves the codec's delta, the audit's update norm and
+    # SCAFFOLD's drift.
     lossy = compressor.setting.codec != "none"
+    store = joined.control
     reference = None
-    if measure_norm or lossy or masked:
+    if measure_norm or lossy or masked or store is not None:
         reference = floating_copy(model.state_dict(), into=joined.reference)
         joined.reference = reference
         compressor.remember_global(reference, copy=False)
     budget = joined.budget
-    config = TrainConfig(
-        local_epochs=train.local_epochs,
-        batch_size=train.batch_size,
-        learning_rate=train.learning_rate,
-        seed=train.seed,
-        proximal_mu=train.proximal_mu,
-        privacy=budget.training(train.seed) if budget is not None else None,
+    inputs = _control_inputs(store, ranks, round_number)
+    config = train_config(
+        train,
+        inputs[2] if inputs is not None else None,
+        budget.training(train.seed) if budget is not None else None,
     )
     with heartbeats:
         # The ranks' own failures are theirs (LocalTrainingError: the client leaves the round).
@@ -96,6 +125,7 @@ def train_round(
                 result = joined.task.train(model, joined.data, config)
         if ranks is not None:  # the ranks put the model on their own devices
             result = ranks.train(joined, round_number, config)
+    check_evaluation(evaluation)
     # Charged and saved before anything of the round leaves (raises past the budget).
     epsilon = budget.charge(round_number, result.privacy) if budget is not None else None
     seconds = time.monotonic() - started
@@ -106,16 +136,18 @@ def train_round(
         train_seconds=seconds,
         evaluation=evaluation_message(evaluation),
         dp_epsilon=epsilon,
+        local_steps=result.steps,
     )
     if masked:
         # Weight and update travel masked, later; the audit says so and the norm is of the delta.
         send = pb.ClientMessage(send_model=pb.SendModel(round=round_number, metrics=metrics))
-        record = _record(
-            round_number, "secagg", norm, result.examples, result.loss, seconds, evaluation
-        )
+        record = _record(round_number, "secagg", norm, result, seconds, evaluation)
         summary = _with_dp(record, _summary(result.loss, seconds, evaluation), budget)
         return Upload(send, record, summary, result.examples, reference)
     wire = compressor.encode(trained)
+    if store is not None:
+        assert inputs is not None and reference is not None
+        wire.update(_control_change(joined, round_number, inputs, reference, result, train))
     specs = specs_of(wire)
     send = pb.ClientMessage(
         send_model=pb.SendModel(
@@ -133,16 +165,9 @@ def train_round(
     else:
         pending = PendingUpload(round_number, send, list(wire.values()), joined.job.chunk_size)
         frames = pending.frames()
-    record = _record(
-        round_number,
-        compressor.setting.codec,
-        norm,
-        result.examples,
-        result.loss,
-        seconds,
-        evaluation,
-    )
+    record = _record(round_number, compressor.setting.codec, norm, result, seconds, evaluation)
     record["bytes"] = sum(spec.nbytes for spec in specs)
+    record["control_variates"] = store is not None
     summary = _with_dp(record, _summary(result.loss, seconds, evaluation), budget)
     return Upload(frames, record, summary, result.examples, pending=pending)
 
@@ -157,12 +182,49 @@ def _with_dp(
     return summary
 
 
+def _control_inputs(
+    store: scaffold.ControlVariateStore | None, ranks: RoundTrainer | None, round_number: int
+) -> tuple[scaffold.State, scaffold.State, scaffold.State] | None:
+    """SCAFFOLD's (c, c_i, c - c_i) of the round, or None in a job without control variates."""
+    if store is None:
+        return None
+    if ranks is not None:
+        raise ConfigError(
+            "SCAFFOLD's correction does not reach the ranks of --nproc-per-node; "
+            "run this silo as one process for this job"
+        )
+    return scaffold.round_inputs(store, round_number)
+
+
+def _control_change(
+    joined: Joined,
+    round_number: int,
+    inputs: tuple[dict[str, torch.Tensor], ...],
+    start: dict[str, torch.Tensor],
+    result: TrainResult,
+    train: pb.TrainConfig,
+) -> dict[str, torch.Tensor]:
+    """Save SCAFFOLD's ``c_i+`` of the round; return ``c_i+ - c_i`` under its wire names."""
+    assert joined.control is not None
+    server, own, _ = inputs
+    new, delta = scaffold.next_variate(
+        own,
+        server,
+        start,
+        joined.model.state_dict(),
+        steps=result.steps,
+        learning_rate=train.learning_rate,
+        parameters={name for name, _ in joined.model.named_parameters()},
+    )
+    joined.control.save(round_number, new)
+    return control_variates.suffixed(delta, control_variates.DELTA_SUFFIX)
+
+
 def _record(
     round_number: int,
     codec: str,
     norm: float | None,
-    examples: int,
-    loss: float,
+    result: TrainResult,
     seconds: float,
     evaluation: Evaluation,
 ) -> dict[str, Any]:
@@ -171,13 +233,15 @@ def _record(
         "round": round_number,
         "codec": codec,
         "update_norm": norm,
-        "train_examples": examples,
+        "train_examples": result.examples,
         "metrics": {
-            "train_loss": loss,
+            "train_loss": result.loss,
             "train_seconds": seconds,
             "eval_examples": evaluation.examples,
             "eval_loss": evaluation.loss,
             "eval_accuracy": evaluation.accuracy,
+            "eval_metrics": dict(evaluation.metrics),
+            "local_steps": result.steps,
         },
     }
 
@@ -193,7 +257,16 @@ def _summary(loss: float, seconds: float, evaluation: Evaluation) -> dict[str, f
 def evaluate_final(joined: Joined, device: torch.device, heartbeats: Heartbeats) -> Evaluation:
     """Evaluate the final model on the local held-out data."""
     with heartbeats, task_code("evaluating the final model"), on_device(joined.model, device):
-        return joined.task.evaluate(joined.model, joined.data)
+        evaluation = joined.task.evaluate(joined.model, joined.data)
+    check_evaluation(evaluation)
+    return evaluation
+
+
+def check_evaluation(evaluation: Evaluation) -> None:
+    """Raise ConfigError when the task's named metrics break the rule the server enforces."""
+    problem = metrics_problem(evaluation.metrics)
+    if problem is not None:
+        raise ConfigError(f"the task's evaluation: {problem}")
 
 
 def ready_message(joined: Joined) -> pb.ClientMessage:
@@ -209,7 +282,10 @@ def ready_message(joined: Joined) -> pb.ClientMessage:
 def evaluation_message(evaluation: Evaluation) -> pb.Evaluation:
     """Return the wire form of an evaluation."""
     return pb.Evaluation(
-        examples=evaluation.examples, loss=evaluation.loss, accuracy=evaluation.accuracy
+        examples=evaluation.examples,
+        loss=evaluation.loss,
+        accuracy=evaluation.accuracy,
+        metrics={name: float(value) for name, value in evaluation.metrics.items()},
     )
 
 
@@ -220,6 +296,10 @@ def train_record(train: pb.TrainConfig) -> dict[str, Any]:
         "batch_size": train.batch_size,
         "learning_rate": train.learning_rate,
         "proximal_mu": train.proximal_mu,
+        "optimizer": train.optimizer or "sgd",
+        "momentum": train.momentum,
+        "nesterov": train.nesterov,
+        "weight_decay": train.weight_decay,
         "seed": train.seed,
     }
 
@@ -253,7 +333,12 @@ def join_record(joined: Joined, rejoined: bool, policy: ClientPolicy) -> dict[st
             "max_batch": bounds.max_batch,
             "max_lr": bounds.max_lr,
             "max_rounds": bounds.max_rounds,
+            "max_sgd_momentum": bounds.max_sgd_momentum,
+            "max_decay": bounds.max_decay,
+            "allow_adam": bounds.allow_adam,
+            "allow_control_variates": bounds.allow_control_variates,
         },
+        "control_variates": job.control_variates,
         "partition": joined.partition,
         "require_dp": job.require_dp,
         "record_dp": joined.budget.record() if joined.budget is not None else None,

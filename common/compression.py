@@ -122,12 +122,19 @@ def _tensor_wire_specs(spec: TensorSpec, setting: Compression) -> list[TensorSpe
     return [TensorSpec(name + INDEX, index_dtype, (k,)), TensorSpec(name + VALUES, dtype, (k,))]
 
 
-def wire_specs(model_specs: Sequence[TensorSpec], setting: Compression) -> list[TensorSpec]:
+def wire_specs(
+    model_specs: Sequence[TensorSpec],
+    setting: Compression,
+    extras: Sequence[TensorSpec] = (),
+) -> list[TensorSpec]:
     """Return the exact tensor list an update carries on the wire under ``setting``.
 
-    Raises ConfigError when a wire name would collide with another tensor of the model.
+    ``extras`` are tensors the job adds after the model's (SCAFFOLD's control-variate change,
+    ``common/control_variates.py``): they go as they are under every codec. Raises ConfigError
+    when a wire name would collide with another tensor of the update.
     """
     specs = [wire for spec in model_specs for wire in _tensor_wire_specs(spec, setting)]
+    specs += extras
     names = [spec.name for spec in specs]
     if len(set(names)) != len(names):
         duplicates = sorted({name for name in names if names.count(name) > 1})
@@ -241,15 +248,16 @@ def decode(
     wire: Mapping[str, torch.Tensor],
     global_state: Mapping[str, torch.Tensor],
     setting: Compression,
+    extras: Sequence[TensorSpec] = (),
 ) -> dict[str, torch.Tensor]:
     """Return the full model-shaped update (``g + delta``) from an update's wire tensors.
 
     Checks the wire tensors against ``wire_specs`` and rejects hostile content (top-k indices
     out of range, repeated or unordered; a scale that is negative or not finite) with
-    CodecError before writing anything.
+    CodecError before writing anything. ``extras`` come back as they are, after the model's.
     """
     model_specs = specs_of(global_state)
-    check_specs_match(specs_of(wire), wire_specs(model_specs, setting))
+    check_specs_match(specs_of(wire), wire_specs(model_specs, setting, extras))
     if setting.codec == "none":
         return dict(wire)
     out: dict[str, torch.Tensor] = {}
@@ -261,6 +269,7 @@ def decode(
         work = _work_dtype(spec.dtype)
         base = global_state[name].to(work)
         out[name] = _apply(name, spec, base, wire, setting).to(spec.dtype)
+    out.update((spec.name, wire[spec.name]) for spec in extras)
     return out
 
 

@@ -3,8 +3,10 @@
 A Task may offer one (``central_data(data_dir)``, e.g. the official test split that the
 federation operator holds); then row r of metrics.jsonl carries ``central_loss``,
 ``central_accuracy`` and ``central_examples`` of the model after round r, next to the clients'
-own held-out evaluation. The evaluation runs on the coordinator thread between rounds, through
-the task's own ``evaluate``, on a model instance of the server's own.
+own held-out evaluation, and ``central_metrics``: the task's named extra metrics (AUROC, ...),
+under the rule every evaluation's extras follow (``common/metric_names.py``). The evaluation
+runs on the coordinator thread between rounds, through the task's own ``evaluate``, on a model
+instance of the server's own.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ import structlog
 import torch
 from torch.utils.data import TensorDataset
 
+from fedsilo.common.metric_names import metrics_problem
 from fedsilo.tasks import Evaluation, LocalData, Task
 
 
@@ -39,11 +42,18 @@ class CentralEvaluator:
         if not (math.isfinite(result.loss) and math.isfinite(result.accuracy)):
             log.warning("central_evaluation_not_finite", loss=result.loss, accuracy=result.accuracy)
             return {}
-        return {
+        fields: dict[str, Any] = {
             "central_loss": result.loss,
             "central_accuracy": result.accuracy,
             "central_examples": result.examples,
         }
+        problem = metrics_problem(result.metrics)
+        if problem is not None:
+            log.warning("central_metrics_refused", problem=problem)
+        elif result.metrics:
+            named = result.metrics
+            fields["central_metrics"] = {name: float(named[name]) for name in sorted(named)}
+        return fields
 
 
 def central_evaluator(task: Task, seed: int, data_dir: Path | None) -> CentralEvaluator | None:

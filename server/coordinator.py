@@ -121,8 +121,8 @@ class Coordinator:
 
     def _run_round(self, number: int) -> None:
         log = self.log.bind(round=number)
-        frames = self.model.frames(self.config.chunk_size)
-        header = messages.model_header(self.model.specs, frames)
+        frames = self.model.round_frames(self.config.chunk_size)
+        header = messages.model_header(self.model.round_specs, frames)
         state = self.state
         with state.cond:
             state.move_to(JobPhase.ROUND)
@@ -136,7 +136,7 @@ class Coordinator:
             )
             fold = OrderedFold(
                 selected,
-                self.model.state,
+                self.model.fold_like,
                 keep_all=self.model.strategy.needs_all_updates,
                 release=self.store.release,
                 sum_buffers=self.model.sum_buffers,

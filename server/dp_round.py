@@ -78,6 +78,15 @@ class DpRound:
         self.min_contributors = min(max(1, min_contributors), settings.clients_per_round)
         self._contributors = settings.clients_per_round  # of the round last noised
 
+    @classmethod
+    def for_job(cls, config: ServerConfig) -> DpRound | None:
+        """The job's DP-FedAvg with its ledger in the run folder, or None when it runs without."""
+        settings = dp_settings(config)
+        if settings is None:
+            return None
+        ledger = config.run_dir / LEDGER_FILE
+        return cls(settings, config.min_clients, ledger, config.resume)
+
     def budget_left_for_a_round(self) -> bool:
         """Whether one more round keeps epsilon within the target (always, without one)."""
         target = self.settings.target_epsilon

@@ -69,8 +69,10 @@ class FoldSink:
                     f"tensor {spec.name!r} holds NaN or infinite values, or values "
                     f"beyond {self._limit:.3g} in magnitude"
                 )
-            if self._reference is not None and spec.dtype.is_floating_point:
-                base = self._reference[spec.name].reshape(-1)[start : start + values.numel()]
+            # The norm is the change to the model: extras (SCAFFOLD's dc) are not in it.
+            reference = self._reference
+            if reference is not None and spec.dtype.is_floating_point and spec.name in reference:
+                base = reference[spec.name].reshape(-1)[start : start + values.numel()]
                 delta = values.double() - base.double()
                 self.norm_squared += float(torch.dot(delta, delta))
         self._stream.add(spec.name, start, values)

@@ -3,6 +3,11 @@
 Owned by the coordinator thread. ``state`` is replaced after every round, never changed in
 place: the streams that send it and a checkpoint that writes it read it while the next round
 runs. The old model's memory goes back to the upload store once nothing reads it.
+
+With SCAFFOLD a round's stream also carries the server's control variate after the model
+(``round_frames``, ``round_specs``), and updates carry their control-variate change after it:
+the fold sums those too (``fold_like``). A strategy whose step needs each update's weight
+(``RoundStep``: FedNova, SCAFFOLD) gets the round's contributions.
 """
 
 from __future__ import annotations
@@ -15,9 +20,10 @@ from typing import Any
 import structlog
 import torch
 
+from fedsilo.common import control_variates
 from fedsilo.common.errors import CodecError, JobAbortedError
 from fedsilo.common.secagg import SecAggConfig, Trust
-from fedsilo.common.specs import specs_of
+from fedsilo.common.specs import TensorSpec, specs_of
 from fedsilo.common.wire import SERVER_CHUNKS, ModelFrames
 from fedsilo.server import messages
 from fedsilo.server.central_eval import CentralEvaluator
@@ -26,6 +32,8 @@ from fedsilo.server.job_state import Round
 from fedsilo.server.secagg_round import SecAggRound
 from fedsilo.server.strategies import Strategy
 from fedsilo.server.strategies.fedavg import accumulator_dtype
+from fedsilo.server.strategies.round_step import Contribution, RoundStep
+from fedsilo.server.strategies.scaffold import Scaffold
 from fedsilo.server.uploads import UploadStore
 from fedsilo.server.validation import check_finite
 
@@ -61,16 +69,43 @@ class GlobalModel:
         self.store = store
         self.central = central
         self.dp = dp
+        self.control = strategy if isinstance(strategy, Scaffold) else None
+        # What updates carry after the model's own tensors (SCAFFOLD's dc), under every codec.
+        self.update_extras: list[TensorSpec] = (
+            control_variates.delta_specs(self.specs) if self.control is not None else []
+        )
         self.secagg = secagg
 
     def frames(self, chunk_size: int) -> ModelFrames:
         """The model's frames, checksummed once and framed lazily by each stream."""
         return ModelFrames(list(self.state.values()), chunk_size, SERVER_CHUNKS, messages.trailer)
 
+    @property
+    def round_specs(self) -> list[TensorSpec]:
+        """What a round's model stream carries: the model, then SCAFFOLD's ``c`` if any."""
+        if self.control is None:
+            return self.specs
+        return self.specs + control_variates.server_specs(self.specs)
+
+    def round_frames(self, chunk_size: int) -> ModelFrames:
+        """The frames of a round's model stream (``round_specs``)."""
+        if self.control is None:
+            return self.frames(chunk_size)
+        tensors = [*self.state.values(), *self.control.server_control(self.state).values()]
+        return ModelFrames(tensors, chunk_size, SERVER_CHUNKS, messages.trailer)
+
+    @property
+    def fold_like(self) -> State:
+        """The tensors a round's fold sums: the model's, then the updates' extras."""
+        if not self.update_extras:
+            return self.state
+        return {**self.state, **control_variates.zeros(self.update_extras)}
+
     def sum_buffers(self) -> State:
         """Model-shaped buffers in the sum's dtypes (spare ones when the store has them)."""
-        dtypes = {name: accumulator_dtype(t.dtype) for name, t in self.state.items()}
-        return self.store.sum_buffers(self.state, dtypes)
+        like = self.fold_like
+        dtypes = {name: accumulator_dtype(t.dtype) for name, t in like.items()}
+        return self.store.sum_buffers(like, dtypes)
 
     def secagg_round(self, job_id: int, number: int, selected: list[int]) -> SecAggRound | None:
         """The secure aggregation of a new round, when the job uses it."""
@@ -102,7 +137,12 @@ class GlobalModel:
             mean = current.fold.mean()
             if self.dp is not None:
                 mean = self.dp.noised(self.state, mean, len(current.fold.folded), current.number)
-            new_state = strategy.next_global(self.state, mean)
+            if isinstance(strategy, RoundStep):
+                reports = [current.reports[cid] for cid in sorted(current.reports)]
+                contributions = [Contribution(r.weight, r.normalizer) for r in reports]
+                new_state = strategy.round_step(self.state, mean, contributions)
+            else:
+                new_state = strategy.next_global(self.state, mean)
         try:
             check_finite(new_state)
         except CodecError as exc:  # the magnitude bound should make this impossible

@@ -31,6 +31,7 @@ from fedsilo.server.fold_sink import FoldSink
 from fedsilo.server.job_state import JobState, Round
 from fedsilo.server.registry import Member, SessionHandle, Stage
 from fedsilo.server.report_checks import ReportError, check_local_metrics
+from fedsilo.server.strategies.fednova import LocalSteps
 from fedsilo.server.upload import Upload, UploadRefusedError
 from fedsilo.server.uploads import UploadStore
 from fedsilo.server.validation import magnitude_limit
@@ -58,6 +59,18 @@ class UploadChecks:
     uniform_weights: bool  # --weighting uniform: every update weighs 1
     max_examples: int
     streams: bool  # whether an in-turn update can be folded as it streams
+    # Tensors after the model's in every update, passed through any codec (SCAFFOLD's dc).
+    update_extras: tuple[TensorSpec, ...] = ()
+    # FedNova: reported local steps are checked, and each weight divided by a_i.
+    local_steps: LocalSteps | None = None
+
+    def weight(self, send: pb.SendModel) -> tuple[float, float]:
+        """Return an update's weight in the fold and what its base weight was divided by."""
+        base = 1.0 if self.uniform_weights else float(send.train_examples)
+        if self.local_steps is None:
+            return base, 1.0
+        normalizer = self.local_steps.factor(send.metrics.local_steps)
+        return base / normalizer, normalizer
 
     @property
     def wire_bytes(self) -> int:
@@ -105,7 +118,7 @@ class Intake:
                 member.move(Stage.UPLOAD)
                 return upload
             specs = self._checked(member, current, send, more_frames, log)
-            weight = 1.0 if self.checks.uniform_weights else float(send.train_examples)
+            weight, _ = self.checks.weight(send)
             upload = self._placed(member, current, send, specs, weight, log)
             member.move(Stage.UPLOAD)
         log.debug(
@@ -178,6 +191,10 @@ class Intake:
                     f"its client's Ready said {member.declared_examples}"
                 )
             check_local_metrics(send.metrics, self.checks.max_examples)
+            steps = self.checks.local_steps
+            problem = steps and steps.problem(send.metrics.local_steps, send.train_examples)
+            if problem:
+                raise ReportError(problem)
         except (CodecError, ReportError) as exc:
             self.refuse(member, current, str(exc), more_frames, log)
         return specs

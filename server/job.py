@@ -31,7 +31,7 @@ from fedsilo.server.central_eval import CentralEvaluator
 from fedsilo.server.checkpoint import Checkpoint
 from fedsilo.server.config import ServerConfig
 from fedsilo.server.coordinator import Coordinator, JobOutcome
-from fedsilo.server.dp_round import LEDGER_FILE, DpRound, dp_settings
+from fedsilo.server.dp_round import DpRound
 from fedsilo.server.global_model import GlobalModel, SecAggSettingsOfJob
 from fedsilo.server.intake import Intake, UploadChecks
 from fedsilo.server.job_state import JobState
@@ -43,6 +43,7 @@ from fedsilo.server.secagg_round import secagg_config
 from fedsilo.server.session import ClientSession
 from fedsilo.server.state_machine import JobPhase
 from fedsilo.server.strategies import make_strategy
+from fedsilo.server.strategies.fednova import local_steps
 from fedsilo.server.transfers import KeptTransfers
 from fedsilo.server.upload import Upload
 from fedsilo.server.uploads import UploadStore
@@ -91,13 +92,8 @@ class Job:
             strategy = make_strategy(config.strategy, config.strategy_options)
         except ValueError as exc:
             raise ConfigError(f"strategy: {exc}") from exc
-        dp_setting = dp_settings(config)
         run_dir = config.run_dir
-        dp = (
-            DpRound(dp_setting, config.min_clients, run_dir / LEDGER_FILE, config.resume)
-            if dp_setting is not None
-            else None
-        )
+        dp = DpRound.for_job(config)
         self.recorder = JobRecorder(config, log)
         self.telemetry = self.recorder.telemetry
         registry = ClientRegistry(config.job_id, ClientIdLog(run_dir / CLIENT_IDS_FILE), admitted)
@@ -106,11 +102,20 @@ class Job:
             run_dir / SPILL_DIR, config.chunk_size, spill_budget=config.spill_budget_mib << 20
         )
         specs = specs_of(global_state)
+        secagg = secagg_config(config)
+        job_secagg = (
+            SecAggSettingsOfJob(secagg, _federation_trust(config), run_dir / SPILL_DIR)
+            if secagg is not None
+            else None
+        )
+        model = GlobalModel(
+            global_state, strategy, self.store, central=central, dp=dp, secagg=job_secagg
+        )
         self.intake = Intake(
             self.state,
             self.store,
             UploadChecks(
-                wire_specs=compression.wire_specs(specs, setting),
+                wire_specs=compression.wire_specs(specs, setting, model.update_extras),
                 compression=setting,
                 # DP-FedAvg clips every update's change to C; otherwise the job's own bound.
                 norm_bound=config.dp_clip_norm if dp else config.update_norm_bound,
@@ -126,20 +131,13 @@ class Job:
                 and not (
                     config.update_norm_bound is not None and config.norm_bound_action == "clip"
                 ),
+                update_extras=tuple(model.update_extras),
+                local_steps=local_steps(config),
             ),
         )
-        secagg = secagg_config(config)
         # Under secure aggregation a broken transfer is a dropped member (its stages' own rule).
         window = 0.0 if secagg is not None else config.transfer_resume_seconds
         self.transfers = KeptTransfers(self.state, window, log)
-        job_secagg = (
-            SecAggSettingsOfJob(secagg, _federation_trust(config), run_dir / SPILL_DIR)
-            if secagg is not None
-            else None
-        )
-        model = GlobalModel(
-            global_state, strategy, self.store, central=central, dp=dp, secagg=job_secagg
-        )
         downloads = self.transfers.downloads
         self.coordinator = Coordinator(config, self.state, model, self.recorder, log, downloads)
         self._job_message = messages.job_config(config, setting, secagg)

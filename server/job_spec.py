@@ -58,6 +58,14 @@ class JobSpec(BaseModel):
     batch_size: int = Field(32, ge=1, description="Local mini-batch size.")
     learning_rate: float = Field(0.1, gt=0, description="Local SGD learning rate.")
     proximal_mu: float = Field(0.0, ge=0, description="FedProx proximal weight mu (0: off).")
+    optimizer: Literal["sgd", "adam"] = Field(
+        "sgd", description="Local optimizer: SGD (momentum, nesterov, weight_decay) or Adam."
+    )
+    momentum: float = Field(0.0, ge=0, lt=1, description="Local SGD momentum (0: none).")
+    nesterov: bool = Field(False, description="Nesterov momentum (needs momentum > 0).")
+    weight_decay: float = Field(
+        0.0, ge=0, description="Local L2 weight decay on the gradient (SGD and Adam)."
+    )
     compression: Codec = Field(
         "none",
         description="How clients encode their updates: full weights (none), deltas (delta), "
@@ -182,6 +190,31 @@ class JobSpec(BaseModel):
             raise ValueError(
                 f"strategy: DP-FedAvg bounds the sum of updates; {self.strategy} needs each one"
             )
+        if self.strategy in ("scaffold", "fednova"):
+            raise ValueError(
+                f"strategy: DP-FedAvg weighs updates equally and clips their change; "
+                f"{self.strategy} is not analysed under it"
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _optimizer_consistent(self) -> JobSpec:
+        if self.optimizer == "adam" and (self.momentum or self.nesterov):
+            raise ValueError(
+                "momentum: Adam keeps its own moments; momentum and nesterov are SGD's"
+            )
+        if self.nesterov and self.momentum == 0:
+            raise ValueError("nesterov: Nesterov momentum needs momentum > 0")
+        if self.strategy == "fednova" and (self.optimizer != "sgd" or self.nesterov):
+            raise ValueError(
+                "optimizer: FedNova normalizes heavy-ball SGD's steps; use sgd without nesterov"
+            )
+        sampled = self.clients_per_round is not None or self.fraction is not None
+        if self.strategy == "scaffold" and sampled and "population" not in self.strategy_options:
+            raise ValueError(
+                "strategy_options: SCAFFOLD with sampled clients moves c by |S|/N of the mean "
+                "change; give the federation's size N as population"
+            )
         return self
 
     @model_validator(mode="after")
@@ -193,9 +226,7 @@ class JobSpec(BaseModel):
             "compression": "secure aggregation sets the update's bytes itself; use none"
             if self.compression != "none"
             else None,
-            "strategy": f"{self.strategy} needs each update; secure aggregation gives only the sum"
-            if getattr(STRATEGIES[self.strategy].build, "needs_all_updates", False)
-            else None,
+            "strategy": _secagg_strategy_problem(self.strategy),
             "update_norm_bound": "a masked update cannot be checked; clients clip to "
             "secagg_clip_norm"
             if self.update_norm_bound is not None
@@ -239,3 +270,20 @@ def job_field(name: str, *, default: Any) -> Any:
     """Return JobSpec's field ``name`` with another default (description and bounds kept)."""
     field: FieldInfo = JobSpec.model_fields[name]
     return FieldInfo.merge_field_infos(field, default=default)
+
+
+def _secagg_strategy_problem(strategy: str) -> str | None:
+    """Why ``strategy`` cannot run on the masked sum alone, or None when it can."""
+    if getattr(STRATEGIES[strategy].build, "needs_all_updates", False):
+        return f"{strategy} needs each update; secure aggregation gives only the sum"
+    if strategy == "scaffold":
+        return (
+            "scaffold sends each update's control-variate change beside the model; secure "
+            "aggregation masks the model's values only"
+        )
+    if strategy == "fednova":
+        return (
+            "fednova weighs each update by its own local steps; secure aggregation masks "
+            "updates of one declared weight"
+        )
+    return None

@@ -32,12 +32,7 @@ def job_config(
         task=identity.name,
         task_options_json=identity.options_json,
         task_hash=identity.hash,
-        train=pb.TrainConfig(
-            local_epochs=config.local_epochs,
-            batch_size=config.batch_size,
-            learning_rate=config.learning_rate,
-            proximal_mu=config.proximal_mu,
-        ),
+        train=_train(config, seed=0),
         seed=config.seed,
         rounds=config.rounds,
         chunk_size=config.chunk_size,
@@ -45,6 +40,8 @@ def job_config(
         progress_timeout_seconds=config.progress_timeout,
         compression=compression.to_proto(),
         require_dp=config.require_dp,
+        # SCAFFOLD's rounds carry control variates both ways (docs/protocol.md).
+        control_variates=config.strategy == "scaffold",
         secure_aggregation=secagg_wire.settings_message(secagg) if secagg is not None else None,
     )
 
@@ -67,12 +64,21 @@ def init_config(
 
 def train_config(config: ServerConfig, round_number: int, client_id: int) -> pb.TrainConfig:
     """Return one client's training settings for one round (its seed derives from both)."""
+    return _train(config, derive_seed(config.seed, "train", round_number, client_id))
+
+
+def _train(config: ServerConfig, seed: int) -> pb.TrainConfig:
+    """Return the job's local training settings with ``seed``."""
     return pb.TrainConfig(
         local_epochs=config.local_epochs,
         batch_size=config.batch_size,
         learning_rate=config.learning_rate,
-        seed=derive_seed(config.seed, "train", round_number, client_id),
+        seed=seed,
         proximal_mu=config.proximal_mu,
+        optimizer=config.optimizer,
+        momentum=config.momentum,
+        nesterov=config.nesterov,
+        weight_decay=config.weight_decay,
     )
 
 
@@ -159,4 +165,5 @@ def client_evaluation(client_id: int, evaluation: pb.Evaluation) -> metrics.Clie
         examples=evaluation.examples,
         loss=evaluation.loss,
         accuracy=evaluation.accuracy,
+        metrics={name: evaluation.metrics[name] for name in sorted(evaluation.metrics)},
     )

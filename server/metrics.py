@@ -9,7 +9,7 @@ so the model travels once per round instead of twice. Row 0 is the initial model
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any
 
@@ -27,16 +27,20 @@ class ClientReport:
     bytes_up: int
     seconds: float
     dp_epsilon: float | None = None  # the silo's record-level epsilon so far, as it reported
+    local_steps: int = 0  # optimizer steps the client reports (FedNova normalizes by them)
+    weight: float = 0.0  # the update's weight in the fold
+    normalizer: float = 1.0  # what its base weight was divided by (FedNova's a_i; else 1)
 
 
 @dataclass(frozen=True)
 class ClientEvaluation:
-    """One client's evaluation of a global model on its held-out data."""
+    """One client's evaluation of a global model on its held-out data (and named extras)."""
 
     client_id: int
     examples: int
     loss: float
     accuracy: float
+    metrics: Mapping[str, float] = field(default_factory=dict)
 
 
 def _weighted(values: Iterable[tuple[float, float]]) -> float | None:
@@ -76,6 +80,7 @@ def round_row(
                 "train_examples": c.train_examples,
                 "train_loss": c.train_loss,
                 "train_seconds": round(c.train_seconds, 4),
+                "local_steps": c.local_steps,
                 "bytes_down": c.bytes_down,
                 "bytes_up": c.bytes_up,
                 "seconds": round(c.seconds, 4),
@@ -102,8 +107,15 @@ def with_evaluation(
     entries of eval_clients (what fl-report lists under "Client evaluation errors").
     """
     evals = sorted(evaluations, key=lambda e: e.client_id)
+    extra = {"eval_metrics": named} if (named := named_means(evals)) else {}
     clients: list[dict[str, Any]] = [
-        {"client_id": e.client_id, "examples": e.examples, "loss": e.loss, "accuracy": e.accuracy}
+        {
+            "client_id": e.client_id,
+            "examples": e.examples,
+            "loss": e.loss,
+            "accuracy": e.accuracy,
+            **({"metrics": dict(e.metrics)} if e.metrics else {}),
+        }
         for e in evals
     ]
     clients += [{"client_id": cid, "error": text} for cid, text in (errors or {}).items()]
@@ -112,5 +124,18 @@ def with_evaluation(
         "eval_loss": _weighted((e.loss, e.examples) for e in evals),
         "eval_accuracy": _weighted((e.accuracy, e.examples) for e in evals),
         "eval_examples": sum(e.examples for e in evals),
+        **extra,
         "eval_clients": sorted(clients, key=lambda c: int(c["client_id"])),
     }
+
+
+def named_means(evaluations: Iterable[ClientEvaluation]) -> dict[str, float]:
+    """Return each named metric's example-weighted mean over the clients that report it."""
+    evals = list(evaluations)
+    names = sorted({name for e in evals for name in e.metrics})
+    means = {}
+    for name in names:
+        mean = _weighted((e.metrics[name], e.examples) for e in evals if name in e.metrics)
+        if mean is not None:
+            means[name] = mean
+    return means

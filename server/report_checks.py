@@ -8,12 +8,15 @@ boundary: a report that fails refuses the update it came with, and never reaches
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 
+from fedsilo.common.metric_names import metrics_problem
 from fedsilo.common.proto import federation_pb2 as pb
 
 MAX_LOSS = 1e12  # a loss beyond this is a diverged or hostile model, not a measurement
 MAX_SECONDS = 1e7  # about 116 days
 MAX_EPSILON = 1e9  # record-level epsilon: beyond this nothing is protected anyway
+MAX_METRIC = 1e12  # a named metric's magnitude, like a loss's
 
 
 class ReportError(ValueError):
@@ -34,6 +37,16 @@ def check_evaluation(evaluation: pb.Evaluation, max_examples: int, what: str) ->
         )
     _check(f"{what}: loss", evaluation.loss, -MAX_LOSS, MAX_LOSS)
     _check(f"{what}: accuracy", evaluation.accuracy, 0.0, 1.0)
+    check_named_metrics(evaluation.metrics, what)
+
+
+def check_named_metrics(named: Mapping[str, float], what: str) -> None:
+    """Raise ReportError unless the named metrics follow the rule and each is in range."""
+    problem = metrics_problem(named)
+    if problem is not None:
+        raise ReportError(f"{what}: {problem}")
+    for name, value in named.items():
+        _check(f"{what}: metric {name}", value, -MAX_METRIC, MAX_METRIC)
 
 
 def check_local_metrics(metrics: pb.LocalMetrics, max_examples: int) -> None:

@@ -1,4 +1,9 @@
-"""TensorBoardSink: each metrics row's scalars into ``run_dir/tensorboard/``, step = round."""
+"""TensorBoardSink: each metrics row's scalars into ``run_dir/tensorboard/``, step = round.
+
+Named extra metrics of the evaluations (``eval_metrics``, ``central_metrics``: AUROC, F1, ...)
+go under ``eval/<name>`` and ``central/<name>`` (names follow ``common/metric_names.py``); one
+named ``loss`` or ``accuracy`` would share a fixed tag, and the fixed tag's value wins.
+"""
 
 from __future__ import annotations
 
@@ -30,6 +35,12 @@ def scalars(row: Mapping[str, Any]) -> dict[str, float]:
         for tag, key in SCALARS.items()
         if isinstance(row.get(key), (int, float)) and not isinstance(row.get(key), bool)
     }
+    for prefix, key in (("eval", "eval_metrics"), ("central", "central_metrics")):
+        named = row.get(key)
+        if isinstance(named, Mapping):
+            for name, value in named.items():
+                if isinstance(value, (int, float)) and not isinstance(value, bool):
+                    values.setdefault(f"{prefix}/{name}", float(value))
     if isinstance(row.get("participants"), list):
         values["round/participants"] = float(len(row["participants"]))
     return values

@@ -79,6 +79,8 @@ class Upload:
         self._log = log
         self.started = time.monotonic()
         self.nbytes = 0
+        # What the base weight was divided by (FedNova's a_i; 1 otherwise).
+        self.normalizer = intake.checks.weight(send)[1]
         self.send = send  # its SendModel, against which a resumed one is checked
         self.chunked = not send.update.HasField("inline")
         self._next_ack = ACK_BYTES
@@ -163,7 +165,9 @@ class Upload:
         checks = self._intake.checks
         tensors = received
         if checks.compression.codec != "none":
-            tensors = compression.decode(received, self._round.global_state, checks.compression)
+            tensors = compression.decode(
+                received, self._round.global_state, checks.compression, checks.update_extras
+            )
             self._intake.store.release(received, False)  # the wire form is no longer needed
         check_magnitude(tensors, magnitude_limit(self._round.weight_bound))
         return bound_update(
@@ -247,6 +251,9 @@ class Upload:
             bytes_up=self.nbytes,
             seconds=time.monotonic() - current.started,
             dp_epsilon=messages.dp_epsilon(self.metrics),
+            local_steps=self.metrics.local_steps,
+            weight=self.weight,
+            normalizer=self.normalizer,
         )
         if self.metrics.HasField("evaluation"):
             current.evaluations.append(

@@ -70,9 +70,12 @@ def check_magnitude(tensors: Mapping[str, torch.Tensor], limit: float) -> None:
 
 
 def update_norm(update: Mapping[str, torch.Tensor], reference: Mapping[str, torch.Tensor]) -> float:
-    """Return the L2 norm of ``update - reference`` over all floating-point tensors."""
+    """Return the L2 norm of ``update - reference`` over the floating-point tensors of the model
+    (tensors beyond the model's, such as SCAFFOLD's control-variate change, are not in it)."""
     total = 0.0
     for name in update:
+        if name not in reference:
+            continue
         base = reference[name].reshape(-1)
         for start, block in tensor_blocks(update, name):
             if not block.is_floating_point():
@@ -96,8 +99,8 @@ class ClippedUpdate(Mapping[str, torch.Tensor]):
         self._scale = scale
 
     def __getitem__(self, name: str) -> torch.Tensor:
-        base = self._reference[name]
-        if not base.is_floating_point():
+        base = self._reference.get(name)
+        if base is None or not base.is_floating_point():
             return self.update[name]
         clipped = torch.empty_like(base)
         out, flat_base = clipped.reshape(-1), base.reshape(-1)

@@ -19,7 +19,8 @@ optional, tells fl-sim how many clients the task's data is split into.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
@@ -60,7 +61,14 @@ class DpSgdReport:
 
 @dataclass(frozen=True)
 class TrainConfig:
-    """Hyper-parameters of one client's local training in one round."""
+    """Hyper-parameters of one client's local training in one round.
+
+    The defaults are plain SGD. ``optimizer`` is "sgd" (with ``momentum``, ``nesterov`` and
+    ``weight_decay`` as torch.optim.SGD takes them) or "adam" (torch.optim.Adam with
+    ``weight_decay``). ``control_correction`` is SCAFFOLD's ``c - c_i`` (the server's control
+    variate minus this client's) by state-dict name: after every optimizer step, each parameter
+    moves by ``-learning_rate * correction`` (``fedsilo.tasks.training.ScaffoldCorrection``).
+    """
 
     local_epochs: int
     batch_size: int
@@ -68,6 +76,11 @@ class TrainConfig:
     seed: int
     proximal_mu: float = 0.0  # FedProx (Li et al. 2020): 0 is plain local training
     privacy: DpSgdConfig | None = None  # record-level DP-SGD; None: plain training
+    optimizer: str = "sgd"
+    momentum: float = 0.0
+    nesterov: bool = False
+    weight_decay: float = 0.0
+    control_correction: Mapping[str, torch.Tensor] | None = None
 
 
 @dataclass(frozen=True)
@@ -86,11 +99,17 @@ class TrainResult:
 
 @dataclass(frozen=True)
 class Evaluation:
-    """Loss and accuracy of a model on ``examples`` held-out examples."""
+    """Loss and accuracy of a model on ``examples`` held-out examples, and named extras.
+
+    ``metrics`` holds any other measurement of the same examples by name (``auroc``, ``f1``,
+    ...: ``fedsilo.tasks.metrics``): finite numbers, at most 32, each name 1-64 characters of
+    a-z 0-9 ``_ . -`` starting with a letter. The server averages each by example weight.
+    """
 
     examples: int
     loss: float
     accuracy: float
+    metrics: Mapping[str, float] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)

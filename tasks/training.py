@@ -4,6 +4,16 @@ Plain functions, deterministic from the seed in TrainConfig: shuffling uses its 
 torch.Generator, never the global RNG. With DP-SGD (``TrainConfig.privacy``) batches and noise
 come from ``privacy.seed`` instead, secret unless the operator set one (``tasks/privacy.py``).
 
+The local optimizer is the job's (``make_optimizer``: SGD with momentum, Nesterov and weight
+decay, or Adam); SCAFFOLD's correction, when the round carries one, follows every optimizer
+step (``ScaffoldCorrection``). A Task with its own loop uses the same two helpers::
+
+    optimizer = make_optimizer(model.parameters(), config)
+    correction = ScaffoldCorrection.of(model, config)
+    for inputs, labels in loader:
+        ...; loss.backward(); optimizer.step(); correction.apply()
+    return TrainResult(examples=..., loss=..., steps=correction.steps)   # steps: FedNova
+
 Given a ``DistributedDataParallel`` model (``fl-client --nproc-per-node N``), ``train_classifier``
 runs the same steps across the ranks: every rank draws the same batches as one process would
 (``global_batches``), computes its share of each (every N-th example) and scales its summed loss
@@ -13,9 +23,11 @@ batch of the whole silo, so the result equals one process's training up to float
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass
 from typing import Any, cast
 
+import numpy as np
 import torch
 import torch.distributed as dist
 from torch.nn import functional
@@ -23,6 +35,64 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, Dataset, default_collate
 
 from fedsilo.tasks.interface import Evaluation, TrainConfig, TrainResult
+from fedsilo.tasks.metrics import check_metric_names, classification_metrics
+
+OPTIMIZERS = ("sgd", "adam")
+
+
+def make_optimizer(
+    parameters: Iterable[torch.nn.Parameter], config: TrainConfig
+) -> torch.optim.Optimizer:
+    """Return the round's local optimizer: SGD (momentum, Nesterov, weight decay) or Adam."""
+    name = config.optimizer or "sgd"
+    momentum, nesterov, weight_decay = config.momentum, config.nesterov, config.weight_decay
+    if name == "adam":
+        if momentum or nesterov:
+            raise ValueError("momentum and nesterov are SGD's; Adam has its own moments")
+        return torch.optim.Adam(parameters, lr=config.learning_rate, weight_decay=weight_decay)
+    if name != "sgd":
+        raise ValueError(f"unknown optimizer {name!r}; choose from {', '.join(OPTIMIZERS)}")
+    return torch.optim.SGD(
+        parameters,
+        lr=config.learning_rate,
+        momentum=momentum,
+        nesterov=nesterov,
+        weight_decay=weight_decay,
+    )
+
+
+@dataclass
+class ScaffoldCorrection:
+    """SCAFFOLD's step correction (Karimireddy et al. 2020, https://arxiv.org/abs/1910.06378).
+
+    After every local optimizer step, ``w -= lr * (c - c_i)``: the server's control variate
+    minus this client's, given by the client in ``TrainConfig.control_correction``. Applied
+    after the optimizer's own step, as Flower's and NIID-Bench's SCAFFOLD do (so momentum and
+    weight decay act on the plain gradient). Without a correction ``apply`` only counts steps.
+    """
+
+    pairs: Sequence[tuple[torch.Tensor, torch.Tensor]]
+    learning_rate: float
+    steps: int = 0
+
+    @classmethod
+    def of(cls, model: torch.nn.Module, config: TrainConfig) -> ScaffoldCorrection:
+        """Return the correction of ``config`` for ``model``'s parameters (on their device)."""
+        correction = config.control_correction
+        pairs = []
+        if correction is not None:
+            for name, parameter in model.named_parameters():
+                if name in correction:
+                    value = correction[name].to(parameter.device, parameter.dtype)
+                    pairs.append((parameter, value))
+        return cls(pairs, config.learning_rate)
+
+    @torch.no_grad()
+    def apply(self) -> None:
+        """Count one optimizer step and move each parameter by ``-lr * (c - c_i)``."""
+        self.steps += 1
+        for parameter, value in self.pairs:
+            parameter.add_(value, alpha=-self.learning_rate)
 
 
 def proximal_term(
@@ -61,10 +131,11 @@ def train_classifier(
     loader = DataLoader(dataset, batch_size=config.batch_size, shuffle=True, generator=generator)
     parameters = list(model.parameters())
     anchor = [p.detach().clone() for p in parameters] if mu > 0 else []
-    optimizer = torch.optim.SGD(parameters, lr=config.learning_rate)
+    optimizer = make_optimizer(parameters, config)
+    correction = ScaffoldCorrection.of(model, config)
     device = parameters[0].device
     model.train()
-    total_loss, batches = 0.0, 0
+    total_loss = 0.0
     for _ in range(config.local_epochs):
         for inputs, labels in loader:
             optimizer.zero_grad(set_to_none=True)
@@ -72,12 +143,12 @@ def train_classifier(
             objective = (loss + proximal_term(parameters, anchor, mu)) if anchor else loss
             objective.backward()  # type: ignore[no-untyped-call]
             optimizer.step()
+            correction.apply()
             total_loss += float(loss.detach())
-            batches += 1
     return TrainResult(
         examples=len(dataset),  # type: ignore[arg-type]
-        loss=total_loss / max(batches, 1),
-        steps=batches,
+        loss=total_loss / max(correction.steps, 1),
+        steps=correction.steps,
     )
 
 
@@ -113,7 +184,8 @@ def _train_ranks(
     generator = torch.Generator().manual_seed(config.seed)
     parameters = list(model.parameters())
     anchor = [p.detach().clone() for p in parameters] if mu > 0 else []
-    optimizer = torch.optim.SGD(parameters, lr=config.learning_rate)
+    optimizer = make_optimizer(parameters, config)
+    correction = ScaffoldCorrection.of(model.module, config)  # its names are the model's
     device = parameters[0].device
     model.train()  # type: ignore[no-untyped-call]
     total_loss = torch.zeros((), dtype=torch.float64, device=device)
@@ -132,6 +204,7 @@ def _train_ranks(
                 objective = objective + proximal_term(parameters, anchor, mu)
             objective.backward()  # type: ignore[no-untyped-call]
             optimizer.step()
+            correction.apply()
             total_loss += loss.detach().double() * (scale / world)
             batches += 1
     dist.all_reduce(total_loss, group=group)  # the sum of every batch's mean loss
@@ -156,7 +229,8 @@ def _train_private(
     assert config.privacy is not None
     parameters = list(model.parameters())
     anchor = [p.detach().clone() for p in parameters] if mu > 0 else []
-    optimizer = torch.optim.SGD(parameters, lr=config.learning_rate)
+    optimizer = make_optimizer(parameters, config)
+    correction = ScaffoldCorrection.of(model, config)
     device = parameters[0].device
     loader = DataLoader(dataset, batch_size=config.batch_size)
     model.train()
@@ -176,6 +250,7 @@ def _train_private(
                     if anchor:
                         _add_proximal_gradient(parameters, anchor, mu)
                     private.optimizer.original_optimizer.step()
+                    correction.apply()
                 if count:
                     total_loss += float(loss.detach()) / count
                     batches += 1
@@ -190,18 +265,39 @@ def _train_private(
 
 @torch.no_grad()
 def evaluate_classifier(
-    model: torch.nn.Module, dataset: Dataset[Any], batch_size: int = 1024
+    model: torch.nn.Module,
+    dataset: Dataset[Any],
+    batch_size: int = 1024,
+    metrics: Sequence[str] = (),
 ) -> Evaluation:
-    """Return mean cross-entropy and accuracy of ``model`` over ``dataset``."""
+    """Return mean cross-entropy and accuracy of ``model`` over ``dataset``.
+
+    ``metrics`` names extras of ``fedsilo.tasks.metrics.CLASSIFIER_METRICS`` (``auroc``,
+    ``sensitivity``, ``specificity``, ``precision``, ``f1``, ``ece``, ...), computed from the
+    softmax of the logits and returned in ``Evaluation.metrics``.
+    """
+    wanted = check_metric_names(metrics)
     device = next(model.parameters()).device
     model.eval()
     total_loss, correct, count = 0.0, 0, 0
+    probabilities: list[np.ndarray] = []
+    labels_seen: list[np.ndarray] = []
     for inputs, batch_labels in DataLoader(dataset, batch_size=batch_size):
         logits = model(inputs.to(device))
         labels = batch_labels.to(device)
         total_loss += float(functional.cross_entropy(logits, labels, reduction="sum"))
         correct += int((logits.argmax(dim=1) == labels).sum())
         count += len(labels)
+        if wanted:
+            probabilities.append(torch.softmax(logits.double(), dim=1).cpu().numpy())
+            labels_seen.append(batch_labels.cpu().numpy())
     if count == 0:
         return Evaluation(examples=0, loss=0.0, accuracy=0.0)
-    return Evaluation(examples=count, loss=total_loss / count, accuracy=correct / count)
+    extras = {}
+    if wanted:
+        extras = classification_metrics(
+            np.concatenate(probabilities), np.concatenate(labels_seen), wanted
+        )
+    return Evaluation(
+        examples=count, loss=total_loss / count, accuracy=correct / count, metrics=extras
+    )

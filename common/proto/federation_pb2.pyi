@@ -135,7 +135,7 @@ class StreamPosition(_message.Message):
     def __init__(self, round: _Optional[int] = ..., offset: _Optional[int] = ...) -> None: ...
 
 class JobConfig(_message.Message):
-    __slots__ = ("job_id", "task", "seed", "rounds", "chunk_size", "heartbeat_seconds", "progress_timeout_seconds", "compression", "task_options_json", "task_hash", "train", "require_dp", "secure_aggregation")
+    __slots__ = ("job_id", "task", "seed", "rounds", "chunk_size", "heartbeat_seconds", "progress_timeout_seconds", "compression", "task_options_json", "task_hash", "train", "require_dp", "control_variates", "secure_aggregation")
     JOB_ID_FIELD_NUMBER: _ClassVar[int]
     TASK_FIELD_NUMBER: _ClassVar[int]
     SEED_FIELD_NUMBER: _ClassVar[int]
@@ -148,6 +148,7 @@ class JobConfig(_message.Message):
     TASK_HASH_FIELD_NUMBER: _ClassVar[int]
     TRAIN_FIELD_NUMBER: _ClassVar[int]
     REQUIRE_DP_FIELD_NUMBER: _ClassVar[int]
+    CONTROL_VARIATES_FIELD_NUMBER: _ClassVar[int]
     SECURE_AGGREGATION_FIELD_NUMBER: _ClassVar[int]
     job_id: int
     task: str
@@ -161,8 +162,9 @@ class JobConfig(_message.Message):
     task_hash: str
     train: TrainConfig
     require_dp: bool
+    control_variates: bool
     secure_aggregation: SecAggSettings
-    def __init__(self, job_id: _Optional[int] = ..., task: _Optional[str] = ..., seed: _Optional[int] = ..., rounds: _Optional[int] = ..., chunk_size: _Optional[int] = ..., heartbeat_seconds: _Optional[float] = ..., progress_timeout_seconds: _Optional[float] = ..., compression: _Optional[_Union[Compression, _Mapping]] = ..., task_options_json: _Optional[str] = ..., task_hash: _Optional[str] = ..., train: _Optional[_Union[TrainConfig, _Mapping]] = ..., require_dp: _Optional[bool] = ..., secure_aggregation: _Optional[_Union[SecAggSettings, _Mapping]] = ...) -> None: ...
+    def __init__(self, job_id: _Optional[int] = ..., task: _Optional[str] = ..., seed: _Optional[int] = ..., rounds: _Optional[int] = ..., chunk_size: _Optional[int] = ..., heartbeat_seconds: _Optional[float] = ..., progress_timeout_seconds: _Optional[float] = ..., compression: _Optional[_Union[Compression, _Mapping]] = ..., task_options_json: _Optional[str] = ..., task_hash: _Optional[str] = ..., train: _Optional[_Union[TrainConfig, _Mapping]] = ..., require_dp: _Optional[bool] = ..., control_variates: _Optional[bool] = ..., secure_aggregation: _Optional[_Union[SecAggSettings, _Mapping]] = ...) -> None: ...
 
 class SecAggSettings(_message.Message):
     __slots__ = ("clip_norm", "max_weight", "element_bound", "corrupt_fraction", "dropout_fraction", "security_bits", "correctness_bits", "allow_unsigned", "noise_std")
@@ -321,18 +323,26 @@ class RecordDp(_message.Message):
     def __init__(self, target_epsilon: _Optional[float] = ..., delta: _Optional[float] = ..., noise_multiplier: _Optional[float] = ..., max_grad_norm: _Optional[float] = ..., epsilon_spent: _Optional[float] = ...) -> None: ...
 
 class TrainConfig(_message.Message):
-    __slots__ = ("local_epochs", "batch_size", "learning_rate", "seed", "proximal_mu")
+    __slots__ = ("local_epochs", "batch_size", "learning_rate", "seed", "proximal_mu", "optimizer", "momentum", "nesterov", "weight_decay")
     LOCAL_EPOCHS_FIELD_NUMBER: _ClassVar[int]
     BATCH_SIZE_FIELD_NUMBER: _ClassVar[int]
     LEARNING_RATE_FIELD_NUMBER: _ClassVar[int]
     SEED_FIELD_NUMBER: _ClassVar[int]
     PROXIMAL_MU_FIELD_NUMBER: _ClassVar[int]
+    OPTIMIZER_FIELD_NUMBER: _ClassVar[int]
+    MOMENTUM_FIELD_NUMBER: _ClassVar[int]
+    NESTEROV_FIELD_NUMBER: _ClassVar[int]
+    WEIGHT_DECAY_FIELD_NUMBER: _ClassVar[int]
     local_epochs: int
     batch_size: int
     learning_rate: float
     seed: int
     proximal_mu: float
-    def __init__(self, local_epochs: _Optional[int] = ..., batch_size: _Optional[int] = ..., learning_rate: _Optional[float] = ..., seed: _Optional[int] = ..., proximal_mu: _Optional[float] = ...) -> None: ...
+    optimizer: str
+    momentum: float
+    nesterov: bool
+    weight_decay: float
+    def __init__(self, local_epochs: _Optional[int] = ..., batch_size: _Optional[int] = ..., learning_rate: _Optional[float] = ..., seed: _Optional[int] = ..., proximal_mu: _Optional[float] = ..., optimizer: _Optional[str] = ..., momentum: _Optional[float] = ..., nesterov: _Optional[bool] = ..., weight_decay: _Optional[float] = ...) -> None: ...
 
 class SyncModel(_message.Message):
     __slots__ = ("round", "train", "model", "secagg", "resume_offset")
@@ -379,26 +389,37 @@ class EvalResult(_message.Message):
     def __init__(self, round: _Optional[int] = ..., evaluation: _Optional[_Union[Evaluation, _Mapping]] = ...) -> None: ...
 
 class LocalMetrics(_message.Message):
-    __slots__ = ("train_loss", "train_seconds", "evaluation", "dp_epsilon")
+    __slots__ = ("train_loss", "train_seconds", "evaluation", "dp_epsilon", "local_steps")
     TRAIN_LOSS_FIELD_NUMBER: _ClassVar[int]
     TRAIN_SECONDS_FIELD_NUMBER: _ClassVar[int]
     EVALUATION_FIELD_NUMBER: _ClassVar[int]
     DP_EPSILON_FIELD_NUMBER: _ClassVar[int]
+    LOCAL_STEPS_FIELD_NUMBER: _ClassVar[int]
     train_loss: float
     train_seconds: float
     evaluation: Evaluation
     dp_epsilon: float
-    def __init__(self, train_loss: _Optional[float] = ..., train_seconds: _Optional[float] = ..., evaluation: _Optional[_Union[Evaluation, _Mapping]] = ..., dp_epsilon: _Optional[float] = ...) -> None: ...
+    local_steps: int
+    def __init__(self, train_loss: _Optional[float] = ..., train_seconds: _Optional[float] = ..., evaluation: _Optional[_Union[Evaluation, _Mapping]] = ..., dp_epsilon: _Optional[float] = ..., local_steps: _Optional[int] = ...) -> None: ...
 
 class Evaluation(_message.Message):
-    __slots__ = ("examples", "loss", "accuracy")
+    __slots__ = ("examples", "loss", "accuracy", "metrics")
+    class MetricsEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: float
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[float] = ...) -> None: ...
     EXAMPLES_FIELD_NUMBER: _ClassVar[int]
     LOSS_FIELD_NUMBER: _ClassVar[int]
     ACCURACY_FIELD_NUMBER: _ClassVar[int]
+    METRICS_FIELD_NUMBER: _ClassVar[int]
     examples: int
     loss: float
     accuracy: float
-    def __init__(self, examples: _Optional[int] = ..., loss: _Optional[float] = ..., accuracy: _Optional[float] = ...) -> None: ...
+    metrics: _containers.ScalarMap[str, float]
+    def __init__(self, examples: _Optional[int] = ..., loss: _Optional[float] = ..., accuracy: _Optional[float] = ..., metrics: _Optional[_Mapping[str, float]] = ...) -> None: ...
 
 class Finish(_message.Message):
     __slots__ = ("rounds_completed",)

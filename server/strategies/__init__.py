@@ -7,7 +7,8 @@ needs every update at once (memory O(model x clients)) and gets them through
 ``combine(global_state, updates, weights)``. Both keep ``state_dict``/``load_state_dict`` (what
 a checkpoint keeps). Each strategy declares its options in one pydantic model (extra="forbid",
 with bounds), checked when the config loads (``strategy_options_problem``) and again when the
-strategy is built.
+strategy is built. A streaming strategy whose step needs each update's weight (FedNova, SCAFFOLD)
+also implements ``RoundStep`` (``round_step.py``).
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from pydantic import BaseModel, ValidationError
 
 from fedsilo.server.strategies.fedavg import FedAvg, FedAvgOptions
 from fedsilo.server.strategies.fedavgm import FedAvgM, FedAvgMOptions
+from fedsilo.server.strategies.fednova import FedNova, FedNovaOptions
 from fedsilo.server.strategies.fedopt import (
     FedAdagrad,
     FedAdagradOptions,
@@ -31,6 +33,7 @@ from fedsilo.server.strategies.fedopt import (
 )
 from fedsilo.server.strategies.krum import Krum, KrumOptions
 from fedsilo.server.strategies.median import Median, MedianOptions
+from fedsilo.server.strategies.scaffold import Scaffold, ScaffoldOptions
 from fedsilo.server.strategies.trimmed_mean import TrimmedMean, TrimmedMeanOptions
 
 State = dict[str, torch.Tensor]
@@ -103,6 +106,8 @@ STRATEGIES: dict[str, StrategyEntry] = {
     "fedadam": StrategyEntry(FedAdamOptions, FedAdam),
     "fedyogi": StrategyEntry(FedYogiOptions, FedYogi),
     "fedadagrad": StrategyEntry(FedAdagradOptions, FedAdagrad),
+    "scaffold": StrategyEntry(ScaffoldOptions, Scaffold),
+    "fednova": StrategyEntry(FedNovaOptions, FedNova),
 }
 
 

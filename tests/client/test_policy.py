@@ -135,3 +135,19 @@ def test_a_bad_local_policy_exits_2_before_connecting(
     assert main(argv) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert err[-1].startswith("fl-client: error: ") and phrase in err[-1], err
+
+
+def test_a_client_may_refuse_scaffold_and_out_of_bounds_optimizers_before_joining() -> None:
+    policy = policy_of(
+        PolicySettings(allow_control_variates=False, max_sgd_momentum=0.5, allow_adam=False),
+        None,
+    )
+    with pytest.raises(PolicyError, match="allow_control_variates is off"):
+        policy.admit(job("synthetic", {}, control_variates=True))
+    fast = pb.TrainConfig(local_epochs=1, batch_size=32, learning_rate=0.1, momentum=0.9)
+    with pytest.raises(PolicyError, match=r"momentum 0.9 not in \[0, 0.5\]"):
+        policy.admit(job("synthetic", {}, train=fast))
+    adam = pb.TrainConfig(local_epochs=1, batch_size=32, learning_rate=0.1, optimizer="adam")
+    with pytest.raises(PolicyError, match="optimizer adam is not allowed"):
+        policy.admit(job("synthetic", {}, train=adam))
+    assert not policy_of(PolicySettings(), None).admit(job("synthetic", {})).local

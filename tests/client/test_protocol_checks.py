@@ -110,6 +110,10 @@ def test_the_audit_records_the_join_what_came_in_and_what_went_out(tmp_path: Pat
         "batch_size": 8,
         "learning_rate": 0.5,
         "proximal_mu": 0.0,
+        "optimizer": "sgd",
+        "momentum": 0.0,
+        "nesterov": False,
+        "weight_decay": 0.0,
     }
     assert (join["job_id"], join["client_id"], join["rounds"]) == (1, 0, 2)
     assert got["round"] == 1 and got["purpose"] == "train"

@@ -84,6 +84,10 @@ def test_the_audit_log_records_what_the_client_agreed_to_and_what_left(
         "batch_size": 32,
         "learning_rate": 0.1,
         "proximal_mu": 0.0,
+        "optimizer": "sgd",
+        "momentum": 0.0,
+        "nesterov": False,
+        "weight_decay": 0.0,
     }
     # Round 1 brings the initial model: the xxh3-64 of SyntheticTask's seed-0 weights.
     initial = SyntheticTask().build_model(0).state_dict()

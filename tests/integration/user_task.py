@@ -53,3 +53,10 @@ class CentralTinyTask(TinyTask):
         generator = torch.Generator().manual_seed(987654)
         x = torch.randn(200, self.features, generator=generator)
         return TensorDataset(x, (x[:, 0] > 0).long())
+
+
+class AurocTinyTask(CentralTinyTask):
+    """CentralTinyTask whose evaluations add named metrics: AUROC and sensitivity."""
+
+    def evaluate(self, model: torch.nn.Module, data: LocalData) -> Evaluation:
+        return evaluate_classifier(model, data.test, metrics=("auroc", "sensitivity"))

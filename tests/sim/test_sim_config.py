@@ -25,6 +25,10 @@ NOT_DEFAULT = {
     "batch_size": 8,
     "learning_rate": 0.05,
     "proximal_mu": 0.01,
+    "optimizer": "sgd",  # its default; adam excludes momentum below, carried in its own test
+    "momentum": 0.9,
+    "nesterov": True,
+    "weight_decay": 1e-4,
     "compression": "topk",
     "topk_fraction": 0.5,
     "per_channel": True,
@@ -62,7 +66,8 @@ def test_server_config_carries_every_job_setting(tmp_path):
     server = config.server_config(6)
     for name, value in NOT_DEFAULT.items():
         assert getattr(server, name) == value, name
-        if name not in ("fraction", "dp_noise_multiplier", "secure_aggregation"):  # see below
+        # Carried in their own tests (below): their defaults exclude the others' values.
+        if name not in ("fraction", "dp_noise_multiplier", "secure_aggregation", "optimizer"):
             assert value != JobSpec.model_fields[name].get_default(call_default_factory=True)
     assert (server.start_clients, server.max_clients, server.run_dir) == (6, 6, tmp_path)
     assert server.log_level == "debug"
@@ -71,6 +76,12 @@ def test_server_config_carries_every_job_setting(tmp_path):
 def test_fraction_is_carried_too(tmp_path):
     config = SimConfig(fraction=0.5, out=tmp_path)
     assert config.server_config(4).fraction == 0.5
+
+
+def test_adam_is_carried_too(tmp_path):
+    config = SimConfig(optimizer="adam", weight_decay=0.01, out=tmp_path)
+    server = config.server_config(4)
+    assert (server.optimizer, server.weight_decay) == ("adam", 0.01)
 
 
 def test_dp_fedavg_settings_are_carried_too(tmp_path):
