@@ -147,18 +147,27 @@ def test_a_ready_claiming_more_than_the_job_allows_is_refused_and_closed(
 
 def test_silent_streams_cannot_keep_real_clients_out(daemons: Daemons, tmp_path: Path) -> None:
     port = free_port()
+    # Three members are needed: the job cannot end (and close the silent streams itself) before
+    # the handshake deadline has cut them off, however fast the machine.
     server = start_server(
-        daemons, port, tmp_path / "run", "--max-clients", "2", "--progress-timeout", "3", rounds=2
+        daemons,
+        port,
+        tmp_path / "run",
+        *("--max-clients", "3", "--min-clients", "3", "--progress-timeout", "3"),
+        rounds=2,
     )
     with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
         silent = [RawSession(channel) for _ in range(8)]  # never say Hello
-        real = [daemons.client(port, f"org-{n}") for n in range(2)]
+        real = [daemons.client(port, f"org-{n}") for n in range(2)]  # in beside the silent ones
+        for n in range(2):
+            wait_for(lambda n=n: server.has_event("client_joined", client=f"org-{n}"), 60, "join")
+        wait_for(lambda: server.has_event("stream_cut_off"), 60, "the handshake deadline")
+        real.append(daemons.client(port, "org-2"))
         assert server.wait(timeout=120) == 0, server.tail()
         for stream in silent:
             stream.expect_cut_off()  # after the handshake deadline (3 s here)
     for client in real:
         assert client.wait(timeout=30) == 0, client.tail()
-    assert server.has_event("stream_cut_off")
 
 
 def test_heartbeats_do_not_hold_an_upload_open(daemons: Daemons, tmp_path: Path) -> None:
