@@ -1,0 +1,47 @@
+"""Bound what the server holds of uploads in flight: a fixed HTTP/2 receive window per stream.
+
+gRPC's default grows each stream's receive window with its bandwidth-delay estimate (the BDP
+probe). When the server decodes more slowly than its clients send (many uploads at once on a
+busy host), every stream fills its window and the server holds those bytes: measured on a bare
+grpcio server (16 loopback streams of 1 MiB messages into a consumer writing files, 2-core
+machine at load 10-15), 255-568 MiB above the idle process with the BDP probe, 16-35 MiB per
+stream; and in bench/aggregation_bench.py (16 x 256 MiB) 1,324 MiB peak RSS, of which about
+300 MiB were these buffers, against 1,109 MiB with a fixed window.
+
+A fixed window bounds each stream's share. One budget is divided among the uploads the job
+expects at once, so that their windows together stay near the budget, while a job with few
+clients keeps a window that fills a long fat link (8 MiB: 1.3 Gbit/s at 50 ms RTT; a window
+caps one stream at window / RTT). Each stream holds about its window plus two messages (the
+one being assembled, the one being decoded) plus allocator slack. A job that admits more
+uploads at once than it declares (``clients_per_round``, else ``start_clients`` or
+``min_clients``) holds that many windows: the bound scales with what the config says.
+"""
+
+from __future__ import annotations
+
+from fedsilo.server.config import ServerConfig
+
+# What all expected upload streams may have in flight into the server's memory at once.
+RECEIVE_BUDGET_BYTES = 16 << 20
+MIN_WINDOW_BYTES = 1 << 20  # below this a 1 MiB chunk takes two window updates
+MAX_WINDOW_BYTES = 8 << 20
+
+
+def expected_uploads(config: ServerConfig) -> int:
+    """Return how many uploads the job expects at once: its clients per round."""
+    declared = config.clients_per_round or max(config.min_clients, config.start_clients or 0)
+    return max(1, min(declared, config.max_clients))
+
+
+def stream_window(uploads: int) -> int:
+    """Return the receive window of each stream when ``uploads`` share the budget."""
+    share = RECEIVE_BUDGET_BYTES // max(1, uploads)
+    return max(MIN_WINDOW_BYTES, min(MAX_WINDOW_BYTES, share))
+
+
+def receive_options(window: int) -> list[tuple[str, int]]:
+    """Return the gRPC server options that fix every stream's receive window at ``window``."""
+    return [
+        ("grpc.http2.bdp_probe", 0),  # else the window grows past ``window`` with the estimate
+        ("grpc.http2.lookahead_bytes", window),
+    ]
