@@ -9,12 +9,12 @@ stream; and in bench/aggregation_bench.py (16 x 256 MiB) 1,324 MiB peak RSS, of 
 300 MiB were these buffers, against 1,109 MiB with a fixed window.
 
 A fixed window bounds each stream's share. One budget is divided among the uploads the job
-expects at once, so that their windows together stay near the budget, while a job with few
-clients keeps a window that fills a long fat link (8 MiB: 1.3 Gbit/s at 50 ms RTT; a window
-caps one stream at window / RTT). Each stream holds about its window plus two messages (the
-one being assembled, the one being decoded) plus allocator slack. A job that admits more
-uploads at once than it declares (``clients_per_round``, else ``start_clients`` or
-``min_clients``) holds that many windows: the bound scales with what the config says.
+expects at once, so that their windows together stay within it, and a job with one client gets
+all of it: 16 MiB, 2.7 Gbit/s at 50 ms RTT (a window caps one stream at window / RTT; a job of
+two, 8 MiB each; of 16 or more, 1 MiB each). Each stream holds about its
+window plus 4 MiB of messages (the one admitted past the window, the one being read, its copy).
+A job that admits more uploads at once than it declares (``clients_per_round``, else
+``start_clients`` or ``min_clients``) holds that many windows: the bound follows the config.
 """
 
 from __future__ import annotations
@@ -24,7 +24,6 @@ from fedsilo.server.config import ServerConfig
 # What all expected upload streams may have in flight into the server's memory at once.
 RECEIVE_BUDGET_BYTES = 16 << 20
 MIN_WINDOW_BYTES = 1 << 20  # below this a 1 MiB chunk takes two window updates
-MAX_WINDOW_BYTES = 8 << 20
 
 
 def expected_uploads(config: ServerConfig) -> int:
@@ -35,8 +34,7 @@ def expected_uploads(config: ServerConfig) -> int:
 
 def stream_window(uploads: int) -> int:
     """Return the receive window of each stream when ``uploads`` share the budget."""
-    share = RECEIVE_BUDGET_BYTES // max(1, uploads)
-    return max(MIN_WINDOW_BYTES, min(MAX_WINDOW_BYTES, share))
+    return max(MIN_WINDOW_BYTES, RECEIVE_BUDGET_BYTES // max(1, uploads))
 
 
 def receive_options(window: int) -> list[tuple[str, int]]:

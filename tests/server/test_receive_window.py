@@ -17,7 +17,6 @@ import grpc
 
 from fedsilo.server.config import ServerConfig
 from fedsilo.server.receive_window import (
-    MAX_WINDOW_BYTES,
     MIN_WINDOW_BYTES,
     RECEIVE_BUDGET_BYTES,
     expected_uploads,
@@ -31,7 +30,7 @@ PEER = Path(__file__).with_name("window_peer.py")
 
 def test_the_budget_is_shared_by_the_expected_uploads():
     assert stream_window(4) == RECEIVE_BUDGET_BYTES // 4 == 4 * MIB
-    assert stream_window(1) == MAX_WINDOW_BYTES  # one upload still fills a long fat link
+    assert stream_window(1) == RECEIVE_BUDGET_BYTES  # one upload gets it all: long fat links
     assert stream_window(16) == stream_window(1000) == MIN_WINDOW_BYTES
 
 
