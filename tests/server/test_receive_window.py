@@ -18,7 +18,6 @@ import grpc
 from fedsilo.server.config import ServerConfig
 from fedsilo.server.receive_window import (
     MIN_WINDOW_BYTES,
-    RECEIVE_BUDGET_BYTES,
     expected_uploads,
     receive_options,
     stream_window,
@@ -28,10 +27,21 @@ MIB = 1 << 20
 PEER = Path(__file__).with_name("window_peer.py")
 
 
+def job(clients: int, budget_mib: int = 16) -> ServerConfig:
+    return ServerConfig(
+        job_id=1,
+        insecure=True,
+        min_clients=clients,
+        max_clients=1000,
+        receive_budget_mib=budget_mib,
+    )
+
+
 def test_the_budget_is_shared_by_the_expected_uploads():
-    assert stream_window(4) == RECEIVE_BUDGET_BYTES // 4 == 4 * MIB
-    assert stream_window(1) == RECEIVE_BUDGET_BYTES  # one upload gets it all: long fat links
-    assert stream_window(16) == stream_window(1000) == MIN_WINDOW_BYTES
+    assert stream_window(job(4)) == 4 * MIB
+    assert stream_window(job(1)) == 16 * MIB  # one upload gets it all: long fat links
+    assert stream_window(job(16)) == stream_window(job(1000)) == MIN_WINDOW_BYTES
+    assert stream_window(job(10, budget_mib=160)) == 16 * MIB  # many members on long links
 
 
 def test_expected_uploads_follow_the_config():
@@ -106,7 +116,7 @@ def peak_held(options: list[tuple[str, int]], streams: int, messages: int) -> in
 
 def test_slowly_read_uploads_hold_at_most_their_windows():
     streams = 8
-    window = stream_window(streams)
+    window = stream_window(job(streams))
     held = peak_held(receive_options(window), streams, messages=32)
     # Each stream: its window, the message admitted past it, the one being read and its copy;
     # then the threads' own. Measured (2-core machine, load 12): 46-51 MiB with the fixed
