@@ -53,11 +53,19 @@ def write_mean(
     start: Mapping[str, torch.Tensor],
     out: Mapping[str, torch.Tensor],
 ) -> None:
-    """Write ``start + mean`` into ``out``'s floating tensors, reading the mean chunk by chunk."""
+    """Write ``start + mean`` into ``out``'s floating tensors, reading the mean chunk by chunk.
+
+    Each element is ``float64(start) + mean`` in float64, then cast to ``out``'s dtype, through
+    one reused float64 buffer (no temporaries per chunk).
+    """
     names = [name for name in floating_names(start) if start[name].numel()]
     position = [(name, 0) for name in names]
     index = 0
+    wide = torch.empty(0, dtype=torch.float64)
     for chunk in chunks:
+        if len(chunk) > wide.numel():
+            wide = torch.empty(len(chunk), dtype=torch.float64)
+        mean = torch.from_numpy(np.ascontiguousarray(chunk, dtype=np.float64))
         used = 0
         while used < len(chunk):
             if index == len(position):
@@ -65,9 +73,10 @@ def write_mean(
             name, filled = position[index]
             flat_out, flat_start = out[name].view(-1), start[name].reshape(-1)
             count = min(len(chunk) - used, flat_out.numel() - filled)
-            piece = torch.from_numpy(np.ascontiguousarray(chunk[used : used + count]))
-            base = flat_start[filled : filled + count].to(torch.float64)
-            flat_out[filled : filled + count] = (base + piece).to(flat_out.dtype)
+            total = wide[:count]
+            # float32 + float64 promotes to float64: the start widens exactly, as .to() would
+            torch.add(flat_start[filled : filled + count], mean[used : used + count], out=total)
+            flat_out[filled : filled + count].copy_(total)
             used += count
             filled += count
             position[index] = (name, filled)
