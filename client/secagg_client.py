@@ -74,6 +74,7 @@ class MaskedRound:
     protocol: SecAggClient
     delta: dict[str, torch.Tensor] | None = None  # trained - received, floating tensors
     weight: int = 0
+    norm: float = 0.0  # the kept delta's L2 norm (after DP's clip)
     send: pb.SendModel | None = None  # the SendModel, metrics filled in, update to come
 
     @classmethod
@@ -108,7 +109,11 @@ class MaskedRound:
         examples: int,
         send: pb.SendModel,
     ) -> None:
-        """Keep ``trained - received`` (in ``received``'s buffers) for the masked upload."""
+        """Keep ``trained - received`` (in ``received``'s buffers) for the masked upload.
+
+        Its norm is taken now (and, with distributed DP, the delta clipped and noised), while
+        the key stages wait for the round's slowest client, not once the shares are in.
+        """
         delta = {}
         for name in floating_names(received):
             kept = received[name]
@@ -117,6 +122,14 @@ class MaskedRound:
         self.delta = delta
         self.weight = max(1, min(examples, self.protocol.config.max_weight))
         self.send = send
+        config = self.protocol.config
+        if config.noise_std > 0:  # distributed DP-FedAvg: clip, then this client's noise share
+            self.norm = min(clip_delta_(self.delta, config.clip_norm), config.clip_norm)
+            # Secret to this client. The quantizer is told the clipped norm: it clips nothing
+            # more, and the noise keeps its scale.
+            add_gaussian_noise_(self.delta, config.noise_std, noise_generator(None))
+        else:
+            self.norm = self._norm()
 
     def shares(self, roster: pb.SecAggKeyRoster) -> pb.ClientMessage:
         """This client's shares for its neighbours, encrypted to each."""
@@ -127,17 +140,9 @@ class MaskedRound:
         """Take the neighbours' shares; return the frames of the masked update."""
         assert self.delta is not None and self.send is not None, "no update kept"
         self.protocol.receive_shares(secagg_wire.routed_of(routed))
-        config = self.protocol.config
-        if config.noise_std > 0:  # distributed DP-FedAvg: clip, then this client's noise share
-            norm = min(clip_delta_(self.delta, config.clip_norm), config.clip_norm)
-            # Secret to this client. The quantizer is told the clipped norm: it clips nothing
-            # more, and the noise keeps its scale.
-            add_gaussian_noise_(self.delta, config.noise_std, noise_generator(None))
-        else:
-            norm = self._norm()
         # The delta's own dtype: the quantizer widens each element to float64 as it scales it.
         pieces = (piece.numpy() for piece in self._pieces())
-        words = self.protocol.masked_input(pieces, norm=norm, weight=self.weight, ahead=AHEAD)
+        words = self.protocol.masked_input(pieces, norm=self.norm, weight=self.weight, ahead=AHEAD)
         length = self.protocol.setup.length + 1
         spec = TensorSpec(MASKED_NAME, torch.uint32, (length,))
         self.send.update.CopyFrom(header_of([spec]))

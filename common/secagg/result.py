@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
@@ -72,13 +72,18 @@ class RunningSum:
             streams = [(MaskStream(seed, start=begin), sign) for seed, sign in masks]
             add_masks(words[begin:end], streams, Scratch())
 
-        ranges = split_ranges(len(words), threads)
-        if len(ranges) == 1:
-            one(*ranges[0])
-            return
-        with ThreadPoolExecutor(len(ranges), thread_name_prefix="secagg-unmask") as pool:
-            for future in [pool.submit(one, begin, end) for begin, end in ranges]:
-                future.result()
+        in_ranges(len(words), threads, one)
+
+
+def in_ranges(length: int, threads: int, work: Callable[[int, int], None]) -> None:
+    """Call ``work(begin, end)`` over ``split_ranges``, each range on its own thread if several."""
+    ranges = split_ranges(length, threads)
+    if len(ranges) == 1:
+        work(*ranges[0])
+        return
+    with ThreadPoolExecutor(len(ranges), thread_name_prefix="secagg-range") as pool:
+        for future in [pool.submit(work, begin, end) for begin, end in ranges]:
+            future.result()
 
 
 def split_ranges(length: int, parts: int) -> list[tuple[int, int]]:
@@ -111,11 +116,17 @@ class AggregateResult:
         """Return the largest error per element of the weighted mean (quantization)."""
         return self.quantizer.mean_error_bound(len(self.survivors), self.weight_sum)
 
-    def mean_chunks(self, chunk_words: int = DEFAULT_CHUNK_WORDS) -> Iterator[NDArray[np.float64]]:
-        """Yield the weighted mean of the survivors' clipped deltas, a chunk at a time."""
+    def mean_chunks(
+        self, chunk_words: int = DEFAULT_CHUNK_WORDS, begin: int = 0, end: int | None = None
+    ) -> Iterator[NDArray[np.float64]]:
+        """Yield the weighted mean of the survivors' clipped deltas, a chunk at a time.
+
+        ``begin`` and ``end`` select positions of the model vector (default: all of it).
+        """
         model = self.words[:-1]
-        for start in range(0, len(model), chunk_words):
-            mean = self.quantizer.decode(model[start : start + chunk_words])
+        stop = len(model) if end is None else min(end, len(model))
+        for start in range(begin, stop, chunk_words):
+            mean = self.quantizer.decode(model[start : min(start + chunk_words, stop)])
             np.divide(mean, self.weight_sum, out=mean)
             yield mean
 
