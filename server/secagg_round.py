@@ -154,16 +154,22 @@ class SecAggRound:
         """Remove the masks: the sum of the survivors' quantized updates and weights."""
         self.result = self.server.finish()
 
-    def mean_state(self, global_state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    def mean_state(
+        self,
+        global_state: Mapping[str, torch.Tensor],
+        out: Mapping[str, torch.Tensor] | None = None,
+    ) -> dict[str, torch.Tensor]:
         """The survivors' weighted mean update as a model: ``g + mean delta`` (floats only).
 
-        Ranges of the vector are written on the unmasking's threads (elementwise: the same
-        values whatever the split); every floating element is written, so no copy of ``g`` first.
+        Written into ``out`` (model-shaped, e.g. a recycled model: pages already mapped) or
+        new tensors; ranges of the vector on the unmasking's threads (elementwise: the same
+        values whatever the split). Every floating element is written: nothing is copied first.
         """
-        out = {
-            name: torch.empty_like(t) if torch.is_floating_point(t) else t.clone()
-            for name, t in global_state.items()
-        }
+        if out is None:
+            out = {name: torch.empty_like(t) for name, t in global_state.items()}
+        for name, tensor in global_state.items():
+            if not torch.is_floating_point(tensor):
+                out[name].copy_(tensor)
         chunk_words = SCRATCH_BYTES // 8  # float64 pieces below the server's mmap threshold
 
         def one(begin: int, end: int) -> None:
@@ -172,7 +178,7 @@ class SecAggRound:
                 raise SecAggRefusedError("the mean does not cover the model")
 
         in_ranges(self.setup.length, unmask_threads(), one)
-        return out
+        return dict(out)
 
 
 def _check_sender(client_id: int, claimed: int) -> None:
