@@ -259,15 +259,15 @@ class SecAggClient:
         """Yield the masked upload: ``length`` model words then the weight word, in chunks.
 
         ``values`` are the delta's elements in order (any piece sizes), ``norm`` its L2 norm.
-        With ``ahead`` > 0, a producer thread makes up to that many chunks ahead of the
-        consumer (masking overlaps sending); the stage still moves on only when the consumer
-        has taken the last chunk.
+        With ``ahead`` > 0 and more than one chunk, a producer thread makes up to that many
+        chunks ahead of the consumer (masking overlaps sending); the stage still moves on only
+        when the consumer has taken the last chunk.
         """
         self._expect(ClientStage.UPLOAD, "the masked upload")
         self.quantizer.check_weight(weight)
         factor = self.quantizer.clip_factor(norm)
         chunks = self._masked_chunks(values, factor, weight, chunk_words)
-        if ahead:
+        if ahead and self.setup.length >= chunk_words:  # one chunk: nothing to overlap
             chunks = run_ahead(chunks, ahead, name=f"secagg-mask-{self.client_id}")
         yield from chunks
         self.stage = ClientStage.UNMASK

@@ -77,3 +77,21 @@ def test_a_refusal_on_the_producer_thread_reaches_the_consumer() -> None:
         list(client.masked_input(too_long, norm=2.0, weight=3, chunk_words=CHUNK, ahead=2))
     assert client.stage is ClientStage.FAILED
     assert not _mask_threads()
+
+
+def test_an_upload_of_one_chunk_is_made_in_turn_without_a_thread(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    client = _ready_clients()[0]
+    started: list[str] = []
+    start = threading.Thread.start
+
+    def counting_start(thread: threading.Thread) -> None:
+        started.append(thread.name)
+        start(thread)
+
+    monkeypatch.setattr(threading.Thread, "start", counting_start)
+    chunks = client.masked_input(_delta(), norm=2.0, weight=3, chunk_words=LENGTH + 1, ahead=2)
+    assert len(list(chunks)) == 1
+    assert not [name for name in started if name.startswith("secagg-mask")]
+    assert client.stage is ClientStage.UNMASK
