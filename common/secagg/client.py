@@ -14,6 +14,10 @@ mask-key share. One unmask answer per attempt, the two asked sets disjoint, each
 one of them; and with an ``UnmaskLedger`` shared across attempts, a round number is answered
 again only with the same survivors (else two sums over different sets of the same updates
 would give away their difference).
+
+Threading: one caller at a time, except that ``masked_input(..., ahead=k)`` makes its chunks on
+a producer thread (``ahead.py``) that reads the attempt's keys and never its stage: the stage
+is set by the consuming generator, after the last chunk is taken.
 """
 
 from __future__ import annotations

@@ -24,9 +24,11 @@ from numpy.typing import NDArray
 WORD = np.dtype("<u4")
 WORD_BYTES = 4
 DEFAULT_CHUNK_WORDS = 1 << 18  # 1 MiB of words, the wire's default chunk size
-# Masks are added a block at a time, every stream over one block before the next block: a
-# block's words, its keystream and the cipher's zero input (3 x 128 KiB) stay in a core's L2
-# cache (512 KiB on the build machine's EPYC) while the streams pass over it.
+# Masks are added a block at a time, every stream over one block before the next block, so
+# that the words make one pass through memory whatever the number of streams. Block sizes of
+# 16K to 256K words cost the same within 10 % on the build machine (4 streams + add over 64
+# MiB: 0.036-0.041 CPU s); 32K words keep a block, its keystream and the cipher's zero input
+# (3 x 128 KiB) inside one core's L2 cache.
 BLOCK_WORDS = 1 << 15
 _AES_BLOCK = 16
 
