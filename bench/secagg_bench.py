@@ -45,6 +45,7 @@ from fedsilo.common.secagg import (
 )
 from fedsilo.common.secagg.masks import DEFAULT_CHUNK_WORDS, WORD, MaskStream, Scratch
 from fedsilo.common.secagg.result import RunningSum
+from fedsilo.common.secagg.server import unmask_threads
 from fedsilo.provision import certs
 
 MIB = 1 << 20
@@ -246,8 +247,8 @@ def measure_vectors(
     show("plain: float32 add_, torch, whole tensor", results["plain_torch_gbs"], "GB/s")
 
     def unmask_cost(streams: int) -> None:
-        for index in range(streams):
-            total.apply(MaskStream(index.to_bytes(32, "big")), -1, scratch)
+        masks = [(index.to_bytes(32, "big"), -1) for index in range(streams)]
+        total.apply_masks(masks, threads=unmask_threads())  # as the server's finish does
 
     results["unmask_4_s"] = summary(timed(lambda: unmask_cost(4), repeats))
     show("server: remove 4 self-masks (no dropout)", results["unmask_4_s"], "s")

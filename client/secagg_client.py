@@ -31,6 +31,7 @@ from fedsilo.tasks.privacy import add_gaussian_noise_, clip_delta_, noise_genera
 
 MASKED_NAME = "secagg.masked"  # the server's name for the one tensor of a masked upload
 PIECE = 1 << 18
+AHEAD = 2  # masked chunks a producer thread makes ahead of the sending one (O(chunk) memory)
 
 
 @dataclass(frozen=True)
@@ -73,6 +74,7 @@ class MaskedRound:
     protocol: SecAggClient
     delta: dict[str, torch.Tensor] | None = None  # trained - received, floating tensors
     weight: int = 0
+    norm: float = 0.0  # the kept delta's L2 norm (after DP's clip)
     send: pb.SendModel | None = None  # the SendModel, metrics filled in, update to come
 
     @classmethod
@@ -107,13 +109,27 @@ class MaskedRound:
         examples: int,
         send: pb.SendModel,
     ) -> None:
-        """Keep ``trained - received`` (in ``received``'s buffers) for the masked upload."""
+        """Keep ``trained - received`` (in ``received``'s buffers) for the masked upload.
+
+        Its norm is taken now (and, with distributed DP, the delta clipped and noised), while
+        the key stages wait for the round's slowest client, not once the shares are in.
+        """
         delta = {}
         for name in floating_names(received):
-            delta[name] = received[name].sub_(trained[name].to(received[name].dtype)).neg_()
+            kept = received[name]
+            # One pass, in place: a - b is exactly -(b - a) (round to nearest is symmetric).
+            delta[name] = torch.sub(trained[name].to(kept.dtype), kept, out=kept)
         self.delta = delta
         self.weight = max(1, min(examples, self.protocol.config.max_weight))
         self.send = send
+        config = self.protocol.config
+        if config.noise_std > 0:  # distributed DP-FedAvg: clip, then this client's noise share
+            self.norm = min(clip_delta_(self.delta, config.clip_norm), config.clip_norm)
+            # Secret to this client. The quantizer is told the clipped norm: it clips nothing
+            # more, and the noise keeps its scale.
+            add_gaussian_noise_(self.delta, config.noise_std, noise_generator(None))
+        else:
+            self.norm = self._norm()
 
     def shares(self, roster: pb.SecAggKeyRoster) -> pb.ClientMessage:
         """This client's shares for its neighbours, encrypted to each."""
@@ -124,16 +140,9 @@ class MaskedRound:
         """Take the neighbours' shares; return the frames of the masked update."""
         assert self.delta is not None and self.send is not None, "no update kept"
         self.protocol.receive_shares(secagg_wire.routed_of(routed))
-        config = self.protocol.config
-        if config.noise_std > 0:  # distributed DP-FedAvg: clip, then this client's noise share
-            norm = min(clip_delta_(self.delta, config.clip_norm), config.clip_norm)
-            # Secret to this client. The quantizer is told the clipped norm: it clips nothing
-            # more, and the noise keeps its scale.
-            add_gaussian_noise_(self.delta, config.noise_std, noise_generator(None))
-        else:
-            norm = math.sqrt(sum(float(torch.dot(piece, piece)) for piece in self._pieces()))
+        # The delta's own dtype: the quantizer widens each element to float64 as it scales it.
         pieces = (piece.numpy() for piece in self._pieces())
-        words = self.protocol.masked_input(pieces, norm=norm, weight=self.weight)
+        words = self.protocol.masked_input(pieces, norm=self.norm, weight=self.weight, ahead=AHEAD)
         length = self.protocol.setup.length + 1
         spec = TensorSpec(MASKED_NAME, torch.uint32, (length,))
         self.send.update.CopyFrom(header_of([spec]))
@@ -145,12 +154,22 @@ class MaskedRound:
         return pb.ClientMessage(secagg_unmask=secagg_wire.response_message(response))
 
     def _pieces(self) -> Iterator[torch.Tensor]:
-        """The delta's values in order, float64 pieces (torch's dot is 8x numpy's here)."""
+        """The delta's values in order, in pieces of at most PIECE elements (views)."""
         assert self.delta is not None
         for tensor in self.delta.values():
-            flat = tensor.reshape(-1)
+            flat = tensor.detach().reshape(-1)
             for start in range(0, flat.numel(), PIECE):
-                yield flat[start : start + PIECE].to(torch.float64)
+                yield flat[start : start + PIECE]
+
+    def _norm(self) -> float:
+        """The delta's L2 norm: float64 sums of squares per piece (torch's dot: 8x numpy's)."""
+        wide = torch.empty(PIECE, dtype=torch.float64)  # reused: no allocation per piece
+        total = 0.0
+        for piece in self._pieces():
+            part = wide[: piece.numel()]
+            part.copy_(piece)
+            total += float(torch.dot(part, part))
+        return math.sqrt(total)
 
 
 def _stream_frames(

@@ -125,7 +125,9 @@ class GlobalModel:
         """The model the round's fold leads to, through DP-FedAvg and the strategy."""
         strategy = self.strategy
         if current.secagg is not None:  # the survivors' unmasked mean: a sum, no single update
-            mean = current.secagg.mean_state(self.state)
+            like = self.state  # into a recycled model when there is one: no fresh pages
+            out = self.store.sum_buffers(like, {name: t.dtype for name, t in like.items()})
+            mean = current.secagg.mean_state(self.state, out)
             if self.dp is not None:  # distributed: the clients' noise is in it already
                 survivors = len(current.secagg.result.survivors)
                 mean = self.dp.noised(self.state, mean, survivors, current.number)

@@ -23,7 +23,9 @@ from fedsilo.common.proto import federation_pb2 as pb
 from fedsilo.common.secagg import RoundSetup, SecAggConfig, SecAggServer, ServerStage, Trust
 from fedsilo.common.secagg import wire as secagg_wire
 from fedsilo.common.secagg.messages import ATTEMPT_BYTES
-from fedsilo.common.secagg.vectors import vector_length, write_mean
+from fedsilo.common.secagg.result import in_ranges
+from fedsilo.common.secagg.server import unmask_threads
+from fedsilo.common.secagg.vectors import vector_length, write_mean_at
 from fedsilo.common.specs import TensorSpec
 from fedsilo.server.allocator import SCRATCH_BYTES
 from fedsilo.server.config import ServerConfig
@@ -152,12 +154,31 @@ class SecAggRound:
         """Remove the masks: the sum of the survivors' quantized updates and weights."""
         self.result = self.server.finish()
 
-    def mean_state(self, global_state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        """The survivors' weighted mean update as a model: ``g + mean delta`` (floats only)."""
-        out = {name: tensor.clone() for name, tensor in global_state.items()}
-        # float64 pieces below the server's mmap threshold (server/allocator.py)
-        write_mean(self.result.mean_chunks(chunk_words=SCRATCH_BYTES // 8), global_state, out)
-        return out
+    def mean_state(
+        self,
+        global_state: Mapping[str, torch.Tensor],
+        out: Mapping[str, torch.Tensor] | None = None,
+    ) -> dict[str, torch.Tensor]:
+        """The survivors' weighted mean update as a model: ``g + mean delta`` (floats only).
+
+        Written into ``out`` (model-shaped, e.g. a recycled model: pages already mapped) or
+        new tensors; ranges of the vector on the unmasking's threads (elementwise: the same
+        values whatever the split). Every floating element is written: nothing is copied first.
+        """
+        if out is None:
+            out = {name: torch.empty_like(t) for name, t in global_state.items()}
+        for name, tensor in global_state.items():
+            if not torch.is_floating_point(tensor):
+                out[name].copy_(tensor)
+        chunk_words = SCRATCH_BYTES // 8  # float64 pieces below the server's mmap threshold
+
+        def one(begin: int, end: int) -> None:
+            chunks = self.result.mean_chunks(chunk_words, begin, end)
+            if write_mean_at(chunks, global_state, out, begin) != end:
+                raise SecAggRefusedError("the mean does not cover the model")
+
+        in_ranges(self.setup.length, unmask_threads(), one)
+        return dict(out)
 
 
 def _check_sender(client_id: int, claimed: int) -> None:

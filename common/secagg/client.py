@@ -14,6 +14,10 @@ mask-key share. One unmask answer per attempt, the two asked sets disjoint, each
 one of them; and with an ``UnmaskLedger`` shared across attempts, a round number is answered
 again only with the same survivors (else two sums over different sets of the same updates
 would give away their difference).
+
+Threading: one caller at a time, except that ``masked_input(..., ahead=k)`` makes its chunks on
+a producer thread (``ahead.py``) that reads the attempt's keys and never its stage: the stage
+is set by the consuming generator, after the last chunk is taken.
 """
 
 from __future__ import annotations
@@ -32,8 +36,16 @@ from numpy.typing import NDArray
 from fedsilo.common.errors import ConfigError, SecAggError, SecAggRefusedError
 from fedsilo.common.logging import get_logger
 from fedsilo.common.secagg import keys, shamir
+from fedsilo.common.secagg.ahead import run_ahead
 from fedsilo.common.secagg.config import SecAggConfig
-from fedsilo.common.secagg.masks import DEFAULT_CHUNK_WORDS, WORD, MaskStream, Scratch
+from fedsilo.common.secagg.masks import (
+    BLOCK_WORDS,
+    DEFAULT_CHUNK_WORDS,
+    WORD,
+    MaskStream,
+    Scratch,
+    add_masks,
+)
 from fedsilo.common.secagg.messages import (
     NONCE_BYTES,
     EncryptedShare,
@@ -246,21 +258,44 @@ class SecAggClient:
         norm: float,
         weight: int,
         chunk_words: int = DEFAULT_CHUNK_WORDS,
+        ahead: int = 0,
     ) -> Iterator[bytes]:
         """Yield the masked upload: ``length`` model words then the weight word, in chunks.
 
         ``values`` are the delta's elements in order (any piece sizes), ``norm`` its L2 norm.
+        With ``ahead`` > 0 and more than one chunk, a producer thread makes up to that many
+        chunks ahead of the consumer (masking overlaps sending); the stage still moves on only
+        when the consumer has taken the last chunk.
         """
         self._expect(ClientStage.UPLOAD, "the masked upload")
         self.quantizer.check_weight(weight)
         factor = self.quantizer.clip_factor(norm)
+        chunks = self._masked_chunks(values, factor, weight, chunk_words)
+        if ahead and self.setup.length >= chunk_words:  # one chunk: nothing to overlap
+            chunks = run_ahead(chunks, ahead, name=f"secagg-mask-{self.client_id}")
+        yield from chunks
+        self.stage = ClientStage.UNMASK
+
+    def _mask_streams(self) -> list[tuple[MaskStream, int]]:
+        """The self-mask (added) and one pairwise mask per peer (added by the lower id)."""
         streams = [(MaskStream(keys.self_mask_seed(self._self_seed, self.digest)), 1)]
         for peer in sorted(self._held):
             if peer != self.client_id:
                 shared = keys.agree(self._mask_key, self._peers[peer].mask_key, f"client {peer}")
                 seed = keys.pair_seed(shared, self.digest, self.client_id, peer)
                 streams.append((MaskStream(seed), 1 if self.client_id < peer else -1))
-        scratch = Scratch(chunk_words)
+        return streams
+
+    def _masked_chunks(
+        self,
+        values: Iterable[NDArray[np.floating]],
+        factor: float,
+        weight: int,
+        chunk_words: int,
+    ) -> Iterator[bytes]:
+        streams = self._mask_streams()
+        scratch = Scratch(min(chunk_words, BLOCK_WORDS))
+        wide = np.empty(scratch.max_words, dtype=np.float64)  # the quantizer's float64 block
         pending = np.empty(chunk_words, dtype=WORD)
         filled, total = 0, 0
         for piece in self._pieces(values):
@@ -271,16 +306,19 @@ class SecAggClient:
             while taken < len(piece):
                 count = min(len(piece) - taken, chunk_words - filled)
                 target = pending[filled : filled + count]
-                self.quantizer.encode_into(piece[taken : taken + count], factor, weight, target)
+                self.quantizer.encode_into(
+                    piece[taken : taken + count], factor, weight, target, wide
+                )
                 filled, taken = filled + count, taken + count
                 if filled == chunk_words:
-                    yield _masked(pending, streams, scratch)
+                    add_masks(pending, streams, scratch)
+                    yield pending.tobytes()
                     filled = 0
         if total != self.setup.length:
             raise SecAggRefusedError(f"the update has {total} values, not {self.setup.length}")
         pending[filled] = self.quantizer.weight_word(weight)[0]  # the last word (always room)
-        yield _masked(pending[: filled + 1], streams, scratch)
-        self.stage = ClientStage.UNMASK
+        add_masks(pending[: filled + 1], streams, scratch)
+        yield pending[: filled + 1].tobytes()
 
     def _pieces(self, values: Iterable[NDArray[np.floating]]) -> Iterator[NDArray[np.floating]]:
         for array in values:
@@ -321,11 +359,3 @@ class SecAggClient:
             {peer: self._held[peer][0] for peer in sorted(survivors)},
             {peer: self._held[peer][1] for peer in sorted(dropped)},
         )
-
-
-def _masked(
-    words: NDArray[np.uint32], streams: list[tuple[MaskStream, int]], scratch: Scratch
-) -> bytes:
-    for stream, sign in streams:
-        stream.add_to(words, sign, scratch)
-    return words.tobytes()

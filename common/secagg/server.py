@@ -18,12 +18,15 @@ already been added: ``abandon(replay)`` subtracts its chunks again from a copy t
 kept (e.g. its spill file); without one, the attempt cannot remove it and must be run again.
 
 Threading: every method takes the object's one lock; ``MaskedUpload.add`` holds it only for
-the addition of its chunk, so uploads on several threads interleave chunk by chunk.
+the addition of its chunk, so uploads on several threads interleave chunk by chunk. ``finish``
+removes the masks, under the lock, on up to UNMASK_THREADS short-lived threads of its own,
+each over its own range of the sum.
 """
 
 from __future__ import annotations
 
 import enum
+import os
 import threading
 from collections.abc import Iterable
 
@@ -33,7 +36,7 @@ from fedsilo.common.errors import ConfigError, SecAggError, SecAggRefusedError
 from fedsilo.common.logging import get_logger
 from fedsilo.common.secagg import keys, shamir
 from fedsilo.common.secagg.config import SecAggConfig
-from fedsilo.common.secagg.masks import WORD_BYTES, MaskStream, Scratch
+from fedsilo.common.secagg.masks import WORD_BYTES
 from fedsilo.common.secagg.messages import (
     NONCE_BYTES,
     SEALED_BYTES,
@@ -49,6 +52,9 @@ from fedsilo.common.secagg.messages import (
 from fedsilo.common.secagg.plan import Plan, make_plan
 from fedsilo.common.secagg.quantize import Quantizer
 from fedsilo.common.secagg.result import AggregateResult, RunningSum
+
+# Threads of the unmasking pass, at most (one range of the sum each; see RunningSum.apply_masks).
+UNMASK_THREADS = 4
 
 
 class ServerStage(enum.Enum):
@@ -295,12 +301,14 @@ class SecAggServer:
             self._expect(ServerStage.UNMASK, "finishing the round")
             self.stage = ServerStage.DONE  # once only, even if it fails: masks come off in place
             self._check_holders(self._uploaders, frozenset(self._responses))
-            scratch = Scratch()
-            for client in sorted(self._uploaders):
-                seed = keys.self_mask_seed(self._rebuild_self_seed(client), self.digest)
-                self.sum.apply(MaskStream(seed), -1, scratch)
+            masks = [
+                (keys.self_mask_seed(self._rebuild_self_seed(client), self.digest), -1)
+                for client in sorted(self._uploaders)
+            ]
             for client in sorted(self._sharers - self._uploaders):
-                self._remove_pair_masks(client, scratch)
+                masks.extend(self._pair_masks(client))
+            # All seeds first, then one pass over the sum (in ranges, in parallel).
+            self.sum.apply_masks(masks, threads=unmask_threads())
             dropped = tuple(sorted(set(self._adverts) - self._uploaders))
             return AggregateResult(
                 self.sum.words, self.quantizer, tuple(sorted(self._uploaders)), dropped
@@ -323,22 +331,30 @@ class SecAggServer:
             raise SecAggError(f"client {client}'s self-mask shares do not rebuild its seed")
         return seed
 
-    def _remove_pair_masks(self, dropped: int, scratch: Scratch) -> None:
+    def _pair_masks(self, dropped: int) -> list[tuple[bytes, int]]:
+        """The pairwise masks a dropped client's surviving partners added, to take off again."""
         assert self.plan is not None
         partners = self.plan.neighbours[dropped] & self._uploaders
         if not partners:
-            return
+            return []
         shares = self._collect(dropped, self.plan.neighbours[dropped], self_mask=False)
         private = X25519PrivateKey.from_private_bytes(
             shamir.reconstruct(shares, self.plan.threshold)
         )
         if keys.public_key_bytes(private) != self._adverts[dropped].mask_key:
             raise SecAggError(f"dropped client {dropped}'s shares do not rebuild its mask key")
+        masks = []
         for partner in sorted(partners):
             shared = keys.agree(private, self._adverts[partner].mask_key, f"client {partner}")
             seed = keys.pair_seed(shared, self.digest, partner, dropped)
             # The partner added its mask if its id is the lower one, subtracted it otherwise.
-            self.sum.apply(MaskStream(seed), -1 if partner < dropped else 1, scratch)
+            masks.append((seed, -1 if partner < dropped else 1))
+        return masks
+
+
+def unmask_threads() -> int:
+    """Return how many threads remove the masks: the CPUs this process may use, at most 4."""
+    return max(1, min(UNMASK_THREADS, len(os.sched_getaffinity(0))))
 
 
 class MaskedUpload:

@@ -7,6 +7,8 @@ Both sides walk the tensors a piece at a time, so nothing model-sized is ever co
 
 from __future__ import annotations
 
+import bisect
+import itertools
 import math
 from collections.abc import Iterable, Iterator, Mapping
 
@@ -54,24 +56,45 @@ def write_mean(
     out: Mapping[str, torch.Tensor],
 ) -> None:
     """Write ``start + mean`` into ``out``'s floating tensors, reading the mean chunk by chunk."""
+    if write_mean_at(chunks, start, out, 0) != vector_length(start):
+        raise SecAggRefusedError("the mean is shorter than the model")
+
+
+def write_mean_at(
+    chunks: Iterable[NDArray[np.floating]],
+    start: Mapping[str, torch.Tensor],
+    out: Mapping[str, torch.Tensor],
+    begin: int,
+) -> int:
+    """Write ``start + mean`` from vector position ``begin`` on; return the position after.
+
+    Each element is ``float64(start) + mean`` in float64, then cast to ``out``'s dtype, through
+    one reused float64 buffer (no temporaries per chunk); elements are independent, so disjoint
+    ranges may be written by different threads.
+    """
     names = [name for name in floating_names(start) if start[name].numel()]
-    position = [(name, 0) for name in names]
-    index = 0
+    ends = list(itertools.accumulate(start[name].numel() for name in names))
+    index = bisect.bisect_right(ends, begin)  # the tensor holding position ``begin``
+    position = begin
+    wide = torch.empty(0, dtype=torch.float64)
     for chunk in chunks:
+        if len(chunk) > wide.numel():
+            wide = torch.empty(len(chunk), dtype=torch.float64)
+        mean = torch.from_numpy(np.ascontiguousarray(chunk, dtype=np.float64))
         used = 0
         while used < len(chunk):
-            if index == len(position):
+            if index == len(names):
                 raise SecAggRefusedError("the mean is longer than the model")
-            name, filled = position[index]
+            name = names[index]
+            filled = position - (ends[index] - start[name].numel())
             flat_out, flat_start = out[name].view(-1), start[name].reshape(-1)
             count = min(len(chunk) - used, flat_out.numel() - filled)
-            piece = torch.from_numpy(np.ascontiguousarray(chunk[used : used + count]))
-            base = flat_start[filled : filled + count].to(torch.float64)
-            flat_out[filled : filled + count] = (base + piece).to(flat_out.dtype)
+            total = wide[:count]
+            # float32 + float64 promotes to float64: the start widens exactly, as .to() would
+            torch.add(flat_start[filled : filled + count], mean[used : used + count], out=total)
+            flat_out[filled : filled + count].copy_(total)
             used += count
-            filled += count
-            position[index] = (name, filled)
-            if filled == flat_out.numel():
+            position += count
+            if position == ends[index]:
                 index += 1
-    if index != len(position):
-        raise SecAggRefusedError("the mean is shorter than the model")
+    return position

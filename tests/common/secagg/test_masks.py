@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from fedsilo.common.secagg.masks import WORD, MaskStream, Scratch
+from fedsilo.common.secagg.masks import WORD, MaskStream, Scratch, add_masks
 
 SEED = bytes(range(32))
 
@@ -52,3 +52,26 @@ def test_bad_seeds_and_oversized_reads_are_refused() -> None:
         MaskStream(bytes(16))
     with pytest.raises(ValueError, match="exceed the scratch buffer"):
         Scratch(8).keystream(object(), 9)
+
+
+@pytest.mark.parametrize("start", [0, 1, 3, 4, 5, 1023, 4096, 70_001])
+def test_a_stream_started_at_a_word_gives_the_words_from_there(start: int) -> None:
+    # AES-CTR seeks: block i is AES(key, i), so any word can begin a stream (threads' ranges).
+    whole = MaskStream(SEED).next(start + 600)
+    assert np.array_equal(MaskStream(SEED, start=start).next(600), whole[start:])
+
+
+def test_a_negative_start_is_refused() -> None:
+    with pytest.raises(ValueError, match="word 0 or later"):
+        MaskStream(SEED, start=-1)
+
+
+def test_masks_added_block_by_block_equal_each_stream_added_whole() -> None:
+    values = np.arange(10_000, dtype=WORD) * np.uint32(2654435761)
+    seeds = [(bytes([i]) * 32, sign) for i, sign in ((1, 1), (2, -1), (3, 1))]
+    one_by_one = values.copy()
+    for seed, sign in seeds:
+        MaskStream(seed).add_to(one_by_one, sign, Scratch(10_000))
+    blocked = values.copy()
+    add_masks(blocked, [(MaskStream(seed), sign) for seed, sign in seeds], Scratch(333))
+    assert np.array_equal(blocked, one_by_one)
