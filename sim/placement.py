@@ -8,8 +8,10 @@ change the result: the client keeps no state from one round to the next (``porta
 worker that has not hosted the client yet first adopts it: it joins a copy with the client's
 InitConfig, silently (the client's Hello and Ready were sent once, by its first host), which
 costs one ``load_data`` (16 ms for an fmnist client against 125 ms of training); a worker
-prefers the clients it already holds. Each worker serves one stream at a time (END/DONE,
-``sim/frames.py``), so the driver's queue, not a worker's socket, holds the waiting ones.
+prefers the clients it already holds. A worker holds at most ``depth`` streams (END/DONE,
+``sim/frames.py``): the one it trains on and the next, so that it never waits for the driver
+between two clients (a busy box schedules the driver's threads late); the others wait here,
+and go to the least busy worker.
 
 What a client says goes to the job only from the worker that served it last (its speaker);
 that worker also gets the client's other messages (Finish, Abort), and its death drops the
@@ -46,10 +48,11 @@ def portable(init: pb.InitConfig, record_dp: bool) -> bool:
 class Placement:
     """The workers' business and each client's hosts (module docstring); thread-safe."""
 
-    def __init__(self, workers: int, clients: int, free: bool) -> None:
+    def __init__(self, workers: int, clients: int, free: bool, depth: int = 2) -> None:
         self.free = free
+        self.depth = depth
         self._cond = threading.Condition()
-        self._busy = [False] * workers
+        self._busy = [0] * workers  # streams sent and not DONE yet
         self._alive = [True] * workers
         self._closing = False
         self._speaker = [index % workers for index in range(clients)]
@@ -74,7 +77,7 @@ class Placement:
                 self._joins[index] = frame
 
     def acquire(self, index: int) -> tuple[int, bytes | None] | None:
-        """Wait for a worker to serve client ``index``'s model stream; mark it busy.
+        """Wait for a worker to serve client ``index``'s model stream; count it there.
 
         Return the worker and, if it does not host the client yet, the InitConfig frame it
         adopts the client with; None once the simulation closes or the worker(s) it could use
@@ -95,16 +98,20 @@ class Placement:
             finally:
                 self._waiting.discard(index)
                 self._cond.notify_all()  # a worker left to this client may go to another now
-            self._busy[worker] = True
+            self._busy[worker] += 1
             self._speaker[index] = worker
             adopt = None if worker in self._hosts[index] else self._joins[index]
             self._hosts[index].add(worker)
             return worker, adopt
 
     def _choose(self, index: int) -> int | None:
-        idle = [w for w, busy in enumerate(self._busy) if not busy and self._alive[w]]
+        room = [w for w, busy in enumerate(self._busy) if busy < self.depth and self._alive[w]]
         if not self._portable[index]:
-            return self._speaker[index] if self._speaker[index] in idle else None
+            return self._speaker[index] if self._speaker[index] in room else None
+        if not room:
+            return None
+        least = min(self._busy[w] for w in room)
+        idle = [w for w in room if self._busy[w] == least]
         hosting = [w for w in idle if w in self._hosts[index]]
         if hosting:
             return self._speaker[index] if self._speaker[index] in hosting else hosting[0]
@@ -124,16 +131,16 @@ class Placement:
             return self._speaker[index]
 
     def release(self, worker: int) -> None:
-        """Mark ``worker`` idle again (its DONE came): the next waiting stream may go there."""
+        """Count one stream of ``worker`` done (its DONE came): another may go there."""
         with self._cond:
-            self._busy[worker] = False
+            self._busy[worker] = max(0, self._busy[worker] - 1)
             self._cond.notify_all()
 
     def lost(self, worker: int) -> list[int]:
         """Mark ``worker`` dead; return the clients it spoke for (they are lost with it)."""
         with self._cond:
             self._alive[worker] = False
-            self._busy[worker] = False
+            self._busy[worker] = 0
             self._cond.notify_all()
             for hosts in self._hosts:
                 hosts.discard(worker)

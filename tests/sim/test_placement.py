@@ -24,9 +24,9 @@ def init_frame(client_id: int, **job: Any) -> bytes:
     return pb.ServerMessage(init_config=init).SerializeToString()
 
 
-def placement(clients: int, **job: Any) -> Placement:
+def placement(clients: int, depth: int = 1, **job: Any) -> Placement:
     """Two workers; every client joined (client i first lives in worker i % 2)."""
-    made = Placement(2, clients, free=True)
+    made = Placement(2, clients, free=True, depth=depth)
     for index in range(clients):
         made.joined(index, init_frame(index, **job), record_dp=False)
     return made
@@ -88,6 +88,23 @@ def test_a_client_that_keeps_state_waits_for_its_own_worker(job: dict[str, Any])
     assert got == [(0, None)]
 
 
+def test_a_worker_takes_a_second_stream_only_when_none_is_idle() -> None:
+    places = placement(6, depth=2)
+    assert places.acquire(0) == (0, None)
+    assert places.acquire(2)[0] == 1  # type: ignore[index]  # worker 1 is idle: adopted there
+    assert places.acquire(4) == (0, None)  # both hold one: the next goes to a home with room
+    worker, _ = places.acquire(1) or (None, None)
+    assert worker == 1
+    got: list[Any] = []
+    waiter = threading.Thread(target=lambda: got.append(places.acquire(3)))
+    waiter.start()
+    waiter.join(timeout=0.3)  # both hold two: client 3 waits
+    assert waiter.is_alive() and not got
+    places.release(0)
+    waiter.join(timeout=10)
+    assert got and got[0][0] == 0
+
+
 def test_portable_only_without_client_state() -> None:
     def init(**job: Any) -> pb.InitConfig:
         return pb.InitConfig(client_id=0, job=pb.JobConfig(**job))
@@ -108,7 +125,7 @@ def test_a_dead_worker_takes_the_clients_it_spoke_for_and_the_rest_move() -> Non
     places.release(1)
     worker, adopt = places.acquire(2) or (None, None)  # were it still in the job: worker 1
     assert worker == 1 and adopt == init_frame(2)
-    fixed = Placement(2, 4, free=False)
+    fixed = Placement(2, 4, free=False, depth=1)
     assert fixed.acquire(1) == (1, None)
     assert fixed.lost(0) == [0, 2]
     assert fixed.acquire(2) is None  # its one worker is gone: never a hang
