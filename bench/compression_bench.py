@@ -10,20 +10,16 @@ never passes or fails:
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import sys
 import tempfile
-import time
 from pathlib import Path
 from typing import Any
 
 from fedsilo.common.logging import configure_logging
-from fedsilo.sim.app import simulate
-from fedsilo.sim.config import SimConfig
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from bench.harness import Conditions
+from bench.harness import Conditions, add_sim_arguments, run_sim, write_report
 
 # (label, codec, options): the codecs as a user would pick them.
 VARIANTS: list[tuple[str, str, dict[str, Any]]] = [
@@ -47,24 +43,9 @@ def run_one(
     task: str, codec: str, options: dict[str, Any], args: argparse.Namespace, out: Path
 ) -> dict[str, Any]:
     """Simulate one job; return its per-client byte counts, accuracy and time."""
-    config = SimConfig(
-        task=task,
-        clients=args.clients,
-        rounds=args.rounds,
-        seed=args.seed,
-        threads=args.threads,
-        out=out,
-        compression=codec,  # type: ignore[arg-type]
-        log_level="warning",
-        **TASKS[task],
-        **options,
+    rows, seconds = run_sim(
+        args, f"{task}/{codec}", out, task=task, compression=codec, **TASKS[task], **options
     )
-    started = time.monotonic()
-    result = simulate(config)
-    seconds = time.monotonic() - started
-    if not result.outcome.finished:
-        raise SystemExit(f"{task}/{codec}: the job aborted: {result.outcome.reason}")
-    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     rounds = rows[1:]
     up = [r["bytes_up"] / len(r["participants"]) for r in rounds]
     down = [r["bytes_down"] / len(r["participants"]) for r in rounds]
@@ -82,11 +63,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--tasks", nargs="+", default=list(TASKS), choices=list(TASKS))
     parser.add_argument("--codecs", nargs="+", default=[v[0] for v in VARIANTS])
-    parser.add_argument("--clients", type=int, default=10)
-    parser.add_argument("--rounds", type=int, default=10)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--json", type=Path, help="also write the figures here")
+    add_sim_arguments(parser, rounds=10)
     args = parser.parse_args()
     configure_logging("warning")
     conditions = Conditions()
@@ -112,13 +89,12 @@ def main() -> int:
                 )
     print(conditions.end().line())
     if args.json is not None:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
         payload = {
             "settings": vars(args) | {"json": str(args.json)},
             "results": results,
             "conditions": conditions.as_dict(),
         }
-        args.json.write_text(json.dumps(payload, indent=2), encoding="utf-8")
+        write_report(args.json, payload)
     return 0
 
 

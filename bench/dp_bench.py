@@ -10,17 +10,16 @@ table (the one in docs/privacy.md) and never passes or fails:
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import sys
 import tempfile
-import time
 from pathlib import Path
 from typing import Any
 
 from fedsilo.common.logging import configure_logging
-from fedsilo.sim.app import simulate
-from fedsilo.sim.config import SimConfig
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from bench.harness import add_sim_arguments, run_sim, write_report
 
 # Secure aggregation's settings: updates clipped to this L2 norm, weights up to the largest
 # fmnist silo (about 7,000 records of 48,000 under Dirichlet(0.5) with 10 silos).
@@ -51,23 +50,14 @@ def run_one(
     task: str, settings: dict[str, Any], args: argparse.Namespace, out: Path
 ) -> dict[str, Any]:
     """Simulate one job; return accuracy, the silos' epsilon, bytes and seconds per round."""
-    config = SimConfig(
+    rows, seconds = run_sim(
+        args,
+        task,
+        out,
         task=task,
-        clients=args.clients,
-        rounds=args.rounds,
-        seed=args.seed,
-        threads=args.threads,
-        out=out,
-        log_level="warning",
         **(TASKS[task] | ({"learning_rate": args.lr} if args.lr else {})),
         **settings,
     )
-    started = time.monotonic()
-    result = simulate(config)
-    seconds = time.monotonic() - started
-    if not result.outcome.finished:
-        raise SystemExit(f"{task}: the job aborted: {result.outcome.reason}")
-    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     rounds = rows[1:]
     epsilons = [c["dp_epsilon"] for c in rounds[-1]["clients"] if "dp_epsilon" in c]
     return {
@@ -99,14 +89,10 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--task", default="fmnist", choices=list(TASKS))
     parser.add_argument("--variants", nargs="+", default=[v[0] for v in VARIANTS])
-    parser.add_argument("--clients", type=int, default=10)
-    parser.add_argument("--rounds", type=int, default=5)
+    add_sim_arguments(parser, rounds=5)
     parser.add_argument(
         "--lr", type=float, help="learning rate of every variant (default: the task's)"
     )
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--json", type=Path, help="also write the figures here")
     args = parser.parse_args()
     unknown = set(args.variants) - {label for label, _ in VARIANTS}
     if unknown:
@@ -125,9 +111,9 @@ def main() -> int:
             results[label] = run_one(args.task, settings, args, out)
             print(_row(label, results[label]), flush=True)
     if args.json is not None:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        payload = {"settings": vars(args) | {"json": str(args.json)}, "results": results}
-        args.json.write_text(json.dumps(payload, indent=2), encoding="utf-8")
+        write_report(
+            args.json, {"settings": vars(args) | {"json": str(args.json)}, "results": results}
+        )
     return 0
 
 

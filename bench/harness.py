@@ -1,6 +1,6 @@
 """What the benchmarks share: the interleaved repetitions, per-repetition ratios, the
 conditions of a run (machine, load average) and the report; ports, daemon logs, /usr/bin/time
-figures, stopping processes.
+figures, stopping processes; fl-sim jobs run in process.
 
 Every figure that is compared with another (a ceiling, a peer, another setting) is measured
 interleaved with it: repetition 1 runs A then B, repetition 2 runs A then B again, and so on,
@@ -9,11 +9,13 @@ is computed within each repetition and summarised over the repetitions (median, 
 the ratio itself, never the ratio of two medians). Every table carries the machine's cores and
 the 1-minute load average at the start and at the end of the run.
 
-Standard library only, so that the Flower benchmark's roles can import it from their own venv.
+Standard library only at import, so that the Flower benchmark's roles can import it from their
+own venv (``run_sim`` imports fedsilo when it is called).
 """
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import re
@@ -22,6 +24,7 @@ import socket
 import statistics
 import subprocess
 import sys
+import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -269,3 +272,44 @@ def stop(process: subprocess.Popen[bytes]) -> None:
     except subprocess.TimeoutExpired:
         os.killpg(process.pid, signal.SIGKILL)
         process.wait(timeout=10)
+
+
+# ---------------------------------------------------------------------- fl-sim in process
+
+
+def add_sim_arguments(parser: argparse.ArgumentParser, rounds: int) -> None:
+    """Add the flags of a benchmark that simulates jobs: clients, rounds, seed, threads, json."""
+    parser.add_argument("--clients", type=int, default=10)
+    parser.add_argument("--rounds", type=int, default=rounds)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--json", type=Path, help="also write the figures here")
+
+
+def run_sim(
+    args: argparse.Namespace, label: str, out: Path, **settings: Any
+) -> tuple[list[dict[str, Any]], float]:
+    """Simulate one job in process (the flags of ``add_sim_arguments``, then ``settings``).
+
+    Returns its metrics.jsonl rows (round 0's evaluation first) and its seconds; exits naming
+    ``label`` if the job aborted.
+    """
+    from fedsilo.sim.app import simulate  # here, not at the top: see the module's docstring
+    from fedsilo.sim.config import SimConfig
+
+    config = SimConfig(
+        clients=args.clients,
+        rounds=args.rounds,
+        seed=args.seed,
+        threads=args.threads,
+        out=out,
+        log_level="warning",
+        **settings,
+    )
+    started = time.monotonic()
+    result = simulate(config)
+    seconds = time.monotonic() - started
+    if not result.outcome.finished:
+        raise SystemExit(f"{label}: the job aborted: {result.outcome.reason}")
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    return rows, seconds

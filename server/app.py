@@ -27,6 +27,7 @@ from fedsilo.server.central_eval import central_evaluator
 from fedsilo.server.checkpoint import CHECKPOINT_FILE, Checkpoint, job_identity, load_checkpoint
 from fedsilo.server.config import ServerConfig
 from fedsilo.server.job import Job, JobOutcome
+from fedsilo.server.receive_window import receive_options, stream_window
 from fedsilo.server.run_files import MODEL_FILE, finished_rounds
 from fedsilo.server.run_lock import hold_run_folder
 from fedsilo.server.service import FederationService
@@ -70,6 +71,8 @@ def build_server(
         options=[
             *channel_options(config.chunk_size),
             *SERVER_PING_POLICY,
+            # What uploads in flight may hold of the server's memory (server/receive_window.py).
+            *receive_options(stream_window(config)),
             ("grpc.so_reuseport", 0),
         ],
         maximum_concurrent_rpcs=streams,

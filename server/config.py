@@ -52,6 +52,12 @@ class ServerConfig(JobSpec, FedsiloSettings):
         description="Disk for uploads that arrive before their turn (MiB); beyond it they wait "
         "in line, unread, until their turn.",
     )
+    receive_budget_mib: int = Field(
+        16,
+        ge=1,
+        description="Memory for uploads in flight (MiB), shared by the round's streams as fixed "
+        "receive windows; one stream moves at most its window per round trip.",
+    )
     tls: Path | None = Field(
         None, description="Server bundle folder from fl-certs (mutual TLS, admitted clients)."
     )

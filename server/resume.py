@@ -21,26 +21,16 @@ Not thread-safe by itself: every method runs with the job's condition held (``Jo
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
 
 import structlog
 
 from fedsilo.common.proto import federation_pb2 as pb
-from fedsilo.server.job_state import JobState, Round
+from fedsilo.server.job_state import JobState
+from fedsilo.server.parked import Parked, ParkedTable
 from fedsilo.server.registry import Member, Stage, Work, WorkKind
 from fedsilo.server.upload import Upload, UploadRefusedError
 
 Log = structlog.typing.FilteringBoundLogger
-
-
-@dataclass
-class Parked:
-    """A broken upload waiting for its client."""
-
-    upload: Upload
-    round: Round
-    reason: str  # why its stream ended: the drop reason if it is never resumed
-    expires: float  # monotonic
 
 
 class ParkedUploads:
@@ -48,38 +38,28 @@ class ParkedUploads:
 
     def __init__(self, state: JobState, window: float, log: Log) -> None:
         self._state = state
-        self.window = window  # seconds a broken upload is kept; 0: never
         self._log = log
-        self._parked: dict[int, Parked] = {}
-        self._first_break: dict[tuple[int, int], float] = {}  # (client id, round) -> when
+        self._parked: ParkedTable[Upload] = ParkedTable(window)
         # Uploaders the watch cut off for lack of progress, with its reason, until they close.
         self.stalled: dict[int, str] = {}
 
     @property
-    def enabled(self) -> bool:
-        """Whether broken uploads are kept at all."""
-        return self.window > 0
+    def window(self) -> float:
+        """Seconds a broken upload is kept; 0: never."""
+        return self._parked.window
 
     def holds(self, client_id: int) -> bool:
         """Whether a broken upload of this client is kept."""
-        return client_id in self._parked
+        return self._parked.holds(client_id)
 
     def park(self, upload: Upload, reason: str) -> bool:
         """Keep a broken upload for its client; False when it cannot be continued."""
         current = self._state.round
-        if (
-            not self.enabled
-            or not upload.resumable
-            or current is None
-            or current is not upload.round_state
-            or not current.fold.is_open_for(upload.client_id)
-        ):
+        if not upload.resumable or current is not upload.round_state:
             return False
-        # The window runs from a client's first break in the round: breaking again and again
-        # does not stretch it.
-        first = self._first_break.setdefault((upload.client_id, current.number), time.monotonic())
-        expires = min(current.deadline, first + self.window)
-        self._parked[upload.client_id] = Parked(upload, current, reason, expires)
+        entry = self._parked.park(upload.client_id, upload, current, reason)
+        if entry is None:
+            return False
         self._state.cond.notify_all()  # a reconnect of this client may wait for it
         self._log.info(
             "upload_parked",
@@ -88,7 +68,7 @@ class ParkedUploads:
             round=upload.round,
             offset=upload.received_bytes,
             reason=reason,
-            keep_seconds=round(expires - time.monotonic(), 3),
+            keep_seconds=round(entry.expires - time.monotonic(), 3),
         )
         return True
 
@@ -97,21 +77,22 @@ class ParkedUploads:
         entry = self._parked.get(client_id)
         if entry is None:
             return None
-        upload = entry.upload
+        upload = entry.held
         asked = hello.resume_upload if hello.HasField("resume_upload") else None
         if asked is None or asked.round != upload.round or asked.offset > upload.received_bytes:
-            self._give_up(client_id, f"{entry.reason}; reconnected without resuming the upload")
+            self._parked.pop(client_id)
+            self._give_up(entry, f"{entry.reason}; reconnected without resuming the upload")
             return None
         return pb.StreamPosition(round=upload.round, offset=upload.received_bytes)
 
     def resume(self, member: Member, send: pb.SendModel, log: Log) -> Upload:
         """Hand the parked upload that a resumed SendModel continues to its new session."""
         cid = member.client_id
-        entry = self._parked.pop(cid, None)
+        entry = self._parked.pop(cid)
         current = self._state.round
         if entry is None or current is not entry.round or not current.fold.is_open_for(cid):
             if entry is not None:
-                entry.upload.abort()
+                entry.held.abort()
             log.info("update_ignored", round=send.round, reason="no broken upload to resume")
             raise UploadRefusedError(
                 int(pb.WRONG_ROUND),
@@ -119,11 +100,10 @@ class ParkedUploads:
                 leaves_round=False,
                 tell_client=False,
             )
-        upload = entry.upload
+        upload = entry.held
         problem = _mismatch(upload, send)
         if problem is not None:
-            self._parked[cid] = entry  # _give_up finds it there
-            self._give_up(cid, f"resumed upload refused: {problem}")
+            self._give_up(entry, f"resumed upload refused: {problem}")
             raise UploadRefusedError(int(pb.BAD_TENSOR_STREAM), problem, leaves_round=True)
         upload.adopt(member, log)
         member.work = Work(WorkKind.TRAIN, upload.round)
@@ -133,26 +113,23 @@ class ParkedUploads:
 
     def expire(self) -> None:
         """Give up broken uploads past their time or whose round is over."""
-        now = time.monotonic()
-        current = self._state.round.number if self._state.round is not None else None
-        self._first_break = {k: v for k, v in self._first_break.items() if k[1] == current}
-        for cid, entry in list(self._parked.items()):
-            if entry.round is not self._state.round:
-                del self._parked[cid]
-                entry.upload.abort()  # the round already counted it out
-            elif now >= entry.expires:
-                self._give_up(cid, f"{entry.reason}; not resumed within {self.window:g}s")
+        over, lapsed = self._parked.sweep(self._state.round)
+        for entry in over:
+            entry.held.abort()  # the round already counted it out
+        for entry in lapsed:
+            self._give_up(entry, self._parked.lapsed_reason(entry))
 
-    def _give_up(self, client_id: int, reason: str) -> None:
-        entry = self._parked.pop(client_id)
-        entry.upload.abort()
-        entry.round.drop([client_id], reason, {client_id: Stage.UPLOAD.value})
+    def _give_up(self, entry: Parked[Upload], reason: str) -> None:
+        """Give up an upload already taken out of the table: its client leaves the round."""
+        cid = entry.client_id
+        entry.held.abort()
+        entry.round.drop([cid], reason, {cid: Stage.UPLOAD.value})
         self._state.cond.notify_all()
         self._log.warning(
             "upload_given_up",
-            client_id=client_id,
-            client=entry.upload.client_name,
-            round=entry.upload.round,
+            client_id=cid,
+            client=entry.held.client_name,
+            round=entry.held.round,
             reason=reason,
         )
 

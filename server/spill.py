@@ -13,6 +13,7 @@ import torch
 
 from fedsilo.common.errors import CodecError
 from fedsilo.common.specs import TensorSpec, byte_view
+from fedsilo.server.allocator import SCRATCH_BYTES
 
 
 class SpillSink:
@@ -127,7 +128,11 @@ class SpilledTensors(Mapping[str, torch.Tensor]):
             callback()
 
 
-BLOCK_BYTES = 16 << 20  # what a pass over a big tensor holds at once
+# What a pass over a big tensor holds at once: below the mmap threshold, so that the read buffer
+# of a spilled tensor and each op's temporaries (abs, compare) come from the reused heap. At
+# 16 MiB, every spilled update being checked or folded mapped 16-36 MiB of fresh pages per block
+# (bench/aggregation_bench.py: three to five 16 MiB mappings alive at the peak of 16 uploads).
+BLOCK_BYTES = SCRATCH_BYTES
 
 
 def tensor_blocks(

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import argparse
 import os
+from pathlib import Path
 
 import pytest
 
-from bench.harness import Conditions, interleave, ratios, summary
+from bench.harness import Conditions, add_sim_arguments, interleave, ratios, run_sim, summary
 
 
 def test_trials_run_interleaved_once_per_repetition_in_the_order_given() -> None:
@@ -89,3 +91,30 @@ def test_conditions_note_the_cores_and_the_load_at_start_and_end() -> None:
     assert f"{conditions.cores} cores" in saved["line"]
     assert f"{conditions.load_start:.2f} at the start" in saved["line"]
     assert f"{conditions.load_end:.2f} at the end" in saved["line"]
+
+
+PROBE = "tests.sim.probe_task:ProbeTask"  # a tiny task; workers=0: no worker processes to start
+
+
+def sim_args(*flags: str) -> argparse.Namespace:
+    parser = argparse.ArgumentParser()
+    add_sim_arguments(parser, rounds=7)
+    return parser.parse_args(list(flags))
+
+
+def test_run_sim_runs_the_job_with_the_benchmarks_flags_and_returns_its_rows(
+    tmp_path: Path,
+) -> None:
+    assert sim_args().rounds == 7 and sim_args().clients == 10
+    args = sim_args("--clients", "2", "--rounds", "2", "--threads", "1")
+    rows, seconds = run_sim(args, "probe", tmp_path / "run", task=PROBE, workers=0)
+    assert [row["round"] for row in rows] == [0, 1, 2]  # round 0: the initial model's evaluation
+    assert all(sorted(row["participants"]) == [0, 1] for row in rows[1:])
+    assert seconds > 0
+
+
+def test_run_sim_exits_naming_the_variant_when_the_job_aborts(tmp_path: Path) -> None:
+    args = sim_args("--clients", "2", "--rounds", "1", "--threads", "1")
+    failing = {"fail": "load_data@1"}  # a client that cannot load its data stops the job
+    with pytest.raises(SystemExit, match=r"^probe/none: the job aborted: "):
+        run_sim(args, "probe/none", tmp_path / "run", task=PROBE, workers=0, task_options=failing)

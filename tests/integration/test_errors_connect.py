@@ -22,7 +22,7 @@ from pathlib import Path
 import pytest
 
 from tests.integration.conftest import Daemon, Daemons, free_port
-from tests.integration.test_tls import JOB, provision
+from tests.integration.tls import JOB, provision, tls_server
 
 PATIENCE = "30"  # --connect-timeout of the clients that must not wait it out
 PROMPT = 20.0  # seconds (a client's start-up included) by which those must have given up
@@ -74,8 +74,7 @@ def test_tls_mismatches_a_foreign_ca_and_a_wrong_name_end_the_client_at_once(
     (renamed / "connection.json").write_text(
         json.dumps({**connection, "server_name": "elsewhere.example"})
     )
-    daemons.insecure = False
-    daemons.server(JOB, port - JOB, "--tls", str(folder / "server"), "--out", str(tmp_path / "r"))
+    tls_server(daemons, folder, port, "--out", str(tmp_path / "r"))
     address = f"127.0.0.1:{port}"
     timeout = ("--connect-timeout", PATIENCE)
 

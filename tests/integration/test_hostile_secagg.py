@@ -38,7 +38,7 @@ from tests.integration.test_hostile_coordinator import (
     error_codes,
     start_client,
 )
-from tests.integration.test_tls import JOB, provision
+from tests.integration.tls import JOB, provision
 
 PEERS = (1, 2)
 CONFIG = SecAggConfig(clip_norm=10.0, max_weight=1)

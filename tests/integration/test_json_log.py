@@ -10,7 +10,7 @@ import grpc
 
 from fedsilo.server.stderr_router import wrap_line
 from tests.integration.conftest import Daemons, free_port, wait_for
-from tests.integration.test_tls import JOB, provision
+from tests.integration.tls import provision, tls_server
 
 
 def test_native_lines_are_wrapped_and_json_lines_pass_unchanged() -> None:
@@ -30,10 +30,7 @@ def test_a_refused_tls_handshake_is_a_json_line_in_the_server_log(
     port = free_port()
     certs = tmp_path / "certs"
     provision(certs, port, "org-a")
-    daemons.insecure = False
-    server = daemons.server(
-        JOB, port - JOB, "--tls", str(certs / "server"), "--rounds", "1", "--min-clients", "1"
-    )
+    server = tls_server(daemons, certs, port, "--rounds", "1", "--min-clients", "1")
     # A plaintext client against the TLS port: refused in the handshake, by gRPC's core.
     with (
         grpc.insecure_channel(f"127.0.0.1:{port}") as channel,

@@ -7,14 +7,13 @@ test_resume_transfer.py.)"""
 from __future__ import annotations
 
 import signal
-import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from tests.integration.conftest import Daemons, read_metrics, wait_for
-from tests.integration.netns import Topology
+from tests.integration.netns import Topology, namespaces, start_client, start_server
 
 JOB = 8
 PORT = 50000 + JOB  # inside the server's own namespace: nothing else listens there
@@ -24,18 +23,8 @@ CONFIG = 'task = "tests.integration.user_task:TinyTask"\n[task_options]\nballast
 @pytest.fixture
 def topology(daemons: Daemons) -> Iterator[Topology]:
     """Three organisations and a server, each in its own namespace; removed afterwards."""
-    net = Topology(orgs=3)
-    try:
-        net.create()
-    except (subprocess.CalledProcessError, FileNotFoundError, PermissionError) as exc:
-        net.destroy()
-        detail = getattr(exc, "stderr", b"") or str(exc).encode()
-        pytest.skip(f"network namespaces are not available here: {detail.decode().strip()}")
-    try:
+    with namespaces(3, daemons) as net:
         yield net
-    finally:
-        daemons.stop_all()  # processes first, so nothing holds the namespaces
-        net.destroy()
 
 
 def test_an_organisation_cut_off_mid_upload_is_dropped_and_rejoins_after_healing(
@@ -43,14 +32,12 @@ def test_an_organisation_cut_off_mid_upload_is_dropped_and_rejoins_after_healing
 ) -> None:
     config = tmp_path / "job.toml"
     config.write_text(CONFIG)
-    server = daemons.start(
-        "fl-server",
-        "--job-id",
-        str(JOB),
-        "--host",
-        "0.0.0.0",
-        "--config",
-        str(config),
+    server = start_server(
+        daemons,
+        topology,
+        JOB,
+        config,
+        tmp_path / "run",
         "--rounds",
         "1000",
         "--min-clients",
@@ -61,36 +48,12 @@ def test_an_organisation_cut_off_mid_upload_is_dropped_and_rejoins_after_healing
         "2",
         "--chunk-size",
         "65536",
-        "--log-level",
-        "debug",
-        "--out",
-        str(tmp_path / "run"),
-        name="server",
-        prefix=topology.exec_prefix(topology.server_ns),
     )
-    wait_for(lambda: server.has_event("server_listening"), 60, "the server to listen")
-
-    def client(org: int):
-        return daemons.start(
-            "fl-client",
-            "--server",
-            f"{topology.server_address(org)}:{PORT}",
-            "--name",
-            f"org-{org}",
-            "--connect-timeout",
-            "60",
-            "--threads",
-            "1",
-            "--config",
-            str(config),  # the job's task and options, which each organisation runs
-            name=f"org-{org}",
-            prefix=topology.exec_prefix(topology.org_ns(org)),
-        )
-
-    client(2), client(3)
+    for org in (2, 3):
+        start_client(daemons, topology, org, PORT, config)
     wait_for(lambda: server.has_event("round_started", round=1), 60, "round 1")
     topology.throttle(1, "20mbit")  # org-1's 16 MiB upload now takes several seconds
-    org_1 = client(1)
+    org_1 = start_client(daemons, topology, 1, PORT, config)
     wait_for(lambda: server.has_event("upload_started", client="org-1"), 120, "org-1 uploading")
     cut_round = next(
         line["round"]

@@ -20,7 +20,7 @@ from fedsilo.common.seeding import derive_seed
 from fedsilo.server.strategies import fedavg
 from fedsilo.tasks import TrainConfig
 from tests.integration.conftest import Daemon, Daemons, read_metrics, wait_for
-from tests.integration.netns import Topology
+from tests.integration.netns import Topology, namespaces, start_client, start_server
 from tests.integration.user_task import TinyTask
 
 JOB = 12
@@ -84,18 +84,8 @@ def offsets(daemon: Daemon, event: str, client: str) -> list[int]:
 @pytest.fixture
 def topology(daemons: Daemons) -> Iterator[Topology]:
     """Two organisations and a server, each in its own namespace; removed afterwards."""
-    net = Topology(orgs=2)
-    try:
-        net.create()
-    except (subprocess.CalledProcessError, FileNotFoundError, PermissionError) as exc:
-        net.destroy()
-        detail = getattr(exc, "stderr", b"") or str(exc).encode()
-        pytest.skip(f"network namespaces are not available here: {detail.decode().strip()}")
-    try:
+    with namespaces(2, daemons) as net:
         yield net
-    finally:
-        daemons.stop_all()  # processes first, so nothing holds the namespaces
-        net.destroy()
 
 
 def test_a_download_and_an_upload_cut_half_way_go_on_where_they_stood_and_the_round_keeps_it(
@@ -103,14 +93,12 @@ def test_a_download_and_an_upload_cut_half_way_go_on_where_they_stood_and_the_ro
 ) -> None:
     config = tmp_path / "job.toml"
     config.write_text(CONFIG)
-    server = daemons.start(
-        "fl-server",
-        "--job-id",
-        str(JOB),
-        "--host",
-        "0.0.0.0",
-        "--config",
-        str(config),
+    server = start_server(
+        daemons,
+        topology,
+        JOB,
+        config,
+        tmp_path / "run",
         "--rounds",
         "1",
         "--seed",
@@ -121,35 +109,11 @@ def test_a_download_and_an_upload_cut_half_way_go_on_where_they_stood_and_the_ro
         "4",  # heartbeats every second while training, on two cores shared by many
         "--round-timeout",
         "120",
-        "--log-level",
-        "debug",
-        "--out",
-        str(tmp_path / "run"),
-        name="server",
-        prefix=topology.exec_prefix(topology.server_ns),
     )
-    wait_for(lambda: server.has_event("server_listening"), 60, "the server to listen")
     topology.throttle(1, RATE)  # org-1's 64 MiB upload takes about 5 s
     throttle_server_end(topology, 1)  # and so does its download
     clients = [
-        daemons.start(
-            "fl-client",
-            "--server",
-            f"{topology.server_address(org)}:{PORT}",
-            "--name",
-            f"org-{org}",
-            "--connect-timeout",
-            "60",
-            "--threads",
-            "1",
-            "--config",
-            str(config),
-            "--log-level",
-            "debug",
-            name=f"org-{org}",
-            prefix=topology.exec_prefix(topology.org_ns(org)),
-        )
-        for org in (1, 2)
+        start_client(daemons, topology, org, PORT, config, "--log-level", "debug") for org in (1, 2)
     ]
     wait_for(lambda: server.has_event("download_started", client="org-1"), 120, "the download")
     time.sleep(HALF_SECONDS)  # about half of it: the server does not log a download's bytes

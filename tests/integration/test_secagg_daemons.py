@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from tests.integration.conftest import Daemons, free_port, read_metrics, wait_for
-from tests.integration.test_tls import JOB, provision
+from tests.integration.tls import JOB, bundle_client, provision, tls_server
 
 SECAGG = ("--secure-aggregation", "--secagg-clip-norm", "50", "--weighting", "uniform")
 ORGS = ("org-a", "org-b", "org-c", "org-d")
@@ -31,25 +31,11 @@ def test_a_federation_over_mutual_tls_sums_masked_updates_with_signed_keys(
     port = free_port()
     certs = tmp_path / "certs"
     provision(certs, port, "org-a,org-b,org-c")
-    daemons.insecure = False
     out = tmp_path / "run"
-    server = daemons.server(
-        JOB,
-        port - JOB,
-        "--tls",
-        str(certs / "server"),
-        "--rounds",
-        "2",
-        "--min-clients",
-        "3",
-        "--out",
-        str(out),
-        *SECAGG,
+    server = tls_server(
+        daemons, certs, port, "--rounds", "2", "--min-clients", "3", "--out", str(out), *SECAGG
     )
-    clients = [
-        daemons.client(port, org, "--bundle", str(certs / org), "--server", f"127.0.0.1:{port}")
-        for org in ("org-a", "org-b", "org-c")
-    ]
+    clients = [bundle_client(daemons, certs / org, port) for org in ("org-a", "org-b", "org-c")]
     assert server.wait(timeout=120) == 0, server.tail()
     for client in clients:
         assert client.wait(timeout=30) == 0, client.tail()

@@ -16,7 +16,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.integration.conftest import BIN, Daemons, free_port, wait_for
-from tests.integration.test_tls import provision
+from tests.integration.tls import provision, tls_server
 
 JOB = 4
 TASK = "tests.integration.user_task:TinyTask"
@@ -166,11 +166,11 @@ def test_off_loopback_the_admin_port_answers_only_the_federations_certificates(
     certs, foreign = tmp_path / "certs", tmp_path / "foreign"
     provision(certs, port, "org-a")
     provision(foreign, port, "org-a")
-    daemons.insecure = False
-    server = daemons.server(
-        3,  # the job the certificates name
-        port - 3,
-        *("--tls", str(certs / "server"), "--rounds", "1", "--min-clients", "1"),
+    server = tls_server(
+        daemons,
+        certs,
+        port,
+        *("--rounds", "1", "--min-clients", "1"),
         *("--health-host", "0.0.0.0", "--health-port", str(admin), "--out", str(tmp_path / "run")),
     )
     address = f"127.0.0.1:{admin}"

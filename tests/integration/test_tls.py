@@ -10,30 +10,7 @@ from pathlib import Path
 
 from fedsilo.provision.certs import certificate_pem, load_ca, make_client_cert, private_key_pem
 from tests.integration.conftest import BIN, Daemons, free_port, read_metrics, wait_for
-
-JOB = 3
-
-
-def provision(out: Path, port: int, orgs: str) -> None:
-    subprocess.run(
-        [
-            str(BIN / "fl-certs"),
-            "init",
-            "--out",
-            str(out),
-            "--server-name",
-            "localhost,127.0.0.1",
-            "--orgs",
-            orgs,
-            "--job-id",
-            str(JOB),
-            "--port-base",
-            str(port - JOB),
-        ],
-        check=True,
-        capture_output=True,
-        timeout=60,
-    )
+from tests.integration.tls import JOB, bundle_client, provision, tls_server
 
 
 def expired_copy(bundle: Path, certs: Path, out: Path) -> Path:
@@ -61,35 +38,12 @@ def test_a_federation_over_mutual_tls_admits_only_its_own_certificates(
     connection = json.loads((certs / "org-a" / "connection.json").read_text())
     assert connection["server"] == f"localhost:{port}" and connection["job_id"] == JOB
 
-    daemons.insecure = False
-    server = daemons.server(
-        JOB,
-        port - JOB,
-        "--tls",
-        str(certs / "server"),
-        "--rounds",
-        "2",
-        "--min-clients",
-        "2",
-        "--out",
-        str(tmp_path / "run"),
+    server = tls_server(
+        daemons, certs, port, "--rounds", "2", "--min-clients", "2", "--out", str(tmp_path / "run")
     )
-    address = f"127.0.0.1:{port}"  # overrides the bundle's localhost; the name stays checked
 
     def client(bundle: Path, name: str, *extra: str):
-        return daemons.start(
-            "fl-client",
-            "--bundle",
-            str(bundle),
-            "--server",
-            address,
-            "--connect-timeout",
-            "4",
-            "--threads",
-            "1",
-            *extra,
-            name=name,
-        )
+        return bundle_client(daemons, bundle, port, "--connect-timeout", "4", *extra, name=name)
 
     expired = client(expired_copy(certs / "org-a", certs, tmp_path / "expired"), "expired")
     impostor = client(foreign / "org-a", "impostor")
@@ -128,29 +82,10 @@ def test_fl_certs_add_org_admits_a_new_organisation_without_a_restart(
     port = free_port()
     certs = tmp_path / "certs"
     provision(certs, port, "org-a")
-    daemons.insecure = False
-    server = daemons.server(
-        JOB,
-        port - JOB,
-        "--tls",
-        str(certs / "server"),
-        "--rounds",
-        "1",
-        "--min-clients",
-        "2",
-        "--out",
-        str(tmp_path / "run"),
+    server = tls_server(
+        daemons, certs, port, "--rounds", "1", "--min-clients", "2", "--out", str(tmp_path / "run")
     )
-    first = daemons.start(
-        "fl-client",
-        "--bundle",
-        str(certs / "org-a"),
-        "--server",
-        f"127.0.0.1:{port}",
-        "--threads",
-        "1",
-        name="org-a",
-    )
+    first = bundle_client(daemons, certs / "org-a", port)
     wait_for(lambda: server.has_event("client_ready", client="org-a"), 60, "org-a ready")
     subprocess.run(
         [str(BIN / "fl-certs"), "add-org", "--out", str(certs), "--org", "org-new"],
@@ -158,15 +93,6 @@ def test_fl_certs_add_org_admits_a_new_organisation_without_a_restart(
         capture_output=True,
         timeout=60,
     )
-    late = daemons.start(
-        "fl-client",
-        "--bundle",
-        str(certs / "org-new"),
-        "--server",
-        f"127.0.0.1:{port}",
-        "--threads",
-        "1",
-        name="org-new",
-    )
+    late = bundle_client(daemons, certs / "org-new", port)
     assert server.wait(timeout=90) == 0, server.tail()
     assert first.wait(timeout=30) == 0 and late.wait(timeout=30) == 0

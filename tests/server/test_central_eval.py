@@ -24,6 +24,7 @@ def test_every_row_carries_the_central_evaluation_of_its_model(tmp_path: Path) -
         clients=3,
         rounds=3,
         threads=1,
+        workers=0,
         out=tmp_path / "run",
     )
     assert simulate(config).outcome.finished

@@ -25,7 +25,9 @@ DP = {
 
 
 def run(tmp_path: Path, name: str, **settings: Any) -> tuple[Any, list[dict[str, Any]]]:
-    config = SimConfig(clients=8, rounds=4, threads=1, out=tmp_path / name, **{**DP, **settings})
+    config = SimConfig(
+        clients=8, rounds=4, threads=1, workers=0, out=tmp_path / name, **{**DP, **settings}
+    )
     result = simulate(config)
     rows = [
         json.loads(line) for line in (tmp_path / name / "metrics.jsonl").read_text().splitlines()

@@ -23,7 +23,9 @@ DP = {"dp_noise_multiplier": 1.0, "dp_clip_norm": 1.0, "clients_per_round": 4}
 
 
 def run(tmp_path: Path, name: str, **settings: Any) -> dict[str, torch.Tensor]:
-    config = SimConfig(clients=4, rounds=1, threads=1, seed=2, out=tmp_path / name, **settings)
+    config = SimConfig(
+        clients=4, rounds=1, threads=1, workers=0, seed=2, out=tmp_path / name, **settings
+    )
     assert simulate(config).outcome.finished
     return torch.load(tmp_path / name / "model.pt", weights_only=True)
 

@@ -19,6 +19,7 @@ def run(tmp_path: Path, codec: str, **options: Any) -> list[dict[str, Any]]:
         rounds=4,
         seed=1,
         threads=1,
+        workers=0,
         learning_rate=0.5,
         task_options={"max_samples": 200},
         out=out,

@@ -31,7 +31,7 @@ def pairwise_auroc(scores: list[float], positive: list[bool]) -> float:
 def run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("auroc") / "run"
     config = SimConfig(
-        task=TASK, clients=3, rounds=2, threads=1, learning_rate=0.05, seed=2, out=out
+        task=TASK, clients=3, rounds=2, threads=1, workers=0, learning_rate=0.05, seed=2, out=out
     )
     assert simulate(config).outcome.finished
     return out
@@ -87,7 +87,9 @@ def test_tensorboard_events_hold_the_named_metrics(tmp_path: Path) -> None:
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     out = tmp_path / "run"
-    config = SimConfig(task=TASK, clients=2, rounds=1, threads=1, tensorboard=True, out=out)
+    config = SimConfig(
+        task=TASK, clients=2, rounds=1, threads=1, workers=0, tensorboard=True, out=out
+    )
     simulate(config)
     events = EventAccumulator(str(out / "tensorboard"))
     events.Reload()

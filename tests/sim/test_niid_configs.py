@@ -64,7 +64,13 @@ def test_two_rounds_of_each_algorithm_run_on_a_few_images(
     path = CONFIGS / partition / f"{algorithm}.toml"
     options = {**read_config_file(path)["task_options"], "subset": 24}
     config = load(
-        path, rounds=2, local_epochs=1, task_options=options, threads=1, out=tmp_path / "run"
+        path,
+        rounds=2,
+        local_epochs=1,
+        task_options=options,
+        threads=1,
+        workers=0,
+        out=tmp_path / "run",
     )
     result = simulate(config)
     assert result.outcome.finished and result.outcome.rounds_completed == 2
