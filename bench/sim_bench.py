@@ -2,7 +2,8 @@
 side in one run, on the same workload and the same cores.
 
     .venv/bin/python bench/sim_bench.py [--cases fmnist-100,niid-10] [--repeats 2]
-        [--variants sim-1,sim-2,sim-ray,flower-1cpu,flower-default] [--json build/bench-sim.json]
+        [--variants sim-1,sim-2,sim-2-fixed,sim-ray,flower-1cpu,flower-default]
+        [--flower-python PATH] [--json build/bench-sim.json]
 
 Cases (simple-cnn on Fashion-MNIST, 1 local epoch, plain SGD):
 
@@ -12,17 +13,20 @@ Cases (simple-cnn on Fashion-MNIST, 1 local epoch, plain SGD):
   batch 64, rate 0.05 (docs/results.md); a few rounds only, for time.
 
 Variants: fl-sim with 1, 2 and 4 local worker processes (``--threads 1`` each; 4 on 2 cores
-shows what more hosts than cores do to the balance of sampled rounds), fl-sim on Ray (2 actors
+shows what more hosts than cores do), 2 workers with ``--placement fixed`` (client i always in
+worker i % 2, as before free placement: the balance of sampled rounds), fl-sim on Ray (2 actors
 of 1 CPU, 1 thread each), and Flower's ``run_simulation`` (Ray backend) with 1 CPU
 and 1 torch thread per client (2 at a time here, as fl-sim's 2 workers) and with its defaults
 (2 CPUs per client, torch's threads). Flower runs in bench/.venv-flwr (made on first use; see
-peers/flower_sim_bench.py), on the very client splits fedsilo's task draws.
+peers/flower_sim_bench.py; ``--flower-python`` names another venv's python that has
+``flwr[simulation]==1.42.0``), on the very client splits fedsilo's task draws.
 
 Seconds per round: fl-sim's ``round_done.seconds`` (metrics.jsonl ``seconds``: the round's
 creation to the aggregated model), Flower's ``configure_fit`` to the end of ``aggregate_fit``.
 Round 1 is skipped (warm-up: the first training in each process). Variants run interleaved,
-repeat by repeat; the 1-minute load average is noted before each job (with ``--quiet-below``,
-each job first waits for it to drop below that).
+repeat by repeat; the 1-minute load average is noted before and after each job (with
+``--quiet-below``, each job first waits for it to drop below that). Ratios are taken within
+each repetition (of that repetition's median round of each variant), then summarised.
 """
 
 from __future__ import annotations
@@ -30,6 +34,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -59,7 +64,7 @@ CASES: dict[str, dict[str, Any]] = {
         "partition": "dirichlet",
     },
 }
-VARIANTS = ("sim-1", "sim-2", "sim-4", "sim-ray", "flower-1cpu", "flower-default")
+VARIANTS = ("sim-1", "sim-2", "sim-2-fixed", "sim-4", "sim-ray", "flower-1cpu", "flower-default")
 QUIET_WAIT = 900.0  # the longest wait for a quiet box before a job (then it runs anyway)
 SEED = 0
 JOB_TIMEOUT = 3600.0
@@ -94,10 +99,12 @@ def sim_job(case: dict[str, Any], variant: str, workdir: Path) -> dict[str, Any]
     argv += ["--rounds", str(case["rounds"]), "--local-epochs", "1", "--seed", str(SEED)]
     argv += ["--batch-size", str(case["batch_size"]), "--lr", str(case["learning_rate"])]
     argv += ["--threads", "1", "--out", str(workdir / "run")]
+    workers = 2 if variant == "sim-ray" else int(variant.split("-")[1])
+    fixed = variant.endswith("-fixed")
     if variant == "sim-ray":
         argv += ["--backend", "ray", "--workers", "2", "--ray-num-cpus", "1"]
     else:
-        argv += ["--workers", variant.removeprefix("sim-")]
+        argv += ["--workers", str(workers), "--placement", "fixed" if fixed else "auto"]
     env = {k: v for k, v in os.environ.items() if not k.startswith("FEDSILO_")}
     started = time.monotonic()
     done = subprocess.run(
@@ -108,15 +115,26 @@ def sim_job(case: dict[str, Any], variant: str, workdir: Path) -> dict[str, Any]
         raise RuntimeError(f"{variant} failed ({done.returncode}):\n{done.stderr[-3000:]}")
     rows = [json.loads(line) for line in (workdir / "run" / "metrics.jsonl").open()]
     measured = [r for r in rows if r.get("round", 0) >= 2 and "seconds" in r]
-    workers = 2 if variant == "sim-ray" else int(variant.removeprefix("sim-"))
+    # Client i stays in worker i % workers with fixed placement (and on Ray); free placement
+    # spreads the round's clients over idle workers: its bound is the work shared out evenly.
+    spread = not fixed and variant != "sim-ray" and workers > 1
     return {
         "round_s": [float(r["seconds"]) for r in measured],
         "wall_s": wall,
         # The clients' own seconds (evaluate + train) per round, in all and on the busiest
-        # worker (client i is hosted by worker i % workers): the round cannot end sooner.
+        # worker: the round cannot end sooner.
         "work_s": [sum(c["train_seconds"] for c in r["clients"]) for r in measured],
-        "busiest_worker_s": [busiest(r["clients"], workers) for r in measured],
+        "busiest_worker_s": [
+            balanced(r["clients"], workers) if spread else busiest(r["clients"], workers)
+            for r in measured
+        ],
     }
+
+
+def balanced(clients: list[dict[str, Any]], workers: int) -> float:
+    """The least the busiest worker can take in a round: an even share, or the longest client."""
+    seconds = [client["train_seconds"] for client in clients]
+    return max(sum(seconds) / workers, *seconds)
 
 
 def busiest(clients: list[dict[str, Any]], workers: int) -> float:
@@ -184,8 +202,8 @@ def wait_for_quiet(below: float | None) -> float:
 
 def run_case(
     name: str, variants: list[str], repeats: int, python: Path | None, quiet_below: float | None
-) -> dict[str, dict[str, Any]]:
-    """All variants of one case, interleaved repeat by repeat; figures per variant."""
+) -> dict[str, Any]:
+    """All variants of one case, interleaved repeat by repeat; figures per variant, ratios."""
     case = CASES[name]
     collected: dict[str, list[dict[str, Any]]] = {variant: [] for variant in variants}
     with tempfile.TemporaryDirectory(prefix=f"sim-bench-{name}-") as tmp:
@@ -201,15 +219,36 @@ def run_case(
                     job = flower_job(python, case, variant, partitions, workdir)
                 else:
                     job = sim_job(case, variant, workdir)
-                job["load_before"] = load
+                job["load_before"], job["load_after"] = load, os.getloadavg()[0]
                 collected[variant].append(job)
                 print(
                     f"{name} {variant} #{repeat + 1}: rounds {job['round_s']} "
-                    f"(wall {job['wall_s']:.1f} s, load {load:.2f})",
+                    f"(wall {job['wall_s']:.1f} s, load {load:.2f} -> {job['load_after']:.2f})",
                     file=sys.stderr,
                     flush=True,
                 )
-    return {variant: figures(jobs) for variant, jobs in collected.items()}
+    by_variant = {variant: figures(jobs) for variant, jobs in collected.items()}
+    return {"variants": by_variant, "ratios": repetition_ratios(collected, repeats)}
+
+
+def repetition_ratios(collected: dict[str, list[dict[str, Any]]], repeats: int) -> dict[str, Any]:
+    """Per repetition, each fl-sim variant's median round against the faster Flower's and
+    against sim-1's of the same repetition; median [min, max] of those ratios."""
+    medians = {
+        variant: [statistics.median(job["round_s"]) for job in jobs]
+        for variant, jobs in collected.items()
+    }
+    flowers = [v for v in medians if v.startswith("flower")]
+    out: dict[str, Any] = {}
+    for variant in (v for v in medians if v.startswith("sim")):
+        own = medians[variant]
+        if flowers:
+            best = [min(medians[f][r] for f in flowers) for r in range(repeats)]
+            out[f"flower/{variant}"] = summary([best[r] / own[r] for r in range(repeats)])
+        if "sim-1" in medians and variant != "sim-1":
+            one = medians["sim-1"]
+            out[f"sim-1/{variant}"] = summary([one[r] / own[r] for r in range(repeats)])
+    return out
 
 
 def figures(jobs: list[dict[str, Any]]) -> dict[str, Any]:
@@ -219,31 +258,35 @@ def figures(jobs: list[dict[str, Any]]) -> dict[str, Any]:
         if key in jobs[0]:
             out[key] = summary([s for job in jobs for s in job[key]])
     out["wall_s"] = [round(job["wall_s"], 2) for job in jobs]
-    out["load_before"] = [round(job["load_before"], 2) for job in jobs]
+    out["load"] = [f"{job['load_before']:.1f}-{job['load_after']:.1f}" for job in jobs]
     out["jobs"] = jobs
     return out
 
 
-def table(results: dict[str, dict[str, dict[str, Any]]]) -> list[str]:
-    """The figures as Markdown rows, with fl-sim's speed-ups over Flower and over 1 worker."""
+def table(results: dict[str, dict[str, Any]]) -> list[str]:
+    """The figures as Markdown rows, with fl-sim's speed-ups over Flower and over 1 worker
+    (median [min, max] of the per-repetition ratios)."""
     lines = [
         "| case | variant | round_s median [min, max] | rounds | client work / round | "
-        "busiest worker / round | load before each job | Flower (best) / this | vs sim-1 |",
+        "busiest worker / round | load before-after each job | Flower (best) / this | "
+        "sim-1 / this |",
         "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
-    for name, by_variant in results.items():
-        flowers = [f["round_s"]["median"] for v, f in by_variant.items() if v.startswith("flower")]
-        best_flower = min(flowers) if flowers else None
-        one = by_variant.get("sim-1", {}).get("round_s", {}).get("median")
-        for variant, f in by_variant.items():
+
+    def ratio(figure: dict[str, float] | None) -> str:
+        if figure is None:
+            return "-"
+        return f"{figure['median']:.2f} x [{figure['min']:.2f}, {figure['max']:.2f}]"
+
+    for name, result in results.items():
+        for variant, f in result["variants"].items():
             s = f["round_s"]
-            ratio = f"{best_flower / s['median']:.2f} x" if best_flower else "-"
-            speedup = f"{one / s['median']:.2f} x" if one else "-"
             busiest = f"{f['busiest_worker_s']['median']:.3f}" if "busiest_worker_s" in f else "-"
             lines.append(
                 f"| {name} | {variant} | {s['median']:.3f} [{s['min']:.3f}, {s['max']:.3f}] | "
                 f"{f['rounds_measured']} | {f['work_s']['median']:.3f} | {busiest} | "
-                f"{', '.join(map(str, f['load_before']))} | {ratio} | {speedup} |"
+                f"{', '.join(f['load'])} | {ratio(result['ratios'].get(f'flower/{variant}'))} | "
+                f"{ratio(result['ratios'].get(f'sim-1/{variant}'))} |"
             )
     return lines
 
@@ -253,11 +296,16 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--cases", default=",".join(CASES))
     parser.add_argument("--variants", default=",".join(VARIANTS))
-    parser.add_argument("--repeats", type=int, default=2, help="jobs per variant and case")
+    parser.add_argument("--repeats", type=int, default=3, help="jobs per variant and case")
     parser.add_argument(
         "--quiet-below",
         type=float,
         help="before each job, wait (at most 15 min) until the 1-minute load average is below",
+    )
+    parser.add_argument(
+        "--flower-python",
+        type=Path,
+        help="a python with flwr[simulation]==1.42.0 (default: bench/.venv-flwr, made once)",
     )
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
@@ -265,9 +313,11 @@ def main() -> int:
     variants = [v for v in args.variants.split(",") if v]
     if set(cases) - set(CASES) or set(variants) - set(VARIANTS):
         parser.error(f"--cases from {sorted(CASES)}, --variants from {list(VARIANTS)}")
-    python = (
-        flower_sim_bench.ensure_venv() if any(v.startswith("flower") for v in variants) else None
-    )
+    if args.flower_python is not None and not args.flower_python.is_file():
+        parser.error(f"--flower-python: {args.flower_python} is not a file")
+    python = None
+    if any(v.startswith("flower") for v in variants):
+        python = args.flower_python or flower_sim_bench.ensure_venv()
     results = {
         name: run_case(name, variants, args.repeats, python, args.quiet_below) for name in cases
     }

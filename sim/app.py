@@ -61,8 +61,9 @@ class Backend(Protocol):
     def serve(self, federation: Federation) -> None:
         """Start delivering what the clients send to ``federation``."""
 
-    def forward(self, index: int, frames: Iterator[bytes]) -> None:
-        """Hand one outbox item's frames to client ``index``, in one piece."""
+    def forward(self, index: int, frames: Iterator[bytes], kind: str) -> None:
+        """Hand one outbox item's frames (opened by a ``kind`` message) to client ``index``,
+        in one piece."""
 
     def close(self) -> None:
         """End the workers (bounded); idempotent."""
@@ -182,7 +183,9 @@ def _open_backend(
     from fedsilo.sim.local import LocalWorkers
 
     threads = worker_threads(config, workers)
-    return LocalWorkers(workers, clients, host_settings(config, threads)), workers, threads, 1
+    free = config.placement == "auto"
+    backend = LocalWorkers(workers, clients, host_settings(config, threads), free)
+    return backend, workers, threads, 1
 
 
 def _run_with_backend(

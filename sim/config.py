@@ -59,6 +59,14 @@ class SimConfig(JobSpec, RecordDpSettings, FedsiloSettings):
         description="CPU threads for torch in each worker (default: 1 with several local "
         "workers, torch's own with one; ray_num_cpus for a Ray actor).",
     )
+    placement: Literal["auto", "fixed"] = Field(
+        "auto",
+        description="local: auto sends each round's model to whichever worker is idle when "
+        "the clients keep no state between rounds (no top-k residual, SCAFFOLD, DP-SGD budget "
+        "or secure aggregation) and the task's training depends only on model, data and "
+        "round settings, as the built-in tasks' does; fixed keeps client i in worker "
+        "i % workers.",
+    )
     ray_address: str | None = Field(
         None,
         description="ray: the cluster (host:port, auto); default: RAY_ADDRESS, a cluster "
@@ -79,6 +87,8 @@ class SimConfig(JobSpec, RecordDpSettings, FedsiloSettings):
                 raise ValueError(f"{stray[0]}: only with backend ray")
         elif self.workers == 0:
             raise ValueError("workers: 0 (in this process) is for backend local; ray needs >= 1")
+        elif "placement" in given:
+            raise ValueError("placement: only with backend local (a Ray client stays in its actor)")
         return self
 
     def job_spec(self) -> dict[str, Any]:

@@ -37,6 +37,9 @@ class Kind(IntEnum):
     QUIT = 3  # driver -> worker: every session is over, exit
     HELLO = 4  # worker -> driver: the Hello of a client just created
     FAILED = 5  # worker -> driver: the client raised; the payload is a ClientFailure as JSON
+    ADOPT = 6  # driver -> worker: host a copy of the client; the payload is its InitConfig frame
+    END = 7  # driver -> worker: the model stream just sent is whole; answer DONE once handled
+    DONE = 8  # worker -> driver: every frame before END is handled (the worker is free)
 
 
 def outbox_frames(item: OutboxItem) -> Generator[bytes, None, None]:

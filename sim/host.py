@@ -188,15 +188,30 @@ class ClientHost:
 
     def start(self, index: int) -> bytes:
         """Create client ``index``; return the wire bytes of its Hello."""
+        return self._create(index, quiet=None).SerializeToString()
 
+    def adopt(self, index: int, init_config: bytes) -> ClientFailure | None:
+        """Host a copy of client ``index``, joined with its ``init_config`` frame; return its
+        failure if it raised. Its Hello and Ready are not sent: the client sent them once,
+        from its first host (``sim/placement.py``)."""
+        quiet = threading.Event()
+        quiet.set()
+        self._create(index, quiet)
+        failure = self.deliver(index, init_config)
+        quiet.clear()
+        return failure
+
+    def _create(self, index: int, quiet: threading.Event | None) -> pb.ClientMessage:
         def send(item: Outbound | Iterator[bytes]) -> None:
+            if quiet is not None and quiet.is_set():
+                return
             for frame in client_frames(item):
                 self._emit(index, frame)
 
         protocol = make_protocol(index, self.local)
         self._clients[index] = protocol
         self._stage[index] = "starting"
-        return protocol.start_session(send).SerializeToString()
+        return protocol.start_session(send)
 
     def deliver(self, index: int, frame: bytes) -> ClientFailure | None:
         """Hand one server frame to client ``index``; return its failure if it raised.

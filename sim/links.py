@@ -32,9 +32,10 @@ from fedsilo.server.session import ClientSession
 from fedsilo.sim.frames import outbox_frames, parse_client
 from fedsilo.sim.host import EVALUATING, JOINING, TRAINING, ClientFailure, stage_of
 
-# Hands one outbox item's frames to client ``index``. It never raises: a backend that loses a
-# worker reports that worker's clients to the Federation itself.
-Forward = Callable[[int, Iterator[bytes]], None]
+# Hands one outbox item's frames to client ``index``, with the kind of message that opens it
+# ("sync_model", "init_config", ...). It never raises: a backend that loses a worker reports
+# that worker's clients to the Federation itself.
+Forward = Callable[[int, Iterator[bytes], str], None]
 
 WAITING = "waiting for work"
 
@@ -99,9 +100,10 @@ class ClientLink:
                     if isinstance(item, OutgoingModel):
                         item.abandon()
                     continue
-                self.stage = stage_of(_opening(item), self.stage)
+                opening = _opening(item)
+                self.stage = stage_of(opening, self.stage)
                 frames = outbox_frames(item)
-                self._forward(self.index, frames)
+                self._forward(self.index, frames, str(opening.WhichOneof("body")))
                 frames.close()  # a backend that lost its worker may leave some unsent
                 self.session.touch()
                 if isinstance(item, OutgoingModel):

@@ -1,13 +1,16 @@
 """The local backend: worker processes on this machine, each hosting a share of the clients.
 
-Client ``i`` lives in worker ``i % workers`` for the whole run. Each worker is a
-``python -m fedsilo.sim.worker`` process joined to the driver by a socket pair; envelopes of
-wire bytes go both ways (``sim/frames.py``), never pickles. Per worker, the driver has:
+Client ``i`` is created in worker ``i % workers``; each model stream then goes to the worker
+``sim/placement.py`` chooses (that one, or whichever is idle when the client keeps no state
+between rounds). Each worker is a ``python -m fedsilo.sim.worker`` process joined to the
+driver by a socket pair; envelopes of wire bytes go both ways (``sim/frames.py``), never
+pickles. Per worker, the driver has:
 
 - a send lock, held by a client's link for one whole outbox item, so that a model stream
-  reaches the worker in one piece (its clients share one model and decode into it);
+  reaches the worker in one piece (its clients share one model and decode into it); a model
+  stream ends with END, and the worker is busy until its DONE;
 - a reader thread, which hands each frame the worker's clients send to their sessions, and
-  reports a client that raised, or every client of a worker that died (EOF on its socket).
+  reports a client that raised, or every client a worker that died spoke for (EOF).
 
 A worker exits on QUIT or when the driver's end of its socket closes (the driver died).
 """
@@ -29,8 +32,10 @@ from fedsilo.common.errors import FedsiloError
 from fedsilo.sim.frames import Kind, seal, unseal
 from fedsilo.sim.host import ClientFailure, HostSettings
 from fedsilo.sim.links import Federation
+from fedsilo.sim.placement import Placement
 
 QUIT_SECONDS = 10.0  # how long a worker may take to exit after QUIT before it is killed
+MODEL_STREAMS = ("sync_model", "evaluate")  # outbox items that placement may send anywhere
 
 
 @dataclass
@@ -40,7 +45,6 @@ class _Worker:
     number: int
     process: subprocess.Popen[bytes]
     conn: Connection
-    indices: list[int]
     send_lock: threading.Lock = field(default_factory=threading.Lock)
     quitting: bool = False
     reader: threading.Thread | None = None
@@ -63,14 +67,14 @@ class _Worker:
 class LocalWorkers:
     """Worker processes hosting the clients; implements the backend's start/forward/close."""
 
-    def __init__(self, count: int, clients: int, settings: HostSettings) -> None:
-        self._workers = [
-            _spawn(number, list(range(number, clients, count)), settings) for number in range(count)
-        ]
+    def __init__(self, count: int, clients: int, settings: HostSettings, free: bool) -> None:
+        self._workers = [_spawn(number, settings) for number in range(count)]
+        self.placement = Placement(count, clients, free)
+        self._record_dp = settings.record_dp is not None
 
     def hello(self, index: int) -> bytes:
         """Create client ``index`` in its worker; return its Hello (before ``serve``)."""
-        worker = self._worker_of(index)
+        worker = self._workers[self.placement.home(index)]
         try:
             worker.conn.send_bytes(seal(Kind.START, index))
             kind, answered, payload = unseal(worker.conn.recv_bytes())
@@ -84,22 +88,51 @@ class LocalWorkers:
         """Start one reader thread per worker, delivering to ``federation``."""
         for worker in self._workers:
             worker.reader = threading.Thread(
-                target=_read, args=(worker, federation), name=f"worker-{worker.number}", daemon=True
+                target=_read,
+                args=(worker, federation, self.placement),
+                name=f"worker-{worker.number}",
+                daemon=True,
             )
             worker.reader.start()
 
-    def forward(self, index: int, frames: Iterator[bytes]) -> None:
-        """Send one outbox item's frames to client ``index``, in one piece."""
-        worker = self._worker_of(index)
+    def forward(self, index: int, frames: Iterator[bytes], kind: str) -> None:
+        """Send one outbox item's frames (opened by a ``kind`` message) to client ``index``, in
+        one piece: a model stream to the worker placement gives, the rest where it spoke last."""
+        if kind not in MODEL_STREAMS:
+            message = list(frames)  # one message: a model stream never comes here
+            if kind == "init_config" and message:
+                self.placement.joined(index, message[0], self._record_dp)
+            self._send(self._workers[self.placement.speaker(index)], index, iter(message))
+            return
+        choice = self.placement.acquire(index)
+        if choice is None:
+            return  # no worker can take it: the reader of the dead one reports the client
+        number, adopt = choice
+        opening = [seal(Kind.ADOPT, index, adopt)] if adopt is not None else []
+        self._send(self._workers[number], index, frames, opening, seal(Kind.END, index))
+
+    @staticmethod
+    def _send(
+        worker: _Worker,
+        index: int,
+        frames: Iterator[bytes],
+        opening: list[bytes] | None = None,
+        end: bytes | None = None,
+    ) -> None:
         with worker.send_lock:
             try:
+                for envelope in opening or []:
+                    worker.conn.send_bytes(envelope)
                 for frame in frames:
                     worker.conn.send_bytes(seal(Kind.FRAME, index, frame))
+                if end is not None:
+                    worker.conn.send_bytes(end)
             except OSError:
                 pass  # the worker is gone: its reader reports its clients (EOF)
 
     def close(self) -> None:
         """Tell every worker to quit; kill one that does not exit in time."""
+        self.placement.close()
         for worker in self._workers:
             worker.quitting = True
             with worker.send_lock, contextlib.suppress(OSError):  # already gone
@@ -118,11 +151,8 @@ class LocalWorkers:
         """Process ids of the workers (for tests and logs)."""
         return [worker.process.pid for worker in self._workers]
 
-    def _worker_of(self, index: int) -> _Worker:
-        return self._workers[index % len(self._workers)]
 
-
-def _spawn(number: int, indices: list[int], settings: HostSettings) -> _Worker:
+def _spawn(number: int, settings: HostSettings) -> _Worker:
     ours, theirs = socket.socketpair()
     with theirs:
         process = subprocess.Popen(
@@ -137,7 +167,7 @@ def _spawn(number: int, indices: list[int], settings: HostSettings) -> _Worker:
             stdin=subprocess.DEVNULL,
             env=_worker_env(settings.threads),
         )
-    return _Worker(number, process, Connection(ours.detach()), indices)
+    return _Worker(number, process, Connection(ours.detach()))
 
 
 def _worker_env(threads: int | None) -> dict[str, str]:
@@ -148,7 +178,7 @@ def _worker_env(threads: int | None) -> dict[str, str]:
     return env
 
 
-def _read(worker: _Worker, federation: Federation) -> None:
+def _read(worker: _Worker, federation: Federation, placement: Placement) -> None:
     """Deliver what a worker's clients send until its socket closes; then report its loss."""
     while True:
         try:
@@ -156,8 +186,12 @@ def _read(worker: _Worker, federation: Federation) -> None:
         except (EOFError, OSError):
             break
         if kind is Kind.FRAME:
-            federation.receive(index, payload)
+            if placement.speaker(index) == worker.number:  # a copy elsewhere is silent
+                federation.receive(index, payload)
+        elif kind is Kind.DONE:
+            placement.release(worker.number)
         elif kind is Kind.FAILED:
             federation.failed(ClientFailure.from_json(payload))
+    lost = placement.lost(worker.number)
     if not worker.quitting:
-        federation.lost(worker.indices, worker.describe_exit())
+        federation.lost(lost, worker.describe_exit())

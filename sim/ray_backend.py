@@ -144,8 +144,12 @@ class RayActors:
         """Deliver what clients send to ``federation`` (as their calls return)."""
         self._federation = federation
 
-    def forward(self, index: int, frames: Iterator[bytes]) -> None:
-        """Hand one outbox item's frames to client ``index``; deliver what it sends back."""
+    def forward(self, index: int, frames: Iterator[bytes], kind: str) -> None:
+        """Hand one outbox item's frames to client ``index``; deliver what it sends back.
+
+        Every item goes to the client's own actor, whatever its ``kind``: Ray's placement is
+        by actor, and each client lives in one (``sim/placement.py`` is the local backend's).
+        """
         federation = self._federation
         assert federation is not None, "serve() first"
         number = index % self.count

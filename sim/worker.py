@@ -35,10 +35,13 @@ def serve(conn: Connection, local: LocalSettings) -> None:
             return
         if kind is Kind.START:
             send(seal(Kind.HELLO, index, host.start(index)))
-        elif kind is Kind.FRAME:
-            failure = host.deliver(index, payload)
+        elif kind in (Kind.FRAME, Kind.ADOPT):
+            handle = host.deliver if kind is Kind.FRAME else host.adopt
+            failure = handle(index, payload)
             if failure is not None:
                 send(seal(Kind.FAILED, index, failure.to_json()))
+        elif kind is Kind.END:
+            send(seal(Kind.DONE, index))
         elif kind is Kind.QUIT:
             return
 

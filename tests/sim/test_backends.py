@@ -136,11 +136,12 @@ def run_cli(tmp_path: Path, *argv: str, options: dict[str, Any]) -> Any:
 def test_fl_sim_drops_a_client_that_raises_and_those_of_a_killed_worker_in_one_line_each(
     tmp_path: Path,
 ):
-    # Two workers: worker 0 hosts clients 0 and 2, worker 1 hosts 1 and 3. Client 1 raises in
-    # training; client 2 kills worker 0, which takes client 0 with it. Client 3 carries on.
+    # Two workers: worker 0 hosts clients 0 and 2, worker 1 hosts 1 and 3 (fixed placement:
+    # they never move). Client 1 raises in training; client 2 kills worker 0, which takes
+    # client 0 with it. Client 3 carries on.
     done = run_cli(
         tmp_path,
-        *("--clients", "4", "--rounds", "2", "--workers", "2"),
+        *("--clients", "4", "--rounds", "2", "--workers", "2", "--placement", "fixed"),
         options={"fail": "train@1 die@2"},
     )
     assert done.returncode == 0, done.stderr[-3000:]
