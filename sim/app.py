@@ -181,9 +181,10 @@ def _open_backend(
         actors = RayActors.open(config, clients, host_settings(config, threads))
         return actors, actors.count, threads, len(set(actors.nodes))
     from fedsilo.sim.local import LocalWorkers
+    from fedsilo.sim.placement import free_placement
 
     threads = worker_threads(config, workers)
-    free = config.placement == "auto"
+    free = free_placement(config.placement, config.task)
     backend = LocalWorkers(workers, clients, host_settings(config, threads), free)
     return backend, workers, threads, 1
 

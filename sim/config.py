@@ -59,13 +59,13 @@ class SimConfig(JobSpec, RecordDpSettings, FedsiloSettings):
         description="CPU threads for torch in each worker (default: 1 with several local "
         "workers, torch's own with one; ray_num_cpus for a Ray actor).",
     )
-    placement: Literal["auto", "fixed"] = Field(
-        "auto",
+    placement: Literal["auto", "fixed"] | None = Field(
+        None,
         description="local: auto sends each round's model to whichever worker is idle when "
         "the clients keep no state between rounds (no top-k residual, SCAFFOLD, DP-SGD budget "
         "or secure aggregation) and the task's training depends only on model, data and "
-        "round settings, as the built-in tasks' does; fixed keeps client i in worker "
-        "i % workers.",
+        "round settings; fixed keeps client i in worker i % workers. Default: auto for the "
+        "built-in tasks, fixed for a task of your own (it may keep state across rounds).",
     )
     ray_address: str | None = Field(
         None,

@@ -28,9 +28,18 @@ from __future__ import annotations
 import threading
 
 from fedsilo.common.proto import federation_pb2 as pb
+from fedsilo.tasks.loading import BUILTIN_TASKS
 
 # The codecs that keep a client's state across rounds (top-k's error-feedback residual).
 STATEFUL_CODECS = ("topk",)
+
+
+def free_placement(placement: str | None, task: str) -> bool:
+    """Whether model streams may go to any idle worker: ``auto``, or by default a built-in task
+    (whose ``train`` keeps nothing between rounds; a user's own task may, so it stays put)."""
+    if placement is not None:
+        return placement == "auto"
+    return task in BUILTIN_TASKS
 
 
 def portable(init: pb.InitConfig, record_dp: bool) -> bool:

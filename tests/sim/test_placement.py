@@ -14,7 +14,7 @@ from fedsilo.common.proto import federation_pb2 as pb
 from fedsilo.server.sampling import sample_clients
 from fedsilo.sim.app import simulate
 from fedsilo.sim.config import SimConfig
-from fedsilo.sim.placement import Placement, portable
+from fedsilo.sim.placement import Placement, free_placement, portable
 
 PROBE = "tests.sim.probe_task:ProbeTask"
 
@@ -172,10 +172,16 @@ def test_free_placement_ends_with_the_in_process_model_bit_for_bit(tmp_path: Pat
         out = tmp_path / f"w{workers}"
         setting = SimConfig(
             task=PROBE, clients=6, clients_per_round=3, rounds=4, seed=7, threads=1,
-            workers=workers, out=out,
+            workers=workers, placement="auto" if workers else None, out=out,
         )  # fmt: skip
         assert simulate(setting).outcome.finished
         runs[workers] = model(out)
     assert runs[0].keys() == runs[2].keys()
     for name, tensor in runs[0].items():
         assert torch.equal(runs[2][name], tensor), name
+
+
+def test_by_default_only_the_built_in_tasks_move_between_workers() -> None:
+    assert free_placement(None, "fmnist") and free_placement(None, "synthetic")
+    assert not free_placement(None, PROBE)  # a user's task may keep state of its own
+    assert free_placement("auto", PROBE) and not free_placement("fixed", "fmnist")
