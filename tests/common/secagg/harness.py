@@ -143,6 +143,13 @@ def run_round(
     return server.finish()
 
 
+def share_all_keys(server: SecAggServer, clients: dict[int, SecAggClient]) -> None:
+    """Run both key stages with every client alive and hand each its routed shares."""
+    _key_stages(server, clients, Drops())
+    for c, routed in server.close_shares().items():
+        clients[c].receive_shares(routed)
+
+
 def _key_stages(server: SecAggServer, clients: dict[int, SecAggClient], drops: Drops) -> None:
     for c, client in clients.items():
         advert = client.advertise()

@@ -9,7 +9,7 @@ import pytest
 
 from fedsilo.common.errors import SecAggRefusedError
 from fedsilo.common.secagg import ClientStage, SecAggClient, SecAggServer
-from tests.common.secagg.harness import make_clients, make_setup, unsigned_config
+from tests.common.secagg.harness import make_clients, make_setup, share_all_keys, unsigned_config
 
 LENGTH = 5003
 CHUNK = 512
@@ -20,12 +20,7 @@ def _ready_clients(seed: int = 0) -> dict[int, SecAggClient]:
     setup = make_setup(3, LENGTH)
     server = SecAggServer(setup, config, trust=None)
     clients = make_clients(setup, config, seed=seed)
-    for client in clients.values():
-        server.receive_advert(client.advertise())
-    for c, roster in server.close_adverts().items():
-        server.receive_shares(clients[c].share_keys(roster))
-    for c, routed in server.close_shares().items():
-        clients[c].receive_shares(routed)
+    share_all_keys(server, clients)
     return clients
 
 

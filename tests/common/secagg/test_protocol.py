@@ -133,15 +133,10 @@ def test_an_upload_cut_off_without_a_copy_makes_the_attempt_fail_clearly() -> No
     config = unsigned_config()
     setup = make_setup(3, LENGTH)
     server = SecAggServer(setup, config, trust=None)
-    from tests.common.secagg.harness import make_clients
+    from tests.common.secagg.harness import make_clients, share_all_keys
 
     clients = make_clients(setup, config)
-    for client in clients.values():
-        server.receive_advert(client.advertise())
-    for c, roster in server.close_adverts().items():
-        server.receive_shares(clients[c].share_keys(roster))
-    for c, routed in server.close_shares().items():
-        clients[c].receive_shares(routed)
+    share_all_keys(server, clients)
     delta = np.zeros(LENGTH, dtype=np.float32)
     upload = server.begin_upload(0)
     upload.add(next(clients[0].masked_input([delta], norm=0.0, weight=1, chunk_words=CHUNK)))
