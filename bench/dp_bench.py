@@ -36,7 +36,9 @@ VARIANTS: list[tuple[str, dict[str, Any]]] = [
     ("epsilon 3", {"record_dp_epsilon": 3.0}),
     ("epsilon 1", {"record_dp_epsilon": 1.0}),
     ("no DP + secagg", SECAGG),
+    ("epsilon 8 + secagg", {"record_dp_epsilon": 8.0, **SECAGG}),
     ("epsilon 3 + secagg", {"record_dp_epsilon": 3.0, **SECAGG}),
+    ("epsilon 1 + secagg", {"record_dp_epsilon": 1.0, **SECAGG}),
 ]
 # Per task: docs/results.md's settings for fmnist; small ones for a quick run on synthetic.
 TASKS: dict[str, dict[str, Any]] = {
