@@ -64,7 +64,7 @@ class SimConfig(JobSpec, RecordDpSettings, FedsiloSettings):
         description="local: auto sends each round's model to whichever worker is idle when "
         "the clients keep no state between rounds (no top-k residual, SCAFFOLD, DP-SGD budget "
         "or secure aggregation) and the task's training depends only on model, data and "
-        "round settings; fixed keeps client i in worker i % workers. Default: auto for the "
+        "round settings; fixed keeps client i in worker i mod workers. Default: auto for the "
         "built-in tasks, fixed for a task of your own (it may keep state across rounds).",
     )
     ray_address: str | None = Field(

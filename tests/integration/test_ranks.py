@@ -5,6 +5,7 @@ from __future__ import annotations
 import signal
 from pathlib import Path
 
+import pytest
 import torch
 
 from fedsilo.common.seeding import derive_seed
@@ -54,6 +55,7 @@ def single_process_update(global_state: dict, client_id: int, round_number: int)
     return {k: v.detach().clone() for k, v in model.state_dict().items()}
 
 
+@pytest.mark.slow  # a rank's training equals one process's in tests/tasks/test_rank_training.py
 def test_two_rank_silos_on_one_host_finish_a_job_with_the_single_process_updates(
     daemons: Daemons, tmp_path: Path
 ) -> None:

@@ -17,11 +17,16 @@ from tests.integration.tls import JOB, bundle_client, provision, tls_server
 SECAGG = ("--secure-aggregation", "--secagg-clip-norm", "50", "--weighting", "uniform")
 ORGS = ("org-a", "org-b", "org-c", "org-d")
 # (stage, the event of the dying client's log it is killed at)
+# Every stage is killed in-process in tests/common/secagg/test_protocol.py; through the daemons
+# the two early stages run in `make test-slow`.
+SLOW = pytest.mark.slow
 DEATHS = [
-    ("after_advertising_keys", "secagg_advertised"),
-    ("after_sharing_keys", "secagg_shares_sent"),
-    ("with_its_upload_in_flight", "update_sent"),
-    ("when_asked_to_unmask", "secagg_unmask_requested"),
+    pytest.param(
+        "after_advertising_keys", "secagg_advertised", id="after_advertising_keys", marks=SLOW
+    ),
+    pytest.param("after_sharing_keys", "secagg_shares_sent", id="after_sharing_keys", marks=SLOW),
+    pytest.param("with_its_upload_in_flight", "update_sent", id="with_its_upload_in_flight"),
+    pytest.param("when_asked_to_unmask", "secagg_unmask_requested", id="when_asked_to_unmask"),
 ]
 
 
@@ -50,7 +55,7 @@ def test_a_federation_over_mutual_tls_sums_masked_updates_with_signed_keys(
     assert any(r.get("event") == "update_sent" and r.get("codec") == "secagg" for r in audit)
 
 
-@pytest.mark.parametrize(("stage", "event"), DEATHS, ids=[d[0] for d in DEATHS])
+@pytest.mark.parametrize(("stage", "event"), DEATHS)
 def test_a_member_dying_at_any_stage_leaves_the_round_to_the_survivors(
     daemons: Daemons, tmp_path: Path, stage: str, event: str
 ) -> None:
