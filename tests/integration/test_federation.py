@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
 import torch
 
 from fedsilo.common.seeding import derive_seed
@@ -170,6 +171,7 @@ def test_an_unloadable_task_is_a_config_error(daemons: Daemons, tmp_path: Path) 
     assert "no_such_module" in message and len(message.splitlines()) == 1
 
 
+@pytest.mark.slow  # the median itself: tests/server/test_byzantine.py
 def test_the_median_strategy_over_real_processes_gives_the_coordinate_median(
     daemons: Daemons, tmp_path: Path
 ) -> None:

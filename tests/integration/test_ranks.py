@@ -101,6 +101,7 @@ def test_two_rank_silos_on_one_host_finish_a_job_with_the_single_process_updates
         torch.testing.assert_close(final[name], expected, rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.slow  # a killed rank is named: tests/client/test_ranks.py; SIGTERM below
 def test_a_rank_killed_mid_training_drops_the_silo_from_that_round_and_it_rejoins_the_next(
     daemons: Daemons, tmp_path: Path
 ) -> None:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import subprocess
 from pathlib import Path
 
+import pytest
 import torch
 
 from tests.integration.conftest import BIN, Daemons, free_port, read_metrics, wait_for
@@ -28,6 +29,8 @@ COMMON = (
 )
 
 
+# In `make test` through SCAFFOLD's restarts: tests/integration/test_scaffold_fednova.py.
+@pytest.mark.slow
 def test_simulated_and_networked_runs_end_with_the_same_model(
     daemons: Daemons, tmp_path: Path
 ) -> None:
