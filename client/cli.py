@@ -26,6 +26,7 @@ from fedsilo.common.cli import (
 )
 from fedsilo.common.errors import PrivacyBudgetSpentError, StopRequestedError
 from fedsilo.common.logging import LEVELS, get_logger
+from fedsilo.common.stderr_router import routed_stderr
 
 PROG = "fl-client"
 
@@ -109,7 +110,8 @@ def take_part(config: ClientConfig) -> int:
 
     previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGTERM, signal.SIGINT)}
     try:
-        FederationClient(config, resolve_endpoint(config), log).run()
+        with routed_stderr({"client": config.name} if config.name else {}):
+            FederationClient(config, resolve_endpoint(config), log).run()
     except StopRequestedError as stop:
         log.info("client_stopped", client=config.name, reason=str(stop))
     except PrivacyBudgetSpentError as spent:  # told the server; a clean end, exit 0

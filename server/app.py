@@ -5,7 +5,6 @@ from __future__ import annotations
 import errno
 import signal
 import socket
-import sys
 import threading
 from collections.abc import Callable
 from concurrent import futures
@@ -20,6 +19,7 @@ from fedsilo.common.bundles import ServerBundle, load_server_bundle
 from fedsilo.common.errors import ConfigError, FedsiloError, PortInUseError
 from fedsilo.common.logging import get_logger
 from fedsilo.common.progress import round_progress
+from fedsilo.common.stderr_router import routed_stderr
 from fedsilo.common.wire import SERVER_PING_POLICY, SERVICE_NAME, channel_options
 from fedsilo.server.admin import AdminServer
 from fedsilo.server.allocator import tune_for_streams
@@ -33,7 +33,6 @@ from fedsilo.server.run_lock import hold_run_folder
 from fedsilo.server.service import FederationService
 from fedsilo.server.status import StatusView
 from fedsilo.server.status_metrics import register_state_metrics
-from fedsilo.server.stderr_router import StderrRouter
 from fedsilo.tasks import load_task
 
 SHUTDOWN_GRACE_SECONDS = 5.0
@@ -164,15 +163,11 @@ def serve(config: ServerConfig) -> JobOutcome:
     admin = AdminServer(config, log) if config.health_port is not None else None
     try:
         # Whatever its port, a second server on this run folder exits here, changing nothing.
-        with hold_run_folder(config.run_dir, config.job_id, config.port):
-            router = StderrRouter({"job_id": config.job_id}) if not sys.stderr.isatty() else None
-            if router is not None:
-                router.start()
-            try:
-                return serve_held(config, log, admin)
-            finally:
-                if router is not None:
-                    router.stop()
+        with (
+            hold_run_folder(config.run_dir, config.job_id, config.port),
+            routed_stderr({"job_id": config.job_id}),
+        ):
+            return serve_held(config, log, admin)
     finally:
         if admin is not None:
             admin.stop()

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import grpc
 
-from fedsilo.server.stderr_router import wrap_line
+from fedsilo.common.stderr_router import wrap_line
 from tests.integration.conftest import Daemons, free_port, wait_for
 from tests.integration.tls import provision, tls_server
 

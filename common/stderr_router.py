@@ -1,14 +1,15 @@
-"""Keep fl-server's JSON log JSON: lines written to stderr by native code become JSON lines too.
+"""Keep a daemon's JSON log JSON: lines written to stderr by native code become JSON lines too.
 
 gRPC's C core writes its own lines (a refused TLS handshake, an expired certificate) straight to
 file descriptor 2, in its own format, which breaks a log shipper that reads JSON lines. While
-the server runs with a JSON log, fd 2 is a pipe read by a thread: a line that already is a JSON
+a daemon runs with a JSON log, fd 2 is a pipe read by a thread: a line that already is a JSON
 object (structlog's) passes through unchanged; any other line is wrapped as one, e.g.::
 
     {"event": "grpc_core", "level": "error", "message": "... certificate has expired",
      "timestamp": "...", "job_id": 3}
 
-The real stderr comes back when the server stops, before its last line is printed.
+fl-server and fl-client run their work under it (``routed_stderr``); the real stderr comes back
+when the work ends, before the program's last line (its error, its summary) is printed.
 """
 
 from __future__ import annotations
@@ -18,6 +19,8 @@ import os
 import re
 import sys
 import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import datetime, timezone
 from typing import IO
 
@@ -88,3 +91,17 @@ class StderrRouter:
         with source, target:
             for line in source:
                 target.write(wrap_line(line, self._context))
+
+
+@contextmanager
+def routed_stderr(context: dict[str, object]) -> Iterator[None]:
+    """Route fd 2 through ``wrap_line`` while the body runs, unless stderr is a terminal."""
+    if sys.stderr.isatty():
+        yield
+        return
+    router = StderrRouter(context)
+    router.start()
+    try:
+        yield
+    finally:
+        router.stop()
