@@ -35,6 +35,11 @@ class Peer:
     def __init__(self) -> None:
         self._inbox: queue.SimpleQueue[pb.ClientMessage | None] = queue.SimpleQueue()
         self.closed = threading.Event()
+        self.hung_up = False  # set by a script that ends the stream without waiting for the client
+
+    def hang_up(self) -> None:
+        """End the stream as soon as the script returns (a server that just goes away)."""
+        self.hung_up = True
 
     def put(self, message: pb.ClientMessage | None) -> None:
         """Called by the reader thread; None when the client's side of the stream ended."""
@@ -121,7 +126,8 @@ class HostileCoordinator:
 
         threading.Thread(target=read, daemon=True).start()
         yield from script(peer)
-        peer.wait_closed()  # let the client's last messages (its Error) arrive
+        if not peer.hung_up:
+            peer.wait_closed()  # let the client's last messages (its Error) arrive
 
 
 # ---------------------------------------------------------------- the wire, by the book

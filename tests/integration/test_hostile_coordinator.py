@@ -72,8 +72,11 @@ def audit_events(workdir: Path) -> list[dict[str, object]]:
     return [json.loads(line) for line in path.read_text().splitlines()]
 
 
-def send_only(*messages: pb.ServerMessage | bytes) -> object:
-    """A script: read Hello, send ``messages`` (reading Ready after an InitConfig)."""
+def send_only(*messages: pb.ServerMessage | bytes, hang_up: bool = False) -> object:
+    """A script: read Hello, send ``messages`` (reading Ready after an InitConfig).
+
+    ``hang_up``: then end the stream at once, rather than wait for the client to end its side.
+    """
 
     def script(peer: Peer) -> Iterator[pb.ServerMessage | bytes]:
         peer.next("hello")
@@ -81,6 +84,8 @@ def send_only(*messages: pb.ServerMessage | bytes) -> object:
             yield message
             if isinstance(message, pb.ServerMessage) and message.HasField("init_config"):
                 peer.next("ready")
+        if hang_up:
+            peer.hang_up()
 
     return script
 
@@ -151,7 +156,7 @@ def test_a_second_init_config_with_another_task_on_the_stream_is_refused(
 def test_another_task_for_the_same_job_after_a_reconnect_is_refused(
     daemons: Daemons, tmp_path: Path
 ) -> None:
-    first = send_only(init_config("synthetic", {"max_samples": 40}))  # then the stream ends
+    first = send_only(init_config("synthetic", {"max_samples": 40}), hang_up=True)
     second = send_only(init_config("digits", {}))
     with HostileCoordinator(first, second) as coordinator:
         client = start_client(daemons, coordinator.port)

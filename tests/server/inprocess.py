@@ -70,6 +70,12 @@ def echo(client: ScriptedClient, model: ReceivedModel) -> None:
         )
 
 
+def evaluate_only(client: ScriptedClient, model: ReceivedModel) -> None:
+    """Answer an Evaluate as ``echo`` does; leave each SyncModel to the test."""
+    if not model.opening.HasField("sync_model"):
+        echo(client, model)
+
+
 @dataclass
 class ScriptedClient:
     """One client session answered by ``answer``; what it receives is kept in ``received``."""

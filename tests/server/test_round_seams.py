@@ -20,7 +20,7 @@ import structlog
 import torch
 
 from fedsilo.common.proto import federation_pb2 as pb
-from tests.server.inprocess import JobRunner, ReceivedModel, ScriptedClient, echo
+from tests.server.inprocess import JobRunner, ReceivedModel, ScriptedClient, echo, evaluate_only
 
 ROUNDS = 3
 
@@ -168,7 +168,7 @@ def test_a_session_that_refused_an_inline_update_answers_the_next_message(
 ) -> None:
     """Directly: after a refused inline update the session is not swallowing anything."""
     runner = JobRunner(tmp_path, rounds=1, min_clients=1, join_timeout=5)
-    client = runner.client("c", answer=lambda c, m: None)
+    client = runner.client("c", answer=evaluate_only)  # the final evaluation is answered
     client.join()
     runner.start()
     model = client.wait_model(1)
