@@ -50,7 +50,13 @@ def main() -> None:
         while True:
             yield outbox.get()
 
-    channel = grpc.insecure_channel(args.server)
+    # A fixed 64 KiB stream window (no BDP probe, which grows it with its estimate): a client
+    # that stops reading mid-download holds the server's writes after 64 KiB plus the socket
+    # buffers, far less than the 16 MiB model, so the server sees the stall as a download.
+    channel = grpc.insecure_channel(
+        args.server,
+        options=[("grpc.http2.bdp_probe", 0), ("grpc.http2.lookahead_bytes", 1 << 16)],
+    )
     stream = channel.stream_stream(
         SESSION_METHOD_PATH,
         request_serializer=pb.ClientMessage.SerializeToString,

@@ -109,15 +109,7 @@ def run_round_2_with_a_faulty_client(
     return read_metrics(tmp_path / "run")
 
 
-# Killed in upload in `make test`; in download and training in `make test-slow`.
-@pytest.mark.parametrize(
-    "phase",
-    [
-        pytest.param("download", marks=pytest.mark.slow),
-        pytest.param("training", marks=pytest.mark.slow),
-        "upload",
-    ],
-)
+@pytest.mark.parametrize("phase", ["download", "training", "upload"])
 def test_a_client_killed_in_any_phase_is_dropped_and_the_round_completes(
     daemons: Daemons, tmp_path: Path, phase: str
 ) -> None:
@@ -135,10 +127,7 @@ def test_a_client_killed_in_any_phase_is_dropped_and_the_round_completes(
     assert dropped["after_seconds"] >= 0
 
 
-# "download" is in `make test-slow` only: its small model can fit the transport's buffers whole,
-# and then the server has sent it all and sees the stall as training (failed so on a quiet box;
-# the next session makes the model bigger than the windows).
-@pytest.mark.parametrize("phase", [pytest.param("download", marks=pytest.mark.slow), "training"])
+@pytest.mark.parametrize("phase", ["download", "training"])
 def test_a_stalled_client_is_cut_off_at_the_progress_deadline(
     daemons: Daemons, tmp_path: Path, phase: str
 ) -> None:
