@@ -5,7 +5,6 @@ from __future__ import annotations
 import signal
 from pathlib import Path
 
-import pytest
 import torch
 
 from fedsilo.common.seeding import derive_seed
@@ -55,7 +54,6 @@ def single_process_update(global_state: dict, client_id: int, round_number: int)
     return {k: v.detach().clone() for k, v in model.state_dict().items()}
 
 
-@pytest.mark.slow  # a rank's training equals one process's in tests/tasks/test_rank_training.py
 def test_two_rank_silos_on_one_host_finish_a_job_with_the_single_process_updates(
     daemons: Daemons, tmp_path: Path
 ) -> None:
@@ -101,7 +99,6 @@ def test_two_rank_silos_on_one_host_finish_a_job_with_the_single_process_updates
         torch.testing.assert_close(final[name], expected, rtol=1e-5, atol=1e-6)
 
 
-@pytest.mark.slow  # a killed rank is named: tests/client/test_ranks.py; SIGTERM below
 def test_a_rank_killed_mid_training_drops_the_silo_from_that_round_and_it_rejoins_the_next(
     daemons: Daemons, tmp_path: Path
 ) -> None:

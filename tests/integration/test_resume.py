@@ -6,6 +6,7 @@ from __future__ import annotations
 import signal
 from pathlib import Path
 
+import pytest
 import torch
 
 from tests.integration.conftest import Daemons, free_port, read_metrics, wait_for
@@ -35,6 +36,9 @@ def start_clients(daemons: Daemons, server_log, port: int) -> list:
     return [first, daemons.client(port, "org-b")]
 
 
+# In `make test-slow`: test_kill_anywhere.py kills the server at every instant of a job (mid-round
+# with updates in flight included) in `make test`; this one kills it from outside, mid-training.
+@pytest.mark.slow
 def test_a_killed_and_resumed_job_ends_bitwise_equal_to_an_uninterrupted_one(
     daemons: Daemons, tmp_path: Path
 ) -> None:

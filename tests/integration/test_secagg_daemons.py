@@ -17,10 +17,14 @@ from tests.integration.tls import JOB, bundle_client, provision, tls_server
 SECAGG = ("--secure-aggregation", "--secagg-clip-norm", "50", "--weighting", "uniform")
 ORGS = ("org-a", "org-b", "org-c", "org-d")
 # (stage, the event of the dying client's log it is killed at)
-# Every stage is also killed in-process in tests/common/secagg/test_protocol.py.
+# Every stage is killed in-process in tests/common/secagg/test_protocol.py; through the daemons
+# the two early stages run in `make test-slow`.
+SLOW = pytest.mark.slow
 DEATHS = [
-    pytest.param("after_advertising_keys", "secagg_advertised", id="after_advertising_keys"),
-    pytest.param("after_sharing_keys", "secagg_shares_sent", id="after_sharing_keys"),
+    pytest.param(
+        "after_advertising_keys", "secagg_advertised", id="after_advertising_keys", marks=SLOW
+    ),
+    pytest.param("after_sharing_keys", "secagg_shares_sent", id="after_sharing_keys", marks=SLOW),
     pytest.param("with_its_upload_in_flight", "update_sent", id="with_its_upload_in_flight"),
     pytest.param("when_asked_to_unmask", "secagg_unmask_requested", id="when_asked_to_unmask"),
 ]
