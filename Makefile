@@ -5,6 +5,8 @@ BIN    := $(VENV)/bin
 # The torch to install; the default is the CPU build. e.g. make install TORCH="torch==2.14.1"
 TORCH  ?= torch==2.13.0
 STAMP  := $(VENV)/.installed
+# The package's top-level folders (each installs as fedsilo.<role>).
+ROLES  := common tasks server client provision report sim
 TYPECHECK_TREE := build/typecheck
 # Fashion-MNIST (the fmnist task) comes from Debian's package, never from the network at run time.
 FMNIST_DIR := /usr/share/datasets/fashion-mnist
@@ -71,7 +73,7 @@ $(STAMP): pyproject.toml
 # so it checks a tree of symlinks with the installed layout.
 typecheck: install
 	@mkdir -p $(TYPECHECK_TREE)/fedsilo
-	@for role in common tasks server client provision report sim; do ln -sfn ../../../$$role $(TYPECHECK_TREE)/fedsilo/$$role; done
+	@for role in $(ROLES); do ln -sfn ../../../$$role $(TYPECHECK_TREE)/fedsilo/$$role; done
 	cd $(TYPECHECK_TREE) && MYPYPATH=. ../../$(BIN)/python -m mypy --config-file ../../pyproject.toml -p fedsilo
 
 lint: install
@@ -79,10 +81,14 @@ lint: install
 	$(BIN)/python -m ruff format --check .
 
 # Three workers on two cores: most tests wait on real daemons (rounds, deadlines, reconnects);
-# worksteal hands a long test's neighbours to an idle worker. 910 s serial, 481 s so.
+# worksteal hands a long test's neighbours to an idle worker. The suite is ~1,100 s of CPU, most
+# of it daemon start-ups (each imports torch): 910 s serial on this 2-core box, 640 s so.
 TEST_WORKERS ?= 3
 
+# The tests start ~400 daemons: their bytecode is compiled once here, not in each of them (an
+# environment with PYTHONDONTWRITEBYTECODE set would otherwise compile it in every process).
 test: install lint typecheck
+	$(BIN)/python -m compileall -q -j 0 $(ROLES) tests bench tools
 	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist worksteal
 
 test-slow: install
