@@ -102,6 +102,10 @@ def test_connection_naming_another_org_is_refused(federation: Path) -> None:
         ('{"clients": ["bad name"]}', "not a valid client name"),
         ('{"clients": [], "extra": 1}', "unknown extra"),
         ("{}", "missing clients"),
+        ('{"clients": ["org-a"], "max_examples": {"org-b": 10}}', "admitted client names"),
+        ('{"clients": ["org-a"], "max_examples": {"org-a": 0}}', "integers >= 1"),
+        ('{"clients": ["org-a"], "max_examples": {"org-a": true}}', "integers >= 1"),
+        ('{"clients": ["org-a"], "max_examples": [10]}', "must map admitted"),
     ],
 )
 def test_bad_clients_json_is_named(federation: Path, text: str, says: str) -> None:

@@ -37,11 +37,8 @@ FLAGS = (
     "debug",
 )
 # (case, event, fields): the instant of the job each case kills the server at.
-# The seams where a resume once failed run in `make test`; the other instants in `make test-slow`
-# (each case is ~13 s of CPU, five daemon start-ups: make test is CPU-bound on 2 cores).
-SLOW_POINTS = {"waiting_for_clients", "download", "training", "strategy_step", "after_finish"}
 KILL_POINTS = [
-    pytest.param(*point, id=point[0], marks=[pytest.mark.slow] if point[0] in SLOW_POINTS else [])
+    pytest.param(*point, id=point[0])
     for point in [
         ("waiting_for_clients", "client_ready", {"client": "org-a"}),
         ("download", "download_started", {"round": "2", "client": "org-b"}),

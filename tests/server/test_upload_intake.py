@@ -216,3 +216,64 @@ def test_finite_values_too_large_for_the_sum_are_refused(tmp_path: Path, value: 
         json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()
     ]
     assert all("in magnitude" in d["reason"] for row in rows[1:] for d in row.get("dropped", []))
+
+
+@pytest.mark.parametrize(
+    "evaluation",
+    [
+        pb.Evaluation(examples=10, loss=math.nan, accuracy=0.5),
+        pb.Evaluation(examples=10, loss=0.5, accuracy=1e308),
+        pb.Evaluation(examples=2**62, loss=0.5, accuracy=0.5),
+    ],
+    ids=["nan-loss", "huge-accuracy", "2-to-the-62-examples"],
+)
+def test_a_bad_final_evaluation_is_left_out_and_the_job_still_finishes(
+    tmp_path: Path, evaluation: pb.Evaluation
+) -> None:
+    def bad_final(client: ScriptedClient, model: ReceivedModel) -> None:
+        if model.opening.HasField("sync_model"):
+            chunked(1.0)(client, model)
+        else:
+            client.send(
+                pb.ClientMessage(
+                    eval_result=pb.EvalResult(round=model.round, evaluation=evaluation)
+                )
+            )
+
+    _, outcome = run_job(tmp_path, {"honest": chunked(1.0), "bad": bad_final}, rounds=1)
+    assert outcome.finished, outcome.reason
+    rows = assert_strict_json(tmp_path / "run" / "metrics.jsonl")
+    final = rows[-1]
+    assert [c["client_id"] for c in final["eval_clients"]] == [0]  # the honest one's alone
+    assert final["eval_loss"] == 0.5 and final["eval_examples"] == 10
+    assert (tmp_path / "run" / "model.pt").exists()
+
+
+def test_a_new_global_model_that_is_not_finite_aborts_the_job_and_keeps_the_last_good_one(
+    tmp_path: Path,
+) -> None:
+    # The magnitude bound should make this impossible; the check behind it is what is tested:
+    # a strategy step gone wrong must never become the model that goes out to the members.
+    runner = JobRunner(tmp_path, rounds=3, min_clients=1, join_timeout=10, chunk_size=CHUNK)
+    model = runner.job.coordinator.model
+    real_step = model.strategy.next_global
+    good: list[dict[str, torch.Tensor]] = []
+
+    def step(state: Any, mean: Any) -> Any:
+        if good:  # round 2 goes wrong
+            return {name: torch.full_like(t, math.inf) for name, t in state.items()}
+        new = real_step(state, mean)
+        good.append({name: t.clone() for name, t in new.items()})  # the job may reuse ``new``
+        return new
+
+    model.strategy.next_global = step  # type: ignore[method-assign]
+    runner.client("a", chunked(1.0)).join()
+    runner.start()
+    outcome = runner.finish()
+    assert not outcome.finished
+    assert "round 2: the new global model" in outcome.reason, outcome.reason
+    assert "NaN or infinite" in outcome.reason
+    saved = torch.load(tmp_path / "run" / "model.pt", weights_only=True)
+    for name, tensor in good[0].items():
+        assert torch.equal(saved[name], tensor), name
+    assert_strict_json(tmp_path / "run" / "metrics.jsonl")
