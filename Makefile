@@ -82,10 +82,11 @@ lint: install
 
 # Three workers on two cores: most tests wait on real daemons (rounds, deadlines, reconnects);
 # worksteal hands a long test's neighbours to an idle worker. The suite is ~1,100 s of CPU, most
-# of it daemon start-ups (each imports torch): 910 s serial on this 2-core box, 640 s so.
+# of it daemon start-ups (each imports torch): on this 2-core box 910 s serial, and 629 s so with
+# the tests that came back from `make test-slow`.
 TEST_WORKERS ?= 3
 
-# The tests start ~400 daemons: their bytecode is compiled once here, not in each of them (an
+# The tests start ~340 daemons: their bytecode is compiled once here, not in each of them (an
 # environment with PYTHONDONTWRITEBYTECODE set would otherwise compile it in every process).
 test: install lint typecheck
 	$(BIN)/python -m compileall -q -j 0 $(ROLES) tests bench tools

@@ -38,19 +38,16 @@ FLAGS = (
 )
 # (case, event, fields): the instant of the job each case kills the server at.
 KILL_POINTS = [
-    pytest.param(*point, id=point[0])
-    for point in [
-        ("waiting_for_clients", "client_ready", {"client": "org-a"}),
-        ("download", "download_started", {"round": "2", "client": "org-b"}),
-        ("training", "download_done", {"round": "2", "client": "org-a"}),
-        ("upload", "upload_started", {"round": "2", "client": "org-b"}),
-        ("fold", "update_folding", {"round": "2"}),
-        ("strategy_step", "round_aggregating", {"round": "2"}),
-        ("checkpoint_write", "checkpoint_writing", {"round": "1"}),
-        ("after_last_round", "round_done", {"round": str(ROUNDS)}),
-        ("final_evaluation", "final_evaluation_started", {}),
-        ("after_finish", "job_finished", {}),
-    ]
+    ("waiting_for_clients", "client_ready", {"client": "org-a"}),
+    ("download", "download_started", {"round": "2", "client": "org-b"}),
+    ("training", "download_done", {"round": "2", "client": "org-a"}),
+    ("upload", "upload_started", {"round": "2", "client": "org-b"}),
+    ("fold", "update_folding", {"round": "2"}),
+    ("strategy_step", "round_aggregating", {"round": "2"}),
+    ("checkpoint_write", "checkpoint_writing", {"round": "1"}),
+    ("after_last_round", "round_done", {"round": str(ROUNDS)}),
+    ("final_evaluation", "final_evaluation_started", {}),
+    ("after_finish", "job_finished", {}),
 ]
 
 
@@ -110,7 +107,7 @@ def uninterrupted(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return out
 
 
-@pytest.mark.parametrize(("case", "event", "fields"), KILL_POINTS)
+@pytest.mark.parametrize(("case", "event", "fields"), KILL_POINTS, ids=[p[0] for p in KILL_POINTS])
 def test_a_server_killed_at_any_instant_resumes_to_the_same_model(
     daemons: Daemons,
     tmp_path: Path,

@@ -210,9 +210,11 @@ def test_a_restarted_client_keeps_the_budget_it_spent(daemons: Daemons, tmp_path
     rows = audit(org)
     rejoin = [row for row in rows if row["event"] == "joined"][-1]
     assert rejoin["record_dp"]["rounds"] == spent  # reloaded from the state folder, not reset
-    updates = [row["round"] for row in rows if row["event"] == "update_sent"]
-    assert updates[0] == 1 and updates[-2:] == [2, 3]
-    last = [row for row in rows if row["event"] == "update_sent"][-1]["record_dp"]
+    sent = [row for row in rows if row["event"] == "update_sent"]
+    # Round 2 is sent twice only if the killed client got as far as sending it.
+    rounds = [row["round"] for row in sent]
+    assert rounds == [1, 2, 3] or (spent == 2 and rounds == [1, 2, 2, 3]), rounds
+    last = sent[-1]["record_dp"]
     assert last["rounds"] == spent + 2
     expected = independent_epsilon(1.0, rejoin["train_examples"], spent + 2)
     assert last["epsilon"] == pytest.approx(expected, rel=0.01)
