@@ -51,8 +51,10 @@ def configure_logging(level: str = "info", json: bool | None = None) -> None:
             renderer,
         ],
         wrapper_class=structlog.make_filtering_bound_logger(getattr(logging, level.upper())),
-        # On a terminal, log lines scroll above a progress bar (common/progress.py).
-        logger_factory=structlog.PrintLoggerFactory(
+        # On a terminal, log lines scroll above a progress bar (common/progress.py). A line
+        # and its newline go out in one write: print's two let another thread's line, or the
+        # daemon's exit, come between them.
+        logger_factory=structlog.WriteLoggerFactory(
             file=sys.stderr if as_json else BarAwareStream(sys.stderr)  # type: ignore[arg-type]
         ),
         cache_logger_on_first_use=True,
