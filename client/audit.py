@@ -41,7 +41,11 @@ class AuditLog:
             "client": self.client,
             **fields,
         }
-        self._handle.write(json.dumps(_plain(row), sort_keys=False) + "\n")
+        try:  # the C encoder, in one pass; a non-finite float is rare enough to pay a retry
+            line = json.dumps(row, allow_nan=False)
+        except ValueError:
+            line = json.dumps(_plain(row))
+        self._handle.write(line + "\n")
         self._handle.flush()
         if durable:
             os.fsync(self._handle.fileno())

@@ -5,7 +5,12 @@ from __future__ import annotations
 import pytest
 import torch
 
-from fedsilo.common.tensor_checks import first_non_finite, floating_copy, update_norm
+from fedsilo.common.tensor_checks import (
+    BLOCK_BYTES,
+    first_non_finite,
+    floating_copy,
+    update_norm,
+)
 
 
 @pytest.mark.parametrize(
@@ -46,3 +51,28 @@ def test_a_copy_is_refreshed_in_place_while_the_layout_holds() -> None:
     assert again is copy and torch.equal(copy["w"], torch.full((4,), 2.0))
     bigger = floating_copy({"w": torch.ones(5)}, into=copy)
     assert bigger is not copy and bigger["w"].shape == (5,)
+
+
+def test_nan_past_the_first_block_of_a_big_tensor_is_found() -> None:
+    values = torch.ones((BLOCK_BYTES // 4) + 1000)  # two blocks of float32
+    assert first_non_finite({"w": values}) is None
+    values[-1] = float("inf")
+    assert first_non_finite({"w": values}) == "w"
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float64])
+def test_the_norm_over_several_pieces_matches_float64_in_every_dtype(dtype: torch.dtype) -> None:
+    generator = torch.Generator().manual_seed(1)
+    reference = {"w": torch.randn(200_000, generator=generator).to(dtype), "b": torch.zeros(3)}
+    update = {
+        "w": (reference["w"].double() + torch.rand(200_000, generator=generator)).to(dtype),
+        "b": torch.tensor([0.0, 2.0, 0.0]),
+    }
+    exact = float(((update["w"].double() - reference["w"].double()) ** 2).sum() + 4.0) ** 0.5
+    assert update_norm(update, reference) == pytest.approx(exact, rel=1e-5)
+
+
+def test_tensors_that_require_grad_are_checked_and_measured() -> None:
+    weight = torch.nn.Parameter(torch.tensor([3.0, 4.0]))
+    assert first_non_finite({"w": weight}) is None
+    assert update_norm({"w": weight}, {"w": torch.zeros(2)}) == 5.0
