@@ -27,14 +27,22 @@ def _blocks(tensor: torch.Tensor) -> Iterator[tuple[int, torch.Tensor]]:
 _NUMPY_FLOATS = (torch.float16, torch.float32, torch.float64, torch.complex64, torch.complex128)
 
 
+def _flat_view(tensor: torch.Tensor) -> np.ndarray | None:
+    """A flat numpy view of a CPU tensor of a dtype numpy reads (no copy), else None.
+
+    Reshaped by numpy, not torch: with many clients in one process every torch call is a turn
+    at the GIL, and a round of a small model is mostly such calls.
+    """
+    if not tensor.is_cpu or tensor.dtype not in _NUMPY_FLOATS:
+        return None
+    return (tensor.detach() if tensor.requires_grad else tensor).numpy().reshape(-1)
+
+
 def _all_finite(tensor: torch.Tensor) -> bool:
     if not (tensor.is_floating_point() or tensor.is_complex()):
         return True  # integers and booleans are always finite
-    flat = tensor.detach().reshape(-1)
-    if flat.device.type == "cpu" and flat.dtype in _NUMPY_FLOATS:
-        # One numpy view, sliced in numpy: a round of a small model pays a few calls per
-        # tensor, not a torch slice and conversion per block (many clients share one GIL).
-        values = flat.numpy()
+    values = _flat_view(tensor)
+    if values is not None:
         per_block = max(1, BLOCK_BYTES // values.itemsize)
         if len(values) <= per_block:
             return bool(np.isfinite(values).all())
@@ -44,7 +52,7 @@ def _all_finite(tensor: torch.Tensor) -> bool:
             if not np.isfinite(piece, out=mask[: len(piece)]).all():
                 return False
         return True
-    for _, block in _blocks(flat):
+    for _, block in _blocks(tensor.detach()):
         # float8_e4m3fn has no isfinite kernel; float32 holds every value (NaN too) exactly
         checked = block if block.dtype in _NUMPY_FLOATS else block.float()
         if not bool(torch.isfinite(checked).all()):
@@ -98,11 +106,14 @@ def update_norm(update: Mapping[str, torch.Tensor], reference: Mapping[str, torc
     within 1e-5 of an all-float64 sum, at a tenth of its cost (0.08 s for 256 MiB here).
     """
     total = 0.0
+    # Scratch no bigger than the biggest tensor: a buffer above malloc's mmap threshold
+    # (128 KiB) is an mmap and munmap per call, which many client threads pay dearly for.
+    size = min(_PIECE, max((tensor.numel() for tensor in reference.values()), default=0))
     scratch: dict[torch.dtype, tuple[np.ndarray, np.ndarray]] = {}  # per working dtype
     for name, base_tensor in reference.items():
         work = torch.float64 if base_tensor.dtype == torch.float64 else torch.float32
         if work not in scratch:
-            scratch[work] = (np.empty(_PIECE, _NUMPY_OF[work]), np.empty(_PIECE, _NUMPY_OF[work]))
+            scratch[work] = (np.empty(size, _NUMPY_OF[work]), np.empty(size, _NUMPY_OF[work]))
         total += _squared_distance(update[name], base_tensor, work, scratch[work])
     return float(total**0.5)
 
@@ -118,13 +129,15 @@ def _squared_distance(
 ) -> float:
     """Sum of squares of ``update - reference`` in ``work`` precision, a piece at a time."""
     left, right = scratch
-    a_flat, b_flat = update.detach().reshape(-1), reference.detach().reshape(-1)
     # Tensors already in the working precision are read in place, through numpy views.
-    a_all = a_flat.numpy() if a_flat.dtype == work and a_flat.device.type == "cpu" else None
-    b_all = b_flat.numpy() if b_flat.dtype == work and b_flat.device.type == "cpu" else None
+    a_all = _flat_view(update) if update.dtype == work else None
+    b_all = _flat_view(reference) if reference.dtype == work else None
+    a_flat = update.detach().reshape(-1) if a_all is None else update
+    b_flat = reference.detach().reshape(-1) if b_all is None else reference
+    numel = reference.numel()
     total = 0.0
-    for offset in range(0, b_flat.numel(), _PIECE):
-        count = min(_PIECE, b_flat.numel() - offset)
+    for offset in range(0, numel, _PIECE):
+        count = min(_PIECE, numel - offset)
         end = offset + count
         # float16, bfloat16, float8 (or a device tensor): converted exactly into the scratch
         a = a_all[offset:end] if a_all is not None else _converted(a_flat[offset:end], left)
