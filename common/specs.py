@@ -143,6 +143,27 @@ def check_specs_match(received: Sequence[TensorSpec], expected: Sequence[TensorS
             )
 
 
+# dtypes numpy has: their tensors are viewed as bytes by numpy, in one torch call
+_NUMPY_DTYPES = frozenset(
+    {
+        torch.bool,
+        torch.uint8,
+        torch.int8,
+        torch.int16,
+        torch.int32,
+        torch.int64,
+        torch.float16,
+        torch.float32,
+        torch.float64,
+        torch.complex64,
+        torch.complex128,
+    }
+)
+
+
 def byte_view(tensor: torch.Tensor) -> np.ndarray:
     """Return a flat uint8 numpy view sharing a contiguous CPU tensor's memory."""
-    return tensor.reshape(-1).view(torch.uint8).numpy()
+    if tensor.dtype in _NUMPY_DTYPES and not tensor.requires_grad:
+        # numpy reshapes and reinterprets without a turn at the GIL per step (torch's do)
+        return tensor.numpy().reshape(-1).view(np.uint8)
+    return tensor.reshape(-1).view(torch.uint8).numpy()  # bfloat16, float8, ...

@@ -27,14 +27,16 @@ DEFAULT_CHUNK_SIZE = 1 << 20
 
 def wire_ready(tensor: torch.Tensor) -> torch.Tensor:
     """Return the tensor detached, on the CPU and contiguous, copying only when needed."""
-    tensor = tensor.detach()
-    if tensor.device.type != "cpu":
+    # Each test is a cheap attribute read; the calls that make a new tensor run only when due.
+    if tensor.requires_grad:
+        tensor = tensor.detach()
+    if not tensor.is_cpu:
         tensor = tensor.cpu()
     if tensor.is_conj():
         tensor = tensor.resolve_conj()
     if tensor.is_neg():
         tensor = tensor.resolve_neg()
-    return tensor.contiguous()
+    return tensor if tensor.is_contiguous() else tensor.contiguous()
 
 
 class TensorStreamEncoder:

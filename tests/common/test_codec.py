@@ -16,6 +16,7 @@ from fedsilo.common.proto import federation_pb2 as pb
 from fedsilo.common.specs import (
     DTYPES,
     TensorSpec,
+    byte_view,
     check_specs_match,
     header_of,
     specs_from_header,
@@ -415,3 +416,15 @@ def test_decode_state_with_expected_refuses_another_model():
     header, chunks, checksum = encode_state({"w": torch.zeros(3, 4), "b": torch.zeros(5)}, 64)
     with pytest.raises(CodecError):
         decode_state(header, chunks, checksum, expected=MODEL)
+
+
+@pytest.mark.parametrize("dtype", list(DTYPES.values()), ids=list(DTYPES))
+@pytest.mark.parametrize("shape", [(), (3,), (2, 3)])
+def test_a_byte_view_shares_the_tensors_memory_in_every_dtype(
+    dtype: torch.dtype, shape: tuple[int, ...]
+) -> None:
+    tensor = torch.zeros(shape, dtype=dtype)
+    view = byte_view(tensor)
+    assert view.dtype == np.uint8 and len(view) == tensor.numel() * tensor.element_size()
+    view[:] = 1  # written through the view, read back through the tensor
+    assert raw_bytes(tensor) == bytes([1]) * len(view)
