@@ -13,6 +13,7 @@ from fedsilo.common.errors import ProtocolError
 from fedsilo.common.proto import federation_pb2 as pb
 from fedsilo.common.secagg import SecAggConfig
 from fedsilo.common.secagg import wire as secagg_wire
+from fedsilo.common.secagg.messages import KeyRoster, RoutedShares, UnmaskRequest
 from fedsilo.common.seeding import derive_seed
 from fedsilo.common.specs import TensorSpec, header_of
 from fedsilo.common.task_identity import TaskIdentity
@@ -114,6 +115,31 @@ def evaluate_opening(round_number: int, header: pb.TensorStreamHeader) -> bytes:
 def trailer(checksum: int) -> pb.ServerMessage:
     """Return the trailer that ends a model stream."""
     return pb.ServerMessage(trailer=pb.TensorStreamTrailer(checksum=checksum))
+
+
+def inline_trailer(checksum: int) -> pb.TensorStreamTrailer:
+    """Return the trailer an inline update implies (its checksum travels in its header)."""
+    return pb.TensorStreamTrailer(checksum=checksum)
+
+
+def stream_position(round_number: int, offset: int) -> pb.StreamPosition:
+    """Return where a reconnecting client's upload goes on."""
+    return pb.StreamPosition(round=round_number, offset=offset)
+
+
+def secagg_roster(roster: KeyRoster) -> pb.ServerMessage:
+    """Return a client's roster of its neighbours' keys (secure aggregation's first close)."""
+    return pb.ServerMessage(secagg_roster=secagg_wire.roster_message(roster))
+
+
+def secagg_routed(shares: RoutedShares) -> pb.ServerMessage:
+    """Return the key shares routed to one client (secure aggregation's second close)."""
+    return pb.ServerMessage(secagg_routed=secagg_wire.routed_message(shares))
+
+
+def secagg_unmask_request(request: UnmaskRequest) -> pb.ServerMessage:
+    """Return what a survivor is asked to reveal (secure aggregation's last close)."""
+    return pb.ServerMessage(secagg_unmask_request=secagg_wire.request_message(request))
 
 
 def error(code: int, message: str) -> pb.ServerMessage:

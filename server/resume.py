@@ -25,6 +25,7 @@ import time
 import structlog
 
 from fedsilo.common.proto import federation_pb2 as pb
+from fedsilo.server import messages
 from fedsilo.server.job_state import JobState
 from fedsilo.server.parked import Parked, ParkedTable
 from fedsilo.server.registry import Member, Stage, Work, WorkKind
@@ -83,7 +84,7 @@ class ParkedUploads:
             self._parked.pop(client_id)
             self._give_up(entry, f"{entry.reason}; reconnected without resuming the upload")
             return None
-        return pb.StreamPosition(round=upload.round, offset=upload.received_bytes)
+        return messages.stream_position(upload.round, upload.received_bytes)
 
     def resume(self, member: Member, send: pb.SendModel, log: Log) -> Upload:
         """Hand the parked upload that a resumed SendModel continues to its new session."""

@@ -27,6 +27,7 @@ from fedsilo.common.secagg.result import in_ranges
 from fedsilo.common.secagg.server import unmask_threads
 from fedsilo.common.secagg.vectors import vector_length, write_mean_at
 from fedsilo.common.specs import TensorSpec
+from fedsilo.server import messages
 from fedsilo.server.allocator import SCRATCH_BYTES
 from fedsilo.server.config import ServerConfig
 from fedsilo.server.dp_round import dp_settings
@@ -126,21 +127,12 @@ class SecAggRound:
         """Close the current key stage; return what each client is sent next."""
         if self.stage is ServerStage.ADVERTISE:
             rosters = self.server.close_adverts()
-            return {
-                cid: pb.ServerMessage(secagg_roster=secagg_wire.roster_message(roster))
-                for cid, roster in rosters.items()
-            }
+            return {cid: messages.secagg_roster(roster) for cid, roster in rosters.items()}
         if self.stage is ServerStage.SHARE:
             routed = self.server.close_shares()
-            return {
-                cid: pb.ServerMessage(secagg_routed=secagg_wire.routed_message(shares))
-                for cid, shares in routed.items()
-            }
+            return {cid: messages.secagg_routed(shares) for cid, shares in routed.items()}
         requests = self.server.close_uploads()
-        return {
-            cid: pb.ServerMessage(secagg_unmask_request=secagg_wire.request_message(request))
-            for cid, request in requests.items()
-        }
+        return {cid: messages.secagg_unmask_request(request) for cid, request in requests.items()}
 
     def sink(self, client_id: int) -> MaskedSink:
         """The tensor-stream sink of one client's masked upload."""

@@ -164,7 +164,7 @@ class ClientSession:
         if inline.data:
             self.dispatch(Event.CHUNK, inline.data)
         if self.state is SessionState.UPLOADING:
-            self.dispatch(Event.TRAILER, pb.TensorStreamTrailer(checksum=inline.checksum))
+            self.dispatch(Event.TRAILER, messages.inline_trailer(inline.checksum))
 
     def dispatch(self, event: Event, payload: Any = None, nbytes: int = 0) -> None:
         """Apply one event through the transition table, under the session lock."""

@@ -30,11 +30,27 @@ def imported_modules(folder: Path) -> set[str]:
 @pytest.mark.parametrize(
     ("role", "forbidden"), [("server", "client"), ("client", "server"), ("server", "report")]
 )
-def test_server_and_client_never_import_each_other(role: str, forbidden: str) -> None:
+def test_a_role_never_imports_what_it_must_not(role: str, forbidden: str) -> None:
     names = imported_modules(REPO / role)
     assert any(name.startswith("fedsilo.common") for name in names)
     offending = sorted(n for n in names if n.startswith(f"fedsilo.{forbidden}"))
     assert offending == [], f"{role}/ imports {offending}"
+
+
+def test_the_server_builds_protobuf_messages_in_messages_py_only() -> None:
+    # Issue 10: one module turns what the job decided into what crosses the wire.
+    builders = {
+        f"{path.relative_to(REPO)}:{node.lineno}"
+        for path in (REPO / "server").rglob("*.py")
+        if path.name != "messages.py"
+        for node in ast.walk(ast.parse(path.read_text(), filename=str(path)))
+        if isinstance(node, ast.Call)
+        and isinstance(node.func, ast.Attribute)
+        and isinstance(node.func.value, ast.Name)
+        and node.func.value.id == "pb"
+        and node.func.attr[:1].isupper()
+    }
+    assert builders == set(), f"build these in server/messages.py: {sorted(builders)}"
 
 
 def test_common_imports_neither_daemon() -> None:
