@@ -144,7 +144,7 @@ def check_specs_match(received: Sequence[TensorSpec], expected: Sequence[TensorS
 
 
 # dtypes numpy has: their tensors are viewed as bytes by numpy, in one torch call
-_NUMPY_DTYPES = frozenset(
+NUMPY_DTYPES = frozenset(
     {
         torch.bool,
         torch.uint8,
@@ -159,11 +159,13 @@ _NUMPY_DTYPES = frozenset(
         torch.complex128,
     }
 )
+# ... and those of them that can hold NaN or infinity (numpy checks them in one pass)
+NUMPY_FLOATS = frozenset(d for d in NUMPY_DTYPES if d.is_floating_point or d.is_complex)
 
 
 def byte_view(tensor: torch.Tensor) -> np.ndarray:
     """Return a flat uint8 numpy view sharing a contiguous CPU tensor's memory."""
-    if tensor.dtype in _NUMPY_DTYPES and not tensor.requires_grad:
+    if tensor.dtype in NUMPY_DTYPES and not tensor.requires_grad:
         # numpy reshapes and reinterprets without a turn at the GIL per step (torch's do)
         return tensor.numpy().reshape(-1).view(np.uint8)
     return tensor.reshape(-1).view(torch.uint8).numpy()  # bfloat16, float8, ...

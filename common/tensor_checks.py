@@ -12,6 +12,8 @@ from collections.abc import Iterator, Mapping
 import numpy as np
 import torch
 
+from fedsilo.common.specs import NUMPY_FLOATS
+
 BLOCK_BYTES = 16 << 20  # what one pass over a big tensor holds at once
 
 
@@ -23,17 +25,13 @@ def _blocks(tensor: torch.Tensor) -> Iterator[tuple[int, torch.Tensor]]:
         yield start, flat[start : start + per_block]
 
 
-# dtypes numpy checks for NaN/infinity in one fast pass; others (bfloat16, float8) are upcast
-_NUMPY_FLOATS = (torch.float16, torch.float32, torch.float64, torch.complex64, torch.complex128)
-
-
 def _flat_view(tensor: torch.Tensor) -> np.ndarray | None:
     """A flat numpy view of a CPU tensor of a dtype numpy reads (no copy), else None.
 
     Reshaped by numpy, not torch: with many clients in one process every torch call is a turn
     at the GIL, and a round of a small model is mostly such calls.
     """
-    if not tensor.is_cpu or tensor.dtype not in _NUMPY_FLOATS:
+    if not tensor.is_cpu or tensor.dtype not in NUMPY_FLOATS:
         return None
     return (tensor.detach() if tensor.requires_grad else tensor).numpy().reshape(-1)
 
@@ -54,7 +52,7 @@ def _all_finite(tensor: torch.Tensor) -> bool:
         return True
     for _, block in _blocks(tensor.detach()):
         # float8_e4m3fn has no isfinite kernel; float32 holds every value (NaN too) exactly
-        checked = block if block.dtype in _NUMPY_FLOATS else block.float()
+        checked = block if block.dtype in NUMPY_FLOATS else block.float()
         if not bool(torch.isfinite(checked).all()):
             return False
     return True

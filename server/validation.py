@@ -12,10 +12,8 @@ import numpy as np
 import torch
 
 from fedsilo.common.errors import CodecError
+from fedsilo.common.specs import NUMPY_FLOATS
 from fedsilo.server.spill import tensor_blocks
-
-# dtypes numpy checks for NaN/infinity in one fast pass; others (bfloat16, float8) go through torch
-_NUMPY_FLOATS = (torch.float16, torch.float32, torch.float64, torch.complex64, torch.complex128)
 
 
 def _all_finite(tensors: Mapping[str, torch.Tensor], name: str) -> bool:
@@ -23,7 +21,7 @@ def _all_finite(tensors: Mapping[str, torch.Tensor], name: str) -> bool:
     for _, block in tensor_blocks(tensors, name):
         if not (block.is_floating_point() or block.is_complex()):
             return True  # integers and booleans are always finite
-        if block.dtype in _NUMPY_FLOATS:
+        if block.dtype in NUMPY_FLOATS:
             values = block.detach().cpu().numpy()
             if mask is None or len(mask) < len(values):
                 mask = np.empty(len(values), dtype=bool)
